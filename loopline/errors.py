@@ -1,0 +1,98 @@
+"""Every error loopline raises derives from :class:`LooplineError`.
+
+Errors are named for what happened. Those that can reach an HTTP client carry ``http_status``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class LooplineError(Exception):
+    """Base class of every loopline error."""
+
+    http_status: int = 500
+
+
+@dataclass(frozen=True)
+class SpecProblem:
+    """One problem found in a spec: where it is, what is wrong, and how to fix it.
+
+    Attributes:
+        path: the dotted path in the YAML document, e.g. ``training.sweep.n_trials``.
+        message: what is wrong.
+        fix: how to fix it.
+        line: the 1-based line in the YAML file, where known.
+    """
+
+    path: str
+    message: str
+    fix: str
+    line: int | None = None
+
+    def render(self, file: str | None = None) -> str:
+        """One human-readable line, e.g. ``demo.yaml:12: training.metric: ... (fix: ...)``."""
+        where = file or "<spec>"
+        if self.line is not None:
+            where = f"{where}:{self.line}"
+        return f"{where}: {self.path or '<root>'}: {self.message}\n    fix: {self.fix}"
+
+
+class InvalidSpec(LooplineError):
+    """A spec file failed validation; carries every problem found, not only the first."""
+
+    http_status = 422
+
+    def __init__(self, file: str | None, problems: list[SpecProblem]) -> None:
+        self.file = file
+        self.problems = problems
+        noun = "problem" if len(problems) == 1 else "problems"
+        lines = [f"{file or '<spec>'}: {len(problems)} {noun}"]
+        lines += [problem.render(file) for problem in problems]
+        super().__init__("\n".join(lines))
+
+
+class DataSourceError(LooplineError):
+    """The data source cannot be read (missing file, unknown format, unreadable bytes)."""
+
+
+class FeatureComputationError(LooplineError):
+    """A feature expression failed while materializing the feature set."""
+
+
+class FeatureSetNotFound(LooplineError):
+    """No materialized version of the feature set exists (or not the one asked for)."""
+
+    http_status = 404
+
+
+class TrainingError(LooplineError):
+    """Training a candidate failed."""
+
+
+class ModelNotFound(LooplineError):
+    """The model (or the version, alias or stage asked for) is not in the registry."""
+
+    http_status = 404
+
+
+class IncompleteModelCard(LooplineError):
+    """A model card lacks a field that registration requires."""
+
+    http_status = 422
+
+
+class ModelCardNotApproved(LooplineError):
+    """A model may not become champion (PRODUCTION) without an approved model card."""
+
+    http_status = 409
+
+
+class InvalidStageTransition(LooplineError):
+    """The requested stage change is not allowed from the version's current stage."""
+
+    http_status = 409
+
+
+class PackagingError(LooplineError):
+    """Building the Bento for a model version failed."""

@@ -1,0 +1,46 @@
+"""Computing a spec's features from its source with polars SQL expressions (never ``eval``)."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from loopline.sections.data import ComputedFeature
+from loopline.spec import Spec
+
+_DTYPES: dict[str, pl.DataType] = {
+    "float32": pl.Float32(), "float64": pl.Float64(), "int8": pl.Int8(), "int16": pl.Int16(),
+    "int32": pl.Int32(), "int64": pl.Int64(), "uint8": pl.UInt8(), "uint16": pl.UInt16(),
+    "uint32": pl.UInt32(), "uint64": pl.UInt64(), "bool": pl.Boolean(), "string": pl.String(),
+}
+
+
+def polars_dtype(name: str) -> pl.DataType:
+    """The polars dtype for a spec dtype name (``float64``, ``int8``, ``string``...)."""
+    return _DTYPES[name]
+
+
+def dtype_name(dtype: pl.DataType) -> str:
+    """The spec dtype name of a polars dtype (``Float64`` → ``float64``)."""
+    for name, candidate in _DTYPES.items():
+        if dtype == candidate:
+            return name
+    return str(dtype).lower()
+
+
+def feature_expression(feature: ComputedFeature) -> pl.Expr:
+    """The polars expression for a computed feature, cast strictly to its declared dtype.
+
+    Raises:
+        polars.exceptions.PolarsError: the SQL expression does not parse.
+    """
+    return pl.sql_expr(feature.expr).cast(polars_dtype(feature.dtype), strict=True).alias(feature.name)
+
+
+def feature_frame(source: pl.LazyFrame, spec: Spec) -> pl.LazyFrame:
+    """Entity id, event time (if any), target and every feature, one row per source row."""
+    data = spec.data
+    keys = [data.entity_id] + ([data.event_time] if data.event_time else []) + [data.target]
+    computed = [feature_expression(feature) for feature in spec.computed_features]
+    return source.select([pl.col(key) for key in keys] + computed + [
+        pl.col(column) for column in spec.passthrough_columns
+    ])

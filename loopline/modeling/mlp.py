@@ -1,0 +1,189 @@
+"""The Lightning MLP for tabular data: a LightningModule, a LightningDataModule, and
+:func:`train_mlp`, which passes the spec's trainer settings straight to ``lightning.Trainer``."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from loopline.modeling.metrics import compute_metrics
+from loopline.modeling.networks import Rescale, build_mlp
+from loopline.sections.training import CLASSIFICATION_METRICS, REGRESSION_METRICS, Task, TrainerSettings
+
+
+class TabularDataModule(L.LightningDataModule):
+    """Train and validation matrices as shuffled / ordered mini-batches."""
+
+    def __init__(self, train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray],
+                 batch_size: int, task: Task) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        target_dtype = torch.long if task == "classification" else torch.float32
+        self.train_set = TensorDataset(torch.from_numpy(train[0]),
+                                       torch.as_tensor(train[1], dtype=target_dtype))
+        self.val_set = TensorDataset(torch.from_numpy(validation[0]),
+                                     torch.as_tensor(validation[1], dtype=target_dtype))
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches."""
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in order."""
+        return DataLoader(self.val_set, batch_size=max(self.batch_size, 1024))
+
+
+class TabularMLP(L.LightningModule):
+    """An MLP with cross-entropy (classification) or MSE on a standardized target (regression);
+    logs ``train_loss``, ``val_loss`` and ``val_<metric>`` for every metric of the task."""
+
+    def __init__(self, n_inputs: int, n_outputs: int, hidden: list[int], dropout: float, lr: float,
+                 weight_decay: float, task: Task, classes: list[Any] | None) -> None:
+        super().__init__()
+        self.network = build_mlp(n_inputs, hidden, dropout, n_outputs)
+        self.lr, self.weight_decay, self.task, self.classes = lr, weight_decay, task, classes
+        self.loss: nn.Module = nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+        self._outputs: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's raw output."""
+        return self.network(x)
+
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        output = self(x)
+        if self.task == "regression":
+            output = output.squeeze(-1)
+        return self.loss(output.float(), y), output
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One optimization step."""
+        loss, _ = self._loss(batch)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch[0]))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """Validation loss; outputs kept for the epoch's metrics."""
+        loss, output = self._loss(batch)
+        self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch[0]))
+        self._outputs.append(output.detach().float().cpu())
+        self._targets.append(batch[1].detach().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        """Every metric of the task over the whole validation split."""
+        if not self._outputs:
+            return
+        output = torch.cat(self._outputs)
+        targets = torch.cat(self._targets).numpy()
+        self._outputs.clear()
+        self._targets.clear()
+        if self.task == "classification":
+            scores = torch.softmax(output, dim=1).numpy()
+            labels = np.asarray(self.classes)[targets]
+            metrics = compute_metrics(self.task, labels, scores, self.classes)
+        else:
+            metrics = compute_metrics(self.task, targets, output.numpy())
+        for name, value in metrics.items():
+            self.log(f"val_{name}", value, sync_dist=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW with the spec's learning rate and weight decay."""
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+@dataclass
+class EpochHistory(Callback):
+    """Records every epoch's logged metrics, so they reach MLflow in one batch per run."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Keep the epoch's metrics (validation has run by now)."""
+        self.epochs.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+
+@dataclass
+class MLPResult:
+    """A trained network and what happened while training it."""
+
+    network: nn.Module
+    history: list[dict[str, float]]
+    epochs_run: int
+
+
+def _monitor_mode(monitor: str, mode: str | None) -> str:
+    if mode is not None:
+        return mode
+    name = monitor.split("_", 1)[1]
+    direction = {**CLASSIFICATION_METRICS, **REGRESSION_METRICS}.get(name, "minimize")
+    return "max" if direction == "maximize" else "min"
+
+
+def train_mlp(params: dict[str, Any], trainer: TrainerSettings, task: Task,
+              train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray],
+              classes: list[Any] | None, seed: int) -> MLPResult:
+    """Train the MLP with Lightning and return the best network (by the checkpoint monitor).
+
+    Args:
+        params: the MLP hyperparameters (hidden, dropout, lr, weight_decay, batch_size).
+        trainer: the spec's trainer settings, passed through to ``lightning.Trainer``.
+        task: classification (targets are class indices) or regression.
+        train: the training matrix and targets.
+        validation: the validation matrix and targets.
+        classes: class labels in index order (classification).
+        seed: seeds torch, numpy and Python's random.
+    """
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    L.seed_everything(seed, workers=True, verbose=False)
+    train_x, train_y = train
+    val_x, val_y = validation
+    mean, scale = 0.0, 1.0
+    if task == "regression":
+        mean, scale = float(np.mean(train_y)), float(np.std(train_y) or 1.0)
+        train_y, val_y = (train_y - mean) / scale, (val_y - mean) / scale
+    n_outputs = len(classes) if task == "classification" and classes else 1
+    module = TabularMLP(train_x.shape[1], n_outputs, list(params["hidden"]), params["dropout"],
+                        params["lr"], params["weight_decay"], task, classes)
+    data = TabularDataModule((train_x, train_y), (val_x, val_y), params["batch_size"], task)
+    history = EpochHistory()
+    callbacks: list[Callback] = [history]
+    stopping = trainer.early_stopping
+    monitor = stopping.monitor if stopping else "val_loss"
+    mode = _monitor_mode(monitor, stopping.mode if stopping else None)
+    if stopping is not None:
+        callbacks.append(EarlyStopping(monitor=monitor, patience=stopping.patience, mode=mode))
+    with tempfile.TemporaryDirectory(prefix="loopline-mlp-") as workdir:
+        checkpoint = None
+        if trainer.checkpointing:
+            checkpoint = ModelCheckpoint(dirpath=workdir, monitor=monitor, mode=mode, save_top_k=1,
+                                         save_weights_only=True)
+            callbacks.append(checkpoint)
+        fit = L.Trainer(
+            accelerator=trainer.accelerator, devices=trainer.devices, strategy=trainer.strategy,
+            num_nodes=trainer.num_nodes, precision=trainer.precision,
+            max_epochs=trainer.max_epochs, deterministic=trainer.deterministic,
+            callbacks=callbacks, logger=False, enable_checkpointing=trainer.checkpointing,
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+            default_root_dir=workdir,
+        )
+        fit.fit(module, datamodule=data)
+        if checkpoint is not None and checkpoint.best_model_path:
+            state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+            module.load_state_dict(state["state_dict"])
+    network: nn.Module = module.network.cpu().float().eval()
+    if task == "regression":
+        network = nn.Sequential(*network, Rescale(mean, scale)).eval()
+    return MLPResult(network=network, history=history.epochs, epochs_run=fit.current_epoch)

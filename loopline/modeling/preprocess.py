@@ -1,0 +1,61 @@
+"""Turning feature columns into one float32 matrix: numbers standardized, booleans 0/1,
+strings one-hot over the categories seen in training (unseen ones become all zeros)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: At most this many categories per string column get their own column; the rest share none.
+MAX_CATEGORIES = 50
+
+
+@dataclass
+class TabularPreprocessor:
+    """Fitted on training columns; applied identically in training, batch scoring and serving."""
+
+    numeric: list[str] = field(default_factory=list)
+    categorical: dict[str, list[str]] = field(default_factory=dict)
+    means: dict[str, float] = field(default_factory=dict)
+    scales: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, columns: Mapping[str, Any], feature_names: list[str]) -> TabularPreprocessor:
+        """Learn means, scales and categories from the training columns."""
+        prep = cls()
+        for name in feature_names:
+            values = np.asarray(columns[name])
+            if values.dtype.kind in "OUS":
+                seen, counts = np.unique(values[values != None].astype(str), return_counts=True)  # noqa: E711
+                top = seen[np.argsort(-counts, kind="stable")][:MAX_CATEGORIES]
+                prep.categorical[name] = sorted(top.tolist())
+            else:
+                numbers = values.astype(np.float64)
+                prep.numeric.append(name)
+                mean = float(np.nanmean(numbers)) if np.isfinite(numbers).any() else 0.0
+                scale = float(np.nanstd(numbers)) if np.isfinite(numbers).any() else 1.0
+                prep.means[name] = mean
+                prep.scales[name] = scale if scale > 0 else 1.0
+        return prep
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the matrix :meth:`transform` returns."""
+        return len(self.numeric) + sum(len(c) for c in self.categorical.values())
+
+    def transform(self, columns: Mapping[str, Any]) -> np.ndarray:
+        """A float32 matrix, one row per record; missing numbers become the training mean."""
+        parts: list[np.ndarray] = []
+        for name in self.numeric:
+            numbers = np.asarray(columns[name], dtype=np.float64)
+            scaled = (numbers - self.means[name]) / self.scales[name]
+            parts.append(np.where(np.isfinite(scaled), scaled, 0.0)[:, None])
+        for name, categories in self.categorical.items():
+            values = np.asarray(columns[name]).astype(str)
+            parts.append((values[:, None] == np.asarray(categories)[None, :]).astype(np.float64))
+        if not parts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.hstack(parts).astype(np.float32)

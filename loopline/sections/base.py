@@ -1,0 +1,186 @@
+"""Building blocks shared by every spec section: the strict base model and small value types.
+
+Values that people write as short strings (``30m``, ``">= 0.85"``, ``"+1%"``) stay strings in the
+model, so a spec dumps back to exactly what was written; the parsers here turn them into numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_COMPARISON = re.compile(r"^\s*(>=|<=|>|<|==)\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$")
+_MARGIN = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*(%?)\s*$")
+
+#: A name used as a key in MLflow, the feature store and BentoML (lowercase, digits, ``_``, ``-``).
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+#: A column or feature name as polars SQL can reference it without quoting.
+COLUMN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+
+class StrictModel(BaseModel):
+    """Base of every spec model: unknown keys are errors, values are never coerced, and a
+    validated spec cannot be changed afterwards."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def spec_error(message: str, fix: str) -> PydanticCustomError:
+    """A validation error that carries its fix, so the spec loader can print both apart."""
+    return PydanticCustomError("loopline", "{message}", {"message": message, "fix": fix})
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``90s``, ``30m``, ``6h``, ``1d``, ``2w`` (or ``250ms``) into a timedelta.
+
+    Raises:
+        ValueError: the text is not a number followed by one of ms, s, m, h, d, w.
+    """
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise ValueError(
+            f"{text!r} is not a duration: write a number and a unit, e.g. 90s, 30m, 6h, 1d, 2w"
+        )
+    amount, unit = match.groups()
+    seconds = float(amount) * _DURATION_UNITS[unit]
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be longer than zero")
+    return timedelta(seconds=seconds)
+
+
+def _check_duration(text: str) -> str:
+    try:
+        parse_duration(text)
+    except ValueError as exc:
+        raise spec_error(str(exc), "write a number and a unit, e.g. 90s, 30m, 6h, 1d, 2w") from exc
+    return text
+
+
+Duration = Annotated[str, AfterValidator(_check_duration)]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A parsed threshold such as ``>= 0.85``."""
+
+    op: Literal[">=", "<=", ">", "<", "=="]
+    value: float
+
+    def holds(self, observed: float) -> bool:
+        """Whether ``observed`` satisfies the comparison."""
+        return {
+            ">=": observed >= self.value,
+            "<=": observed <= self.value,
+            ">": observed > self.value,
+            "<": observed < self.value,
+            "==": observed == self.value,
+        }[self.op]
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.value:g}"
+
+
+def parse_comparison(text: str) -> Comparison:
+    """Parse ``">= 0.85"`` into a :class:`Comparison`.
+
+    Raises:
+        ValueError: the text is not an operator (>=, <=, >, <, ==) followed by a number.
+    """
+    match = _COMPARISON.match(text)
+    if match is None:
+        raise ValueError(
+            f"{text!r} is not a comparison: write an operator and a number, e.g. \">= 0.85\""
+        )
+    op, value = match.groups()
+    return Comparison(op=op, value=float(value))  # type: ignore[arg-type]
+
+
+def _check_comparison(text: str) -> str:
+    try:
+        parse_comparison(text)
+    except ValueError as exc:
+        raise spec_error(str(exc), 'write an operator and a number, e.g. ">= 0.85"') from exc
+    return text
+
+
+ComparisonText = Annotated[str, AfterValidator(_check_comparison)]
+
+
+@dataclass(frozen=True)
+class Margin:
+    """A required improvement over the champion: relative (``+1%``) or absolute (``+0.01``)."""
+
+    amount: float
+    relative: bool
+
+    def required(self, champion_value: float, direction: Literal["maximize", "minimize"]) -> float:
+        """The value a candidate must reach to beat ``champion_value`` by this margin."""
+        step = abs(champion_value) * self.amount if self.relative else self.amount
+        return champion_value + step if direction == "maximize" else champion_value - step
+
+
+def parse_margin(text: str) -> Margin:
+    """Parse ``"+1%"`` (relative) or ``"+0.01"`` (absolute) into a :class:`Margin`.
+
+    Raises:
+        ValueError: the text is not a signed number, optionally followed by ``%``.
+    """
+    match = _MARGIN.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a margin: write e.g. \"+1%\" or \"+0.01\"")
+    amount, percent = match.groups()
+    if percent:
+        return Margin(amount=float(amount) / 100.0, relative=True)
+    return Margin(amount=float(amount), relative=False)
+
+
+def _check_margin(text: str) -> str:
+    try:
+        parse_margin(text)
+    except ValueError as exc:
+        raise spec_error(str(exc), 'write a relative margin such as "+1%" or an absolute one '
+                         'such as "+0.01"') from exc
+    return text
+
+
+MarginText = Annotated[str, AfterValidator(_check_margin)]
+
+
+def _check_cron(text: str) -> str:
+    # cronsim is the parser Prefect's own cron schedules use, so what passes here deploys.
+    from cronsim import CronSim, CronSimError
+
+    try:
+        CronSim(text, datetime.now(UTC))
+    except CronSimError as exc:
+        raise spec_error(f"{text!r} is not a cron expression ({exc})",
+                         'write five fields: minute hour day month weekday, e.g. "0 3 * * 0"') from exc
+    return text
+
+
+CronText = Annotated[str, AfterValidator(_check_cron)]
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+OpenFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class Schedule(StrictModel):
+    """When something runs: a cron expression or a fixed interval (exactly one)."""
+
+    cron: CronText | None = None
+    interval: Duration | None = None
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Schedule:
+        if (self.cron is None) == (self.interval is None):
+            raise spec_error("a schedule needs exactly one of `cron` and `interval`",
+                             'write `cron: "0 * * * *"` or `interval: 1h`')
+        return self

@@ -1,0 +1,123 @@
+"""The ``monitoring``, ``retraining`` and ``notifications`` sections: watching the served model
+and closing the loop back to training."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from loopline.sections.base import Duration, Fraction, Schedule, StrictModel, spec_error
+
+DriftMethod = Literal["ks", "chi2", "wasserstein", "psi", "jensenshannon"]
+
+
+class DriftSeverity(StrictModel):
+    """Dataset-level severities by the share of drifted features."""
+
+    high: Fraction = 0.3
+    critical: Fraction = 0.5
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftSeverity:
+        if self.high > self.critical:
+            raise spec_error(f"severity.high ({self.high}) is above severity.critical "
+                             f"({self.critical})", "make high at most critical, e.g. 0.3 and 0.5")
+        return self
+
+
+class DriftSpec(StrictModel):
+    """How drift between the reference and a recent window is tested.
+
+    Attributes:
+        method: ``auto`` picks per feature by type and size as Evidently does, or one test for all.
+        per_feature: a test for named features, overriding ``method``.
+        threshold: the test's threshold (p-value for ks/chi2, distance otherwise); the test's
+            own default when left out.
+        drift_share: the dataset drifts when at least this share of features drift.
+        severity: severities by drift share.
+        min_samples: fewer rows in the window give ``InsufficientData``, not a verdict.
+    """
+
+    method: Literal["auto", "ks", "chi2", "wasserstein", "psi", "jensenshannon"] = "auto"
+    per_feature: dict[str, DriftMethod] = Field(default_factory=dict)
+    threshold: Annotated[float, Field(gt=0.0)] | None = None
+    drift_share: Fraction = 0.5
+    severity: DriftSeverity = Field(default_factory=DriftSeverity)
+    min_samples: Annotated[int, Field(ge=1)] = 100
+
+
+class PerformanceAlert(StrictModel):
+    """Act when ``metric`` falls below ``below`` over the monitoring window."""
+
+    metric: str
+    below: float
+    action: Literal["alert", "retrain", "rollback"] = "alert"
+
+
+class PerformanceSpec(StrictModel):
+    """Quality tracked once labels arrive (joined to the prediction log by request id)."""
+
+    label_source: Literal["feedback"] = "feedback"
+    window: Duration = "24h"
+    alerts: list[PerformanceAlert] = Field(default_factory=list)
+
+
+class MonitoringSpec(StrictModel):
+    """When and how the served model is watched (acted on by the monitor flow)."""
+
+    schedule: Schedule | None = None
+    window: Duration = "24h"
+    drift: DriftSpec = Field(default_factory=DriftSpec)
+    performance: PerformanceSpec | None = None
+    alert_cooldown: Duration = "1h"
+
+
+class RetrainingSpec(StrictModel):
+    """What starts a retraining run, and how often at most.
+
+    Attributes:
+        on: the triggers: ``drift`` and ``performance`` (Prefect events from monitoring),
+            ``schedule`` (``schedule`` below) and ``manual`` (a deployment run by hand).
+        sweep: ``reuse_best`` retrains the best known configuration; ``full`` sweeps again.
+    """
+
+    on: list[Literal["drift", "performance", "schedule", "manual"]] = Field(
+        default_factory=lambda: ["manual"]
+    )
+    schedule: Schedule | None = None
+    cooldown: Duration = "6h"
+    max_per_day: Annotated[int, Field(ge=1)] = 2
+    sweep: Literal["reuse_best", "full"] = "reuse_best"
+
+
+Severity = Literal["info", "high", "critical"]
+
+
+class SlackChannel(StrictModel):
+    """Alerts to a Slack channel through slack-sdk; the token lives in a Prefect Secret block."""
+
+    kind: Literal["slack"]
+    channel: Annotated[str, Field(pattern=r"^[#@]?[\w.-]+$")]
+    token_secret: Annotated[str, Field(min_length=1)]
+    min_severity: Severity = "info"
+
+
+class WebhookChannel(StrictModel):
+    """Alerts POSTed as JSON to a URL."""
+
+    kind: Literal["webhook"]
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    min_severity: Severity = "info"
+
+
+class LogChannel(StrictModel):
+    """Alerts written to the flow's log."""
+
+    kind: Literal["log"]
+    min_severity: Severity = "info"
+
+
+Notification = Annotated[
+    SlackChannel | WebhookChannel | LogChannel, Field(discriminator="kind")
+]

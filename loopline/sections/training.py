@@ -1,0 +1,304 @@
+"""The ``training`` section: candidate algorithms, their hyperparameters or search spaces, the
+metric to optimize, the Lightning trainer settings and the Optuna sweep."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Discriminator, Field, Tag, ValidationError
+
+from loopline.sections.base import NAME_PATTERN, Duration, StrictModel
+
+Task = Literal["classification", "regression"]
+Direction = Literal["maximize", "minimize"]
+
+#: Metrics loopline computes, per task, with the direction in which each improves.
+CLASSIFICATION_METRICS: dict[str, Direction] = {
+    "accuracy": "maximize",
+    "f1": "maximize",
+    "precision": "maximize",
+    "recall": "maximize",
+    "roc_auc": "maximize",
+    "log_loss": "minimize",
+}
+REGRESSION_METRICS: dict[str, Direction] = {"rmse": "minimize", "mae": "minimize", "r2": "maximize"}
+#: Objectives a sweep may trade off besides quality metrics.
+COST_OBJECTIVES: dict[str, Direction] = {"p95_latency_ms": "minimize", "model_size_mb": "minimize"}
+
+
+def metrics_for(task: Task) -> dict[str, Direction]:
+    """The metrics that make sense for ``task`` and the direction each improves in."""
+    return CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+
+
+class Metric(StrictModel):
+    """The metric to optimize; ``direction`` defaults to the metric's natural one."""
+
+    name: Literal["accuracy", "f1", "precision", "recall", "roc_auc", "log_loss", "rmse", "mae", "r2"]
+    direction: Direction | None = None
+
+    @property
+    def resolved_direction(self) -> Direction:
+        """The declared direction, else the metric's natural one."""
+        if self.direction is not None:
+            return self.direction
+        return {**CLASSIFICATION_METRICS, **REGRESSION_METRICS}[self.name]
+
+
+# --- search spaces -------------------------------------------------------------------------
+
+
+class UniformSearch(StrictModel):
+    """A float drawn uniformly from ``[low, high]``."""
+
+    uniform: Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
+class LogUniformSearch(StrictModel):
+    """A float drawn log-uniformly from ``[low, high]`` (both above zero)."""
+
+    log_uniform: Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
+class IntSearch(StrictModel):
+    """An integer drawn from ``[low, high]`` (inclusive), optionally in steps."""
+
+    model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True, validate_by_alias=True)
+
+    int_range: Annotated[list[int], Field(min_length=2, max_length=2, alias="int")]
+    step: Annotated[int, Field(ge=1)] = 1
+
+
+class ChoiceSearch(StrictModel):
+    """One of the listed values (any type the hyperparameter accepts)."""
+
+    choice: Annotated[list[Any], Field(min_length=1)]
+
+
+_SEARCH_KINDS = ("uniform", "log_uniform", "int", "choice")
+
+
+def _search_kind(value: object) -> str | None:
+    if isinstance(value, dict):
+        return next((key for key in _SEARCH_KINDS if key in value), None)
+    kinds = {UniformSearch: "uniform", LogUniformSearch: "log_uniform", IntSearch: "int",
+             ChoiceSearch: "choice"}
+    return kinds.get(type(value))  # type: ignore[call-overload]
+
+
+SearchDistribution = Annotated[
+    Annotated[UniformSearch, Tag("uniform")]
+    | Annotated[LogUniformSearch, Tag("log_uniform")]
+    | Annotated[IntSearch, Tag("int")]
+    | Annotated[ChoiceSearch, Tag("choice")],
+    Discriminator(
+        _search_kind,
+        custom_error_type="search_distribution",
+        custom_error_message="a search distribution is one of {uniform: [low, high]}, "
+        "{log_uniform: [low, high]}, {int: [low, high]} or {choice: [a, b, ...]}",
+    ),
+]
+
+
+def search_bounds(dist: SearchDistribution) -> tuple[Any, Any] | None:
+    """``(low, high)`` of a range distribution, None for a choice."""
+    if isinstance(dist, UniformSearch):
+        return dist.uniform[0], dist.uniform[1]
+    if isinstance(dist, LogUniformSearch):
+        return dist.log_uniform[0], dist.log_uniform[1]
+    if isinstance(dist, IntSearch):
+        return dist.int_range[0], dist.int_range[1]
+    return None
+
+
+# --- hyperparameters per algorithm ---------------------------------------------------------
+
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class LogisticRegressionParams(StrictModel):
+    """scikit-learn ``LogisticRegression`` hyperparameters."""
+
+    C: PositiveFloat = 1.0
+    max_iter: PositiveInt = 1000
+    class_weight: Literal["balanced"] | None = None
+
+
+class RandomForestParams(StrictModel):
+    """scikit-learn random forest hyperparameters."""
+
+    n_estimators: PositiveInt = 200
+    max_depth: PositiveInt | None = None
+    min_samples_leaf: PositiveInt = 1
+    class_weight: Literal["balanced"] | None = None
+
+
+class GradientBoostingParams(StrictModel):
+    """scikit-learn histogram gradient boosting hyperparameters."""
+
+    n_estimators: PositiveInt = 100
+    max_depth: PositiveInt | None = 3
+    learning_rate: PositiveFloat = 0.1
+    min_samples_leaf: PositiveInt = 20
+
+
+class MLPParams(StrictModel):
+    """Hyperparameters of the Lightning multi-layer perceptron."""
+
+    hidden: Annotated[list[PositiveInt], Field(min_length=1, max_length=8)] = Field(
+        default_factory=lambda: [64, 32]
+    )
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    lr: PositiveFloat = 1e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    batch_size: PositiveInt = 64
+
+
+class EarlyStopping(StrictModel):
+    """Stop training when ``monitor`` stops improving for ``patience`` epochs."""
+
+    monitor: Annotated[str, Field(pattern=r"^(val|train)_[a-z0-9_]+$")] = "val_loss"
+    patience: PositiveInt = 3
+    mode: Literal["min", "max"] | None = None
+
+
+class TrainerSettings(StrictModel):
+    """Passed through to ``lightning.Trainer``; the same spec runs on a laptop CPU or GPUs."""
+
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: PositiveInt | Literal["auto"] = "auto"
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp", "deepspeed", "single_device"] = "auto"
+    num_nodes: PositiveInt = 1
+    precision: Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"] = "32-true"
+    max_epochs: PositiveInt = 20
+    early_stopping: EarlyStopping | None = None
+    checkpointing: bool = True
+    deterministic: bool = True
+
+
+class _Algorithm(StrictModel):
+    """Fields every algorithm shares; ``params`` fixes hyperparameters, ``search`` sweeps them."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
+    search: dict[str, SearchDistribution] = Field(default_factory=dict)
+
+    @property
+    def candidate_name(self) -> str:
+        """The name this candidate goes by in runs and leaderboards (``kind`` if not named)."""
+        return self.name or self.kind  # type: ignore[attr-defined, no-any-return]
+
+
+class LogisticRegression(_Algorithm):
+    """scikit-learn logistic regression (classification only)."""
+
+    kind: Literal["logistic_regression"]
+    params: LogisticRegressionParams = Field(default_factory=LogisticRegressionParams)
+
+
+class RandomForest(_Algorithm):
+    """scikit-learn random forest (classification or regression)."""
+
+    kind: Literal["random_forest"]
+    params: RandomForestParams = Field(default_factory=RandomForestParams)
+
+
+class GradientBoosting(_Algorithm):
+    """scikit-learn histogram gradient boosting (classification or regression)."""
+
+    kind: Literal["gradient_boosting"]
+    params: GradientBoostingParams = Field(default_factory=GradientBoostingParams)
+
+
+class LightningMLP(_Algorithm):
+    """A multi-layer perceptron trained with Lightning (classification or regression)."""
+
+    kind: Literal["lightning_mlp"]
+    params: MLPParams = Field(default_factory=MLPParams)
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+
+
+Algorithm = Annotated[
+    LogisticRegression | RandomForest | GradientBoosting | LightningMLP,
+    Field(discriminator="kind"),
+]
+
+
+class Objective(StrictModel):
+    """One objective of a multi-objective sweep."""
+
+    metric: Literal[
+        "accuracy", "f1", "precision", "recall", "roc_auc", "log_loss", "rmse", "mae", "r2",
+        "p95_latency_ms", "model_size_mb",
+    ]
+    direction: Direction
+
+
+class Sweep(StrictModel):
+    """How Optuna searches the algorithms' spaces.
+
+    Attributes:
+        storage: ``sqlite`` (a file under the state folder), ``journal`` (a journal file, for
+            parallel workers on one machine), or a ``postgresql://`` URL for many machines.
+    """
+
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["none", "median", "hyperband"] = "none"
+    n_trials: PositiveInt = 20
+    timeout: Duration | None = None
+    parallelism: PositiveInt = 1
+    objectives: list[Objective] = Field(default_factory=list)
+    storage: Annotated[str, Field(pattern=r"^(sqlite|journal|postgresql(\+\w+)?://\S+)$")] = "sqlite"
+    seed: int | None = None
+
+
+class TrainingSpec(StrictModel):
+    """What to train and how to judge it.
+
+    Attributes:
+        task: ``classification`` (binary or multi-class) or ``regression``.
+        metric: the metric that ranks candidates on the validation split.
+        algorithms: the candidates; each trains with its ``params`` (sweeps search ``search``).
+        sweep: how to search; without it every candidate trains once with its ``params``.
+        seed: seeds every random number generator for reproducible training.
+    """
+
+    task: Task = "classification"
+    metric: Metric
+    algorithms: Annotated[list[Algorithm], Field(min_length=1)]
+    sweep: Sweep | None = None
+    seed: int = 42
+
+
+def search_space_problems(algorithm: Algorithm) -> list[tuple[str, str, str]]:
+    """Check an algorithm's search space against its hyperparameters.
+
+    Returns:
+        ``(path below the algorithm, what is wrong, how to fix it)`` for every problem.
+    """
+    params_model = type(algorithm.params)
+    known = ", ".join(params_model.model_fields)
+    problems: list[tuple[str, str, str]] = []
+    for key, dist in algorithm.search.items():
+        path = f"search.{key}"
+        if key not in params_model.model_fields:
+            problems.append((path, f"{algorithm.kind} has no hyperparameter {key!r}",
+                             f"use one of: {known}"))
+            continue
+        bounds = search_bounds(dist)
+        values = list(bounds) if bounds is not None else list(dist.choice)  # type: ignore[union-attr]
+        if bounds is not None and bounds[0] > bounds[1]:
+            problems.append((path, f"low {bounds[0]} is above high {bounds[1]}",
+                             f"write the range as [low, high], e.g. [{bounds[1]}, {bounds[0]}]"))
+        if isinstance(dist, LogUniformSearch) and min(values) <= 0:
+            problems.append((path, "log_uniform bounds must be above zero",
+                             "use bounds above zero, or `uniform` for a range that includes 0"))
+        for value in values:
+            try:
+                params_model.model_validate({key: value})
+            except ValidationError as exc:
+                reason = exc.errors()[0]["msg"]
+                problems.append((path, f"{value!r} is not a valid {key}: {reason}",
+                                 f"give values that {key} accepts (its default is "
+                                 f"{params_model.model_fields[key].get_default(call_default_factory=True)!r})"))
+    return problems

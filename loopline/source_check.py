@@ -1,0 +1,101 @@
+"""Checks of a valid spec against its data source: do the named columns exist, does every
+feature expression parse, refer to real columns and produce its declared dtype?
+
+These run before anything is written, so a bad spec never leaves a feature version or an MLflow
+run behind.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import polars as pl
+
+from loopline.errors import DataSourceError, SpecProblem
+from loopline.features import feature_expression
+from loopline.sections.data import ComputedFeature
+from loopline.sources import scan_source, source_schema
+from loopline.spec import Spec
+
+#: Rows evaluated to check that feature expressions produce their declared dtype.
+SAMPLE_ROWS = 1000
+
+
+def _missing_column(path: str, role: str, column: str, columns: list[str]) -> SpecProblem:
+    close = difflib.get_close_matches(column, columns, n=1)
+    hint = f"did you mean `{close[0]}`? " if close else ""
+    listing = ", ".join(columns[:30]) + (" ..." if len(columns) > 30 else "")
+    return SpecProblem(path, f"{role} column `{column}` is not in the data source",
+                       f"{hint}the source has: {listing}")
+
+
+def source_problems(spec: Spec) -> list[SpecProblem]:
+    """Every problem between ``spec`` and its data source (empty when they agree)."""
+    data = spec.data
+    try:
+        schema = source_schema(data)
+    except DataSourceError as exc:
+        return [SpecProblem("data.source", str(exc), "check the path or URI (relative paths are "
+                            "relative to the spec file) and the storage credentials")]
+    columns = list(schema.names())
+    problems: list[SpecProblem] = []
+    roles = [("data.target", "target", data.target), ("data.entity_id", "entity id", data.entity_id)]
+    if data.event_time is not None:
+        roles.append(("data.event_time", "event-time", data.event_time))
+    for path, role, column in roles:
+        if column not in schema:
+            problems.append(_missing_column(path, role, column, columns))
+    if data.event_time in schema and not schema[data.event_time].is_temporal():
+        problems.append(SpecProblem("data.event_time", f"`{data.event_time}` holds "
+                                    f"{schema[data.event_time]}, not dates or times",
+                                    "name a date or datetime column (ISO 8601 text in CSV)"))
+    for index, entry in enumerate(spec.features):
+        passthrough = getattr(entry, "passthrough", [])
+        for j, column in enumerate(passthrough):
+            if column not in schema:
+                problems.append(_missing_column(f"features[{index}].passthrough[{j}]",
+                                                "passthrough", column, columns))
+    try:
+        sample = scan_source(data).head(SAMPLE_ROWS).collect()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        return [*problems, SpecProblem("data.source", f"cannot read the data source: {exc}",
+                                       "check that the file is valid " + str(data.source_format))]
+    if sample.height == 0:
+        problems.append(SpecProblem("data.source", "the data source has no rows",
+                                    "point `data.source` at a file with data"))
+    for index, feature in enumerate(spec.features):
+        if not isinstance(feature, ComputedFeature):
+            continue
+        path = f"features[{index}]"
+        try:
+            expression = feature_expression(feature)
+        except pl.exceptions.PolarsError as exc:
+            problems.append(SpecProblem(f"{path}.expr", f"`{feature.expr}` does not parse: "
+                                        f"{_first_line(exc)}", "write a SQL expression over "
+                                        "source columns, e.g. `a / (b + 1)` or "
+                                        "`CASE WHEN plan = 'premium' THEN 1 ELSE 0 END`"))
+            continue
+        try:
+            sample.select(expression)
+        except pl.exceptions.ColumnNotFoundError as exc:
+            problems.append(SpecProblem(f"{path}.expr", f"`{feature.expr}` refers to a column "
+                                        f"that is not in the source: {_first_line(exc)}",
+                                        f"use source columns: {', '.join(columns[:30])}"))
+        except pl.exceptions.PolarsError as exc:
+            problems.append(SpecProblem(f"{path}.dtype", f"`{feature.expr}` does not evaluate "
+                                        f"to {feature.dtype} on the source's first rows: "
+                                        f"{_first_line(exc)}", "change the expression or "
+                                        f"the dtype (it gives {_inferred(sample, feature.expr)})"))
+    return problems
+
+
+def _inferred(sample: pl.DataFrame, expr: str) -> str:
+    try:
+        return str(sample.select(pl.sql_expr(expr)).dtypes[0])
+    except pl.exceptions.PolarsError:
+        return "an error"
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
