@@ -1,5 +1,6 @@
 """The demo's data: scikit-learn's breast cancer set (shipped inside the package, no download),
-with an entity id and an event time added so that time splits and point-in-time joins apply."""
+with an entity id and an event time added so that time splits and point-in-time joins apply.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ SPAN_DAYS = 365
 
 def demo_frame(seed: int = 7) -> pl.DataFrame:
     """The breast cancer data with snake_case columns, ``patient_id``, ``observed_on`` and the
-    target ``malignant`` (1 = malignant, 0 = benign)."""
+    target ``malignant`` (1 = malignant, 0 = benign).
+    """
     from sklearn.datasets import load_breast_cancer
 
     bunch = load_breast_cancer()

@@ -45,7 +45,9 @@ def source_problems(spec: Spec) -> list[SpecProblem]:
     for path, role, column in roles:
         if column not in schema:
             problems.append(_missing_column(path, role, column, columns))
-    if data.event_time in schema and not schema[data.event_time].is_temporal():
+    if data.event_time is not None and data.event_time in schema and not schema[
+        data.event_time
+    ].is_temporal():
         problems.append(SpecProblem("data.event_time", f"`{data.event_time}` holds "
                                     f"{schema[data.event_time]}, not dates or times",
                                     "name a date or datetime column (ISO 8601 text in CSV)"))

@@ -61,7 +61,9 @@ class Spec(StrictModel):
     serving: ServingSpec = Field(default_factory=ServingSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     retraining: RetrainingSpec = Field(default_factory=RetrainingSpec)
-    notifications: list[Notification] = Field(default_factory=lambda: [LogChannel(kind="log")])
+    notifications: list[Notification] = Field(
+        default_factory=lambda: list[Notification]([LogChannel(kind="log")])
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Spec:
@@ -170,11 +172,11 @@ def consistency_problems(spec: Spec) -> list[SpecProblem]:
                                          f"{training.task} metric", f"use one of: {metric_list}"))
 
     routing = spec.serving.routing
-    if isinstance(routing, ABRouting | CanaryRouting) and routing.sticky_by is not None:
-        if routing.sticky_by not in {data.entity_id, *seen}:
-            problems.append(_problem("serving.routing.sticky_by", f"{routing.sticky_by!r} is "
-                                     "neither the entity id nor a feature",
-                                     f"use `{data.entity_id}` (the entity id) or a feature name"))
+    sticky = routing.sticky_by if isinstance(routing, ABRouting | CanaryRouting) else None
+    if sticky is not None and sticky not in {data.entity_id, *seen}:
+        problems.append(_problem("serving.routing.sticky_by", f"{sticky!r} is neither the entity "
+                                 "id nor a feature",
+                                 f"use `{data.entity_id}` (the entity id) or a feature name"))
 
     for feature in spec.monitoring.drift.per_feature:
         if feature not in seen:

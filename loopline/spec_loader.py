@@ -148,6 +148,10 @@ def _problems_from_pydantic(exc: ValidationError, data: Any,
     grouped: dict[PathKey, list[tuple[str, str]]] = {}
     for error in exc.errors(include_url=False):
         path = _data_path(error["loc"], data)
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            discriminator = str((error.get("ctx") or {}).get("discriminator", "kind")).strip("'")
+            if discriminator.isidentifier():
+                path = (*path, discriminator)
         grouped.setdefault(path, []).append(_describe(error, data))
     problems = []
     for path, described in grouped.items():
@@ -163,10 +167,9 @@ def _data_path(loc: tuple[str | int, ...], data: Any) -> PathKey:
     path: list[str | int] = []
     current = data
     for index, part in enumerate(loc):
-        if isinstance(current, dict) and part in current:
-            path.append(part)
-            current = current[part]
-        elif isinstance(current, list) and isinstance(part, int) and part < len(current):
+        in_mapping = isinstance(current, dict) and part in current
+        in_list = isinstance(current, list) and isinstance(part, int) and part < len(current)
+        if in_mapping or in_list:
             path.append(part)
             current = current[part]
         elif isinstance(current, dict) and index == len(loc) - 1:
@@ -201,7 +204,8 @@ def _describe(error: Any, data: Any) -> tuple[str, str]:
     if kind == "search_distribution":
         return error["msg"], "e.g. `lr: {log_uniform: [1.0e-4, 1.0e-2]}`"
     if kind == "string_pattern_mismatch":
-        return f"{error['input']!r} does not match {ctx.get('pattern')}", _pattern_fix(str(ctx.get("pattern")))
+        pattern = str(ctx.get("pattern"))
+        return f"{error['input']!r} does not match {pattern}", _pattern_fix(pattern)
     if kind.endswith("_type") or kind.endswith("_parsing"):
         got = type(error["input"]).__name__
         return f"{error['msg'].lower()}, got {got} {error['input']!r}", _type_fix(kind, leaf)

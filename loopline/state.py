@@ -17,6 +17,8 @@ QUIET_ENVIRONMENT = {
     "BENTOML_DO_NOT_TRACK": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "GIT_PYTHON_REFRESH": "quiet",
+    # MLflow draws a progress bar for every artifact download, which floods flow logs.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 
@@ -70,7 +72,8 @@ def state_paths() -> StatePaths:
 
 def apply_environment() -> StatePaths:
     """Point BentoML at the state folder and turn telemetry off, without overriding anything
-    the user set. Call it before BentoML is imported."""
+    the user set. Call it before BentoML is imported.
+    """
     paths = state_paths()
     for key, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(key, value)

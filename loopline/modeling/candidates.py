@@ -98,3 +98,13 @@ def train_candidate(algorithm: Algorithm, training: TrainingSpec, splits: Splits
         validation_metrics=evaluate(model, splits.validation, target), history=history,
         train_seconds=time.perf_counter() - started,
     )
+
+
+def best_index(validation_metrics: list[dict[str, float]], metric: str,
+               direction: str) -> int:
+    """The index of the best candidate by ``metric`` on validation (first wins ties)."""
+    if not validation_metrics:
+        raise TrainingError("no candidate was trained")
+    sign = 1.0 if direction == "maximize" else -1.0
+    scores = [sign * m.get(metric, float("-inf") * sign) for m in validation_metrics]
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))

@@ -55,4 +55,5 @@ def compute_metrics(task: Task, y_true: np.ndarray, scores: np.ndarray,
 def _normalized(probabilities: np.ndarray) -> np.ndarray:
     """Clip away exact 0 and 1 (log loss would be infinite) and keep rows summing to one."""
     clipped = np.clip(probabilities, 1e-7, 1.0)
-    return clipped / clipped.sum(axis=1, keepdims=True)
+    normalized: np.ndarray = clipped / clipped.sum(axis=1, keepdims=True)
+    return normalized

@@ -1,5 +1,6 @@
 """The Lightning MLP for tabular data: a LightningModule, a LightningDataModule, and
-:func:`train_mlp`, which passes the spec's trainer settings straight to ``lightning.Trainer``."""
+:func:`train_mlp`, which passes the spec's trainer settings straight to ``lightning.Trainer``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
+
+# Lightning 2.6 warns about torch's own pytree API at import: not ours to fix, nothing to act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 import lightning as L
 import numpy as np
@@ -18,7 +22,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from loopline.modeling.metrics import compute_metrics
 from loopline.modeling.networks import Rescale, build_mlp
-from loopline.sections.training import CLASSIFICATION_METRICS, REGRESSION_METRICS, Task, TrainerSettings
+from loopline.sections.training import (
+    CLASSIFICATION_METRICS,
+    REGRESSION_METRICS,
+    Task,
+    TrainerSettings,
+)
 
 
 class TabularDataModule(L.LightningDataModule):
@@ -34,18 +43,19 @@ class TabularDataModule(L.LightningDataModule):
         self.val_set = TensorDataset(torch.from_numpy(validation[0]),
                                      torch.as_tensor(validation[1], dtype=target_dtype))
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
         """Shuffled training batches."""
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
         """Validation batches in order."""
         return DataLoader(self.val_set, batch_size=max(self.batch_size, 1024))
 
 
 class TabularMLP(L.LightningModule):
     """An MLP with cross-entropy (classification) or MSE on a standardized target (regression);
-    logs ``train_loss``, ``val_loss`` and ``val_<metric>`` for every metric of the task."""
+    logs ``train_loss``, ``val_loss`` and ``val_<metric>`` for every metric of the task.
+    """
 
     def __init__(self, n_inputs: int, n_outputs: int, hidden: list[int], dropout: float, lr: float,
                  weight_decay: float, task: Task, classes: list[Any] | None) -> None:
@@ -58,7 +68,8 @@ class TabularMLP(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network's raw output."""
-        return self.network(x)
+        output: torch.Tensor = self.network(x)
+        return output
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
@@ -185,5 +196,5 @@ def train_mlp(params: dict[str, Any], trainer: TrainerSettings, task: Task,
             module.load_state_dict(state["state_dict"])
     network: nn.Module = module.network.cpu().float().eval()
     if task == "regression":
-        network = nn.Sequential(*network, Rescale(mean, scale)).eval()
+        network = nn.Sequential(*list(network.children()), Rescale(mean, scale)).eval()
     return MLPResult(network=network, history=history.epochs, epochs_run=fit.current_epoch)

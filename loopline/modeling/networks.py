@@ -1,5 +1,6 @@
 """Plain torch networks (no Lightning), so that loading a trained model for serving imports only
-torch."""
+torch.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from torch import nn
 
 class Rescale(nn.Module):
     """Undo the target standardization of a regression network: ``x * scale + mean``."""
+
+    mean: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, mean: float, scale: float) -> None:
         super().__init__()

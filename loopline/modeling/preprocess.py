@@ -1,16 +1,24 @@
 """Turning feature columns into one float32 matrix: numbers standardized, booleans 0/1,
-strings one-hot over the categories seen in training (unseen ones become all zeros)."""
+strings one-hot over the categories seen in training (unseen ones become all zeros).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 #: At most this many categories per string column get their own column; the rest share none.
 MAX_CATEGORIES = 50
+
+
+class Columns(Protocol):
+    """Anything that returns a column by name: a dict of lists, a pandas or polars frame."""
+
+    def __getitem__(self, name: str, /) -> Any:
+        """The column called ``name``."""
+        ...
 
 
 @dataclass
@@ -23,7 +31,7 @@ class TabularPreprocessor:
     scales: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, columns: Mapping[str, Any], feature_names: list[str]) -> TabularPreprocessor:
+    def fit(cls, columns: Columns, feature_names: list[str]) -> TabularPreprocessor:
         """Learn means, scales and categories from the training columns."""
         prep = cls()
         for name in feature_names:
@@ -46,7 +54,7 @@ class TabularPreprocessor:
         """Width of the matrix :meth:`transform` returns."""
         return len(self.numeric) + sum(len(c) for c in self.categorical.values())
 
-    def transform(self, columns: Mapping[str, Any]) -> np.ndarray:
+    def transform(self, columns: Columns) -> np.ndarray:
         """A float32 matrix, one row per record; missing numbers become the training mean."""
         parts: list[np.ndarray] = []
         for name in self.numeric:

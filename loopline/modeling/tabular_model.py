@@ -1,15 +1,15 @@
 """A trained model as loopline serves and scores it: preprocessing plus a predictor, working on
-columns (a dict of lists, a pandas or polars frame) without per-row Python loops."""
+columns (a dict of lists, a pandas or polars frame) without per-row Python loops.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from loopline.modeling.preprocess import TabularPreprocessor
+from loopline.modeling.preprocess import Columns, TabularPreprocessor
 from loopline.sections.training import Task
 
 
@@ -49,8 +49,11 @@ class TorchPredictor:
         with torch.inference_mode():
             output = self.network(torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32)))
             if self.task == "classification":
-                return torch.softmax(output.float(), dim=1).numpy().astype(np.float64)
-            return output.float().squeeze(-1).numpy().astype(np.float64)
+                output = torch.softmax(output.float(), dim=1)
+            else:
+                output = output.float().squeeze(-1)
+        scores: np.ndarray = output.numpy().astype(np.float64)
+        return scores
 
 
 @dataclass
@@ -70,13 +73,15 @@ class TabularModel:
     predictor: Predictor
     classes: list[Any] | None = None
 
-    def scores(self, columns: Mapping[str, Any]) -> np.ndarray:
+    def scores(self, columns: Columns) -> np.ndarray:
         """Class probabilities (n x classes) or predicted values (n)."""
-        return self.predictor.scores(self.preprocessor.transform(columns))
+        scores: np.ndarray = self.predictor.scores(self.preprocessor.transform(columns))
+        return scores
 
-    def predict(self, columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def predict(self, columns: Columns) -> dict[str, np.ndarray]:
         """``prediction`` for every record, plus ``probability`` (of the predicted class) for
-        classification."""
+        classification.
+        """
         scores = self.scores(columns)
         if self.task == "regression":
             return {"prediction": scores}

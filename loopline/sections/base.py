@@ -27,7 +27,8 @@ COLUMN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 class StrictModel(BaseModel):
     """Base of every spec model: unknown keys are errors, values are never coerced, and a
-    validated spec cannot be changed afterwards."""
+    validated spec cannot be changed afterwards.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -45,9 +46,7 @@ def parse_duration(text: str) -> timedelta:
     """
     match = _DURATION.match(text.strip())
     if match is None:
-        raise ValueError(
-            f"{text!r} is not a duration: write a number and a unit, e.g. 90s, 30m, 6h, 1d, 2w"
-        )
+        raise ValueError(f"{text!r} is not a duration (a number and a unit: ms, s, m, h, d, w)")
     amount, unit = match.groups()
     seconds = float(amount) * _DURATION_UNITS[unit]
     if seconds <= 0:
@@ -95,9 +94,7 @@ def parse_comparison(text: str) -> Comparison:
     """
     match = _COMPARISON.match(text)
     if match is None:
-        raise ValueError(
-            f"{text!r} is not a comparison: write an operator and a number, e.g. \">= 0.85\""
-        )
+        raise ValueError(f"{text!r} is not a comparison (an operator and a number)")
     op, value = match.groups()
     return Comparison(op=op, value=float(value))  # type: ignore[arg-type]
 
@@ -134,7 +131,7 @@ def parse_margin(text: str) -> Margin:
     """
     match = _MARGIN.match(text)
     if match is None:
-        raise ValueError(f"{text!r} is not a margin: write e.g. \"+1%\" or \"+0.01\"")
+        raise ValueError(f"{text!r} is not a margin (a signed number, optionally with %)")
     amount, percent = match.groups()
     if percent:
         return Margin(amount=float(amount) / 100.0, relative=True)

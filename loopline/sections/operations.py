@@ -1,5 +1,6 @@
 """The ``monitoring``, ``retraining`` and ``notifications`` sections: watching the served model
-and closing the loop back to training."""
+and closing the loop back to training.
+"""
 
 from __future__ import annotations
 
@@ -73,6 +74,9 @@ class MonitoringSpec(StrictModel):
     alert_cooldown: Duration = "1h"
 
 
+Trigger = Literal["drift", "performance", "schedule", "manual"]
+
+
 class RetrainingSpec(StrictModel):
     """What starts a retraining run, and how often at most.
 
@@ -82,9 +86,7 @@ class RetrainingSpec(StrictModel):
         sweep: ``reuse_best`` retrains the best known configuration; ``full`` sweeps again.
     """
 
-    on: list[Literal["drift", "performance", "schedule", "manual"]] = Field(
-        default_factory=lambda: ["manual"]
-    )
+    on: list[Trigger] = Field(default_factory=lambda: list[Trigger](["manual"]))
     schedule: Schedule | None = None
     cooldown: Duration = "6h"
     max_per_day: Annotated[int, Field(ge=1)] = 2

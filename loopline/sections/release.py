@@ -79,7 +79,8 @@ class CanaryBounds(StrictModel):
 
 class CanaryRouting(StrictModel):
     """The challenger's share climbs through ``steps``; each step is held for ``hold`` (a
-    duration) or ``hold_requests`` and rolled back when ``rollback_if`` holds."""
+    duration) or ``hold_requests`` and rolled back when ``rollback_if`` holds.
+    """
 
     kind: Literal["canary"]
     steps: Annotated[list[Fraction], Field(min_length=1)] = Field(

@@ -1,5 +1,6 @@
 """The ``training`` section: candidate algorithms, their hyperparameters or search spaces, the
-metric to optimize, the Lightning trainer settings and the Optuna sweep."""
+metric to optimize, the Lightning trainer settings and the Optuna sweep.
+"""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def _search_kind(value: object) -> str | None:
         return next((key for key in _SEARCH_KINDS if key in value), None)
     kinds = {UniformSearch: "uniform", LogUniformSearch: "log_uniform", IntSearch: "int",
              ChoiceSearch: "choice"}
-    return kinds.get(type(value))  # type: ignore[call-overload]
+    return kinds.get(type(value))  # type: ignore[call-overload, no-any-return]
 
 
 SearchDistribution = Annotated[
@@ -186,7 +187,7 @@ class _Algorithm(StrictModel):
     @property
     def candidate_name(self) -> str:
         """The name this candidate goes by in runs and leaderboards (``kind`` if not named)."""
-        return self.name or self.kind  # type: ignore[attr-defined, no-any-return]
+        return self.name or str(self.kind)  # type: ignore[attr-defined]
 
 
 class LogisticRegression(_Algorithm):

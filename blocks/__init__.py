@@ -1,0 +1,1 @@
+"""Prefect Block classes: configuration and credentials only, never workflow logic."""

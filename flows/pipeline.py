@@ -1,0 +1,74 @@
+"""The pipeline flow: one spec carried from data to a served model.
+
+Run it with ``python -m flows.pipeline configs/demo.yaml`` or through the ``pipeline``
+deployment in ``prefect.yaml``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from prefect import flow, runtime
+
+from loopline.modeling.candidates import best_index
+from tasks.evaluation import evaluate_candidate
+from tasks.features import materialize_features
+from tasks.packaging import build_bento
+from tasks.registry import register_candidate
+from tasks.spec import load_and_validate_spec
+from tasks.training import finish_training_run, start_training_run, train_one_candidate
+
+
+@dataclass
+class PipelineResult:
+    """What one pipeline run produced."""
+
+    model_name: str
+    feature_set_version: int
+    best_candidate: str
+    gate_passed: bool
+    model_version: int | None
+    stage: str | None
+    bento_tag: str | None
+
+
+@flow(name="loopline-pipeline", log_prints=True)
+def pipeline(spec_path: str = "configs/demo.yaml") -> PipelineResult:
+    """Carry a spec from data to a served model.
+
+    Steps:
+        1. Validate the spec and its data source (nothing is written if it is invalid).
+        2. Materialize the feature set (a new version, or the identical existing one).
+        3. Train every candidate algorithm, each in a nested MLflow run.
+        4. Pick the best candidate on the validation split.
+        5. Score it and the champion on the test split; decide the gates.
+        6. If it passes: log and register the model with its card and lineage; promote it.
+        7. If it is the champion: build a Bento that serves it.
+    """
+    spec = load_and_validate_spec(spec_path)
+    manifest = materialize_features(spec)
+    parent_run_id = start_training_run(spec, manifest, str(runtime.flow_run.id or ""))
+    runs = [train_one_candidate(spec, manifest, index, parent_run_id)
+            for index in range(len(spec.training.algorithms))]
+    metric = spec.training.metric
+    best = runs[best_index([r.candidate.validation_metrics for r in runs], metric.name,
+                           metric.resolved_direction)]
+    evaluation = evaluate_candidate(spec, manifest, best)
+    finish_training_run(parent_run_id, best, "FINISHED")
+    version, bento_tag = None, None
+    if evaluation.decision.passed:
+        version = register_candidate(spec, manifest, best, evaluation)
+        if version.stage == "PRODUCTION":
+            bento_tag = build_bento(spec, version)
+    return PipelineResult(
+        model_name=spec.name, feature_set_version=manifest.version,
+        best_candidate=best.candidate.name, gate_passed=evaluation.decision.passed,
+        model_version=version.version if version else None,
+        stage=version.stage if version else None, bento_tag=bento_tag,
+    )
+
+
+if __name__ == "__main__":
+    result = pipeline(sys.argv[1] if len(sys.argv) > 1 else "configs/demo.yaml")
+    print(result)

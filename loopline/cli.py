@@ -1,0 +1,98 @@
+"""``loopline``: validate specs, write the JSON Schema, write the demo data.
+
+Examples::
+
+    loopline validate configs/demo.yaml
+    loopline schema
+    loopline demo-data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from loopline.errors import InvalidSpec
+from loopline.spec import SCHEMA_ID, Spec
+from loopline.spec_loader import load_spec
+from loopline.state import state_paths
+
+DEFAULT_SCHEMA_PATH = Path("configs/spec.schema.json")
+DEMO_DATA_NAME = "breast_cancer.csv"
+
+
+def spec_json_schema() -> dict[str, object]:
+    """The JSON Schema of a spec, for editors (``# yaml-language-server: $schema=...``)."""
+    schema = Spec.model_json_schema(mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
+            "title": "loopline spec", **schema}
+
+
+def _validate(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.specs:
+        try:
+            spec = load_spec(path, check_source=not args.no_source)
+        except InvalidSpec as exc:
+            failed += 1
+            print(exc, file=sys.stderr)
+            continue
+        checked = "spec only" if args.no_source else "spec and data source"
+        print(f"{path}: ok ({checked}): model {spec.name!r}, {len(spec.feature_names)} features, "
+              f"{len(spec.training.algorithms)} candidate(s)")
+    return 1 if failed else 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    text = json.dumps(spec_json_schema(), indent=2) + "\n"
+    if args.out == "-":
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    from loopline.demo_data import write_demo_data
+
+    out = Path(args.out) if args.out else state_paths().demo / DEMO_DATA_NAME
+    if out.exists() and not args.force:
+        print(f"{out} exists (use --force to rewrite it)")
+        return 0
+    write_demo_data(out)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    parser = argparse.ArgumentParser(prog="loopline", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    validate = commands.add_parser("validate", help="validate spec files; exit 1 on any problem")
+    validate.add_argument("specs", nargs="+", help="spec files (YAML)")
+    validate.add_argument("--no-source", action="store_true",
+                          help="check the spec only, without opening its data source")
+    validate.set_defaults(handler=_validate)
+    schema = commands.add_parser("schema", help="write the spec's JSON Schema")
+    schema.add_argument("--out", default=str(DEFAULT_SCHEMA_PATH), help="file, or - for stdout")
+    schema.set_defaults(handler=_schema)
+    demo = commands.add_parser("demo-data", help="write the demo data set (no download)")
+    demo.add_argument("--out", help=f"file (default: <state folder>/demo/{DEMO_DATA_NAME})")
+    demo.add_argument("--force", action="store_true", help="rewrite an existing file")
+    demo.set_defaults(handler=_demo_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

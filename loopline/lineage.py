@@ -1,0 +1,71 @@
+"""Lineage: the chain data → features → run → model that every model version records."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+TAG_PREFIX = "loopline.lineage."
+
+
+class Lineage(BaseModel):
+    """Where a model version came from.
+
+    Attributes:
+        data_source: the source URI.
+        data_fingerprint: sha256 of the source's bytes (the training data version).
+        feature_set: the feature set's name.
+        feature_set_version: the materialized version trained on.
+        feature_versions: each feature's definition hash.
+        training_run_id: the MLflow run that trained it.
+        parent_model_version: the champion it was compared against (None for the first).
+        code_version: the git commit, when the code runs from a git checkout.
+        spec_hash: sha256 of the spec.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    data_source: str
+    data_fingerprint: str
+    feature_set: str
+    feature_set_version: int
+    feature_versions: dict[str, str]
+    training_run_id: str
+    parent_model_version: int | None = None
+    code_version: str | None = None
+    spec_hash: str
+
+    def to_tags(self) -> dict[str, str]:
+        """The lineage as MLflow model-version tags (one per field)."""
+        tags = {}
+        for name, value in self.model_dump(mode="json").items():
+            if isinstance(value, dict):
+                value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+            tags[TAG_PREFIX + name] = "" if value is None else str(value)
+        return tags
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> Lineage | None:
+        """Read lineage back from model-version tags; None if the version has none."""
+        fields = {k[len(TAG_PREFIX):]: v for k, v in tags.items() if k.startswith(TAG_PREFIX)}
+        if not fields:
+            return None
+        versions = fields.get("feature_versions", "")
+        fields["feature_versions"] = dict(item.split("=", 1) for item in versions.split(",") if item)  # type: ignore[assignment]
+        for optional in ("parent_model_version", "code_version"):
+            if fields.get(optional) == "":
+                fields[optional] = None  # type: ignore[assignment]
+        return cls.model_validate(fields)
+
+
+def code_version(folder: Path | None = None) -> str | None:
+    """The git commit of the code, or None outside a git checkout (or without git)."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder or Path.cwd(),
+                                capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and commit else None

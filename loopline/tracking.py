@@ -1,0 +1,98 @@
+"""Experiment tracking on MLflow: where runs go, and logging candidates and models to them.
+
+The tracking store is MLFLOW_TRACKING_URI when set (a server, for many machines), else a SQLite
+database under the state folder, with artifacts beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+import loopline
+from loopline.modeling.candidates import TrainedCandidate
+from loopline.modeling.pyfunc import ARTIFACT_KEY
+from loopline.modeling.tabular_model import TabularModel
+from loopline.state import StatePaths
+
+#: Packages a logged model needs, pinned to the versions it was trained with. Listed explicitly:
+#: MLflow's inference of requirements costs 8-12 s per model and picks up noise.
+MODEL_REQUIREMENTS = ("mlflow", "torch", "scikit-learn", "numpy", "pandas", "cloudpickle")
+
+
+def configure_tracking(paths: StatePaths) -> str:
+    """Point MLflow at MLFLOW_TRACKING_URI, else at SQLite under the state folder."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        paths.mlflow.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{paths.mlflow_db}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str, paths: StatePaths) -> str:
+    """The id of experiment ``name``, created (with artifacts under the state folder when the
+    store is local) if missing.
+    """
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        location = (paths.mlflow_artifacts / name).as_uri()
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except mlflow.exceptions.MlflowException:
+        # Another run created it between our look-up and our create.
+        existing = client.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return str(existing.experiment_id)
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, str]:
+    if isinstance(value, dict):
+        flat: dict[str, str] = {}
+        for key, inner in value.items():
+            flat.update(_flatten(f"{prefix}.{key}" if prefix else str(key), inner))
+        return flat
+    return {prefix: str(value)}
+
+
+def log_candidate(client: MlflowClient, run_id: str, candidate: TrainedCandidate,
+                  extra_params: dict[str, Any]) -> None:
+    """Log a candidate's params, validation metrics and per-epoch history in few batches."""
+    params = _flatten("", {"algorithm": candidate.kind, **candidate.params, **extra_params})
+    client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+    now = int(candidate.train_seconds * 1000)
+    metrics = [Metric(f"val_{k}", v, 0, 0) for k, v in candidate.validation_metrics.items()]
+    metrics.append(Metric("train_seconds", candidate.train_seconds, 0, 0))
+    for epoch, values in enumerate(candidate.history):
+        metrics += [Metric(f"epoch_{k}", v, now, epoch) for k, v in values.items()]
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+
+
+def log_model(run_id: str, model: TabularModel) -> str:
+    """Log ``model`` as an MLflow pyfunc model in run ``run_id``; returns its model URI."""
+    entry = Path(loopline.__file__).parent / "modeling" / "pyfunc_entry.py"
+    requirements = [f"{name}=={metadata.version(name)}" for name in MODEL_REQUIREMENTS]
+    with tempfile.TemporaryDirectory(prefix="loopline-model-") as workdir:
+        weights = Path(workdir) / "tabular_model.pkl"
+        weights.write_bytes(pickle.dumps(model))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(entry), artifacts={ARTIFACT_KEY: str(weights)},
+                code_paths=[str(Path(loopline.__file__).parent)], pip_requirements=requirements,
+            )
+    return str(info.model_uri)

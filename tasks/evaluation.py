@@ -1,0 +1,66 @@
+"""Scoring the best candidate and the current champion on the same test split, and the gates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.logging import get_run_logger
+
+from loopline.feature_store import FeatureSetManifest, FeatureStore
+from loopline.gates import GateDecision, evaluate_gates
+from loopline.modeling.candidates import evaluate
+from loopline.registry import ModelRegistry, ModelVersionInfo
+from loopline.spec import Spec
+from loopline.splits import split_frame
+from loopline.state import state_paths
+from tasks.training import CandidateRun
+
+
+@dataclass
+class Evaluation:
+    """Test metrics of the candidate (and champion) and the gate's decision."""
+
+    test_metrics: dict[str, float]
+    champion: ModelVersionInfo | None
+    champion_metrics: dict[str, float] | None
+    decision: GateDecision
+
+
+@task(name="evaluate-gates")
+def evaluate_candidate(spec: Spec, manifest: FeatureSetManifest, best: CandidateRun) -> Evaluation:
+    """Score the candidate and the champion on the test split and decide the gates; the
+    decision is logged to the candidate's run and published as a Prefect artifact.
+    """
+    logger = get_run_logger()
+    frame = FeatureStore(state_paths().features).read(manifest.feature_set, manifest.version)
+    test = split_frame(frame, spec.data).test
+    test_metrics = evaluate(best.candidate.model, test, spec.data.target)
+    champion = ModelRegistry().champion(spec.name)
+    champion_metrics = None
+    if champion is not None:
+        pyfunc = mlflow.pyfunc.load_model(champion.uri)
+        champion_model = pyfunc.unwrap_python_model().model
+        missing = set(champion_model.feature_names) - set(test.columns)
+        if missing:
+            logger.warning("champion v%d needs features %s that this feature set lacks; it "
+                           "cannot be compared", champion.version, sorted(missing))
+        else:
+            champion_metrics = evaluate(champion_model, test, spec.data.target)
+    decision = evaluate_gates(spec.gates, test_metrics, champion_metrics,
+                              champion.version if champion else None)
+    client = MlflowClient()
+    client.log_batch(best.run_id, metrics=[Metric(f"test_{k}", v, 0, 0)
+                                           for k, v in test_metrics.items()])
+    client.set_tag(best.run_id, "loopline.gate", "passed" if decision.passed else "failed")
+    client.log_text(best.run_id, decision.model_dump_json(indent=2), "gate_decision.json")
+    create_markdown_artifact(key=f"{spec.name}-gate-decision",
+                             markdown=decision.render_markdown(spec.name),
+                             description=f"Gate decision for {best.candidate.name}")
+    logger.info("gates %s for %s (test %s)", "passed" if decision.passed else "FAILED",
+                best.candidate.name, {k: round(v, 4) for k, v in test_metrics.items()})
+    return Evaluation(test_metrics, champion, champion_metrics, decision)
