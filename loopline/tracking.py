@@ -15,7 +15,9 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, Param
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
 
 import loopline
 from loopline.modeling.candidates import TrainedCandidate
@@ -83,6 +85,22 @@ def log_candidate(client: MlflowClient, run_id: str, candidate: TrainedCandidate
         client.log_batch(run_id, metrics=metrics[start:start + 1000])
 
 
+_MLFLOW_TYPES = {"float64": "double", "float32": "float", "int64": "long", "uint32": "long",
+                 "uint64": "long", "bool": "boolean", "string": "string"}
+
+
+def model_signature(model: TabularModel) -> ModelSignature:
+    """The columns the model takes and returns, so MLflow and its UI can show and check them."""
+    inputs = Schema([ColSpec(_MLFLOW_TYPES.get(model.feature_dtypes[name], "integer"), name)
+                     for name in model.feature_names])
+    if model.task == "regression":
+        outputs = Schema([ColSpec("double", "prediction")])
+    else:
+        label = "string" if any(isinstance(c, str) for c in model.classes or []) else "long"
+        outputs = Schema([ColSpec(label, "prediction"), ColSpec("double", "probability")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
 def log_model(run_id: str, model: TabularModel) -> str:
     """Log ``model`` as an MLflow pyfunc model in run ``run_id``; returns its model URI."""
     entry = Path(loopline.__file__).parent / "modeling" / "pyfunc_entry.py"
@@ -94,5 +112,6 @@ def log_model(run_id: str, model: TabularModel) -> str:
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(entry), artifacts={ARTIFACT_KEY: str(weights)},
                 code_paths=[str(Path(loopline.__file__).parent)], pip_requirements=requirements,
+                signature=model_signature(model),
             )
     return str(info.model_uri)

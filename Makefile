@@ -1,0 +1,53 @@
+# loopline: `make demo` runs the whole loop on embedded defaults; `make test` runs every test.
+# Both create the virtual environment (.venv) on first use and reuse it afterwards.
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export LOOPLINE_HOME ?= $(CURDIR)/.loopline
+export PREFECT_HOME ?= $(LOOPLINE_HOME)/prefect
+export BENTOML_HOME ?= $(LOOPLINE_HOME)/bentoml
+# No network here, and no phoning home on a laptop either.
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export BENTOML_DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: venv demo test test-fast lint prefect-ui mlflow-ui clean
+
+venv: $(STAMP)
+
+# torch first and alone: `torch==2.13.0` is a local CPU build on these machines; letting pip
+# resolve torch through Lightning would fetch the newest CUDA build (several GB).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip check
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+prefect-ui: $(STAMP)
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
+	  --backend-store-uri sqlite:///$(LOOPLINE_HOME)/mlflow/mlflow.db
+
+clean:
+	rm -rf $(LOOPLINE_HOME)

@@ -1,0 +1,94 @@
+"""Shared test set-up: every test session gets its own state folder, so nothing leaks between
+runs or into the developer's ``.loopline/``.
+
+The environment is set at import time, before any test module imports Prefect, MLflow or
+BentoML (they read their homes when first imported).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="loopline-test-"))
+os.environ["LOOPLINE_HOME"] = str(_SESSION_HOME)
+os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
+os.environ["BENTOML_HOME"] = str(_SESSION_HOME / "bentoml")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+for _key, _value in {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+}.items():
+    os.environ[_key] = _value
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_SPEC = REPO / "configs" / "demo.yaml"
+#: Under CI a missing server or package is a failure, never a skip.
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def state_home() -> Path:
+    """This session's state folder (LOOPLINE_HOME)."""
+    return _SESSION_HOME
+
+
+@pytest.fixture(scope="session")
+def demo_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo data set, written once per session."""
+    from loopline.demo_data import write_demo_data
+
+    return write_demo_data(tmp_path_factory.mktemp("data") / "breast_cancer.csv")
+
+
+def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:
+    """Write a spec file into ``folder``; returns its path."""
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def demo_spec_text(source: Path, replacements: dict[str, str] | None = None) -> str:
+    """The demo spec pointing at ``source``, with literal text replacements applied."""
+    text = DEMO_SPEC.read_text().replace("../.loopline/demo/breast_cancer.csv", str(source))
+    for old, new in (replacements or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.fixture
+def demo_spec_path(tmp_path: Path, demo_csv: Path) -> Iterator[Path]:
+    """A copy of the demo spec whose source is the session's demo data."""
+    yield write_spec(tmp_path, demo_spec_text(demo_csv))
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """A temporary Prefect server (SQLite) for flow tests; one per session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def demo_pipeline(prefect_harness: None, demo_csv: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The pipeline flow run once on (a copy of) the demo spec: ``(spec_path, result)``."""
+    from flows.pipeline import pipeline
+
+    spec_path = write_spec(tmp_path_factory.mktemp("pipeline"), demo_spec_text(demo_csv))
+    return spec_path, pipeline(str(spec_path))

@@ -1,0 +1,70 @@
+"""Starting and stopping real servers (Prefect, BentoML) as subprocesses for end-to-end tests.
+
+Servers are started with ``subprocess.Popen`` in their own process group, so that stopping one
+stops its children too (a worker started with ``&`` from a script would ignore SIGTERM).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start(command: list[str], log: Path, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``command`` in a new process group, its output going to ``log``."""
+    handle = log.open("wb")
+    return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """Stop the process and its group: SIGTERM, then SIGKILL if it lingers."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+
+
+def wait_for(check: Callable[[], bool], process: subprocess.Popen[bytes], log: Path,
+             timeout: float, what: str) -> None:
+    """Poll ``check`` until it holds; fail with the server's log if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{what} exited ({process.returncode}):\n{log.read_text()[-4000:]}")
+        try:
+            if check():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{what} not ready after {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    """A check that ``GET url`` answers 200."""
+    return lambda: httpx.get(url, timeout=2).status_code == 200

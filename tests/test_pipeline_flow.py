@@ -1,0 +1,126 @@
+"""The pipeline flow under Prefect's test harness, on the demo spec: every step leaves what it
+should in the feature store, MLflow and BentoML; bad input leaves nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from loopline.errors import InvalidSpec
+from loopline.feature_store import FeatureStore
+from loopline.registry import ModelRegistry
+from loopline.state import state_paths
+from loopline.tracking import configure_tracking
+from tests.conftest import demo_spec_text, write_spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def first_and_second_run(demo_pipeline):
+    from flows.pipeline import pipeline
+
+    spec_path, first = demo_pipeline
+    return spec_path, first, pipeline(str(spec_path))
+
+
+def test_first_run_materializes_trains_registers_and_builds(first_and_second_run) -> None:
+    _, first, _ = first_and_second_run
+    assert first.gate_passed
+    assert first.feature_set_version == 1
+    assert first.model_version == 1
+    assert first.stage == "PRODUCTION"
+    assert first.bento_tag is not None and first.bento_tag.startswith("tumor-malignancy:")
+
+    # The feature set is a committed parquet version under this session's state folder.
+    store = FeatureStore(state_paths().features)
+    manifest = store.manifest("tumor-malignancy", 1)
+    assert (state_paths().features / "tumor-malignancy" / "v1" / "features.parquet").is_file()
+    assert manifest.row_count == 569
+
+    # MLflow: a parent run with one nested run per candidate, each with params and metrics.
+    configure_tracking(state_paths())
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tumor-malignancy")
+    runs = client.search_runs([experiment.experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    parents = [r for r in runs if not r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 2 and len(children) == 4  # two pipeline runs, two candidates each
+    mlp = next(r for r in children if r.data.tags["loopline.algorithm"] == "lightning_mlp")
+    assert mlp.data.params["hidden"] == "[32, 16]"
+    assert "val_f1" in mlp.data.metrics
+    history = client.get_metric_history(mlp.info.run_id, "epoch_val_loss")
+    assert len(history) >= 2 and [m.step for m in history] == sorted(m.step for m in history)
+
+    # The registered version carries its card and complete lineage, and is the champion.
+    version = ModelRegistry().get_model("tumor-malignancy", 1)
+    assert version.model_card is not None and version.model_card.approved
+    assert version.model_card.performance["f1"] >= 0.8
+    lineage = version.lineage
+    assert lineage is not None
+    assert lineage.feature_set_version == 1
+    assert lineage.data_fingerprint == manifest.source_fingerprint
+    assert set(lineage.feature_versions) == set(manifest.feature_names)
+    assert lineage.training_run_id in {r.info.run_id for r in children}
+    assert lineage.parent_model_version is None
+    assert len(lineage.spec_hash) == 64
+
+    # The served model answers through the pyfunc flavour too.
+    model = mlflow.pyfunc.load_model("models:/tumor-malignancy/1")
+    frame = store.read("tumor-malignancy", 1).to_pandas().head(3)
+    assert len(model.predict(frame[manifest.feature_names])) == 3
+
+
+def test_second_run_reuses_features_and_gates_against_the_champion(first_and_second_run) -> None:
+    _, first, second = first_and_second_run
+    assert second.feature_set_version == first.feature_set_version == 1
+    # Same data and seed: the same model, so it meets the "+0%" margin and becomes champion.
+    assert second.gate_passed and second.model_version == 2 and second.stage == "PRODUCTION"
+    registry = ModelRegistry()
+    assert registry.champion("tumor-malignancy").version == 2
+    assert registry.get_model("tumor-malignancy", 1).stage == "ARCHIVED"
+    assert registry.get_model("tumor-malignancy", 2).lineage.parent_model_version == 1
+
+
+def test_a_worse_candidate_is_not_registered(first_and_second_run, tmp_path: Path) -> None:
+    from flows.pipeline import pipeline
+
+    spec_path, _, _ = first_and_second_run
+    # Demand a 50% better f1 than the champion: impossible, so nothing is registered.
+    stricter = spec_path.read_text().replace('champion_margin: {f1: "+0%"}',
+                                             'champion_margin: {f1: "+50%"}')
+    result = pipeline(str(write_spec(tmp_path, stricter)))
+    assert not result.gate_passed
+    assert result.model_version is None and result.bento_tag is None
+    assert ModelRegistry().champion("tumor-malignancy").version == 2
+
+
+@pytest.mark.parametrize(
+    ("replacements", "expected_path"),
+    [
+        ({"expr: worst_radius / mean_radius": "expr: worst_radius / no_such_column"},
+         "features[1].expr"),
+        ({"target: malignant": "target: malignancy"}, "data.target"),
+        ({"expr: mean_area / (mean_perimeter + 1)": "expr: mean_area / (mean_perimeter +"},
+         "features[0].expr"),
+        ({"max_epochs: 15": "max_epochs: fifteen"},
+         "training.algorithms[0].trainer.max_epochs"),
+    ],
+)
+def test_bad_input_fails_before_anything_is_written(
+    prefect_harness: None, demo_csv: Path, tmp_path: Path, replacements: dict[str, str], expected_path: str
+) -> None:
+    from flows.pipeline import pipeline
+
+    spec = demo_spec_text(demo_csv, replacements).replace("name: tumor-malignancy",
+                                                           "name: never-written")
+    with pytest.raises(InvalidSpec) as caught:
+        pipeline(str(write_spec(tmp_path, spec)))
+    assert expected_path in [problem.path for problem in caught.value.problems]
+    assert str(tmp_path / "spec.yaml") in str(caught.value)
+    assert FeatureStore(state_paths().features).versions("never-written") == []
+    configure_tracking(state_paths())
+    assert MlflowClient().get_experiment_by_name("never-written") is None

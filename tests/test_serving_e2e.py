@@ -1,0 +1,108 @@
+"""The champion's Bento served by a real ``bentoml serve``: predictions, field-level errors for
+bad requests, and a service that stays up after them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loopline.feature_store import FeatureStore
+from loopline.state import state_paths
+from tests.servers import VENV_BIN, free_port, http_ok, start, stop, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def served(demo_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    _, result = demo_pipeline
+    assert result.bento_tag is not None
+    port = free_port()
+    log = tmp_path_factory.mktemp("bentoml") / "serve.log"
+    server = start([str(VENV_BIN / "bentoml"), "serve", result.bento_tag, "--host", "127.0.0.1",
+                    "--port", str(port)], log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(http_ok(f"{url}/readyz"), server, log, 90, "bentoml serve")
+        yield url
+    finally:
+        stop(server)
+
+
+@pytest.fixture(scope="module")
+def records(demo_pipeline) -> list[dict[str, object]]:
+    store = FeatureStore(state_paths().features)
+    manifest = store.manifest("tumor-malignancy", 1)
+    frame = store.read("tumor-malignancy", 1).head(20)
+    return [{**{n: row[n] for n in manifest.feature_names}, "expected": row["malignant"]}
+            for row in frame.iter_rows(named=True)]
+
+
+def test_predicts_real_records(served: str, records: list[dict[str, object]]) -> None:
+    correct = 0
+    for index, record in enumerate(records):
+        expected = record.pop("expected")
+        answer = httpx.post(f"{served}/predict", json={**record, "request_id": f"r{index}"},
+                            timeout=10)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["prediction"] in (0, 1)
+        assert 0.5 <= body["probability"] <= 1.0
+        assert body["model_name"] == "tumor-malignancy"
+        assert body["model_version"] == 1
+        assert body["variant"] == "champion"
+        assert body["request_id"] == f"r{index}"
+        assert body["timestamp"]
+        correct += body["prediction"] == expected
+    assert correct >= 0.8 * len(records)
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "error_type"),
+    [
+        ({"mean_radius": "13.1"}, "mean_radius", "float_type"),
+        ({"is_large": 0.5}, "is_large", "int_type"),
+        ({"worst_area": None}, "worst_area", "float_type"),
+        ({"surprise": 1}, "surprise", "extra_forbidden"),
+    ],
+)
+def test_bad_requests_get_field_level_details_and_the_service_stays_up(
+    served: str, records: list[dict[str, object]], change: dict[str, object], field: str,
+    error_type: str,
+) -> None:
+    record = {k: v for k, v in records[0].items() if k != "expected"}
+    answer = httpx.post(f"{served}/predict", json={**record, **change}, timeout=10)
+    assert answer.status_code == 400
+    details = answer.json()["detail"]
+    assert any(d["loc"][-1] == field and d["type"] == error_type for d in details), details
+    assert httpx.post(f"{served}/predict", json=record, timeout=10).status_code == 200
+
+
+def test_missing_field_and_non_finite_numbers_are_rejected(
+    served: str, records: list[dict[str, object]]
+) -> None:
+    record = {k: v for k, v in records[0].items() if k not in ("expected", "mean_texture")}
+    answer = httpx.post(f"{served}/predict", json=record, timeout=10)
+    assert answer.status_code == 400
+    assert any(d["loc"][-1] == "mean_texture" and d["type"] == "missing"
+               for d in answer.json()["detail"])
+    record = {k: v for k, v in records[0].items() if k != "expected"}
+    record["mean_texture"] = "INFINITE"
+    # 1e999 is valid JSON that parses to infinity: it must be refused, not scored.
+    body = json.dumps(record).replace('"INFINITE"', "1e999")
+    answer = httpx.post(f"{served}/predict", content=body,
+                        headers={"content-type": "application/json"}, timeout=10)
+    assert answer.status_code == 400, answer.text
+
+
+def test_bento_is_self_contained(demo_pipeline) -> None:
+    _, result = demo_pipeline
+    name, version = result.bento_tag.split(":")
+    src = Path(state_paths().bentoml) / "bentos" / name / version / "src"
+    config = json.loads((src / "loopline_bento.json").read_text())
+    assert config["model_version"] == 1 and "mean_radius" in config["feature_names"]
+    assert (src / "loopline" / "serving.py").is_file()
