@@ -23,7 +23,7 @@ PredictRequest = request_model(CONFIG)
 logging.getLogger("bentoml.access").setLevel(logging.WARNING)
 
 
-@bentoml.service(name=CONFIG.model_name, traffic={"timeout": 30})
+@bentoml.service(name=CONFIG.model_name, workers=CONFIG.workers, traffic={"timeout": 30})
 class TabularService:
     """Answers ``POST /predict`` with the champion's prediction for one record."""
 

@@ -1,9 +1,10 @@
-"""``loopline``: validate specs, write the JSON Schema, write the demo data.
+"""``loopline``: validate specs, write the JSON Schema and the spec reference, write demo data.
 
 Examples::
 
     loopline validate configs/demo.yaml
     loopline schema
+    loopline docs
     loopline demo-data
 """
 
@@ -20,6 +21,7 @@ from loopline.spec_loader import load_spec
 from loopline.state import state_paths
 
 DEFAULT_SCHEMA_PATH = Path("configs/spec.schema.json")
+DEFAULT_DOCS_PATH = Path("docs/spec.md")
 DEMO_DATA_NAME = "breast_cancer.csv"
 
 
@@ -57,6 +59,16 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docs(args: argparse.Namespace) -> int:
+    from loopline.spec_reference import render_reference
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_reference())
+    print(f"wrote {out}")
+    return 0
+
+
 def _demo_data(args: argparse.Namespace) -> int:
     from loopline.demo_data import write_demo_data
 
@@ -81,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("schema", help="write the spec's JSON Schema")
     schema.add_argument("--out", default=str(DEFAULT_SCHEMA_PATH), help="file, or - for stdout")
     schema.set_defaults(handler=_schema)
+    docs = commands.add_parser("docs", help="write the spec reference (docs/spec.md)")
+    docs.add_argument("--out", default=str(DEFAULT_DOCS_PATH), help="file")
+    docs.set_defaults(handler=_docs)
     demo = commands.add_parser("demo-data", help="write the demo data set (no download)")
     demo.add_argument("--out", help=f"file (default: <state folder>/demo/{DEMO_DATA_NAME})")
     demo.add_argument("--force", action="store_true", help="rewrite an existing file")

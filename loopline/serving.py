@@ -30,6 +30,7 @@ class BentoConfig(BaseModel):
     feature_names: list[str]
     feature_dtypes: dict[str, str]
     classes: list[Any] | None = None
+    workers: int = 1
 
 
 def field_type(dtype: str) -> Any:

@@ -37,7 +37,7 @@ def build_bento(spec: Spec, version: ModelVersionInfo) -> str:
             model_name=spec.name, model_version=version.version,
             bentoml_model_tag=str(imported.tag), task=spec.training.task,
             feature_names=tabular.feature_names, feature_dtypes=tabular.feature_dtypes,
-            classes=tabular.classes,
+            classes=tabular.classes, workers=spec.serving.workers,
         )
         with tempfile.TemporaryDirectory(prefix="loopline-bento-") as workdir:
             context = Path(workdir)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -25,12 +25,57 @@ NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 COLUMN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 
+_ATTRIBUTE = re.compile(r"^(\s+)([A-Za-z_]\w*): (.*)$")
+
+
+def attribute_docs(docstring: str) -> dict[str, str]:
+    """The ``Attributes:`` section of a Google-style docstring, as ``{name: text}``."""
+    docs: dict[str, str] = {}
+    lines = docstring.expandtabs().splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Attributes:")
+    except StopIteration:
+        return docs
+    header_indent = len(lines[start]) - len(lines[start].lstrip())
+    current: str | None = None
+    entry_indent = 0
+    for line in lines[start + 1:]:
+        if not line.strip():
+            current = None
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent <= header_indent:
+            break
+        match = _ATTRIBUTE.match(line)
+        if match and (current is None or indent <= entry_indent):
+            current, entry_indent = match.group(2), indent
+            docs[current] = match.group(3).strip()
+        elif current is not None:
+            docs[current] += " " + line.strip()
+    return docs
+
+
 class StrictModel(BaseModel):
     """Base of every spec model: unknown keys are errors, values are never coerced, and a
     validated spec cannot be changed afterwards.
+
+    Each field's description comes from its class's ``Attributes:`` docstring section, so the
+    JSON Schema (what editors show) and ``docs/spec.md`` say what the code says.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        docs = attribute_docs(cls.__doc__ or "")
+        described = False
+        for name, info in cls.model_fields.items():
+            if info.description is None and name in docs:
+                info.description = docs[name]
+                described = True
+        if described:
+            cls.model_rebuild(force=True)
 
 
 def spec_error(message: str, fix: str) -> PydanticCustomError:
@@ -169,7 +214,13 @@ OpenFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
 class Schedule(StrictModel):
-    """When something runs: a cron expression or a fixed interval (exactly one)."""
+    """When something runs: a cron expression or a fixed interval (exactly one).
+
+    Attributes:
+        cron: a cron expression, e.g. `"0 * * * *"`.
+        interval: a fixed interval, e.g. `1h`.
+        timezone: the time zone of the cron expression.
+    """
 
     cron: CronText | None = None
     interval: Duration | None = None

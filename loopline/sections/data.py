@@ -18,7 +18,14 @@ FeatureDtype = Literal[
 
 
 class RandomSplit(StrictModel):
-    """Rows are shuffled with ``seed`` and cut into train / validation / test."""
+    """Rows are shuffled with ``seed`` and cut into train / validation / test.
+
+    Attributes:
+        kind: `random`.
+        validation: share of rows for validation (0 to 1).
+        test: share of rows for the test split (0 to 1).
+        seed: seed of the shuffle; the same seed gives the same split.
+    """
 
     kind: Literal["random"] = "random"
     validation: OpenFraction = 0.15
@@ -34,7 +41,13 @@ class RandomSplit(StrictModel):
 
 
 class TimeSplit(StrictModel):
-    """The oldest rows train, the next validate, the newest test (needs ``data.event_time``)."""
+    """The oldest rows train, the next validate, the newest test (needs ``data.event_time``).
+
+    Attributes:
+        kind: `time`.
+        validation: share of rows, after the training ones, for validation.
+        test: share of the newest rows for the test split.
+    """
 
     kind: Literal["time"] = "time"
     validation: OpenFraction = 0.15
@@ -124,7 +137,15 @@ class DataSpec(StrictModel):
 
 
 class ComputedFeature(StrictModel):
-    """A feature computed by a SQL expression over source columns (evaluated by polars)."""
+    """A feature computed by a SQL expression over source columns (evaluated by polars).
+
+    Attributes:
+        name: the feature's name (a column name: letters, digits, `_`).
+        expr: a SQL expression over source columns, evaluated by polars (`pl.sql_expr`), e.g. `a /
+            (b + 1)` or `CASE WHEN plan = 'premium' THEN 1 ELSE 0 END`; never Python.
+        dtype: the dtype the value is cast to, strictly (a value that does not fit is an error).
+        description: what the feature means, for people.
+    """
 
     name: Column
     expr: Annotated[str, Field(min_length=1)]
@@ -133,7 +154,11 @@ class ComputedFeature(StrictModel):
 
 
 class PassthroughFeatures(StrictModel):
-    """Source columns used as features unchanged (their dtype comes from the source)."""
+    """Source columns used as features unchanged (their dtype comes from the source).
+
+    Attributes:
+        passthrough: source columns used as features as they are.
+    """
 
     passthrough: Annotated[list[Column], Field(min_length=1)]
 

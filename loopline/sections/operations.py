@@ -14,7 +14,12 @@ DriftMethod = Literal["ks", "chi2", "wasserstein", "psi", "jensenshannon"]
 
 
 class DriftSeverity(StrictModel):
-    """Dataset-level severities by the share of drifted features."""
+    """Dataset-level severities by the share of drifted features.
+
+    Attributes:
+        high: drift share from which drift is `high`.
+        critical: drift share from which drift is `critical`.
+    """
 
     high: Fraction = 0.3
     critical: Fraction = 0.5
@@ -49,7 +54,13 @@ class DriftSpec(StrictModel):
 
 
 class PerformanceAlert(StrictModel):
-    """Act when ``metric`` falls below ``below`` over the monitoring window."""
+    """Act when ``metric`` falls below ``below`` over the monitoring window.
+
+    Attributes:
+        metric: a metric of the task.
+        below: act when the metric falls below this.
+        action: `alert`, `retrain` or `rollback`.
+    """
 
     metric: str
     below: float
@@ -57,7 +68,13 @@ class PerformanceAlert(StrictModel):
 
 
 class PerformanceSpec(StrictModel):
-    """Quality tracked once labels arrive (joined to the prediction log by request id)."""
+    """Quality tracked once labels arrive (joined to the prediction log by request id).
+
+    Attributes:
+        label_source: where labels come from: `feedback` posted to the service.
+        window: the window metrics are computed over, e.g. `24h`.
+        alerts: when to alert, retrain or roll back.
+    """
 
     label_source: Literal["feedback"] = "feedback"
     window: Duration = "24h"
@@ -65,7 +82,15 @@ class PerformanceSpec(StrictModel):
 
 
 class MonitoringSpec(StrictModel):
-    """When and how the served model is watched (acted on by the monitor flow)."""
+    """When and how the served model is watched (acted on by the monitor flow).
+
+    Attributes:
+        schedule: when the monitor flow runs.
+        window: the recent window compared with the reference, e.g. `24h`.
+        drift: how drift is tested.
+        performance: quality tracking once labels arrive.
+        alert_cooldown: identical alerts within this time are not repeated.
+    """
 
     schedule: Schedule | None = None
     window: Duration = "24h"
@@ -84,6 +109,9 @@ class RetrainingSpec(StrictModel):
         on: the triggers: ``drift`` and ``performance`` (Prefect events from monitoring),
             ``schedule`` (``schedule`` below) and ``manual`` (a deployment run by hand).
         sweep: ``reuse_best`` retrains the best known configuration; ``full`` sweeps again.
+        schedule: when scheduled retraining runs.
+        cooldown: the least time between two retraining runs.
+        max_per_day: retraining runs per day at most.
     """
 
     on: list[Trigger] = Field(default_factory=lambda: list[Trigger](["manual"]))
@@ -97,7 +125,14 @@ Severity = Literal["info", "high", "critical"]
 
 
 class SlackChannel(StrictModel):
-    """Alerts to a Slack channel through slack-sdk; the token lives in a Prefect Secret block."""
+    """Alerts to a Slack channel through slack-sdk; the token lives in a Prefect Secret block.
+
+    Attributes:
+        kind: `slack`.
+        channel: the channel, e.g. `#ml-alerts`.
+        token_secret: the Prefect Secret block holding the bot token.
+        min_severity: the least severity sent here: `info`, `high` or `critical`.
+    """
 
     kind: Literal["slack"]
     channel: Annotated[str, Field(pattern=r"^[#@]?[\w.-]+$")]
@@ -106,7 +141,13 @@ class SlackChannel(StrictModel):
 
 
 class WebhookChannel(StrictModel):
-    """Alerts POSTed as JSON to a URL."""
+    """Alerts POSTed as JSON to a URL.
+
+    Attributes:
+        kind: `webhook`.
+        url: where alerts are POSTed as JSON.
+        min_severity: the least severity sent here.
+    """
 
     kind: Literal["webhook"]
     url: Annotated[str, Field(pattern=r"^https?://\S+$")]
@@ -114,7 +155,12 @@ class WebhookChannel(StrictModel):
 
 
 class LogChannel(StrictModel):
-    """Alerts written to the flow's log."""
+    """Alerts written to the flow's log.
+
+    Attributes:
+        kind: `log`.
+        min_severity: the least severity logged.
+    """
 
     kind: Literal["log"]
     min_severity: Severity = "info"

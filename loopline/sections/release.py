@@ -57,13 +57,23 @@ class GatesSpec(StrictModel):
 
 
 class SingleRouting(StrictModel):
-    """Only the champion answers."""
+    """Only the champion answers.
+
+    Attributes:
+        kind: `single`.
+    """
 
     kind: Literal["single"] = "single"
 
 
 class ABRouting(StrictModel):
-    """A fixed share of traffic goes to the challenger; sticky by ``sticky_by`` when given."""
+    """A fixed share of traffic goes to the challenger; sticky by ``sticky_by`` when given.
+
+    Attributes:
+        kind: `ab`.
+        challenger_share: share of requests routed to the challenger (0 to 1).
+        sticky_by: a request field (the entity id or a feature) that keeps an entity on one variant.
+    """
 
     kind: Literal["ab"]
     challenger_share: Fraction = 0.5
@@ -71,7 +81,12 @@ class ABRouting(StrictModel):
 
 
 class CanaryBounds(StrictModel):
-    """When a canary step rolls back instead of advancing."""
+    """When a canary step rolls back instead of advancing.
+
+    Attributes:
+        error_rate: roll back when the challenger's error rate meets this, e.g. `> 0.01`.
+        p95_latency_ms: roll back when the challenger's p95 latency meets this, e.g. `> 100`.
+    """
 
     error_rate: ComparisonText = "> 0.01"
     p95_latency_ms: ComparisonText = "> 100"
@@ -80,6 +95,14 @@ class CanaryBounds(StrictModel):
 class CanaryRouting(StrictModel):
     """The challenger's share climbs through ``steps``; each step is held for ``hold`` (a
     duration) or ``hold_requests`` and rolled back when ``rollback_if`` holds.
+
+    Attributes:
+        kind: `canary`.
+        steps: the challenger's share at each step, increasing, e.g. `[0.01, 0.05, 0.25, 0.5, 1.0]`.
+        hold: how long each step is held, e.g. `5m`.
+        hold_requests: requests each step is held for (instead of `hold`).
+        rollback_if: when a step rolls back to the champion.
+        sticky_by: a request field that keeps an entity on one variant.
     """
 
     kind: Literal["canary"]
@@ -103,14 +126,25 @@ class CanaryRouting(StrictModel):
 
 
 class ShadowRouting(StrictModel):
-    """The champion answers; the challenger's answer is computed and logged, never returned."""
+    """The champion answers; the challenger's answer is computed and logged, never returned.
+
+    Attributes:
+        kind: `shadow`.
+        sample: share of requests also sent to the challenger.
+    """
 
     kind: Literal["shadow"]
     sample: Fraction = 1.0
 
 
 class BanditRouting(StrictModel):
-    """Thompson sampling over the variants, on rewards posted to ``/feedback``."""
+    """Thompson sampling over the variants, on rewards posted to ``/feedback``.
+
+    Attributes:
+        kind: `bandit`.
+        prior_alpha: Beta prior's alpha for each variant's reward rate.
+        prior_beta: Beta prior's beta for each variant's reward rate.
+    """
 
     kind: Literal["bandit"]
     prior_alpha: Annotated[float, Field(gt=0.0)] = 1.0
@@ -124,7 +158,12 @@ Routing = Annotated[
 
 
 class AuthSpec(StrictModel):
-    """Where the service's API keys come from (a Prefect Secret block or an env variable)."""
+    """Where the service's API keys come from (a Prefect Secret block or an env variable).
+
+    Attributes:
+        api_keys_secret: the name of a Prefect Secret block holding the keys.
+        api_keys_env: an environment variable holding the keys (comma-separated).
+    """
 
     api_keys_secret: str | None = None
     api_keys_env: str | None = None

@@ -33,7 +33,13 @@ def metrics_for(task: Task) -> dict[str, Direction]:
 
 
 class Metric(StrictModel):
-    """The metric to optimize; ``direction`` defaults to the metric's natural one."""
+    """The metric to optimize; ``direction`` defaults to the metric's natural one.
+
+    Attributes:
+        name: the metric: accuracy, f1, precision, recall, roc_auc, log_loss (classification) or
+            rmse, mae, r2 (regression).
+        direction: `maximize` or `minimize`; defaults to the metric's natural direction.
+    """
 
     name: Literal["accuracy", "f1", "precision", "recall", "roc_auc", "log_loss", "rmse", "mae", "r2"]
     direction: Direction | None = None
@@ -50,19 +56,32 @@ class Metric(StrictModel):
 
 
 class UniformSearch(StrictModel):
-    """A float drawn uniformly from ``[low, high]``."""
+    """A float drawn uniformly from ``[low, high]``.
+
+    Attributes:
+        uniform: `[low, high]`.
+    """
 
     uniform: Annotated[list[float], Field(min_length=2, max_length=2)]
 
 
 class LogUniformSearch(StrictModel):
-    """A float drawn log-uniformly from ``[low, high]`` (both above zero)."""
+    """A float drawn log-uniformly from ``[low, high]`` (both above zero).
+
+    Attributes:
+        log_uniform: `[low, high]`, both above zero.
+    """
 
     log_uniform: Annotated[list[float], Field(min_length=2, max_length=2)]
 
 
 class IntSearch(StrictModel):
-    """An integer drawn from ``[low, high]`` (inclusive), optionally in steps."""
+    """An integer drawn from ``[low, high]`` (inclusive), optionally in steps.
+
+    Attributes:
+        int_range: `[low, high]`, inclusive (written `int:`).
+        step: the step between values.
+    """
 
     model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True, validate_by_alias=True)
 
@@ -71,7 +90,11 @@ class IntSearch(StrictModel):
 
 
 class ChoiceSearch(StrictModel):
-    """One of the listed values (any type the hyperparameter accepts)."""
+    """One of the listed values (any type the hyperparameter accepts).
+
+    Attributes:
+        choice: the values to choose from.
+    """
 
     choice: Annotated[list[Any], Field(min_length=1)]
 
@@ -119,7 +142,13 @@ PositiveInt = Annotated[int, Field(ge=1)]
 
 
 class LogisticRegressionParams(StrictModel):
-    """scikit-learn ``LogisticRegression`` hyperparameters."""
+    """scikit-learn ``LogisticRegression`` hyperparameters.
+
+    Attributes:
+        C: inverse regularization strength.
+        max_iter: iterations of the solver at most.
+        class_weight: `balanced` weighs classes by inverse frequency.
+    """
 
     C: PositiveFloat = 1.0
     max_iter: PositiveInt = 1000
@@ -127,7 +156,14 @@ class LogisticRegressionParams(StrictModel):
 
 
 class RandomForestParams(StrictModel):
-    """scikit-learn random forest hyperparameters."""
+    """scikit-learn random forest hyperparameters.
+
+    Attributes:
+        n_estimators: trees in the forest.
+        max_depth: depth of each tree at most (`null`: unlimited).
+        min_samples_leaf: rows in a leaf at least.
+        class_weight: `balanced` weighs classes by inverse frequency (classification).
+    """
 
     n_estimators: PositiveInt = 200
     max_depth: PositiveInt | None = None
@@ -136,7 +172,14 @@ class RandomForestParams(StrictModel):
 
 
 class GradientBoostingParams(StrictModel):
-    """scikit-learn histogram gradient boosting hyperparameters."""
+    """scikit-learn histogram gradient boosting hyperparameters.
+
+    Attributes:
+        n_estimators: boosting iterations.
+        max_depth: depth of each tree at most (`null`: unlimited).
+        learning_rate: shrinkage of each tree's contribution.
+        min_samples_leaf: rows in a leaf at least.
+    """
 
     n_estimators: PositiveInt = 100
     max_depth: PositiveInt | None = 3
@@ -145,7 +188,15 @@ class GradientBoostingParams(StrictModel):
 
 
 class MLPParams(StrictModel):
-    """Hyperparameters of the Lightning multi-layer perceptron."""
+    """Hyperparameters of the Lightning multi-layer perceptron.
+
+    Attributes:
+        hidden: the width of each hidden layer, e.g. `[64, 32]`.
+        dropout: dropout after each hidden layer.
+        lr: AdamW's learning rate.
+        weight_decay: AdamW's weight decay.
+        batch_size: rows per training batch.
+    """
 
     hidden: Annotated[list[PositiveInt], Field(min_length=1, max_length=8)] = Field(
         default_factory=lambda: [64, 32]
@@ -157,7 +208,13 @@ class MLPParams(StrictModel):
 
 
 class EarlyStopping(StrictModel):
-    """Stop training when ``monitor`` stops improving for ``patience`` epochs."""
+    """Stop training when ``monitor`` stops improving for ``patience`` epochs.
+
+    Attributes:
+        monitor: the logged metric to watch: `val_loss` or `val_<metric>` (e.g. `val_f1`).
+        patience: epochs without improvement before stopping.
+        mode: `min` or `max`; defaults to the metric's natural direction.
+    """
 
     monitor: Annotated[str, Field(pattern=r"^(val|train)_[a-z0-9_]+$")] = "val_loss"
     patience: PositiveInt = 3
@@ -165,7 +222,20 @@ class EarlyStopping(StrictModel):
 
 
 class TrainerSettings(StrictModel):
-    """Passed through to ``lightning.Trainer``; the same spec runs on a laptop CPU or GPUs."""
+    """Passed through to ``lightning.Trainer``; the same spec runs on a laptop CPU or GPUs.
+
+    Attributes:
+        accelerator: `auto`, `cpu`, `gpu`, `cuda` or `mps`.
+        devices: devices per node, or `auto`.
+        strategy: `auto`, `ddp`, `ddp_spawn`, `fsdp`, `deepspeed` or `single_device`.
+        num_nodes: machines to train on.
+        precision: e.g. `32-true`, or `bf16-mixed` on GPUs that support it.
+        max_epochs: epochs at most.
+        early_stopping: stop when a metric stops improving (off when left out).
+        checkpointing: keep the best epoch's weights (by the early-stopping monitor, else
+            `val_loss`) instead of the last.
+        deterministic: deterministic algorithms, for reproducible training.
+    """
 
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: PositiveInt | Literal["auto"] = "auto"
@@ -179,7 +249,14 @@ class TrainerSettings(StrictModel):
 
 
 class _Algorithm(StrictModel):
-    """Fields every algorithm shares; ``params`` fixes hyperparameters, ``search`` sweeps them."""
+    """Fields every algorithm shares; ``params`` fixes hyperparameters, ``search`` sweeps them.
+
+    Attributes:
+        name: the candidate's name in runs and leaderboards (defaults to `kind`); needed when two
+            candidates share a kind.
+        search: search distributions per hyperparameter for sweeps, e.g. `{C: {log_uniform: [0.01,
+            10]}}`.
+    """
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
     search: dict[str, SearchDistribution] = Field(default_factory=dict)
@@ -191,28 +268,49 @@ class _Algorithm(StrictModel):
 
 
 class LogisticRegression(_Algorithm):
-    """scikit-learn logistic regression (classification only)."""
+    """scikit-learn logistic regression (classification only).
+
+    Attributes:
+        kind: `logistic_regression`.
+        params: fixed hyperparameters (the rest keep their defaults).
+    """
 
     kind: Literal["logistic_regression"]
     params: LogisticRegressionParams = Field(default_factory=LogisticRegressionParams)
 
 
 class RandomForest(_Algorithm):
-    """scikit-learn random forest (classification or regression)."""
+    """scikit-learn random forest (classification or regression).
+
+    Attributes:
+        kind: `random_forest`.
+        params: fixed hyperparameters (the rest keep their defaults).
+    """
 
     kind: Literal["random_forest"]
     params: RandomForestParams = Field(default_factory=RandomForestParams)
 
 
 class GradientBoosting(_Algorithm):
-    """scikit-learn histogram gradient boosting (classification or regression)."""
+    """scikit-learn histogram gradient boosting (classification or regression).
+
+    Attributes:
+        kind: `gradient_boosting`.
+        params: fixed hyperparameters (the rest keep their defaults).
+    """
 
     kind: Literal["gradient_boosting"]
     params: GradientBoostingParams = Field(default_factory=GradientBoostingParams)
 
 
 class LightningMLP(_Algorithm):
-    """A multi-layer perceptron trained with Lightning (classification or regression)."""
+    """A multi-layer perceptron trained with Lightning (classification or regression).
+
+    Attributes:
+        kind: `lightning_mlp`.
+        params: fixed hyperparameters (the rest keep their defaults).
+        trainer: Lightning trainer settings.
+    """
 
     kind: Literal["lightning_mlp"]
     params: MLPParams = Field(default_factory=MLPParams)
@@ -226,7 +324,12 @@ Algorithm = Annotated[
 
 
 class Objective(StrictModel):
-    """One objective of a multi-objective sweep."""
+    """One objective of a multi-objective sweep.
+
+    Attributes:
+        metric: a metric of the task, or a cost: `p95_latency_ms`, `model_size_mb`.
+        direction: `maximize` or `minimize`.
+    """
 
     metric: Literal[
         "accuracy", "f1", "precision", "recall", "roc_auc", "log_loss", "rmse", "mae", "r2",
@@ -241,6 +344,14 @@ class Sweep(StrictModel):
     Attributes:
         storage: ``sqlite`` (a file under the state folder), ``journal`` (a journal file, for
             parallel workers on one machine), or a ``postgresql://`` URL for many machines.
+        sampler: `tpe`, `random` or `grid`.
+        pruner: `none`, `median` or `hyperband`: stop bad trials early.
+        n_trials: trials at most.
+        timeout: time budget, e.g. `30m`.
+        parallelism: trials run at once, as separate processes sharing the storage.
+        objectives: several objectives for a multi-objective sweep (returns the Pareto front);
+            empty: the training metric.
+        seed: seed of the sampler.
     """
 
     sampler: Literal["tpe", "random", "grid"] = "tpe"
