@@ -22,3 +22,11 @@ def test_readme_quick_start_matches_the_makefile() -> None:
         assert f"make {target}" in readme
         assert f"\n{target}:" in makefile
     assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_example_specs_validate() -> None:
+    from loopline.spec_loader import load_spec
+
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        assert path.read_text().startswith("# yaml-language-server: $schema=spec.schema.json")
+        load_spec(path, check_source=False)
