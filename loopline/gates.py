@@ -38,8 +38,8 @@ class GateDecision(BaseModel):
     def render_markdown(self, model_name: str) -> str:
         """A Markdown table of every check and the verdict."""
         verdict = "PASSED" if self.passed else "FAILED"
-        against = (f" against champion v{self.champion_version}" if self.champion_version
-                   else " (no champion yet)")
+        against = (f" against champion v{self.champion_version}"
+                   if self.champion_version is not None else " (no champion yet)")
         lines = [f"# Gate decision for `{model_name}`: **{verdict}**{against}", "",
                  "| metric | check | required | observed | result |", "|---|---|---|---|---|"]
         for check in self.checks:

@@ -43,8 +43,11 @@ class TabularPreprocessor:
             else:
                 numbers = values.astype(np.float64)
                 prep.numeric.append(name)
-                mean = float(np.nanmean(numbers)) if np.isfinite(numbers).any() else 0.0
-                scale = float(np.nanstd(numbers)) if np.isfinite(numbers).any() else 1.0
+                # Statistics over finite values only: one inf (a ratio over zero) must not turn
+                # the whole column into the fill value.
+                finite = numbers[np.isfinite(numbers)]
+                mean = float(finite.mean()) if finite.size else 0.0
+                scale = float(finite.std()) if finite.size else 1.0
                 prep.means[name] = mean
                 prep.scales[name] = scale if scale > 0 else 1.0
         return prep
