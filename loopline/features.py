@@ -27,6 +27,22 @@ def dtype_name(dtype: pl.DataType) -> str:
     return str(dtype).lower()
 
 
+def cast_problem(source: pl.DataType, declared: str) -> str | None:
+    """Why casting ``source`` to the declared dtype would change values silently, or None.
+
+    polars' strict cast refuses overflow and unparsable text, but turns any non-zero number
+    into ``true`` and truncates floats to integers; a spec has to ask for those explicitly.
+    """
+    target = polars_dtype(declared)
+    if source == pl.Null() or source == target:
+        return None
+    if target == pl.Boolean() and not (source == pl.Boolean() or source.is_integer()):
+        return f"casting {source} to bool makes every non-zero value true"
+    if target.is_integer() and source.is_float():
+        return f"casting {source} to {declared} drops the fraction"
+    return None
+
+
 def feature_expression(feature: ComputedFeature) -> pl.Expr:
     """The polars expression for a computed feature, cast strictly to its declared dtype.
 

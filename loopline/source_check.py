@@ -12,7 +12,7 @@ import difflib
 import polars as pl
 
 from loopline.errors import DataSourceError, SpecProblem
-from loopline.features import feature_expression
+from loopline.features import cast_problem, dtype_name, feature_expression
 from loopline.sections.data import ComputedFeature
 from loopline.sources import scan_source, source_schema
 from loopline.spec import Spec
@@ -45,12 +45,6 @@ def source_problems(spec: Spec) -> list[SpecProblem]:
     for path, role, column in roles:
         if column not in schema:
             problems.append(_missing_column(path, role, column, columns))
-    if data.event_time is not None and data.event_time in schema and not schema[
-        data.event_time
-    ].is_temporal():
-        problems.append(SpecProblem("data.event_time", f"`{data.event_time}` holds "
-                                    f"{schema[data.event_time]}, not dates or times",
-                                    "name a date or datetime column (ISO 8601 text in CSV)"))
     for index, entry in enumerate(spec.features):
         passthrough = getattr(entry, "passthrough", [])
         for j, column in enumerate(passthrough):
@@ -63,39 +57,49 @@ def source_problems(spec: Spec) -> list[SpecProblem]:
         return [*problems, SpecProblem("data.source", f"cannot read the data source: {exc}",
                                        "check that the file is valid " + str(data.source_format))]
     if sample.height == 0:
-        problems.append(SpecProblem("data.source", "the data source has no rows",
-                                    "point `data.source` at a file with data"))
+        # Without rows a CSV's columns all read as text: dtype checks would only mislead.
+        return [*problems, SpecProblem("data.source", "the data source has no rows",
+                                       "point `data.source` at a file with data")]
+    if data.event_time in sample.columns and not sample.schema[str(data.event_time)].is_temporal():
+        problems.append(SpecProblem("data.event_time", f"`{data.event_time}` holds "
+                                    f"{sample.schema[str(data.event_time)]}, not dates or times",
+                                    "name a date or datetime column (ISO 8601 text in CSV)"))
     for index, feature in enumerate(spec.features):
-        if not isinstance(feature, ComputedFeature):
-            continue
-        path = f"features[{index}]"
-        try:
-            expression = feature_expression(feature)
-        except pl.exceptions.PolarsError as exc:
-            problems.append(SpecProblem(f"{path}.expr", f"`{feature.expr}` does not parse: "
-                                        f"{_first_line(exc)}", "write a SQL expression over "
-                                        "source columns, e.g. `a / (b + 1)` or "
-                                        "`CASE WHEN plan = 'premium' THEN 1 ELSE 0 END`"))
-            continue
-        try:
-            sample.select(expression)
-        except pl.exceptions.ColumnNotFoundError as exc:
-            problems.append(SpecProblem(f"{path}.expr", f"`{feature.expr}` refers to a column "
-                                        f"that is not in the source: {_first_line(exc)}",
-                                        f"use source columns: {', '.join(columns[:30])}"))
-        except pl.exceptions.PolarsError as exc:
-            problems.append(SpecProblem(f"{path}.dtype", f"`{feature.expr}` does not evaluate "
-                                        f"to {feature.dtype} on the source's first rows: "
-                                        f"{_first_line(exc)}", "change the expression or "
-                                        f"the dtype (it gives {_inferred(sample, feature.expr)})"))
+        if isinstance(feature, ComputedFeature):
+            problems += _feature_problems(f"features[{index}]", feature, sample, columns)
     return problems
 
 
-def _inferred(sample: pl.DataFrame, expr: str) -> str:
+def _feature_problems(path: str, feature: ComputedFeature, sample: pl.DataFrame,
+                      columns: list[str]) -> list[SpecProblem]:
     try:
-        return str(sample.select(pl.sql_expr(expr)).dtypes[0])
-    except pl.exceptions.PolarsError:
-        return "an error"
+        raw = pl.sql_expr(feature.expr)
+    except pl.exceptions.PolarsError as exc:
+        return [SpecProblem(f"{path}.expr", f"`{feature.expr}` does not parse: {_first_line(exc)}",
+                            "write a SQL expression over source columns, e.g. `a / (b + 1)` or "
+                            "`CASE WHEN plan = 'premium' THEN 1 ELSE 0 END`")]
+    try:
+        inferred = sample.select(raw).dtypes[0]
+    except pl.exceptions.ColumnNotFoundError as exc:
+        return [SpecProblem(f"{path}.expr", f"`{feature.expr}` refers to a column that is not in "
+                            f"the source: {_first_line(exc)}",
+                            f"use source columns: {', '.join(columns[:30])}")]
+    except pl.exceptions.PolarsError as exc:
+        return [SpecProblem(f"{path}.expr", f"`{feature.expr}` fails on the source's first rows: "
+                            f"{_first_line(exc)}", "check the columns' types and the operators")]
+    lossy = cast_problem(inferred, feature.dtype)
+    if lossy is not None:
+        return [SpecProblem(f"{path}.dtype", f"`{feature.expr}` gives {inferred}: {lossy}",
+                            f"declare the dtype it gives ({dtype_name(inferred)}) or convert "
+                            "explicitly in SQL, e.g. `CAST(ROUND(x) AS BIGINT)` or `x > 0`")]
+    try:
+        sample.select(feature_expression(feature))
+    except pl.exceptions.PolarsError as exc:
+        return [SpecProblem(f"{path}.dtype", f"`{feature.expr}` gives {inferred}, which does not "
+                            f"convert to {feature.dtype} on the source's first rows: "
+                            f"{_first_line(exc)}", f"declare {dtype_name(inferred)}, or fix the "
+                            "values (e.g. text that is not a number)")]
+    return []
 
 
 def _first_line(exc: Exception) -> str:

@@ -1,6 +1,8 @@
 """Parse a spec file once, at the edge, into a :class:`~loopline.spec.Spec`.
 
-Every problem is reported at once, each with its path in the YAML, its line and a fix. YAML is
+Every problem is reported at once, each with its path in the YAML, its line and a fix: first
+every problem in the spec's structure (keys, types, values); once the structure is valid, every
+problem that spans sections, then every problem against the data source. YAML is
 read with YAML 1.2 scalars (only ``true``/``false`` are booleans, so ``on:`` stays a key and
 ``no`` stays a string), dates stay strings, and a key given twice is an error rather than a
 silent overwrite.
@@ -26,18 +28,54 @@ from loopline.spec import Spec
 PathKey = tuple[str | int, ...]
 
 
-class _SpecYamlLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans and no implicit timestamps."""
-
-
-_SpecYamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers
-            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+# YAML 1.2 core schema scalars. PyYAML implements YAML 1.1, where `no` is false, `010` is 8,
+# `1:30` is 90, `1e-3` is a string and dates become objects; a spec means what YAML 1.2 says.
+_YAML12 = {
+    "tag:yaml.org,2002:bool": (r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    "tag:yaml.org,2002:int": (r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    "tag:yaml.org,2002:float": (
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+0123456789.",
+    ),
 }
-_SpecYamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
+_YAML11_TAGS = (*_YAML12, "tag:yaml.org,2002:timestamp")
+
+
+def _yaml12_resolvers(resolvers: dict[Any, Any]) -> dict[Any, Any]:
+    kept = {first: [(tag, rx) for tag, rx in entries if tag not in _YAML11_TAGS]
+            for first, entries in resolvers.items()}
+    for tag, (pattern, firsts) in _YAML12.items():
+        for first in firsts:
+            kept.setdefault(first, []).append((tag, re.compile(pattern)))
+    return kept
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node))
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    return int(text, 16) if text.startswith("0x") else int(text, 10)
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    text = str(loader.construct_scalar(node)).lower()
+    if text.endswith(".inf"):
+        return float("-inf") if text.startswith("-") else float("inf")
+    return float("nan") if text == ".nan" else float(text)
+
+
+class _SpecYamlLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 core-schema scalars."""
+
+
+class _SpecYamlDumper(yaml.SafeDumper):
+    """SafeDumper that quotes any string the YAML 1.2 loader would read as something else."""
+
+
+_SpecYamlLoader.yaml_implicit_resolvers = _yaml12_resolvers(yaml.SafeLoader.yaml_implicit_resolvers)
+_SpecYamlDumper.yaml_implicit_resolvers = _yaml12_resolvers(yaml.SafeDumper.yaml_implicit_resolvers)
+_SpecYamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_SpecYamlLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
 @dataclass
@@ -147,7 +185,7 @@ def _problems_from_pydantic(exc: ValidationError, data: Any,
                             parsed: ParsedYaml | None) -> list[SpecProblem]:
     grouped: dict[PathKey, list[tuple[str, str]]] = {}
     for error in exc.errors(include_url=False):
-        path = _data_path(error["loc"], data)
+        path = _data_path(error["loc"], data, error["type"])
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             discriminator = str((error.get("ctx") or {}).get("discriminator", "kind")).strip("'")
             if discriminator.isidentifier():
@@ -162,19 +200,57 @@ def _problems_from_pydantic(exc: ValidationError, data: Any,
     return problems
 
 
-def _data_path(loc: tuple[str | int, ...], data: Any) -> PathKey:
-    """Map pydantic's error location onto the YAML document, dropping union tags."""
+def _data_path(loc: tuple[str | int, ...], data: Any, error_type: str) -> PathKey:
+    """Map pydantic's error location onto the YAML document.
+
+    The location mixes keys and indexes with the names of union variants (``canary``,
+    ``passthrough``, ``int``...). The spec's types tell which is which: where the type at a step
+    is a tagged union, the step names the variant and is dropped, even when the variant's name
+    is also a key in the data.
+    """
     path: list[str | int] = []
-    current = data
+    current: Any = data
+    annotation: Any = Spec
     for index, part in enumerate(loc):
+        annotation = _strip_annotated(annotation)
+        if _is_union(annotation):
+            members = [m for m in typing.get_args(annotation) if m is not type(None)]
+            chosen = next((m for m in members if _tag_of(m) == part), None)
+            if chosen is not None:
+                annotation = chosen  # the step names the variant: not part of the YAML path
+                continue
+            models = [m for m in members if _is_model(_strip_annotated(m))]
+            annotation = models[0] if len(models) == 1 else None
+            annotation = _strip_annotated(annotation)
+            if annotation is None and not isinstance(current, dict | list):
+                continue  # a scalar union's member name (int, literal[...]): not in the YAML
         in_mapping = isinstance(current, dict) and part in current
         in_list = isinstance(current, list) and isinstance(part, int) and part < len(current)
         if in_mapping or in_list:
             path.append(part)
             current = current[part]
-        elif isinstance(current, dict) and index == len(loc) - 1:
+        elif error_type == "missing" and isinstance(current, dict) and index == len(loc) - 1:
             path.append(part)  # a missing key: name it under its parent
+        annotation = _step_type(annotation, part)
     return tuple(path)
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _step_type(annotation: Any, part: str | int) -> Any:
+    """The type one step below ``annotation`` (None when unknown)."""
+    if _is_model(annotation):
+        info = annotation.model_fields.get(str(part)) or next(
+            (f for f in annotation.model_fields.values() if f.alias == part), None)
+        return info.annotation if info else None
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        return typing.get_args(annotation)[0]
+    if origin is dict:
+        return typing.get_args(annotation)[1]
+    return None
 
 
 def _describe(error: Any, data: Any) -> tuple[str, str]:
@@ -361,7 +437,13 @@ def load_spec(path: str | Path, *, check_source: bool = True) -> Spec:
     return spec
 
 
+def dump_yaml(data: Any) -> str:
+    """YAML text that :func:`parse_yaml` reads back into equal data (YAML 1.2 scalars)."""
+    # ASCII only: non-ASCII text is escaped, so characters YAML treats as line breaks (U+0085,
+    # U+2028) cannot fold into spaces on the way back.
+    return yaml.dump(data, Dumper=_SpecYamlDumper, sort_keys=False, allow_unicode=False)
+
+
 def dump_spec(spec: Spec) -> str:
     """The spec as YAML text that :func:`load_spec` reads back into an equal spec."""
-    return yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=False), sort_keys=False,
-                          allow_unicode=True)
+    return dump_yaml(spec.model_dump(mode="json"))

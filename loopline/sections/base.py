@@ -63,7 +63,7 @@ class StrictModel(BaseModel):
     JSON Schema (what editors show) and ``docs/spec.md`` say what the code says.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
