@@ -13,7 +13,7 @@ from prefect import flow, runtime
 
 from loopline.modeling.candidates import best_index
 from tasks.evaluation import evaluate_candidate
-from tasks.features import materialize_features
+from tasks.features import materialize_features, validate_source_data
 from tasks.packaging import build_bento
 from tasks.registry import register_candidate
 from tasks.spec import load_and_validate_spec
@@ -34,27 +34,33 @@ class PipelineResult:
 
 
 @flow(name="loopline-pipeline", log_prints=True)
-def pipeline(spec_path: str = "configs/demo.yaml") -> PipelineResult:
+def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = None) -> PipelineResult:
     """Carry a spec from data to a served model.
+
+    Args:
+        spec_path: the spec file.
+        storage_block: a saved FeatureStoreStorage block; the local state folder when None.
 
     Steps:
         1. Validate the spec and its data source (nothing is written if it is invalid).
-        2. Materialize the feature set (a new version, or the identical existing one).
-        3. Train every candidate algorithm, each in a nested MLflow run.
-        4. Pick the best candidate on the validation split.
-        5. Score it and the champion on the test split; decide the gates.
-        6. If it passes: log and register the model with its card and lineage; promote it.
-        7. If it is the champion: build a Bento that serves it.
+        2. Run the spec's data checks; a failing batch is quarantined, alerted, and stops here.
+        3. Materialize the feature set (a new version, or the identical existing one).
+        4. Train every candidate algorithm, each in a nested MLflow run.
+        5. Pick the best candidate on the validation split.
+        6. Score it and the champion on the test split; decide the gates.
+        7. If it passes: log and register the model with its card and lineage; promote it.
+        8. If it is the champion: build a Bento that serves it.
     """
     spec = load_and_validate_spec(spec_path)
-    manifest = materialize_features(spec)
+    validation = validate_source_data(spec, storage_block)
+    manifest = materialize_features(spec, validation, storage_block)
     parent_run_id = start_training_run(spec, manifest, str(runtime.flow_run.id or ""))
-    runs = [train_one_candidate(spec, manifest, index, parent_run_id)
+    runs = [train_one_candidate(spec, manifest, index, parent_run_id, storage_block)
             for index in range(len(spec.training.algorithms))]
     metric = spec.training.metric
     best = runs[best_index([r.candidate.validation_metrics for r in runs], metric.name,
                            metric.resolved_direction)]
-    evaluation = evaluate_candidate(spec, manifest, best)
+    evaluation = evaluate_candidate(spec, manifest, best, storage_block)
     finish_training_run(parent_run_id, best, "FINISHED")
     version, bento_tag = None, None
     if evaluation.decision.passed:

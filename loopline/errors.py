@@ -66,6 +66,52 @@ class FeatureSetNotFound(LooplineError):
     http_status = 404
 
 
+class FeatureNotFound(LooplineError):
+    """No feature of that name is registered."""
+
+    http_status = 404
+
+
+class FeatureVersionNotFound(LooplineError):
+    """The feature exists, but not in the version asked for."""
+
+    http_status = 404
+
+
+class DuplicateFeature(LooplineError):
+    """``create_feature`` on a name that is already registered (use ``update_feature``)."""
+
+    http_status = 409
+
+
+class InvalidFeatureDefinition(LooplineError):
+    """A feature's name, expression or dtype is not valid."""
+
+    http_status = 422
+
+
+class MissingCredentials(LooplineError):
+    """Storage on S3 was configured without credentials (and none are in the environment)."""
+
+    http_status = 401
+
+
+class DataValidationFailed(LooplineError):
+    """The source failed the spec's data checks; the batch was quarantined.
+
+    Attributes:
+        report: the checks and their results.
+        quarantine_uri: where the failing batch and its report were written.
+    """
+
+    http_status = 422
+
+    def __init__(self, message: str, report: object, quarantine_uri: str | None) -> None:
+        super().__init__(message)
+        self.report = report
+        self.quarantine_uri = quarantine_uri
+
+
 class TrainingError(LooplineError):
     """Training a candidate failed."""
 

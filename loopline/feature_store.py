@@ -1,14 +1,8 @@
-"""A versioned, immutable store of materialized feature sets (parquet plus a JSON manifest).
+"""The feature store: versioned feature definitions, materialized feature sets, data validation
+with quarantine, and point-in-time training sets, on a local folder or S3.
 
-Layout under the store's root::
-
-    <feature_set>/v<N>/features.parquet    the rows: entity id, event time, target, features
-    <feature_set>/v<N>/manifest.json       written last: a version without it does not exist
-
-A version is claimed by creating its folder exclusively, so two writers never share a number;
-the data is written before the manifest, so a reader never sees a half-written version.
-Materializing identical inputs (same source bytes, same definitions) reuses the version whose
-fingerprint matches instead of writing a copy.
+``FeatureStore`` is the one entry point; the work is done by :mod:`loopline.feature_registry`,
+:mod:`loopline.feature_sets`, :mod:`loopline.data_validation` and :mod:`loopline.point_in_time`.
 """
 
 from __future__ import annotations
@@ -16,194 +10,196 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-import os
-import re
+import tempfile
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict
 
 import loopline
-from loopline.errors import FeatureComputationError, FeatureSetNotFound
+from loopline.data_validation import ValidationReport, validate_batch
+from loopline.errors import FeatureComputationError, FeatureNotFound
+from loopline.feature_registry import (
+    FeatureDefinition,
+    FeatureFilter,
+    FeatureMetadata,
+    FeatureRegistry,
+    FeatureVersion,
+    definition_hash,
+)
+from loopline.feature_sets import FeatureRef, FeatureSetManifest, FeatureSets
 from loopline.features import dtype_name, feature_frame
+from loopline.point_in_time import point_in_time_join
 from loopline.sections.data import ComputedFeature
-from loopline.sources import scan_source, source_fingerprint
+from loopline.sources import scan_source, source_fingerprint, source_schema
 from loopline.spec import Spec
+from loopline.storage import S3Credentials, Storage
 
-_VERSION_DIR = re.compile(r"^v(\d+)$")
-MANIFEST = "manifest.json"
-DATA_FILE = "features.parquet"
-
-
-class FeatureDefinition(BaseModel):
-    """One feature as a version records it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    kind: str
-    expr: str | None
-    dtype: str
-    description: str
-    definition_hash: str
-
-
-class FeatureSetManifest(BaseModel):
-    """Everything a version says about itself; a model's lineage points here."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    feature_set: str
-    version: int
-    id: str
-    fingerprint: str
-    source: str
-    source_fingerprint: str
-    row_count: int
-    columns: dict[str, str]
-    entity_id: str
-    event_time: str | None
-    target: str
-    features: list[FeatureDefinition]
-    time_range: tuple[str, str] | None
-    created_at: str
-    created_by: str
-    loopline_version: str
-
-    @property
-    def feature_names(self) -> list[str]:
-        """The features in this version, in declaration order."""
-        return [feature.name for feature in self.features]
-
-    @property
-    def feature_versions(self) -> dict[str, str]:
-        """Each feature's definition hash: what lineage records per feature."""
-        return {feature.name: feature.definition_hash for feature in self.features}
-
-
-def _sha256(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+__all__ = ["FeatureSetManifest", "FeatureStore"]
 
 
 class FeatureStore:
-    """Materialized feature sets under ``root`` (a local folder)."""
+    """Features and feature sets under one storage root.
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    Args:
+        root: a local folder, an ``s3://bucket/prefix`` URI, or a ready :class:`Storage`.
+        credentials: S3 credentials when ``root`` is on S3.
+    """
+
+    def __init__(self, root: Storage | str | Path, credentials: S3Credentials | None = None) -> None:
+        self.storage = root if isinstance(root, Storage) else Storage(str(root), credentials)
+        self.registry = FeatureRegistry(self.storage)
+        self.sets = FeatureSets(self.storage)
+
+    # --- feature definitions ------------------------------------------------------------------
+
+    def create_feature(self, name: str, definition: FeatureDefinition,
+                       metadata: FeatureMetadata) -> FeatureVersion:
+        """Register ``name`` as version 1 (see :meth:`FeatureRegistry.create_feature`)."""
+        return self.registry.create_feature(name, definition, metadata)
+
+    def get_feature(self, name: str, version: int | None = None) -> FeatureVersion:
+        """A version of ``name``, the latest by default (see :meth:`FeatureRegistry.get_feature`)."""
+        return self.registry.get_feature(name, version)
+
+    def update_feature(self, name: str, definition: FeatureDefinition | None = None,
+                       metadata: FeatureMetadata | None = None) -> FeatureVersion:
+        """A new version of ``name`` (see :meth:`FeatureRegistry.update_feature`)."""
+        return self.registry.update_feature(name, definition, metadata)
+
+    def list_features(self, filters: FeatureFilter | None = None) -> list[FeatureVersion]:
+        """The latest version of every matching feature."""
+        return self.registry.list_features(filters)
+
+    # --- feature sets -------------------------------------------------------------------------
 
     def versions(self, feature_set: str) -> list[int]:
-        """The committed versions of ``feature_set``, oldest first."""
-        folder = self.root / feature_set
-        if not folder.is_dir():
-            return []
-        found = []
-        for child in folder.iterdir():
-            match = _VERSION_DIR.match(child.name)
-            if match and (child / MANIFEST).is_file():
-                found.append(int(match.group(1)))
-        return sorted(found)
+        """Committed versions of ``feature_set``, oldest first."""
+        return self.sets.versions(feature_set)
 
     def manifest(self, feature_set: str, version: int | None = None) -> FeatureSetManifest:
-        """The manifest of ``version`` (the latest when None).
+        """A version's manifest, the latest by default."""
+        return self.sets.manifest(feature_set, version)
 
-        Raises:
-            FeatureSetNotFound: no such feature set or version.
-        """
-        versions = self.versions(feature_set)
-        if not versions:
-            raise FeatureSetNotFound(f"feature set {feature_set!r} has no versions in {self.root}")
-        chosen = versions[-1] if version is None else version
-        if chosen not in versions:
-            raise FeatureSetNotFound(f"feature set {feature_set!r} has no version {chosen} "
-                                     f"(versions: {versions})")
-        path = self.root / feature_set / f"v{chosen}" / MANIFEST
-        return FeatureSetManifest.model_validate_json(path.read_text())
+    def scan(self, feature_set: str, version: int | None = None) -> pl.LazyFrame:
+        """A version's rows, lazily."""
+        return self.sets.scan(self.sets.manifest(feature_set, version))
 
-    def read(self, feature_set: str, version: int) -> pl.DataFrame:
-        """The rows of a committed version."""
-        self.manifest(feature_set, version)
-        return pl.read_parquet(self.root / feature_set / f"v{version}" / DATA_FILE)
+    def read(self, feature_set: str, version: int | None = None) -> pl.DataFrame:
+        """A version's rows."""
+        return self.scan(feature_set, version).collect()
 
-    def materialize(self, spec: Spec) -> FeatureSetManifest:
-        """Compute the spec's features from its source and commit them as a new version, or
-        return the existing version with the same fingerprint.
+    def validate_source(self, spec: Spec, credentials: S3Credentials | None = None
+                        ) -> ValidationReport | None:
+        """Run the spec's ``data.validation`` on its source (None when it declares none)."""
+        if spec.data.validation is None:
+            return None
+        return validate_batch(scan_source(spec.data, credentials), spec.data.validation)
+
+    def quarantine(self, spec: Spec, report: ValidationReport,
+                   credentials: S3Credentials | None = None) -> str:
+        """Write the failing batch and its report aside; returns the quarantine folder's URI."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        folder = f"quarantine/{spec.name}/{stamp}-{uuid.uuid4().hex[:8]}"
+        with tempfile.TemporaryDirectory(prefix="loopline-quarantine-") as workdir:
+            batch = Path(workdir) / "batch.parquet"
+            scan_source(spec.data, credentials).sink_parquet(batch)
+            self.storage.put_file(str(batch), folder, "batch.parquet")
+        details = {"source": spec.data.source, "quarantined_at": stamp, **report.model_dump()}
+        self.storage.write_bytes(json.dumps(details, indent=2).encode(), folder, "report.json")
+        return self.storage.uri(folder)
+
+    def materialize(self, spec: Spec, validation: ValidationReport | None = None,
+                    credentials: S3Credentials | None = None) -> FeatureSetManifest:
+        """Compute the spec's features from its source and commit them as a new version of the
+        feature set, or return the version with the same fingerprint.
+
+        Args:
+            spec: the spec (its name names the feature set).
+            validation: the data checks' results, recorded in the manifest.
+            credentials: for a source on S3.
 
         Raises:
             DataSourceError: the source cannot be read.
             FeatureComputationError: a feature expression fails on the data.
         """
-        definitions = _definitions(spec)
-        source_hash = source_fingerprint(spec.data)
-        fingerprint = _sha256({
+        schema = source_schema(spec.data, credentials)
+        definitions = _definitions(spec, schema)
+        source_hash = source_fingerprint(spec.data, credentials)
+        fingerprint = hashlib.sha256(json.dumps({
             "source": source_hash,
             "roles": [spec.data.entity_id, spec.data.event_time, spec.data.target],
-            "features": [d.definition_hash for d in definitions],
-        })
-        for version in reversed(self.versions(spec.name)):
-            existing = self.manifest(spec.name, version)
-            if existing.fingerprint == fingerprint:
-                return existing
+            "features": [definition_hash(name, d) for name, (_, d, _) in definitions.items()],
+        }).encode()).hexdigest()
+        existing = self.sets.find(spec.name, fingerprint)
+        if existing is not None:
+            return existing
         try:
-            frame = feature_frame(scan_source(spec.data), spec).collect()
+            files = self.sets.write_data(spec.name, feature_frame(scan_source(spec.data,
+                                                                              credentials), spec))
         except pl.exceptions.PolarsError as exc:
             raise FeatureComputationError(f"computing the features of {spec.name!r} failed: "
                                           f"{exc}") from exc
-        time_range = None
-        if spec.data.event_time is not None and frame.height:
-            times = frame[spec.data.event_time]
-            time_range = (str(times.min()), str(times.max()))
-        definitions = [
-            d if d.kind == "computed" else d.model_copy(update={"dtype": dtype_name(frame.schema[d.name])})
-            for d in definitions
-        ]
-        version, folder = self._claim_version(spec.name)
-        frame.write_parquet(folder / DATA_FILE)
+        stats = self.sets.stats(files, list(definitions), spec.data.event_time)
+        author = spec.owner or _user()
+        refs = []
+        for name, (kind, definition, description) in definitions.items():
+            registered = self._ensure_feature(name, definition, FeatureMetadata(
+                author=author, description=description, tags={"feature_set": spec.name}))
+            refs.append(FeatureRef(name=name, version=registered.version, kind=kind,
+                                   expr=definition.expr, dtype=definition.dtype,
+                                   content_hash=registered.content_hash,
+                                   null_share=stats["null_shares"][name]))
         manifest = FeatureSetManifest(
-            feature_set=spec.name, version=version, id=str(uuid.uuid4()), fingerprint=fingerprint,
-            source=spec.data.source, source_fingerprint=source_hash, row_count=frame.height,
-            columns={name: dtype_name(dtype) for name, dtype in frame.schema.items()},
-            entity_id=spec.data.entity_id, event_time=spec.data.event_time, target=spec.data.target,
-            features=definitions, time_range=time_range, created_at=datetime.now(UTC).isoformat(),
-            created_by=_user(), loopline_version=loopline.__version__,
+            feature_set=spec.name, version=0, id=str(uuid.uuid4()), fingerprint=fingerprint,
+            source=spec.data.source, source_fingerprint=source_hash, row_count=stats["rows"],
+            columns={n: dtype_name(t) for n, t in stats["schema"].items()},
+            entity_id=spec.data.entity_id, event_time=spec.data.event_time,
+            target=spec.data.target, features=refs, time_range=stats["time_range"], files=files,
+            validation=validation, created_at=datetime.now(UTC).isoformat(), created_by=author,
+            loopline_version=loopline.__version__,
         )
-        staging = folder / f".{MANIFEST}.{uuid.uuid4().hex}"
-        staging.write_text(manifest.model_dump_json(indent=2))
-        os.replace(staging, folder / MANIFEST)  # the commit point
-        return manifest
+        return self.sets.publish(manifest)
 
-    def _claim_version(self, feature_set: str) -> tuple[int, Path]:
-        parent = self.root / feature_set
-        parent.mkdir(parents=True, exist_ok=True)
-        taken = [int(m.group(1)) for c in parent.iterdir() if (m := _VERSION_DIR.match(c.name))]
-        version = max(taken, default=0) + 1
-        while True:
-            folder = parent / f"v{version}"
-            try:
-                folder.mkdir()  # exclusive: a concurrent writer gets FileExistsError
-            except FileExistsError:
-                version += 1
-                continue
-            return version, folder
+    def training_set(self, feature_set: str, entities: pl.DataFrame,
+                     version: int | None = None) -> pl.DataFrame:
+        """``entities`` (entity id, event time, labels...) with every feature of the set as it
+        was at each row's event time, never later (a point-in-time join).
+        """
+        manifest = self.sets.manifest(feature_set, version)
+        if manifest.event_time is None:
+            raise ValueError(f"feature set {feature_set!r} has no event time: a point-in-time "
+                             "join needs one (set data.event_time in the spec)")
+        features = self.sets.scan(manifest).select(
+            [manifest.entity_id, manifest.event_time, *manifest.feature_names]).collect()
+        return point_in_time_join(entities, features, entity_id=manifest.entity_id,
+                                  event_time=manifest.event_time)
+
+    def _ensure_feature(self, name: str, definition: FeatureDefinition,
+                        metadata: FeatureMetadata) -> FeatureVersion:
+        """The latest version of ``name`` if it has this definition, else a new version."""
+        try:
+            latest = self.registry.get_feature(name)
+        except FeatureNotFound:
+            return self.registry.create_feature(name, definition, metadata)
+        if latest.content_hash == definition_hash(name, definition):
+            return latest
+        return self.registry.update_feature(name, definition, metadata)
 
 
-def _definitions(spec: Spec) -> list[FeatureDefinition]:
-    definitions = []
+def _definitions(spec: Spec, schema: pl.Schema) -> dict[str, tuple[str, FeatureDefinition, str]]:
+    """``{name: (kind, definition, description)}`` for every feature, in declaration order."""
+    found: dict[str, tuple[str, FeatureDefinition, str]] = {}
     for entry in spec.features:
         if isinstance(entry, ComputedFeature):
-            payload = {"expr": entry.expr, "dtype": entry.dtype}
-            definitions.append(FeatureDefinition(
-                name=entry.name, kind="computed", expr=entry.expr, dtype=entry.dtype,
-                description=entry.description, definition_hash=_sha256(payload)[:16]))
+            found[entry.name] = ("computed", FeatureDefinition(expr=entry.expr, dtype=entry.dtype),
+                                 entry.description)
         else:
             for column in entry.passthrough:
-                definitions.append(FeatureDefinition(
-                    name=column, kind="passthrough", expr=None, dtype="source",
-                    description=f"source column {column}",
-                    definition_hash=_sha256({"passthrough": column})[:16]))
-    return definitions
+                found[column] = ("passthrough", FeatureDefinition(
+                    expr=column, dtype=dtype_name(schema[column])), f"source column {column}")
+    return found
 
 
 def _user() -> str:

@@ -11,6 +11,7 @@ _DTYPES: dict[str, pl.DataType] = {
     "float32": pl.Float32(), "float64": pl.Float64(), "int8": pl.Int8(), "int16": pl.Int16(),
     "int32": pl.Int32(), "int64": pl.Int64(), "uint8": pl.UInt8(), "uint16": pl.UInt16(),
     "uint32": pl.UInt32(), "uint64": pl.UInt64(), "bool": pl.Boolean(), "string": pl.String(),
+    "date": pl.Date(), "datetime": pl.Datetime(),
 }
 
 
@@ -21,6 +22,8 @@ def polars_dtype(name: str) -> pl.DataType:
 
 def dtype_name(dtype: pl.DataType) -> str:
     """The spec dtype name of a polars dtype (``Float64`` → ``float64``)."""
+    if isinstance(dtype, pl.Datetime):
+        return "datetime"
     for name, candidate in _DTYPES.items():
         if dtype == candidate:
             return name

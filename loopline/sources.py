@@ -3,54 +3,66 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import fsspec
 import polars as pl
 
 from loopline.errors import DataSourceError
 from loopline.sections.data import DataSpec
+from loopline.storage import S3Credentials
 
 _CHUNK = 8 * 1024 * 1024
 
 
-def scan_source(data: DataSpec, storage_options: dict[str, Any] | None = None) -> pl.LazyFrame:
+def scan_source(data: DataSpec, credentials: S3Credentials | None = None) -> pl.LazyFrame:
     """A lazy frame over the source; nothing is read until it is collected.
 
     Raises:
         DataSourceError: the source does not exist or its format is unknown.
     """
-    fs, path = fsspec.core.url_to_fs(data.source, **(storage_options or {}))
-    if not fs.exists(path):
+    fsspec_options = credentials.fsspec_options() if credentials else {}
+    polars_options = credentials.polars_options() if credentials else None
+    try:
+        fs, path = fsspec.core.url_to_fs(data.source, **fsspec_options)
+        exists = fs.exists(path)
+    except (OSError, ValueError) as exc:
+        raise DataSourceError(f"cannot reach the data source {data.source}: {exc}") from exc
+    if not exists:
         raise DataSourceError(f"the data source {data.source} does not exist")
     if data.source_format == "csv":
-        return pl.scan_csv(data.source, storage_options=storage_options, try_parse_dates=True)
+        return pl.scan_csv(data.source, storage_options=polars_options, try_parse_dates=True)
     if data.source_format == "parquet":
-        return pl.scan_parquet(data.source, storage_options=storage_options)
+        return pl.scan_parquet(data.source, storage_options=polars_options)
     raise DataSourceError(f"cannot tell the format of {data.source}: set data.format")
 
 
-def source_schema(data: DataSpec, storage_options: dict[str, Any] | None = None) -> pl.Schema:
+def source_schema(data: DataSpec, credentials: S3Credentials | None = None) -> pl.Schema:
     """The source's column names and dtypes, reading as little as the format allows.
 
     Raises:
         DataSourceError: the source cannot be read.
     """
     try:
-        return scan_source(data, storage_options).collect_schema()
+        return scan_source(data, credentials).collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise DataSourceError(f"cannot read the data source {data.source}: {exc}") from exc
 
 
-def source_fingerprint(data: DataSpec, storage_options: dict[str, Any] | None = None) -> str:
-    """A sha256 of the source's bytes: the same bytes always give the same fingerprint.
+def source_fingerprint(data: DataSpec, credentials: S3Credentials | None = None) -> str:
+    """What identifies the source's content: sha256 of a local file's bytes; for an object on
+    S3, its ETag and size (reading a large object twice only to hash it would double the cost).
 
     Raises:
         DataSourceError: the source cannot be read.
     """
-    digest = hashlib.sha256()
+    options = credentials.fsspec_options() if credentials else {}
     try:
-        with fsspec.open(data.source, "rb", **(storage_options or {})) as handle:
+        fs, path = fsspec.core.url_to_fs(data.source, **options)
+        if data.source.startswith("s3://"):
+            info = fs.info(path)
+            return hashlib.sha256(f"{info.get('ETag')}:{info.get('size')}".encode()).hexdigest()
+        digest = hashlib.sha256()
+        with fs.open(path, "rb") as handle:
             while chunk := handle.read(_CHUNK):
                 digest.update(chunk)
     except (OSError, ValueError) as exc:

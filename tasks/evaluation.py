@@ -11,13 +11,13 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from loopline.feature_store import FeatureSetManifest, FeatureStore
+from loopline.feature_store import FeatureSetManifest
 from loopline.gates import GateDecision, evaluate_gates
 from loopline.modeling.candidates import evaluate
 from loopline.registry import ModelRegistry, ModelVersionInfo
 from loopline.spec import Spec
 from loopline.splits import split_frame
-from loopline.state import state_paths
+from tasks.features import open_store
 from tasks.training import CandidateRun
 
 
@@ -32,12 +32,13 @@ class Evaluation:
 
 
 @task(name="evaluate-gates")
-def evaluate_candidate(spec: Spec, manifest: FeatureSetManifest, best: CandidateRun) -> Evaluation:
+def evaluate_candidate(spec: Spec, manifest: FeatureSetManifest, best: CandidateRun,
+                       storage_block: str | None = None) -> Evaluation:
     """Score the candidate and the champion on the test split and decide the gates; the
     decision is logged to the candidate's run and published as a Prefect artifact.
     """
     logger = get_run_logger()
-    frame = FeatureStore(state_paths().features).read(manifest.feature_set, manifest.version)
+    frame = open_store(storage_block).read(manifest.feature_set, manifest.version)
     test = split_frame(frame, spec.data).test
     test_metrics = evaluate(best.candidate.model, test, spec.data.target)
     champion = ModelRegistry().champion(spec.name)

@@ -1,29 +1,85 @@
-"""Materializing the spec's feature set into the versioned feature store."""
+"""Checking the source, then materializing the spec's feature set into the feature store."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from prefect import task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.blocks.system import Secret
 from prefect.logging import get_run_logger
 
+from blocks.storage import FeatureStoreStorage
+from loopline.alerts import Alert, deliver
+from loopline.data_validation import ValidationReport
+from loopline.errors import DataValidationFailed
 from loopline.feature_store import FeatureSetManifest, FeatureStore
 from loopline.spec import Spec
 from loopline.state import state_paths
 
 
-@task(name="materialize-features", retries=1, retry_delay_seconds=2)
-def materialize_features(spec: Spec) -> FeatureSetManifest:
-    """Compute the features from the source and commit a version (or reuse the identical one);
-    publishes the feature table as a Prefect artifact.
+def open_store(storage_block: str | None) -> FeatureStore:
+    """The feature store a flow writes to: the named storage block's, else the local one under
+    the state folder.
     """
-    store = FeatureStore(state_paths().features)
-    manifest = store.materialize(spec)
+    if storage_block:
+        block = cast(FeatureStoreStorage, FeatureStoreStorage.load(storage_block))
+        return FeatureStore(block.storage())
+    return FeatureStore(state_paths().features)
+
+
+def read_secret(name: str) -> str:
+    """The value of a Prefect Secret block."""
+    return str(cast(Secret[str], Secret.load(name)).get())
+
+
+@task(name="validate-source-data")
+def validate_source_data(spec: Spec, storage_block: str | None = None) -> ValidationReport | None:
+    """Run the spec's data checks on the source before anything is materialized.
+
+    On failure the batch is written aside with a report (``on_failure: quarantine``), every
+    notification channel is alerted, and the flow stops.
+
+    Raises:
+        DataValidationFailed: a check failed.
+    """
+    logger = get_run_logger()
+    store = open_store(storage_block)
+    report = store.validate_source(spec)
+    if report is None:
+        return None
+    if report.passed:
+        logger.info("%s", report.summary())
+        return report
+    assert spec.data.validation is not None
+    quarantine = (store.quarantine(spec, report)
+                  if spec.data.validation.on_failure == "quarantine" else None)
+    create_markdown_artifact(key=f"{spec.name}-data-validation",
+                             markdown=report.render_markdown(quarantine),
+                             description=f"Data checks on {spec.data.source}")
+    alert = Alert(kind="data_validation_failed", severity="high", model=spec.name,
+                  title=f"{len(report.failures)} data check(s) failed on {spec.data.source}",
+                  details={"failed": report.summary(), "quarantine": quarantine or "not kept"})
+    deliver(alert, spec.notifications, secret=read_secret)
+    raise DataValidationFailed(f"data validation failed for {spec.name}:\n{report.summary()}"
+                               + (f"\nthe batch is quarantined at {quarantine}" if quarantine else ""),
+                               report, quarantine)
+
+
+@task(name="materialize-features", retries=1, retry_delay_seconds=2)
+def materialize_features(spec: Spec, validation: ValidationReport | None = None,
+                         storage_block: str | None = None) -> FeatureSetManifest:
+    """Compute the features from the source and commit a version (or reuse the identical one);
+    publishes the feature table (features, versions, rows, null share) as a Prefect artifact.
+    """
+    manifest = open_store(storage_block).materialize(spec, validation)
     get_run_logger().info("feature set %s v%d: %d rows, fingerprint %s", manifest.feature_set,
                           manifest.version, manifest.row_count, manifest.fingerprint[:12])
     create_table_artifact(
         key=f"{spec.name}-features",
-        table=[{"feature": f.name, "kind": f.kind, "dtype": f.dtype, "expression": f.expr or "",
-                "definition": f.definition_hash} for f in manifest.features],
+        table=[{"feature": f.name, "version": f.version, "kind": f.kind, "dtype": f.dtype,
+                "expression": f.expr, "rows": manifest.row_count,
+                "null_share": round(f.null_share, 4)} for f in manifest.features],
         description=f"Feature set `{manifest.feature_set}` v{manifest.version}: "
                     f"{manifest.row_count} rows from `{manifest.source}`",
     )

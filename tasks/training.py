@@ -8,12 +8,13 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.logging import get_run_logger
 
-from loopline.feature_store import FeatureSetManifest, FeatureStore
+from loopline.feature_store import FeatureSetManifest
 from loopline.modeling.candidates import TrainedCandidate, train_candidate
 from loopline.spec import Spec
 from loopline.splits import split_frame
 from loopline.state import state_paths
 from loopline.tracking import configure_tracking, ensure_experiment, log_candidate
+from tasks.features import open_store
 
 
 @dataclass
@@ -41,13 +42,13 @@ def start_training_run(spec: Spec, manifest: FeatureSetManifest, flow_run_id: st
 
 @task(name="train-candidate")
 def train_one_candidate(spec: Spec, manifest: FeatureSetManifest, algorithm_index: int,
-                        parent_run_id: str) -> CandidateRun:
+                        parent_run_id: str, storage_block: str | None = None) -> CandidateRun:
     """Train the spec's ``algorithm_index``-th candidate with its params and log it (params,
     validation metrics, per-epoch history) as a nested MLflow run.
     """
     configure_tracking(state_paths())
     algorithm = spec.training.algorithms[algorithm_index]
-    frame = FeatureStore(state_paths().features).read(manifest.feature_set, manifest.version)
+    frame = open_store(storage_block).read(manifest.feature_set, manifest.version)
     splits = split_frame(frame, spec.data)
     dtypes = {name: manifest.columns[name] for name in spec.feature_names}
     candidate = train_candidate(algorithm, spec.training, splits, spec.feature_names, dtypes,

@@ -38,7 +38,8 @@ def test_first_run_materializes_trains_registers_and_builds(first_and_second_run
     # The feature set is a committed parquet version under this session's state folder.
     store = FeatureStore(state_paths().features)
     manifest = store.manifest("tumor-malignancy", 1)
-    assert (state_paths().features / "tumor-malignancy" / "v1" / "features.parquet").is_file()
+    assert all((state_paths().features / f).is_file() for f in manifest.files)
+    assert (state_paths().features / "sets" / "tumor-malignancy" / "versions" / "v1.json").is_file()
     assert manifest.row_count == 569
 
     # MLflow: a parent run with one nested run per candidate, each with params and metrics.

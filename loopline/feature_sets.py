@@ -1,0 +1,186 @@
+"""Materialized feature sets: immutable, versioned parquet datasets with a manifest.
+
+Layout under the store's root::
+
+    sets/<feature_set>/data/<write id>/*.parquet    the rows, in files of at most ROWS_PER_FILE
+    sets/<feature_set>/versions/v<N>.json           the manifest: the commit point of version N
+
+Data is written first under a fresh write id, then the manifest is published with
+:meth:`~loopline.storage.Storage.create_exclusive`. A reader lists manifests only, so it never
+sees a half-written version; a writer that crashes leaves only unreferenced data. Two writers
+racing for version N get N and N+1.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict
+
+from loopline.data_validation import ValidationReport
+from loopline.errors import FeatureSetNotFound
+from loopline.storage import Storage
+
+_VERSION_FILE = re.compile(r"^v(\d+)\.json$")
+FOLDER = "sets"
+#: Rows per parquet file: a version of a large set is split into files of at most this many.
+ROWS_PER_FILE = 1_000_000
+
+
+class FeatureRef(BaseModel):
+    """A feature as a set version uses it: the registered version it was computed with."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    version: int
+    kind: str
+    expr: str
+    dtype: str
+    content_hash: str
+    null_share: float
+
+
+class FeatureSetManifest(BaseModel):
+    """Everything a version of a feature set says about itself; lineage points here."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    feature_set: str
+    version: int
+    id: str
+    fingerprint: str
+    source: str
+    source_fingerprint: str
+    row_count: int
+    columns: dict[str, str]
+    entity_id: str
+    event_time: str | None
+    target: str
+    features: list[FeatureRef]
+    time_range: tuple[str, str] | None
+    files: list[str]
+    validation: ValidationReport | None
+    created_at: str
+    created_by: str
+    loopline_version: str
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The features in this version, in declaration order."""
+        return [feature.name for feature in self.features]
+
+    @property
+    def feature_versions(self) -> dict[str, str]:
+        """``{feature: registered version}``: what lineage records per feature."""
+        return {feature.name: str(feature.version) for feature in self.features}
+
+
+class FeatureSets:
+    """Reading and writing feature set versions under a storage root."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def versions(self, feature_set: str) -> list[int]:
+        """The committed versions of ``feature_set``, oldest first."""
+        found = (_VERSION_FILE.match(n) for n in
+                 self.storage.list_names(FOLDER, feature_set, "versions"))
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def manifest(self, feature_set: str, version: int | None = None) -> FeatureSetManifest:
+        """The manifest of ``version`` (the latest when None).
+
+        Raises:
+            FeatureSetNotFound: no such feature set or version.
+        """
+        versions = self.versions(feature_set)
+        if not versions:
+            raise FeatureSetNotFound(f"feature set {feature_set!r} has no versions in "
+                                     f"{self.storage.root}")
+        chosen = versions[-1] if version is None else version
+        if chosen not in versions:
+            raise FeatureSetNotFound(f"feature set {feature_set!r} has no version {chosen} "
+                                     f"(versions: {versions})")
+        raw = self.storage.read_bytes(FOLDER, feature_set, "versions", f"v{chosen}.json")
+        return FeatureSetManifest.model_validate_json(raw)
+
+    def find(self, feature_set: str, fingerprint: str) -> FeatureSetManifest | None:
+        """The newest version with ``fingerprint``, if any."""
+        for version in reversed(self.versions(feature_set)):
+            manifest = self.manifest(feature_set, version)
+            if manifest.fingerprint == fingerprint:
+                return manifest
+        return None
+
+    def scan(self, manifest: FeatureSetManifest) -> pl.LazyFrame:
+        """The rows of a committed version, lazily."""
+        uris = [self.storage.uri(f) for f in manifest.files]
+        return pl.scan_parquet(uris, storage_options=self.storage.polars_options())
+
+    def write_data(self, feature_set: str, rows: pl.LazyFrame) -> list[str]:
+        """Stream ``rows`` into fresh parquet files (bounded memory); returns their paths
+        relative to the root. Nothing is visible until a manifest names them.
+        """
+        write_id = uuid.uuid4().hex
+        relative = f"{FOLDER}/{feature_set}/data/{write_id}"
+        if not self.storage.is_s3:
+            target = Path(self.storage.path(relative))
+            target.mkdir(parents=True, exist_ok=True)
+            rows.sink_parquet(pl.PartitionBy(target, max_rows_per_file=ROWS_PER_FILE))
+            return self.storage.list_files(relative)
+        with tempfile.TemporaryDirectory(prefix="loopline-set-") as workdir:
+            rows.sink_parquet(pl.PartitionBy(workdir, max_rows_per_file=ROWS_PER_FILE))
+            for local in sorted(Path(workdir).rglob("*.parquet")):
+                self.storage.put_file(str(local), relative, str(local.relative_to(workdir)))
+        return self.storage.list_files(relative)
+
+    def stats(self, files: list[str], features: list[str], event_time: str | None
+              ) -> dict[str, Any]:
+        """Row count, null share per feature and time range of written files (one pass)."""
+        scan = pl.scan_parquet([self.storage.uri(f) for f in files],
+                               storage_options=self.storage.polars_options())
+        aggregates = [pl.len().alias("__rows")]
+        aggregates += [pl.col(f).null_count().alias(f"null:{f}") for f in features]
+        if event_time:
+            aggregates += [pl.col(event_time).min().alias("__min"),
+                           pl.col(event_time).max().alias("__max")]
+        row = scan.select(aggregates).collect().row(0, named=True)
+        rows = int(row["__rows"])
+        return {
+            "rows": rows,
+            "schema": scan.collect_schema(),
+            "null_shares": {f: (row[f"null:{f}"] / rows if rows else 0.0) for f in features},
+            "time_range": (str(row["__min"]), str(row["__max"]))
+            if event_time and rows else None,
+        }
+
+    def publish(self, manifest: FeatureSetManifest) -> FeatureSetManifest:
+        """Commit ``manifest`` as the next free version; returns it with its version number.
+
+        When another writer commits the same fingerprint first, returns that version instead
+        (and the data written here stays unreferenced).
+        """
+        version = max(self.versions(manifest.feature_set), default=0) + 1
+        while True:
+            candidate = manifest.model_copy(update={"version": version})
+            data = candidate.model_dump_json(indent=2).encode()
+            if self.storage.create_exclusive(data, FOLDER, manifest.feature_set, "versions",
+                                             f"v{version}.json"):
+                return candidate
+            twin = self.find(manifest.feature_set, manifest.fingerprint)
+            if twin is not None:
+                self.discard(manifest)
+                return twin
+            version = max(self.versions(manifest.feature_set)) + 1
+
+    def discard(self, manifest: FeatureSetManifest) -> None:
+        """Remove the data files of a manifest that was never committed."""
+        # Files are sets/<feature_set>/data/<write id>/...: remove each write's folder.
+        for folder in sorted({"/".join(f.split("/")[:4]) for f in manifest.files}):
+            self.storage.remove(folder)
