@@ -35,14 +35,15 @@ source — check out. Only `true` and `false` are booleans (YAML 1.2), so `on:` 
 | --- | --- |
 | `name`, `description`, `owner` | used: the model, feature set and Bento name; the card's description |
 | `data` (source, format, target, entity_id, event_time, split) | used by the pipeline flow |
-| `data.validation` | validated; the checks run with the feature store's data validation (coming) |
+| `data.validation` | used: checked before materializing; a failing batch is quarantined and alerted |
 | `features` | used: computed with polars SQL, materialized as a versioned feature set |
 | `training` task, metric, algorithms' params and trainer, seed | used: each candidate trains once |
 | `training.algorithms[*].search`, `training.sweep` | validated; Optuna sweeps act on them (coming) |
 | `gates` | used: thresholds and champion margin on the test split; `on_pass`; the model card |
 | `serving.routing` `single`, `serving.port`, `serving.workers` | used by the Bento and `make demo` |
 | other `serving.routing` kinds, `serving.auth` | validated; routing and auth in the service (coming) |
-| `monitoring`, `retraining`, `notifications` | validated; drift monitoring and the retraining loop (coming) |
+| `notifications` | used for data-validation alerts (log, webhook, Slack) |
+| `monitoring`, `retraining` | validated; drift monitoring and the retraining loop (coming) |
 
 """
 

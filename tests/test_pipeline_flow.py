@@ -3,13 +3,15 @@ should in the feature store, MLflow and BentoML; bad input leaves nothing."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
+import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
-from loopline.errors import InvalidSpec
+from loopline.errors import DataValidationFailed, InvalidSpec
 from loopline.feature_store import FeatureStore
 from loopline.registry import ModelRegistry
 from loopline.state import state_paths
@@ -125,3 +127,40 @@ def test_bad_input_fails_before_anything_is_written(
     assert FeatureStore(state_paths().features).versions("never-written") == []
     configure_tracking(state_paths())
     assert MlflowClient().get_experiment_by_name("never-written") is None
+
+
+def test_data_checks_are_recorded_in_the_manifest(first_and_second_run) -> None:
+    manifest = FeatureStore(state_paths().features).manifest("tumor-malignancy", 1)
+    assert manifest.validation is not None and manifest.validation.passed
+    assert {c.check for c in manifest.validation.checks} == {
+        "required", "completeness", "unique", "range"}
+
+
+def test_a_failing_batch_is_quarantined_alerted_and_stops_the_flow(
+    prefect_harness: None, demo_csv: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flows.pipeline import pipeline
+
+    # Radii reach 28 in the data: a range of [0, 20] fails, as would a broken upstream feed.
+    spec = demo_spec_text(demo_csv, {
+        "name: tumor-malignancy": "name: bad-batch",
+        "ranges: {mean_radius: [0, 50], malignant: [0, 1]}":
+            "ranges: {mean_radius: [0, 20], malignant: [0, 1]}",
+        "unique: [patient_id]": "unique: [is_large_not_a_column]",
+    })
+    with caplog.at_level("ERROR", logger="loopline.alerts"), pytest.raises(DataValidationFailed) as caught:
+        pipeline(str(write_spec(tmp_path, spec)))
+    failed = {(c.check, c.column) for c in caught.value.report.failures}
+    assert failed == {("range", "mean_radius"), ("unique", "is_large_not_a_column")}
+    quarantine = Path(caught.value.quarantine_uri)
+    assert quarantine.is_relative_to(state_paths().features / "quarantine" / "bad-batch")
+    assert pl.read_parquet(quarantine / "batch.parquet").height == 569
+    report = json.loads((quarantine / "report.json").read_text())
+    assert {c["column"] for c in report["checks"] if not c["passed"]} == {
+        "mean_radius", "is_large_not_a_column"}
+    assert any("bad-batch" in r.getMessage() and "data check" in r.getMessage()
+               for r in caplog.records)
+    # Stopped before anything was materialized or trained.
+    assert FeatureStore(state_paths().features).versions("bad-batch") == []
+    configure_tracking(state_paths())
+    assert MlflowClient().get_experiment_by_name("bad-batch") is None
