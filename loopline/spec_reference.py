@@ -103,16 +103,23 @@ def _constraints(info: FieldInfo) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def spec_models() -> list[type[BaseModel]]:
+    """Every model a spec is made of, breadth first from :class:`Spec`."""
+    found: list[type[BaseModel]] = []
+    queue: list[type[BaseModel]] = [Spec]
+    while queue:
+        model = queue.pop(0)
+        if model not in found:
+            found.append(model)
+            for info in model.model_fields.values():
+                queue += _models_in(info.annotation)
+    return found
+
+
 def render_reference() -> str:
     """The whole ``docs/spec.md``."""
     lines = [INTRO.rstrip(), ""]
-    queue: list[type[BaseModel]] = [Spec]
-    seen: set[type[BaseModel]] = set()
-    while queue:
-        model = queue.pop(0)
-        if model in seen:
-            continue
-        seen.add(model)
+    for model in spec_models():
         summary = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         lines += [f"## {model.__name__}", "", summary, "",
                   "| key | type | default | description |", "| --- | --- | --- | --- |"]
@@ -121,23 +128,11 @@ def render_reference() -> str:
             description = (info.description or "").replace("|", "\\|").replace("``", "`")
             lines.append(f"| `{key}` | {_type_text(info.annotation)}{_constraints(info)} | "
                          f"{_default_text(info)} | {description} |")
-            queue += [m for m in _models_in(info.annotation) if m not in seen]
         lines.append("")
     return "\n".join(lines)
 
 
 def undocumented_fields() -> list[str]:
     """``Model.field`` for every spec field without a description (a test keeps this empty)."""
-    missing: list[str] = []
-    queue: list[type[BaseModel]] = [Spec]
-    seen: set[type[BaseModel]] = set()
-    while queue:
-        model = queue.pop(0)
-        if model in seen:
-            continue
-        seen.add(model)
-        for name, info in model.model_fields.items():
-            if not info.description:
-                missing.append(f"{model.__name__}.{name}")
-            queue += _models_in(info.annotation)
-    return missing
+    return [f"{model.__name__}.{name}" for model in spec_models()
+            for name, info in model.model_fields.items() if not info.description]

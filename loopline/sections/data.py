@@ -17,7 +17,22 @@ FeatureDtype = Literal[
 ]
 
 
-class RandomSplit(StrictModel):
+class _Split(StrictModel):
+    """Shares of rows for validation and test; the rest trains."""
+
+    kind: str  # each split narrows it to its own literal; declared here so it comes first
+    validation: OpenFraction = 0.15
+    test: OpenFraction = 0.15
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> _Split:
+        if self.validation + self.test >= 1.0:
+            raise spec_error(f"validation + test is {self.validation + self.test:g}: no rows are "
+                             "left to train on", "make validation + test less than 1, e.g. 0.15 each")
+        return self
+
+
+class RandomSplit(_Split):
     """Rows are shuffled with ``seed`` and cut into train / validation / test.
 
     Attributes:
@@ -28,19 +43,10 @@ class RandomSplit(StrictModel):
     """
 
     kind: Literal["random"] = "random"
-    validation: OpenFraction = 0.15
-    test: OpenFraction = 0.15
     seed: int = 0
 
-    @model_validator(mode="after")
-    def _leaves_training_rows(self) -> RandomSplit:
-        if self.validation + self.test >= 1.0:
-            raise spec_error(f"validation + test is {self.validation + self.test:g}: no rows are "
-                             "left to train on", "make validation + test less than 1, e.g. 0.15 each")
-        return self
 
-
-class TimeSplit(StrictModel):
+class TimeSplit(_Split):
     """The oldest rows train, the next validate, the newest test (needs ``data.event_time``).
 
     Attributes:
@@ -50,15 +56,6 @@ class TimeSplit(StrictModel):
     """
 
     kind: Literal["time"] = "time"
-    validation: OpenFraction = 0.15
-    test: OpenFraction = 0.15
-
-    @model_validator(mode="after")
-    def _leaves_training_rows(self) -> TimeSplit:
-        if self.validation + self.test >= 1.0:
-            raise spec_error(f"validation + test is {self.validation + self.test:g}: no rows are "
-                             "left to train on", "make validation + test less than 1, e.g. 0.15 each")
-        return self
 
 
 Split = Annotated[RandomSplit | TimeSplit, Field(discriminator="kind")]
