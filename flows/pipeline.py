@@ -61,7 +61,7 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
     best = runs[best_index([r.candidate.validation_metrics for r in runs], metric.name,
                            metric.resolved_direction)]
     evaluation = evaluate_candidate(spec, manifest, best, storage_block)
-    finish_training_run(parent_run_id, best, "FINISHED")
+    finish_training_run(spec, parent_run_id, best)
     version, bento_tag = None, None
     if evaluation.decision.passed:
         version = register_candidate(spec, manifest, best, evaluation)

@@ -175,12 +175,12 @@ class FeatureSets:
                 return candidate
             twin = self.find(manifest.feature_set, manifest.fingerprint)
             if twin is not None:
-                self.discard(manifest)
+                self.discard(manifest.files)
                 return twin
             version = max(self.versions(manifest.feature_set)) + 1
 
-    def discard(self, manifest: FeatureSetManifest) -> None:
-        """Remove the data files of a manifest that was never committed."""
+    def discard(self, files: list[str]) -> None:
+        """Remove data files that no committed manifest names (a lost race, a failed write)."""
         # Files are sets/<feature_set>/data/<write id>/...: remove each write's folder.
-        for folder in sorted({"/".join(f.split("/")[:4]) for f in manifest.files}):
+        for folder in sorted({"/".join(f.split("/")[:4]) for f in files}):
             self.storage.remove(folder)

@@ -19,7 +19,7 @@ import polars as pl
 
 import loopline
 from loopline.data_validation import ValidationReport, validate_batch
-from loopline.errors import FeatureComputationError, FeatureNotFound
+from loopline.errors import DuplicateFeature, FeatureComputationError, FeatureNotFound
 from loopline.feature_registry import (
     FeatureDefinition,
     FeatureFilter,
@@ -141,6 +141,16 @@ class FeatureStore:
         except pl.exceptions.PolarsError as exc:
             raise FeatureComputationError(f"computing the features of {spec.name!r} failed: "
                                           f"{exc}") from exc
+        try:
+            return self._commit(spec, definitions, files, fingerprint, source_hash, validation)
+        except BaseException:
+            self.sets.discard(files)  # nothing may reference them: leave no orphan behind
+            raise
+
+    def _commit(self, spec: Spec, definitions: dict[str, tuple[str, FeatureDefinition, str]],
+                files: list[str], fingerprint: str, source_hash: str,
+                validation: ValidationReport | None) -> FeatureSetManifest:
+        """Register the features and publish the manifest of freshly written ``files``."""
         stats = self.sets.stats(files, list(definitions), spec.data.event_time)
         author = spec.owner or _user()
         refs = []
@@ -182,7 +192,10 @@ class FeatureStore:
         try:
             latest = self.registry.get_feature(name)
         except FeatureNotFound:
-            return self.registry.create_feature(name, definition, metadata)
+            try:
+                return self.registry.create_feature(name, definition, metadata)
+            except DuplicateFeature:
+                latest = self.registry.get_feature(name)  # a concurrent writer registered it
         if latest.content_hash == definition_hash(name, definition):
             return latest
         return self.registry.update_feature(name, definition, metadata)

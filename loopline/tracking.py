@@ -1,4 +1,4 @@
-"""Experiment tracking on MLflow: where runs go, and logging candidates and models to them.
+"""Where runs go (MLflow's tracking store), and logging candidates and models to them.
 
 The tracking store is MLFLOW_TRACKING_URI when set (a server, for many machines), else a SQLite
 database under the state folder, with artifacts beside it.
@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param
 from mlflow.models import ModelSignature
-from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
 import loopline
+from loopline.experiments import ExperimentTracker
 from loopline.modeling.candidates import TrainedCandidate
 from loopline.modeling.pyfunc import ARTIFACT_KEY
 from loopline.modeling.tabular_model import TabularModel
@@ -41,48 +40,27 @@ def configure_tracking(paths: StatePaths) -> str:
     return uri
 
 
-def ensure_experiment(name: str, paths: StatePaths) -> str:
-    """The id of experiment ``name``, created (with artifacts under the state folder when the
-    store is local) if missing.
+def experiment_tracker(name: str, paths: StatePaths) -> ExperimentTracker:
+    """The tracker of experiment ``name``; with the local SQLite store its artifacts go under
+    the state folder (MLflow would otherwise use ``./mlruns`` of whatever folder it runs in).
     """
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return str(experiment.experiment_id)
     location = None
     if mlflow.get_tracking_uri().startswith("sqlite:"):
         location = (paths.mlflow_artifacts / name).as_uri()
-    try:
-        return str(client.create_experiment(name, artifact_location=location))
-    except mlflow.exceptions.MlflowException:
-        # Another run created it between our look-up and our create.
-        existing = client.get_experiment_by_name(name)
-        if existing is None:
-            raise
-        return str(existing.experiment_id)
+    return ExperimentTracker(name, artifact_location=location)
 
 
-def _flatten(prefix: str, value: Any) -> dict[str, str]:
-    if isinstance(value, dict):
-        flat: dict[str, str] = {}
-        for key, inner in value.items():
-            flat.update(_flatten(f"{prefix}.{key}" if prefix else str(key), inner))
-        return flat
-    return {prefix: str(value)}
-
-
-def log_candidate(client: MlflowClient, run_id: str, candidate: TrainedCandidate,
+def log_candidate(tracker: ExperimentTracker, run_id: str, candidate: TrainedCandidate,
                   extra_params: dict[str, Any]) -> None:
     """Log a candidate's params, validation metrics and per-epoch history in few batches."""
-    params = _flatten("", {"algorithm": candidate.kind, **candidate.params, **extra_params})
-    client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
-    now = int(candidate.train_seconds * 1000)
-    metrics = [Metric(f"val_{k}", v, 0, 0) for k, v in candidate.validation_metrics.items()]
-    metrics.append(Metric("train_seconds", candidate.train_seconds, 0, 0))
+    tracker.log_params(run_id, {"algorithm": candidate.kind, **candidate.params, **extra_params})
+    tracker.log_metrics(run_id, {**{f"val_{k}": v for k, v in candidate.validation_metrics.items()},
+                                 "train_seconds": candidate.train_seconds})
+    series: dict[str, list[tuple[int, float]]] = {}
     for epoch, values in enumerate(candidate.history):
-        metrics += [Metric(f"epoch_{k}", v, now, epoch) for k, v in values.items()]
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        for name, value in values.items():
+            series.setdefault(f"epoch_{name}", []).append((epoch, value))
+    tracker.log_series(run_id, series)
 
 
 _MLFLOW_TYPES = {"float64": "double", "float32": "float", "int64": "long", "uint32": "long",

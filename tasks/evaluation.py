@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlflow
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
@@ -18,7 +16,7 @@ from loopline.registry import ModelRegistry, ModelVersionInfo
 from loopline.spec import Spec
 from loopline.splits import split_frame
 from tasks.features import open_store
-from tasks.training import CandidateRun
+from tasks.training import CandidateRun, tracker_for
 
 
 @dataclass
@@ -54,11 +52,10 @@ def evaluate_candidate(spec: Spec, manifest: FeatureSetManifest, best: Candidate
             champion_metrics = evaluate(champion_model, test, spec.data.target)
     decision = evaluate_gates(spec.gates, test_metrics, champion_metrics,
                               champion.version if champion else None)
-    client = MlflowClient()
-    client.log_batch(best.run_id, metrics=[Metric(f"test_{k}", v, 0, 0)
-                                           for k, v in test_metrics.items()])
-    client.set_tag(best.run_id, "loopline.gate", "passed" if decision.passed else "failed")
-    client.log_text(best.run_id, decision.model_dump_json(indent=2), "gate_decision.json")
+    tracker = tracker_for(spec)
+    tracker.log_metrics(best.run_id, {f"test_{k}": v for k, v in test_metrics.items()})
+    tracker.client.set_tag(best.run_id, "loopline.gate", "passed" if decision.passed else "failed")
+    tracker.log_text(best.run_id, decision.model_dump_json(indent=2), "gate_decision.json")
     create_markdown_artifact(key=f"{spec.name}-gate-decision",
                              markdown=decision.render_markdown(spec.name),
                              description=f"Gate decision for {best.candidate.name}")
