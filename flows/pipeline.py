@@ -10,11 +10,12 @@ import sys
 from dataclasses import dataclass
 
 from prefect import flow, runtime
+from prefect.logging import get_run_logger
 
+from flows.promote import promote
 from loopline.modeling.candidates import best_index
 from tasks.evaluation import evaluate_candidate
 from tasks.features import materialize_features, validate_source_data
-from tasks.packaging import build_bento
 from tasks.registry import register_candidate
 from tasks.spec import load_and_validate_spec
 from tasks.training import finish_training_run, start_training_run, train_one_candidate
@@ -48,8 +49,9 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
         4. Train every candidate algorithm, each in a nested MLflow run.
         5. Pick the best candidate on the validation split.
         6. Score it and the champion on the test split; decide the gates.
-        7. If it passes: log and register the model with its card and lineage; promote it.
-        8. If it is the champion: build a Bento that serves it.
+        7. If it passes: log and register the model with its card and lineage, in STAGING.
+        8. If the gates say ``on_pass: production`` (or there is no champion yet) and its card
+           is approved: run the promote flow (champion, Bento).
     """
     spec = load_and_validate_spec(spec_path)
     validation = validate_source_data(spec, storage_block)
@@ -62,16 +64,23 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
                            metric.resolved_direction)]
     evaluation = evaluate_candidate(spec, manifest, best, storage_block)
     finish_training_run(spec, parent_run_id, best)
-    version, bento_tag = None, None
+    version, stage, bento_tag = None, None, None
     if evaluation.decision.passed:
-        version = register_candidate(spec, manifest, best, evaluation)
-        if version.stage == "PRODUCTION":
-            bento_tag = build_bento(spec, version)
+        registered = register_candidate(spec, manifest, best, evaluation)
+        version, stage = registered.version, registered.stage
+        automatic = spec.gates.on_pass == "production" or evaluation.champion is None
+        if automatic and spec.gates.model_card.approved:
+            reason = ("first model of its name" if evaluation.champion is None
+                      else "passed its gates; on_pass: production")
+            promotion = promote(spec_path, version, reason)
+            stage, bento_tag = "PRODUCTION", promotion.bento_tag
+        elif automatic:
+            get_run_logger().warning("%s v%d stays in STAGING: its model card is not approved",
+                                     spec.name, version)
     return PipelineResult(
         model_name=spec.name, feature_set_version=manifest.version,
         best_candidate=best.candidate.name, gate_passed=evaluation.decision.passed,
-        model_version=version.version if version else None,
-        stage=version.stage if version else None, bento_tag=bento_tag,
+        model_version=version, stage=stage, bento_tag=bento_tag,
     )
 
 

@@ -6,6 +6,9 @@ Examples::
     loopline schema
     loopline docs
     loopline demo-data
+    loopline lineage tumor-malignancy 2
+    loopline history tumor-malignancy
+    loopline rollback tumor-malignancy --reason "v2 misbehaves"
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from loopline.errors import InvalidSpec
+from loopline.errors import InvalidSpec, LooplineError
 from loopline.spec import SCHEMA_ID, Spec
 from loopline.spec_loader import load_spec
 from loopline.state import state_paths
@@ -81,6 +85,51 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry() -> Any:
+    from loopline.registry import ModelRegistry
+    from loopline.tracking import configure_tracking
+
+    configure_tracking(state_paths())
+    return ModelRegistry()
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from loopline.lineage import render_chain
+
+    registry = _registry()
+    info = registry.get_model(args.model, version=args.version)
+    summary = ""
+    if info.lineage is not None:
+        try:
+            run = registry.client.get_run(info.lineage.training_run_id)
+            metrics = {k: round(v, 4) for k, v in run.data.metrics.items() if k.startswith("test_")}
+            summary = (f"(algorithm {run.data.params.get('algorithm', '?')}; "
+                       f"{', '.join(f'{k} {v}' for k, v in sorted(metrics.items()))})")
+        except MlflowException:  # a deleted run still leaves the rest of the chain
+            summary = "(run not found)"
+    print(render_chain(info.name, info.version, info.stage, info.lineage, summary,
+                       info.deployments))
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    events = _registry().history(args.model)
+    if not events:
+        print(f"{args.model}: no stage changes recorded")
+    for event in events:
+        print(f"{event.at}  v{event.version}  {event.from_stage} -> {event.to_stage}  by "
+              f"{event.actor}" + (f"  ({event.reason})" if event.reason else ""))
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    restored = _registry().rollback(args.model, reason=args.reason)
+    print(f"{args.model} v{restored.version} is champion again ({args.reason})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
     parser = argparse.ArgumentParser(prog="loopline", description=__doc__.splitlines()[0])
@@ -96,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     docs = commands.add_parser("docs", help="write the spec reference (docs/spec.md)")
     docs.add_argument("--out", default=str(DEFAULT_DOCS_PATH), help="file")
     docs.set_defaults(handler=_docs)
+    lineage = commands.add_parser("lineage", help="data → features → run → model → deployments")
+    lineage.add_argument("model")
+    lineage.add_argument("version", type=int)
+    lineage.set_defaults(handler=_lineage)
+    history = commands.add_parser("history", help="every stage change of a model's versions")
+    history.add_argument("model")
+    history.set_defaults(handler=_history)
+    rollback = commands.add_parser("rollback", help="make the previous champion champion again")
+    rollback.add_argument("model")
+    rollback.add_argument("--reason", default="rollback", help="recorded in the history")
+    rollback.set_defaults(handler=_rollback)
     demo = commands.add_parser("demo-data", help="write the demo data set (no download)")
     demo.add_argument("--out", help=f"file (default: <state folder>/demo/{DEMO_DATA_NAME})")
     demo.add_argument("--force", action="store_true", help="rewrite an existing file")
@@ -104,9 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status (1 with a message on a loopline error)."""
     args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except LooplineError as exc:
+        print(f"loopline {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

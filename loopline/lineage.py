@@ -69,3 +69,22 @@ def code_version(folder: Path | None = None) -> str | None:
         return None
     commit = result.stdout.strip()
     return commit if result.returncode == 0 and commit else None
+
+
+def render_chain(name: str, version: int, stage: str, lineage: Lineage | None,
+                 run_summary: str, deployments: tuple[str, ...]) -> str:
+    """The chain data → features → run → model → deployments, one line each."""
+    if lineage is None:
+        return f"{name} v{version} ({stage}): no lineage was recorded for this version"
+    features = ", ".join(f"{k} v{v}" for k, v in lineage.feature_versions.items())
+    parent = f"v{lineage.parent_model_version}" if lineage.parent_model_version else "none"
+    return "\n".join([
+        f"{name} v{version} ({stage})",
+        f"  data         {lineage.data_source} (fingerprint {lineage.data_fingerprint[:12]})",
+        f"  features     feature set {lineage.feature_set} v{lineage.feature_set_version}: "
+        f"{features}",
+        f"  run          {lineage.training_run_id} {run_summary}".rstrip(),
+        f"  model        {name} v{version}; parent {parent}; code "
+        f"{(lineage.code_version or 'unknown')[:12]}; spec {lineage.spec_hash[:12]}",
+        f"  deployments  {', '.join(deployments) or 'none'}",
+    ])

@@ -1,36 +1,59 @@
 """The model registry on MLflow, in loopline's own vocabulary.
 
-Stages (STAGING, PRODUCTION, ARCHIVED) live on each version as a tag, because MLflow 3
-deprecates its stages; the aliases ``challenger`` and ``champion`` mirror STAGING's newest and
-PRODUCTION. Every version carries its model card (as the version's Markdown description and as
-JSON in a tag) and its lineage (as tags).
+Stages are loopline's (MLflow 3 deprecates its own): NONE → STAGING → PRODUCTION → ARCHIVED.
+PRODUCTION *is* the ``champion`` alias: an alias names exactly one version and moves in one
+database write, so at most one version is in PRODUCTION at any moment, whatever runs
+concurrently. The stage tag on each version mirrors it for people and searches; a version whose
+tag still says PRODUCTION but no longer holds the alias (a promotion in flight elsewhere) reads
+as ARCHIVED, and every promotion ends by settling such tags. The ``challenger`` alias names the
+newest STAGING version.
+
+Every version carries its model card (as the version's Markdown description and as JSON in a
+tag) and its lineage (as tags). Every stage or alias change is recorded in the model's history
+(who, when, from, to, why), which :meth:`ModelRegistry.rollback` reads to restore the previous
+champion.
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
+import time
+import uuid
 from dataclasses import dataclass
-from typing import Literal, cast
+from datetime import UTC, datetime
+from typing import Literal
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from pydantic import BaseModel, ConfigDict
 
-from loopline.errors import ModelCardNotApproved, ModelNotFound
+from loopline.errors import InvalidStageTransition, ModelCardNotApproved, ModelNotFound
 from loopline.lineage import Lineage
 from loopline.model_card import ModelCard
 
 Stage = Literal["NONE", "STAGING", "PRODUCTION", "ARCHIVED"]
-STAGES = ("NONE", "STAGING", "PRODUCTION", "ARCHIVED")
+STAGES: tuple[Stage, ...] = ("NONE", "STAGING", "PRODUCTION", "ARCHIVED")
 STAGE_TAG = "loopline.stage"
 CARD_TAG = "loopline.model_card"
+DEPLOYMENTS_TAG = "loopline.deployments"
+HISTORY_PREFIX = "loopline.history."
 CHAMPION, CHALLENGER = "champion", "challenger"
+
+#: Which stage a version may move to from each stage.
+TRANSITIONS: dict[Stage, frozenset[Stage]] = {
+    "NONE": frozenset({"STAGING", "ARCHIVED"}),
+    "STAGING": frozenset({"PRODUCTION", "ARCHIVED"}),
+    "PRODUCTION": frozenset({"STAGING", "ARCHIVED"}),
+    "ARCHIVED": frozenset({"STAGING", "PRODUCTION"}),
+}
 
 
 @dataclass(frozen=True)
 class ModelVersionInfo:
-    """A registered version as loopline sees it."""
+    """A registered version as loopline sees it: stage, aliases, card, lineage, deployments."""
 
     name: str
     version: int
@@ -40,6 +63,7 @@ class ModelVersionInfo:
     source: str
     model_card: ModelCard | None
     lineage: Lineage | None
+    deployments: tuple[str, ...]
     tags: dict[str, str]
 
     @property
@@ -48,15 +72,40 @@ class ModelVersionInfo:
         return f"models:/{self.name}/{self.version}"
 
 
+class HistoryEvent(BaseModel):
+    """One recorded change of a version's stage or of an alias."""
+
+    model_config = ConfigDict(frozen=True)
+
+    at: str
+    actor: str
+    version: int
+    from_stage: Stage
+    to_stage: Stage
+    reason: str
+
+
+def _actor(actor: str | None) -> str:
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 class ModelRegistry:
-    """Register, look up and promote model versions."""
+    """Register, look up, transition and roll back model versions."""
 
     def __init__(self, client: MlflowClient | None = None) -> None:
         self.client = client or MlflowClient()
 
+    # --- registration and queries ---------------------------------------------------------
+
     def register_model(self, name: str, model_uri: str, model_card: ModelCard, lineage: Lineage,
                        run_id: str | None = None) -> ModelVersionInfo:
-        """Register ``model_uri`` as the next version of ``name`` with its card and lineage.
+        """Register ``model_uri`` as the next version of ``name`` (stage NONE) with its card and
+        lineage; the card's Markdown becomes the version's description.
 
         Raises:
             IncompleteModelCard: the card lacks a required field (nothing is registered).
@@ -67,25 +116,48 @@ class ModelRegistry:
         except MlflowException:
             with contextlib.suppress(MlflowException):  # created concurrently: fine
                 self.client.create_registered_model(name, description=model_card.description)
-        tags = {**lineage.to_tags(), STAGE_TAG: "NONE",
-                CARD_TAG: model_card.model_dump_json()}
+        tags = {**lineage.to_tags(), STAGE_TAG: "NONE", CARD_TAG: model_card.model_dump_json()}
         created = self.client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
         version = int(created.version)
         self.client.update_model_version(name, str(version),
                                          description=model_card.render_markdown(name, version))
-        return self.get_model(name, version)
+        return self.get_model(name, version=version)
 
-    def get_model(self, name: str, version: int) -> ModelVersionInfo:
-        """Version ``version`` of ``name``.
+    def get_model(self, name: str, version: int | None = None, stage: Stage | None = None
+                  ) -> ModelVersionInfo:
+        """One version: by number, or the one in ``stage`` (PRODUCTION: the champion; STAGING:
+        the challenger, else the newest staging; other stages: the newest), or the newest.
 
         Raises:
-            ModelNotFound: no such model or version.
+            ModelNotFound: no such model, version, or version in that stage.
         """
+        if version is not None:
+            try:
+                return self._info(self.client.get_model_version(name, str(version)))
+            except MlflowException as exc:
+                raise ModelNotFound(f"model {name!r} has no version {version}") from exc
+        if stage == "PRODUCTION":
+            found = self.get_by_alias(name, CHAMPION)
+        elif stage == "STAGING":
+            found = self.get_by_alias(name, CHALLENGER)
+            if found is None or found.stage != "STAGING":
+                found = next(iter(self.list_versions(name, "STAGING")), None)
+        else:
+            found = next(iter(self.list_versions(name, stage)), None)
+        if found is None:
+            raise ModelNotFound(f"model {name!r} has no version" +
+                                (f" in {stage}" if stage else ""))
+        return found
+
+    def list_versions(self, name: str, stage: Stage | None = None) -> list[ModelVersionInfo]:
+        """Every version of ``name`` (only those in ``stage`` when given), newest first."""
         try:
-            found = self.client.get_model_version(name, str(version))
+            found = self.client.search_model_versions(f"name = '{name}'")
         except MlflowException as exc:
-            raise ModelNotFound(f"model {name!r} has no version {version}") from exc
-        return self._info(found)
+            raise ModelNotFound(f"no model named {name!r}") from exc
+        infos = [self._info(v) for v in found]
+        return sorted((i for i in infos if stage is None or i.stage == stage),
+                      key=lambda i: i.version, reverse=True)
 
     def get_by_alias(self, name: str, alias: str) -> ModelVersionInfo | None:
         """The version carrying ``alias``, or None."""
@@ -99,42 +171,123 @@ class ModelRegistry:
         """The version in PRODUCTION (alias ``champion``), or None."""
         return self.get_by_alias(name, CHAMPION)
 
-    def set_stage(self, name: str, version: int, stage: Stage) -> ModelVersionInfo:
-        """Record ``stage`` on the version; STAGING also moves the ``challenger`` alias."""
-        self.client.set_model_version_tag(name, str(version), STAGE_TAG, stage)
-        if stage == "STAGING":
-            self.client.set_registered_model_alias(name, CHALLENGER, str(version))
-        return self.get_model(name, version)
+    # --- stage changes ----------------------------------------------------------------------
 
-    def promote_to_champion(self, name: str, version: int) -> ModelVersionInfo:
-        """Make ``version`` the champion (PRODUCTION); the previous champion is ARCHIVED.
+    def transition_stage(self, name: str, version: int, stage: Stage, *, actor: str | None = None,
+                         reason: str = "") -> ModelVersionInfo:
+        """Move ``version`` to ``stage``; the version number never changes.
+
+        PRODUCTION makes the version champion (the previous champion becomes ARCHIVED) and needs
+        a complete, approved model card; STAGING makes it challenger.
 
         Raises:
             ModelNotFound: no such version.
-            ModelCardNotApproved: the version's card is missing or not approved.
+            InvalidStageTransition: the move is not allowed from the current stage.
+            ModelCardNotApproved: PRODUCTION without a complete, approved card.
         """
-        target = self.get_model(name, version)
-        if target.model_card is None or not target.model_card.approved:
-            raise ModelCardNotApproved(f"{name} v{version} cannot become champion: its model "
-                                       "card is not approved (set gates.model_card.approved)")
-        previous = self.champion(name)
-        self.client.set_model_version_tag(name, str(version), STAGE_TAG, "PRODUCTION")
-        self.client.set_registered_model_alias(name, CHAMPION, str(version))
-        if previous is not None and previous.version != version:
-            self.client.set_model_version_tag(name, str(previous.version), STAGE_TAG, "ARCHIVED")
-        challenger = self.get_by_alias(name, CHALLENGER)
-        if challenger is not None and challenger.version == version:
-            self.client.delete_registered_model_alias(name, CHALLENGER)
-        return self.get_model(name, version)
+        current = self.get_model(name, version=version)
+        if stage not in TRANSITIONS[current.stage]:
+            allowed = ", ".join(sorted(TRANSITIONS[current.stage]))
+            raise InvalidStageTransition(f"{name} v{version} is {current.stage}; it can move to "
+                                         f"{allowed}, not {stage}")
+        who = _actor(actor)
+        if stage == "PRODUCTION":
+            card = current.model_card
+            if card is None or card.missing_fields() or not card.approved:
+                raise ModelCardNotApproved(f"{name} v{version} cannot enter PRODUCTION: its model "
+                                           "card is incomplete or not approved")
+            previous = self.champion(name)
+            self.client.set_registered_model_alias(name, CHAMPION, str(version))  # the switch
+            self._set_stage(name, version, current.stage, "PRODUCTION", who, reason)
+            challenger = self.get_by_alias(name, CHALLENGER)
+            if challenger is not None and challenger.version == version:
+                self.client.delete_registered_model_alias(name, CHALLENGER)
+            if previous is not None and previous.version != version:
+                self._set_stage(name, previous.version, "PRODUCTION", "ARCHIVED", who,
+                                f"replaced by v{version}")
+            self._settle(name, who)
+        else:
+            if current.stage == "PRODUCTION" and CHAMPION in current.aliases:
+                with contextlib.suppress(MlflowException):
+                    self.client.delete_registered_model_alias(name, CHAMPION)
+            self._set_stage(name, version, current.stage, stage, who, reason)
+            if stage == "STAGING":
+                self.client.set_registered_model_alias(name, CHALLENGER, str(version))
+        return self.get_model(name, version=version)
+
+    def rollback(self, name: str, *, actor: str | None = None, reason: str = "rollback"
+                 ) -> ModelVersionInfo:
+        """Make the previous champion champion again, in one step, and record it.
+
+        Raises:
+            ModelNotFound: the model never had an earlier champion.
+        """
+        current = self.champion(name)
+        promotions = [e for e in reversed(self.history(name)) if e.to_stage == "PRODUCTION"]
+        for event in promotions:
+            if current is None or event.version != current.version:
+                target = self.get_model(name, version=event.version)
+                if target.stage == "PRODUCTION":
+                    continue
+                return self.transition_stage(name, event.version, "PRODUCTION", actor=actor,
+                                             reason=reason)
+        raise ModelNotFound(f"model {name!r} has no earlier champion to roll back to")
+
+    def history(self, name: str) -> list[HistoryEvent]:
+        """Every recorded stage change of ``name``'s versions, oldest first."""
+        try:
+            tags = self.client.get_registered_model(name).tags
+        except MlflowException as exc:
+            raise ModelNotFound(f"no model named {name!r}") from exc
+        events = [HistoryEvent.model_validate_json(v) for k, v in tags.items()
+                  if k.startswith(HISTORY_PREFIX)]
+        return sorted(events, key=lambda e: e.at)
+
+    def record_deployment(self, name: str, version: int, target: str) -> ModelVersionInfo:
+        """Note where a version is deployed (a Bento tag, an endpoint) for its lineage."""
+        info = self.get_model(name, version=version)
+        deployments = [*info.deployments, target] if target not in info.deployments else list(
+            info.deployments)
+        self.client.set_model_version_tag(name, str(version), DEPLOYMENTS_TAG,
+                                          json.dumps(deployments))
+        return self.get_model(name, version=version)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _set_stage(self, name: str, version: int, from_stage: Stage, to_stage: Stage, actor: str,
+                   reason: str) -> None:
+        self.client.set_model_version_tag(name, str(version), STAGE_TAG, to_stage)
+        event = HistoryEvent(at=datetime.now(UTC).isoformat(timespec="microseconds"),
+                             actor=actor, version=version, from_stage=from_stage,
+                             to_stage=to_stage, reason=reason)
+        key = f"{HISTORY_PREFIX}{time.time_ns()}.{uuid.uuid4().hex[:8]}"
+        self.client.set_registered_model_tag(name, key, event.model_dump_json())
+
+    def _settle(self, name: str, actor: str) -> None:
+        """Archive every version whose tag says PRODUCTION but which no longer holds the
+        champion alias (left by a concurrent promotion).
+        """
+        champion = self.champion(name)
+        for version in self.client.search_model_versions(f"name = '{name}'"):
+            stale = version.tags.get(STAGE_TAG) == "PRODUCTION"
+            if stale and (champion is None or int(version.version) != champion.version):
+                self._set_stage(name, int(version.version), "PRODUCTION", "ARCHIVED", actor,
+                                "replaced by a concurrent promotion")
 
     def _info(self, found: ModelVersion) -> ModelVersionInfo:
         tags = dict(found.tags or {})
+        aliases = tuple(found.aliases or ())
+        tagged = tags.get(STAGE_TAG, "NONE")
+        stage: Stage = tagged if tagged in STAGES else "NONE"
+        if CHAMPION in aliases:
+            stage = "PRODUCTION"
+        elif stage == "PRODUCTION":
+            stage = "ARCHIVED"  # displaced by a promotion that has not settled its tags yet
         card = tags.get(CARD_TAG)
-        stage = tags.get(STAGE_TAG, "NONE")
         return ModelVersionInfo(
-            name=str(found.name), version=int(found.version),
-            stage=cast(Stage, stage if stage in STAGES else "NONE"),
-            aliases=tuple(found.aliases or ()), run_id=found.run_id, source=str(found.source),
+            name=str(found.name), version=int(found.version), stage=stage, aliases=aliases,
+            run_id=found.run_id, source=str(found.source),
             model_card=ModelCard.model_validate(json.loads(card)) if card else None,
-            lineage=Lineage.from_tags(tags), tags=tags,
+            lineage=Lineage.from_tags(tags),
+            deployments=tuple(json.loads(tags.get(DEPLOYMENTS_TAG, "[]"))), tags=tags,
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import runtime, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
@@ -33,11 +33,17 @@ def model_card_for(spec: Spec, manifest: FeatureSetManifest, test_metrics: dict[
                      approved_by=card.approved_by)
 
 
+def flow_actor() -> str:
+    """Who a flow acts as in the registry's history: the Prefect flow run."""
+    name = runtime.flow_run.name
+    return f"prefect flow run {name}" if name else "prefect"
+
+
 @task(name="register-model")
 def register_candidate(spec: Spec, manifest: FeatureSetManifest, best: CandidateRun,
                        evaluation: Evaluation) -> ModelVersionInfo:
-    """Log the candidate's model, register it with card and lineage, and place it: champion
-    when the gates say ``production`` or no champion exists yet, else challenger (STAGING).
+    """Log the candidate's model and register it with its card and lineage in STAGING (the
+    challenger); the card is published as a Prefect artifact.
     """
     logger = get_run_logger()
     model_uri = log_model(best.run_id, best.candidate.model)
@@ -51,19 +57,31 @@ def register_candidate(spec: Spec, manifest: FeatureSetManifest, best: Candidate
     card = model_card_for(spec, manifest, evaluation.test_metrics)
     registry = ModelRegistry()
     version = registry.register_model(spec.name, model_uri, card, lineage, run_id=best.run_id)
-    registry.set_stage(spec.name, version.version, "STAGING")
-    if spec.gates.on_pass == "production" or evaluation.champion is None:
-        if card.approved:
-            version = registry.promote_to_champion(spec.name, version.version)
-        else:
-            logger.warning("%s v%d stays in STAGING: its model card is not approved",
-                           spec.name, version.version)
-            version = registry.get_model(spec.name, version.version)
-    else:
-        version = registry.get_model(spec.name, version.version)
+    version = registry.transition_stage(spec.name, version.version, "STAGING", actor=flow_actor(),
+                                        reason="passed its gates")
     create_markdown_artifact(key=f"{spec.name}-model-card",
                              markdown=card.render_markdown(spec.name, version.version),
                              description=f"Model card of {spec.name} v{version.version}")
     logger.info("registered %s v%d (%s, aliases %s)", spec.name, version.version, version.stage,
                 list(version.aliases))
     return version
+
+
+@task(name="promote-model")
+def promote_version(spec: Spec, version: int, reason: str) -> ModelVersionInfo:
+    """Make ``version`` champion (PRODUCTION); the previous champion is archived.
+
+    Raises:
+        ModelCardNotApproved: its card is incomplete or not approved.
+        InvalidStageTransition: it is not in STAGING or ARCHIVED.
+    """
+    promoted = ModelRegistry().transition_stage(spec.name, version, "PRODUCTION",
+                                                actor=flow_actor(), reason=reason)
+    get_run_logger().info("%s v%d is champion (%s)", spec.name, version, reason)
+    return promoted
+
+
+@task(name="record-deployment")
+def record_deployment(spec: Spec, version: int, target: str) -> ModelVersionInfo:
+    """Note on the version where it is deployed (for ``loopline lineage``)."""
+    return ModelRegistry().record_deployment(spec.name, version, target)
