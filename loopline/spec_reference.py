@@ -39,7 +39,7 @@ source — check out. Only `true` and `false` are booleans (YAML 1.2), so `on:` 
 | `features` | used: computed with polars SQL, materialized as a versioned feature set |
 | `training` task, metric, algorithms' params and trainer, seed | used: each candidate trains once |
 | `training.algorithms[*].search`, `training.sweep` | validated; Optuna sweeps act on them (coming) |
-| `gates` | used: thresholds and champion margin on the test split; `on_pass`; the model card |
+| `gates` | used: thresholds, champion margin on the test split, `on_pass`, the model card |
 | `serving.routing` `single`, `serving.port`, `serving.workers` | used by the Bento and `make demo` |
 | other `serving.routing` kinds, `serving.auth` | validated; routing and auth in the service (coming) |
 | `notifications` | used for data-validation alerts (log, webhook, Slack) |

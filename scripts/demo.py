@@ -5,7 +5,7 @@ champion.
 2. Run the pipeline flow on ``configs/demo.yaml`` (Prefect's embedded server, MLflow on SQLite,
    everything under the state folder).
 3. ``bentoml serve`` the champion's Bento, send a few held-out records, print the answers.
-4. Stop the server and say where to look next.
+4. Stop the server, print the model's lineage and say where to look next.
 """
 
 from __future__ import annotations
@@ -93,6 +93,8 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    print("\nLineage of what answered (`loopline lineage`):")
+    loopline_cli(["lineage", spec.name, str(result.model_version)])
     print("\nWhere to look next:")
     print("  make prefect-ui   # Prefect UI on http://127.0.0.1:4200 (flow runs, artifacts)")
     print("  make mlflow-ui    # MLflow UI on http://127.0.0.1:5000 (runs, registered models)")
