@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from loopline.data_validation import ValidationReport
@@ -142,9 +143,16 @@ class FeatureSets:
 
     def stats(self, files: list[str], features: list[str], event_time: str | None
               ) -> dict[str, Any]:
-        """Row count, null share per feature and time range of written files (one pass)."""
+        """Row count, null share per feature and time range of written files: from the parquet
+        footers' statistics (milliseconds), else from one pass over the data."""
         scan = pl.scan_parquet([self.storage.uri(f) for f in files],
                                storage_options=self.storage.polars_options())
+        footers = self._footer_stats(files, features, event_time)
+        if footers is not None:
+            rows, nulls, span = footers
+            return {"rows": rows, "schema": scan.collect_schema(),
+                    "null_shares": {f: (nulls[f] / rows if rows else 0.0) for f in features},
+                    "time_range": span if rows else None}
         aggregates = [pl.len().alias("__rows")]
         aggregates += [pl.col(f).null_count().alias(f"null:{f}") for f in features]
         if event_time:
@@ -159,6 +167,37 @@ class FeatureSets:
             "time_range": (str(row["__min"]), str(row["__max"]))
             if event_time and rows else None,
         }
+
+    def _footer_stats(self, files: list[str], features: list[str], event_time: str | None
+                      ) -> tuple[int, dict[str, int], tuple[str, str] | None] | None:
+        """``(rows, nulls per feature, time range)`` from the footers; None if any statistic is
+        missing (then the caller scans the data)."""
+        rows, nulls, seen = 0, dict.fromkeys(features, 0), set()
+        low: Any = None
+        high: Any = None
+        for file in files:
+            with self.storage.fs.open(self.storage.path(file), "rb") as handle:
+                meta = pq.ParquetFile(handle).metadata
+            rows += meta.num_rows
+            names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+            for group_index in range(meta.num_row_groups):
+                group = meta.row_group(group_index)
+                for index, name in enumerate(names):
+                    stats = group.column(index).statistics
+                    if name in nulls:
+                        if stats is None or not stats.has_null_count:
+                            return None
+                        nulls[name] += stats.null_count
+                        seen.add(name)
+                    if name == event_time and group.num_rows:
+                        if stats is None or not stats.has_min_max:
+                            return None
+                        low = stats.min if low is None else min(low, stats.min)
+                        high = stats.max if high is None else max(high, stats.max)
+        if rows and set(features) - seen:
+            return None
+        span = (str(low), str(high)) if event_time and low is not None else None
+        return rows, nulls, span
 
     def publish(self, manifest: FeatureSetManifest) -> FeatureSetManifest:
         """Commit ``manifest`` as the next free version; returns it with its version number.

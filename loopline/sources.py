@@ -11,9 +11,6 @@ from loopline.errors import DataSourceError
 from loopline.sections.data import DataSpec
 from loopline.storage import S3Credentials
 
-_CHUNK = 8 * 1024 * 1024
-
-
 def scan_source(data: DataSpec, credentials: S3Credentials | None = None) -> pl.LazyFrame:
     """A lazy frame over the source; nothing is read until it is collected.
 
@@ -61,10 +58,7 @@ def source_fingerprint(data: DataSpec, credentials: S3Credentials | None = None)
         if data.source.startswith("s3://"):
             info = fs.info(path)
             return hashlib.sha256(f"{info.get('ETag')}:{info.get('size')}".encode()).hexdigest()
-        digest = hashlib.sha256()
         with fs.open(path, "rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
+            return hashlib.file_digest(handle, "sha256").hexdigest()
     except (OSError, ValueError) as exc:
         raise DataSourceError(f"cannot read the data source {data.source}: {exc}") from exc
-    return digest.hexdigest()

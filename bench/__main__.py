@@ -1,0 +1,54 @@
+"""``python -m bench [NAME ...] [--quick] [--results PATH]``: run benchmarks and record them.
+
+Each benchmark module has ``run(quick: bool, command: str) -> {workload id: entry}``. The entries
+are merged into the results file (other workloads' entries are kept) and the Markdown table is
+rendered beside it. ``--quick`` runs a small size into ``bench/results.quick.json`` by default,
+so quick runs never overwrite real figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from bench.results import number, record
+
+HERE = Path(__file__).resolve().parent
+
+#: Benchmark name → module with a ``run(quick, command)`` function.
+BENCHMARKS = {
+    "features": "bench.features",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small size, to check that the benchmark works")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="the results file (default: bench/results.json, "
+                             "bench/results.quick.json with --quick)")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    names = args.names or list(BENCHMARKS)
+    results = args.results or HERE / ("results.quick.json" if args.quick else "results.json")
+    for name in names:
+        command = f"python -m bench {name}" + (" --quick" if args.quick else "")
+        module = importlib.import_module(BENCHMARKS[name])
+        entries = module.run(quick=args.quick, command=command)
+        table = record(results, entries)
+        for workload, item in entries.items():
+            print(f"{workload}: loopline {number(item['loopline'])} vs {item['peer_name']} "
+                  f"{number(item['peer'])} {item['unit']} -> advantage {item['advantage']:.2f}x")
+        print(f"recorded in {results} and {table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
