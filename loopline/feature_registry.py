@@ -46,7 +46,7 @@ class FeatureMetadata(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    author: str
+    author: str = Field(min_length=1)
     description: str = ""
     tags: dict[str, str] = Field(default_factory=dict)
 

@@ -130,21 +130,26 @@ class FeatureSets:
         """
         write_id = uuid.uuid4().hex
         relative = f"{FOLDER}/{feature_set}/data/{write_id}"
-        if not self.storage.is_s3:
-            target = Path(self.storage.path(relative))
-            target.mkdir(parents=True, exist_ok=True)
-            rows.sink_parquet(pl.PartitionBy(target, max_rows_per_file=ROWS_PER_FILE))
+        try:
+            if not self.storage.is_s3:
+                target = Path(self.storage.path(relative))
+                target.mkdir(parents=True, exist_ok=True)
+                rows.sink_parquet(pl.PartitionBy(target, max_rows_per_file=ROWS_PER_FILE))
+                return self.storage.list_files(relative)
+            with tempfile.TemporaryDirectory(prefix="loopline-set-") as workdir:
+                rows.sink_parquet(pl.PartitionBy(workdir, max_rows_per_file=ROWS_PER_FILE))
+                for local in sorted(Path(workdir).rglob("*.parquet")):
+                    self.storage.put_file(str(local), relative, str(local.relative_to(workdir)))
             return self.storage.list_files(relative)
-        with tempfile.TemporaryDirectory(prefix="loopline-set-") as workdir:
-            rows.sink_parquet(pl.PartitionBy(workdir, max_rows_per_file=ROWS_PER_FILE))
-            for local in sorted(Path(workdir).rglob("*.parquet")):
-                self.storage.put_file(str(local), relative, str(local.relative_to(workdir)))
-        return self.storage.list_files(relative)
+        except BaseException:
+            self.storage.remove(relative)  # a failed write leaves nothing behind
+            raise
 
     def stats(self, files: list[str], features: list[str], event_time: str | None
               ) -> dict[str, Any]:
         """Row count, null share per feature and time range of written files: from the parquet
-        footers' statistics (milliseconds), else from one pass over the data."""
+        footers' statistics (milliseconds), else from one pass over the data.
+        """
         scan = pl.scan_parquet([self.storage.uri(f) for f in files],
                                storage_options=self.storage.polars_options())
         footers = self._footer_stats(files, features, event_time)
@@ -171,7 +176,8 @@ class FeatureSets:
     def _footer_stats(self, files: list[str], features: list[str], event_time: str | None
                       ) -> tuple[int, dict[str, int], tuple[str, str] | None] | None:
         """``(rows, nulls per feature, time range)`` from the footers; None if any statistic is
-        missing (then the caller scans the data)."""
+        missing (then the caller scans the data).
+        """
         rows, nulls, seen = 0, dict.fromkeys(features, 0), set()
         low: Any = None
         high: Any = None

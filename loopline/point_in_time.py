@@ -31,12 +31,18 @@ def point_in_time_join(entities: pl.DataFrame, features: pl.DataFrame, *, entity
     clashes = (set(columns) & set(entities.columns)) - keys
     if clashes:
         raise ValueError(f"columns on both sides: {sorted(clashes)}; select or rename them")
-    right = (features.select([entity_id, feature_time, *columns])
-             .rename({feature_time: "__feature_time"})
-             .sort("__feature_time"))
-    left = entities.with_row_index("__row").sort(event_time)
-    # join_asof needs both sides on the same time dtype (a Date against a Datetime would not).
-    right = right.with_columns(pl.col("__feature_time").cast(left.schema[event_time]))
-    joined = left.join_asof(right, left_on=event_time, right_on="__feature_time", by=entity_id,
-                            strategy="backward", check_sortedness=False)
-    return joined.sort("__row").drop("__row", "__feature_time")
+    right = features.select([entity_id, pl.col(feature_time).alias("__feature_time"), *columns])
+    left = entities.with_row_index("__row").with_columns(pl.col(event_time).alias("__entity_time"))
+    left_type, right_type = left.schema["__entity_time"], right.schema["__feature_time"]
+    if left_type != right_type:
+        # Compare at the finer resolution: casting the feature time down to the entity's unit
+        # (or to a Date) would round a later observation onto the entity's time and leak it.
+        # A Date becomes its midnight, so a value observed during that day counts as later.
+        zone = getattr(left_type, "time_zone", None) or getattr(right_type, "time_zone", None)
+        common = pl.Datetime("ns", zone)
+        left = left.with_columns(pl.col("__entity_time").cast(common))
+        right = right.with_columns(pl.col("__feature_time").cast(common))
+    joined = left.sort("__entity_time").join_asof(
+        right.sort("__feature_time"), left_on="__entity_time", right_on="__feature_time",
+        by=entity_id, strategy="backward", check_sortedness=False)
+    return joined.sort("__row").drop("__row", "__entity_time", "__feature_time")

@@ -11,6 +11,7 @@ from loopline.errors import DataSourceError
 from loopline.sections.data import DataSpec
 from loopline.storage import S3Credentials
 
+
 def scan_source(data: DataSpec, credentials: S3Credentials | None = None) -> pl.LazyFrame:
     """A lazy frame over the source; nothing is read until it is collected.
 
