@@ -34,6 +34,9 @@ class GateDecision(BaseModel):
     passed: bool
     checks: list[GateCheck]
     champion_version: int | None = None
+    candidate_metrics: dict[str, float] = {}
+    champion_metrics: dict[str, float] | None = None
+    inputs: dict[str, str] = {}
 
     def render_markdown(self, model_name: str) -> str:
         """A Markdown table of every check and the verdict."""
@@ -59,7 +62,8 @@ def _direction(metric: str) -> Direction:
 
 def evaluate_gates(gates: GatesSpec, candidate: dict[str, float],
                    champion: dict[str, float] | None = None,
-                   champion_version: int | None = None) -> GateDecision:
+                   champion_version: int | None = None,
+                   inputs: dict[str, str] | None = None) -> GateDecision:
     """Decide whether ``candidate`` passes.
 
     Args:
@@ -68,6 +72,8 @@ def evaluate_gates(gates: GatesSpec, candidate: dict[str, float],
         champion: the current champion's metrics on the same test split, if there is one;
             without a champion the margin checks pass (there is nothing to beat).
         champion_version: the champion's version, for the record.
+        inputs: what the decision was made on (candidate, run, data version, test rows...),
+            kept in the record.
     """
     checks: list[GateCheck] = []
     for metric, text in gates.thresholds.items():
@@ -94,4 +100,6 @@ def evaluate_gates(gates: GatesSpec, candidate: dict[str, float],
             observed=observed, passed=passed,
             note=f"champion {champion[metric]:.4f}, margin {text}"))
     return GateDecision(passed=all(check.passed for check in checks), checks=checks,
-                        champion_version=champion_version)
+                        champion_version=champion_version, candidate_metrics=dict(candidate),
+                        champion_metrics=None if champion is None else dict(champion),
+                        inputs=dict(inputs or {}))

@@ -51,7 +51,11 @@ def evaluate_candidate(spec: Spec, manifest: FeatureSetManifest, best: Candidate
         else:
             champion_metrics = evaluate(champion_model, test, spec.data.target)
     decision = evaluate_gates(spec.gates, test_metrics, champion_metrics,
-                              champion.version if champion else None)
+                              champion.version if champion else None, inputs={
+                                  "candidate": best.candidate.name, "run_id": best.run_id,
+                                  "feature_set": f"{manifest.feature_set} v{manifest.version}",
+                                  "test_rows": str(test.height), "spec_hash": spec.content_hash(),
+                              })
     tracker = tracker_for(spec)
     tracker.log_metrics(best.run_id, {f"test_{k}": v for k, v in test_metrics.items()})
     tracker.client.set_tag(best.run_id, "loopline.gate", "passed" if decision.passed else "failed")

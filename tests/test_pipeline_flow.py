@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from loopline.errors import DataValidationFailed, InvalidSpec
+from loopline.experiments import ExperimentTracker
 from loopline.feature_store import FeatureStore
 from loopline.registry import ModelRegistry
 from loopline.state import state_paths
@@ -70,6 +71,15 @@ def test_first_run_materializes_trains_registers_and_builds(first_and_second_run
     assert lineage.training_run_id in {r.info.run_id for r in children}
     assert lineage.parent_model_version is None
     assert len(lineage.spec_hash) == 64
+
+    # The gate decision is a record in MLflow: inputs, metrics, thresholds, outcome.
+    record = json.loads(ExperimentTracker("tumor-malignancy").download_artifact(
+        lineage.training_run_id, "gate_decision.json"))
+    assert record["passed"] is True
+    assert record["inputs"]["run_id"] == lineage.training_run_id
+    assert record["inputs"]["test_rows"] == "114"
+    assert {c["metric"] for c in record["checks"]} == {"accuracy", "f1"}
+    assert record["candidate_metrics"]["f1"] == version.model_card.performance["f1"]
 
     # The served model answers through the pyfunc flavour too.
     model = mlflow.pyfunc.load_model("models:/tumor-malignancy/1")
