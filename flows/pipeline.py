@@ -13,12 +13,13 @@ from prefect import flow, runtime
 from prefect.logging import get_run_logger
 
 from flows.promote import promote
-from loopline.modeling.candidates import best_index
+from flows.sweep import sweep
+from flows.train import train
 from tasks.evaluation import evaluate_candidate
 from tasks.features import materialize_features, validate_source_data
 from tasks.registry import register_candidate
 from tasks.spec import load_and_validate_spec
-from tasks.training import finish_training_run, start_training_run, train_one_candidate
+from tasks.training import finish_training_run, start_training_run
 
 
 @dataclass
@@ -46,8 +47,10 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
         1. Validate the spec and its data source (nothing is written if it is invalid).
         2. Run the spec's data checks; a failing batch is quarantined, alerted, and stops here.
         3. Materialize the feature set (a new version, or the identical existing one).
-        4. Train every candidate algorithm, each in a nested MLflow run.
-        5. Pick the best candidate on the validation split.
+        4. Train: with a ``training.sweep`` section the sweep flow (Optuna trials, the best
+           retrained on train+validation), else the train flow (each candidate once); every
+           run is nested under the pipeline's MLflow run.
+        5. The best candidate on the validation split goes forward.
         6. Score it and the champion on the test split; decide the gates.
         7. If it passes: log and register the model with its card and lineage, in STAGING.
         8. If the gates say ``on_pass: production`` (or there is no champion yet) and its card
@@ -57,11 +60,10 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
     validation = validate_source_data(spec, storage_block)
     manifest = materialize_features(spec, validation, storage_block)
     parent_run_id = start_training_run(spec, manifest, str(runtime.flow_run.id or ""))
-    runs = [train_one_candidate(spec, manifest, index, parent_run_id, storage_block)
-            for index in range(len(spec.training.algorithms))]
-    metric = spec.training.metric
-    best = runs[best_index([r.candidate.validation_metrics for r in runs], metric.name,
-                           metric.resolved_direction)]
+    if spec.training.sweep is not None:
+        best = sweep(spec_path, storage_block, manifest.version, parent_run_id).best
+    else:
+        best = train(spec_path, storage_block, manifest.version, parent_run_id).best
     evaluation = evaluate_candidate(spec, manifest, best, storage_block)
     finish_training_run(spec, parent_run_id, best)
     version, stage, bento_tag = None, None, None

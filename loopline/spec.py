@@ -25,7 +25,9 @@ from loopline.sections.operations import LogChannel, MonitoringSpec, Notificatio
 from loopline.sections.release import ABRouting, CanaryRouting, GatesSpec, ServingSpec
 from loopline.sections.training import (
     COST_OBJECTIVES,
+    LogUniformSearch,
     TrainingSpec,
+    UniformSearch,
     metrics_for,
     search_space_problems,
 )
@@ -158,6 +160,18 @@ def consistency_problems(spec: Spec) -> list[SpecProblem]:
                                      "give one of them a `name:` of its own"))
         candidate_names[name] = index
     if training.sweep is not None:
+        if training.sweep.sampler == "grid":
+            for index, algorithm in enumerate(training.algorithms):
+                for key, dist in algorithm.search.items():
+                    if isinstance(dist, UniformSearch | LogUniformSearch):
+                        problems.append(_problem(
+                            f"training.algorithms[{index}].search.{key}", "a grid sweep cannot "
+                            "enumerate a continuous range", "use {choice: [...]} or {int: [low, "
+                            "high]} with the grid sampler, or sampler: tpe"))
+        if training.sweep.storage == "sqlite" and training.sweep.parallelism > 1:
+            problems.append(_problem("training.sweep.storage", "SQLite locks under parallel "
+                                     "trials", "use storage: journal (one machine) or a "
+                                     "postgresql:// URL (many machines), or parallelism: 1"))
         allowed = {**known_metrics, **COST_OBJECTIVES}
         for index, objective in enumerate(training.sweep.objectives):
             if objective.metric not in allowed:

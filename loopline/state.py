@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Telemetry off: these machines have no network, and a user's laptop should not phone home.
+#: Telemetry off (these machines have no network, and a user's laptop should not phone home),
+#: and settings that make the embedded defaults dependable on a small machine.
 QUIET_ENVIRONMENT = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -19,6 +20,9 @@ QUIET_ENVIRONMENT = {
     "GIT_PYTHON_REFRESH": "quiet",
     # MLflow draws a progress bar for every artifact download, which floods flow logs.
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # Prefect's embedded server gives up after 20 s; a busy 2-core laptop creating its database
+    # needs longer.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 
@@ -78,4 +82,8 @@ def apply_environment() -> StatePaths:
     for key, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("BENTOML_HOME", str(paths.bentoml))
+    prefect_home = os.environ.get("PREFECT_HOME")
+    if prefect_home:
+        # Prefect's embedded server cannot create its SQLite file in a missing folder.
+        Path(prefect_home).expanduser().mkdir(parents=True, exist_ok=True)
     return paths

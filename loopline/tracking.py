@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,8 @@ def log_candidate(tracker: ExperimentTracker, run_id: str, candidate: TrainedCan
     """Log a candidate's params, validation metrics and per-epoch history in few batches."""
     tracker.log_params(run_id, {"algorithm": candidate.kind, **candidate.params, **extra_params})
     tracker.log_metrics(run_id, {**{f"val_{k}": v for k, v in candidate.validation_metrics.items()},
-                                 "train_seconds": candidate.train_seconds})
+                                 "train_seconds": candidate.train_seconds,
+                                 **{f"rank{r}_batches": float(n) for r, n in candidate.ranks.items()}})
     series: dict[str, list[tuple[int, float]]] = {}
     for epoch, values in enumerate(candidate.history):
         for name, value in values.items():
@@ -86,7 +88,10 @@ def log_model(run_id: str, model: TabularModel) -> str:
     with tempfile.TemporaryDirectory(prefix="loopline-model-") as workdir:
         weights = Path(workdir) / "tabular_model.pkl"
         weights.write_bytes(pickle.dumps(model))
-        with mlflow.start_run(run_id=run_id):
+        # MLflow warns when no input example is given; the signature already says what the
+        # model takes, and an example would copy training rows into every logged model.
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(entry), artifacts={ARTIFACT_KEY: str(weights)},
                 code_paths=[str(Path(loopline.__file__).parent)], pip_requirements=requirements,

@@ -84,3 +84,14 @@ def materialize_features(spec: Spec, validation: ValidationReport | None = None,
                     f"{manifest.row_count} rows from `{manifest.source}`",
     )
     return manifest
+
+
+@task(name="read-feature-set")
+def read_manifest(spec: Spec, version: int | None = None,
+                  storage_block: str | None = None) -> FeatureSetManifest:
+    """The manifest of a committed version of the spec's feature set (the latest when None).
+
+    Raises:
+        FeatureSetNotFound: nothing is materialized yet (run the materialize-features flow).
+    """
+    return open_store(storage_block).manifest(spec.name, version)

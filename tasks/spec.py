@@ -5,6 +5,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.logging import get_run_logger
 
+from loopline.errors import InvalidSpec
+from loopline.resources import resource_problems
 from loopline.spec import Spec
 from loopline.spec_loader import load_spec
 
@@ -21,3 +23,15 @@ def load_and_validate_spec(spec_path: str) -> Spec:
     get_run_logger().info("spec %s is valid: model %r, %d features, %d candidates", spec_path,
                           spec.name, len(spec.feature_names), len(spec.training.algorithms))
     return spec
+
+
+@task(name="check-resources")
+def check_resources(spec: Spec) -> None:
+    """Check the spec's trainer settings against this machine before any training starts.
+
+    Raises:
+        InvalidSpec: e.g. ``devices: 4`` where the machine has fewer.
+    """
+    problems = resource_problems(spec)
+    if problems:
+        raise InvalidSpec(f"{spec.name} on this machine", problems)

@@ -27,6 +27,7 @@ class TrainedCandidate:
         params: the hyperparameters it trained with.
         history: per-epoch metrics (Lightning candidates only).
         train_seconds: wall time of fitting.
+        ranks: training batches run by each process, when training ran distributed.
     """
 
     name: str
@@ -36,6 +37,7 @@ class TrainedCandidate:
     validation_metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
+    ranks: dict[int, int] = field(default_factory=dict)
 
 
 def evaluate(model: TabularModel, frame: pl.DataFrame, target: str) -> dict[str, float]:
@@ -46,9 +48,20 @@ def evaluate(model: TabularModel, frame: pl.DataFrame, target: str) -> dict[str,
 
 def train_candidate(algorithm: Algorithm, training: TrainingSpec, splits: Splits,
                     feature_names: list[str], feature_dtypes: dict[str, str], target: str,
-                    overrides: dict[str, Any] | None = None) -> TrainedCandidate:
+                    overrides: dict[str, Any] | None = None,
+                    callbacks: list[Any] | None = None) -> TrainedCandidate:
     """Fit ``algorithm`` on the train split with its params (and ``overrides``), score it on
     the validation split.
+
+    Args:
+        algorithm: the candidate.
+        training: the spec's training section (task, seed).
+        splits: train, validation and test rows.
+        feature_names: the model's input columns.
+        feature_dtypes: their dtypes.
+        target: the target column.
+        overrides: hyperparameters that replace the candidate's ``params`` (a trial's).
+        callbacks: extra Lightning callbacks (an Optuna pruning callback), for the MLP.
 
     Raises:
         TrainingError: the split is empty or fitting failed.
@@ -69,6 +82,7 @@ def train_candidate(algorithm: Algorithm, training: TrainingSpec, splits: Splits
                                 "needs at least two")
     started = time.perf_counter()
     history: list[dict[str, float]] = []
+    ranks: dict[int, int] = {}
     try:
         if isinstance(algorithm, LightningMLP):
             from loopline.modeling.mlp import train_mlp
@@ -79,10 +93,18 @@ def train_candidate(algorithm: Algorithm, training: TrainingSpec, splits: Splits
                     return values.astype(np.float32)
                 return np.array([index.get(v, 0) for v in values.tolist()], dtype=np.int64)
 
-            result = train_mlp(params, algorithm.trainer, training.task,
-                               (train_x, encode(train_y)),
-                               (val_x, encode(splits.validation[target].to_numpy())),
-                               classes, training.seed)
+            from loopline.modeling.distributed import needs_launcher, train_mlp_distributed
+
+            train_xy = (train_x, encode(train_y))
+            val_xy = (val_x, encode(splits.validation[target].to_numpy()))
+            if needs_launcher(algorithm.trainer):
+                # Callbacks (a pruner) live in this process; the ranks run in others.
+                result = train_mlp_distributed(params, algorithm.trainer, training.task, train_xy,
+                                               val_xy, classes, training.seed)
+            else:
+                result = train_mlp(params, algorithm.trainer, training.task, train_xy, val_xy,
+                                   classes, training.seed, callbacks)
+            ranks = result.ranks
             predictor: Any = TorchPredictor(result.network, training.task)
             history = result.history
         else:
@@ -96,7 +118,7 @@ def train_candidate(algorithm: Algorithm, training: TrainingSpec, splits: Splits
     return TrainedCandidate(
         name=algorithm.candidate_name, kind=algorithm.kind, params=params, model=model,
         validation_metrics=evaluate(model, splits.validation, target), history=history,
-        train_seconds=time.perf_counter() - started,
+        train_seconds=time.perf_counter() - started, ranks=ranks,
     )
 
 

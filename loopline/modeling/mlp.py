@@ -115,9 +115,17 @@ class TabularMLP(L.LightningModule):
 
 @dataclass
 class EpochHistory(Callback):
-    """Records every epoch's logged metrics, so they reach MLflow in one batch per run."""
+    """Records every epoch's logged metrics, so they reach MLflow in one batch per run, and
+    how many training batches this process ran (each DDP rank counts its own).
+    """
 
     epochs: list[dict[str, float]] = field(default_factory=list)
+    batches: int = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        """Count a training batch."""
+        self.batches += 1
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Keep the epoch's metrics (validation has run by now)."""
@@ -126,11 +134,20 @@ class EpochHistory(Callback):
 
 @dataclass
 class MLPResult:
-    """A trained network and what happened while training it."""
+    """A trained network and what happened while training it.
+
+    Attributes:
+        global_rank: this process's rank (0 unless trained with several processes).
+        batches: training batches this process ran.
+        ranks: batches run by every rank, when training ran distributed.
+    """
 
     network: nn.Module
     history: list[dict[str, float]]
     epochs_run: int
+    global_rank: int = 0
+    batches: int = 0
+    ranks: dict[int, int] = field(default_factory=dict)
 
 
 def _monitor_mode(monitor: str, mode: str | None) -> str:
@@ -143,7 +160,8 @@ def _monitor_mode(monitor: str, mode: str | None) -> str:
 
 def train_mlp(params: dict[str, Any], trainer: TrainerSettings, task: Task,
               train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray],
-              classes: list[Any] | None, seed: int) -> MLPResult:
+              classes: list[Any] | None, seed: int,
+              extra_callbacks: list[Callback] | None = None) -> MLPResult:
     """Train the MLP with Lightning and return the best network (by the checkpoint monitor).
 
     Args:
@@ -154,6 +172,7 @@ def train_mlp(params: dict[str, Any], trainer: TrainerSettings, task: Task,
         validation: the validation matrix and targets.
         classes: class labels in index order (classification).
         seed: seeds torch, numpy and Python's random.
+        extra_callbacks: more Lightning callbacks (e.g. Optuna's pruning callback).
     """
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
@@ -170,7 +189,7 @@ def train_mlp(params: dict[str, Any], trainer: TrainerSettings, task: Task,
                         params["lr"], params["weight_decay"], task, classes)
     data = TabularDataModule((train_x, train_y), (val_x, val_y), params["batch_size"], task)
     history = EpochHistory()
-    callbacks: list[Callback] = [history]
+    callbacks: list[Callback] = [history, *(extra_callbacks or [])]
     stopping = trainer.early_stopping
     monitor = stopping.monitor if stopping else "val_loss"
     mode = _monitor_mode(monitor, stopping.mode if stopping else None)
@@ -197,4 +216,5 @@ def train_mlp(params: dict[str, Any], trainer: TrainerSettings, task: Task,
     network: nn.Module = module.network.cpu().float().eval()
     if task == "regression":
         network = nn.Sequential(*list(network.children()), Rescale(mean, scale)).eval()
-    return MLPResult(network=network, history=history.epochs, epochs_run=fit.current_epoch)
+    return MLPResult(network=network, history=history.epochs, epochs_run=fit.current_epoch,
+                     global_rank=fit.global_rank, batches=history.batches)

@@ -1,0 +1,81 @@
+"""The sweep flow: Optuna searches the spec's candidates and spaces, then the best
+configuration is retrained on train+validation.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from prefect import flow, runtime
+
+from loopline.sweep import SweepSummary
+from tasks.features import read_manifest
+from tasks.spec import check_resources, load_and_validate_spec
+from tasks.sweep import (
+    prepare_sweep,
+    retrain_best,
+    run_sweep_trials,
+    run_sweep_worker,
+    summarize_sweep,
+)
+from tasks.training import CandidateRun, finish_training_run, start_training_run
+
+
+@dataclass
+class SweepOutcome:
+    """The sweep's summary and the retrained best candidate."""
+
+    parent_run_id: str
+    summary: SweepSummary
+    best: CandidateRun
+
+
+@flow(name="loopline-sweep", log_prints=True)
+def sweep(spec_path: str = "configs/demo.yaml", storage_block: str | None = None,
+          feature_set_version: int | None = None, parent_run_id: str | None = None
+          ) -> SweepOutcome:
+    """Sweep the spec's search spaces with Optuna.
+
+    Args:
+        spec_path: the spec file (its ``training.sweep`` section says how).
+        storage_block: a saved FeatureStoreStorage block; the local state folder when None.
+        feature_set_version: the version to train on; the latest when None.
+        parent_run_id: an MLflow run to nest under (the pipeline's); a new one when None.
+
+    Steps:
+        1. Validate the spec; check its trainer settings against this machine.
+        2. Open the study in its storage, or resume it (finished trials are kept; ones a killed
+           sweep left running are marked failed).
+        3. Run trials until ``n_trials`` have finished or ``timeout`` passes: in this process,
+           or in ``parallelism`` worker processes sharing the storage. Each trial is a nested
+           MLflow run; Lightning trials report every epoch to the pruner.
+        4. Publish the leaderboard and best trial (or Pareto front) and Optuna's plots.
+        5. Retrain the best configuration on train+validation.
+    """
+    spec = load_and_validate_spec(spec_path)
+    if spec.training.sweep is None:
+        raise ValueError(f"{spec_path} has no training.sweep section: run the train flow")
+    check_resources(spec)
+    manifest = read_manifest(spec, feature_set_version, storage_block)
+    owned = parent_run_id is None
+    parent = parent_run_id or start_training_run(spec, manifest, str(runtime.flow_run.id or ""))
+    name = prepare_sweep(spec, manifest)
+    workers = spec.training.sweep.parallelism
+    if workers == 1:
+        run_sweep_trials(spec, manifest, name, parent, storage_block)
+    else:
+        futures = [run_sweep_worker.submit(spec_path, manifest, name, parent, worker,
+                                           storage_block) for worker in range(workers)]
+        for future in futures:
+            future.result()
+    summary = summarize_sweep(spec, name, parent)
+    best = retrain_best(spec, manifest, summary, parent, storage_block)
+    if owned:
+        finish_training_run(spec, parent, best)
+    return SweepOutcome(parent_run_id=parent, summary=summary, best=best)
+
+
+if __name__ == "__main__":
+    outcome = sweep(sys.argv[1] if len(sys.argv) > 1 else "configs/demo.yaml")
+    print(f"best: {outcome.summary.best[0]}")

@@ -1,0 +1,166 @@
+"""Optuna sweeps as Prefect tasks: prepare (or resume) the study, run trials in this process or
+in N worker processes, summarize, and retrain the best configuration on train+validation.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import polars as pl
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.logging import get_run_logger
+
+from loopline.feature_store import FeatureSetManifest
+from loopline.modeling.candidates import train_candidate
+from loopline.sections.base import parse_duration
+from loopline.spec import Spec
+from loopline.splits import Splits, split_frame
+from loopline.state import state_paths
+from loopline.sweep import (
+    Objective,
+    SweepSummary,
+    finished_trials,
+    open_study,
+    recover_interrupted,
+    run_trials,
+    save_plots,
+    storage_for,
+    study_name,
+    summarize,
+)
+from loopline.tracking import log_candidate
+from tasks.features import open_store
+from tasks.training import CandidateRun, tracker_for
+
+
+def sweep_splits(spec: Spec, manifest: FeatureSetManifest, storage_block: str | None) -> Splits:
+    """The feature set version's train / validation / test rows."""
+    frame = open_store(storage_block).read(manifest.feature_set, manifest.version)
+    return split_frame(frame, spec.data)
+
+
+@task(name="prepare-sweep")
+def prepare_sweep(spec: Spec, manifest: FeatureSetManifest) -> str:
+    """Create the study, or load it and mark trials a killed sweep left RUNNING as failed;
+    returns the study's name.
+    """
+    assert spec.training.sweep is not None
+    name = study_name(spec, manifest.fingerprint)
+    study = open_study(spec, name, storage_for(spec.training.sweep, state_paths(), name))
+    recovered = recover_interrupted(study)
+    done = finished_trials(study)
+    get_run_logger().info("study %s: %d trials already finished%s", name, done,
+                          f", {recovered} interrupted ones marked failed" if recovered else "")
+    return name
+
+
+@task(name="run-sweep-trials")
+def run_sweep_trials(spec: Spec, manifest: FeatureSetManifest, name: str, parent_run_id: str,
+                     storage_block: str | None = None) -> int:
+    """Run trials in this process until the study's budget is spent; returns finished trials."""
+    sweep = spec.training.sweep
+    assert sweep is not None
+    study = open_study(spec, name, storage_for(sweep, state_paths(), name))
+    dtypes = {n: manifest.columns[n] for n in spec.feature_names}
+    objective = Objective(spec, sweep_splits(spec, manifest, storage_block), dtypes,
+                          tracker_for(spec), parent_run_id)
+    timeout = parse_duration(sweep.timeout).total_seconds() if sweep.timeout else None
+    run_trials(study, objective, sweep.n_trials, timeout)
+    return finished_trials(study)
+
+
+@task(name="run-sweep-worker")
+def run_sweep_worker(spec_path: str, manifest: FeatureSetManifest, name: str, parent_run_id: str,
+                     worker: int, storage_block: str | None = None) -> int:
+    """Run trials in a separate process (one of ``parallelism``) sharing the study's storage;
+    returns the process's exit status.
+
+    Raises:
+        RuntimeError: the worker process failed.
+    """
+    command = [sys.executable, "-m", "tasks.sweep_worker", "--spec", spec_path, "--study", name,
+               "--feature-set-version", str(manifest.version), "--parent-run-id", parent_run_id]
+    if storage_block:
+        command += ["--storage-block", storage_block]
+    done = subprocess.run(command, capture_output=True, text=True, check=False,
+                          env={**os.environ, "LOOPLINE_SWEEP_WORKER": str(worker)})
+    if done.returncode != 0:
+        raise RuntimeError(f"sweep worker {worker} failed ({done.returncode}):\n"
+                           f"{done.stderr[-3000:]}")
+    get_run_logger().info("sweep worker %d finished", worker)
+    return done.returncode
+
+
+@task(name="summarize-sweep")
+def summarize_sweep(spec: Spec, name: str, parent_run_id: str) -> SweepSummary:
+    """The leaderboard and best trial(s), published as Prefect artifacts (with the link to the
+    MLflow parent run); Optuna's plots become HTML artifacts of that run.
+    """
+    sweep = spec.training.sweep
+    assert sweep is not None
+    study = open_study(spec, name, storage_for(sweep, state_paths(), name))
+    summary = summarize(study, spec)
+    tracker = tracker_for(spec)
+    with tempfile.TemporaryDirectory(prefix="loopline-plots-") as workdir:
+        for path in save_plots(study, Path(workdir)):
+            tracker.log_artifact(parent_run_id, path, "optuna")
+    objective = ", ".join(summary.objectives)
+    create_table_artifact(
+        key=f"{spec.name}-sweep-leaderboard",
+        table=[{"trial": row.number, "state": row.state, "candidate": row.candidate,
+                "params": str(row.params), objective: row.values if row.values else None,
+                "seconds": None if row.seconds is None else round(row.seconds, 2)}
+               for row in summary.leaderboard],
+        description=f"Study `{name}`: {summary.counts}")
+    link = _run_link(tracker.experiment_id, parent_run_id)
+    best = "\n".join(f"- trial {row.number} ({row.candidate}) {row.values}: `{row.params}`"
+                     for row in summary.best)
+    heading = "Pareto front" if summary.is_multi_objective else "Best trial"
+    create_markdown_artifact(
+        key=f"{spec.name}-sweep", description=f"Sweep {name}",
+        markdown=f"# Sweep `{name}`\n\nTrials by state: {summary.counts}\n\n## {heading} "
+                 f"({objective})\n\n{best}\n\nMLflow parent run: [{parent_run_id}]({link}) "
+                 "(trials are its nested runs; Optuna's plots are in its `optuna/` artifacts)\n")
+    get_run_logger().info("sweep %s: %s; best %s", name, summary.counts,
+                          [(r.number, r.candidate, r.values) for r in summary.best])
+    return summary
+
+
+def _run_link(experiment_id: str, run_id: str) -> str:
+    base = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not base.startswith("http"):
+        base = "http://127.0.0.1:5000"  # `make mlflow-ui`
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+@task(name="retrain-best")
+def retrain_best(spec: Spec, manifest: FeatureSetManifest, summary: SweepSummary,
+                 parent_run_id: str, storage_block: str | None = None) -> CandidateRun:
+    """Train the best configuration (the first of the Pareto front) on train+validation and log
+    it as a nested run; this is the candidate the gates judge on the test split.
+    """
+    best = summary.best[0]
+    names = [a.candidate_name for a in spec.training.algorithms]
+    algorithm = spec.training.algorithms[names.index(best.candidate)]
+    splits = sweep_splits(spec, manifest, storage_block)
+    # Validation rows join training; they also stay the validation set, so early stopping and
+    # the logged validation metrics still have data (the gates judge the untouched test rows).
+    combined = Splits(train=pl.concat([splits.train, splits.validation]),
+                      validation=splits.validation, test=splits.test)
+    dtypes = {n: manifest.columns[n] for n in spec.feature_names}
+    candidate = train_candidate(algorithm, spec.training, combined, spec.feature_names, dtypes,
+                                spec.data.target, best.params)
+    tracker = tracker_for(spec)
+    run_id = tracker.start_run(f"best-{candidate.name}", parent_run_id=parent_run_id,
+                               tags={"loopline.algorithm": candidate.kind,
+                                     "loopline.best_trial": str(best.number),
+                                     "loopline.trained_on": "train+validation"})
+    log_candidate(tracker, run_id, candidate, {"feature_set_version": manifest.version,
+                                               "best_trial": best.number})
+    tracker.end_run(run_id)
+    return CandidateRun(run_id=run_id, candidate=candidate)
