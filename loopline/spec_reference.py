@@ -37,7 +37,7 @@ source — check out. Only `true` and `false` are booleans (YAML 1.2), so `on:` 
 | `data` (source, format, target, entity_id, event_time, split) | used by the pipeline flow |
 | `data.validation` | used: checked before materializing; a failing batch is quarantined and alerted |
 | `features` | used: computed with polars SQL, materialized as a versioned feature set |
-| `training` task, metric, algorithms, params, trainer, seed | used (without a sweep: each candidate trains once) |
+| `training` task, metric, algorithms, params, trainer, seed | used (no sweep: each candidate once) |
 | `training.algorithms[*].search`, `training.sweep` | used by the sweep flow (Optuna) |
 | `gates` | used: thresholds, champion margin on the test split, `on_pass`, the model card |
 | `serving.routing` `single`, `serving.port`, `serving.workers` | used by the Bento and `make demo` |
