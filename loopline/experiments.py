@@ -21,6 +21,7 @@ MAX_PARAM_LENGTH = 6000
 METRICS_PER_BATCH = 1000
 PARAMS_PER_BATCH = 100
 PARENT_TAG = "mlflow.parentRunId"
+NON_FINITE_TAG = "loopline.non_finite_metrics"
 NAME_TAG = "mlflow.runName"
 
 
@@ -127,8 +128,9 @@ class ExperimentTracker:
         for start in range(0, len(items), METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=items[start:start + METRICS_PER_BATCH])
         if skipped:
-            self.client.log_batch(run_id, tags=[RunTag("loopline.non_finite_metrics",
-                                                       ",".join(sorted(set(skipped))))])
+            earlier = self.client.get_run(run_id).data.tags.get(NON_FINITE_TAG, "")
+            names = sorted(set(skipped) | {n for n in earlier.split(",") if n})
+            self.client.log_batch(run_id, tags=[RunTag(NON_FINITE_TAG, ",".join(names))])
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         """Store ``text`` as an artifact of the run."""

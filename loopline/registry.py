@@ -117,7 +117,11 @@ class ModelRegistry:
             with contextlib.suppress(MlflowException):  # created concurrently: fine
                 self.client.create_registered_model(name, description=model_card.description)
         tags = {**lineage.to_tags(), STAGE_TAG: "NONE", CARD_TAG: model_card.model_dump_json()}
-        created = self.client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
+        # MLflow 3 logs models as their own entities (models:/m-<id>); a tracking server only
+        # accepts such a source together with its model id.
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        created = self.client.create_model_version(name, model_uri, run_id=run_id, tags=tags,
+                                                   model_id=model_id)
         version = int(created.version)
         self.client.update_model_version(name, str(version),
                                          description=model_card.render_markdown(name, version))
@@ -150,12 +154,19 @@ class ModelRegistry:
         return found
 
     def list_versions(self, name: str, stage: Stage | None = None) -> list[ModelVersionInfo]:
-        """Every version of ``name`` (only those in ``stage`` when given), newest first."""
+        """Every version of ``name`` (only those in ``stage`` when given), newest first; empty
+        for a model that was never registered."""
         try:
-            found = self.client.search_model_versions(f"name = '{name}'")
-        except MlflowException as exc:
-            raise ModelNotFound(f"no model named {name!r}") from exc
-        infos = [self._info(v) for v in found]
+            # Searches return versions without their aliases: take them from the model, once,
+            # so the listing is one consistent view of who is champion.
+            aliases = self.client.get_registered_model(name).aliases
+        except MlflowException:
+            return []
+        found = self.client.search_model_versions(f"name = '{name}'")
+        by_version: dict[int, list[str]] = {}
+        for alias, version in aliases.items():
+            by_version.setdefault(int(version), []).append(alias)
+        infos = [self._info(v, tuple(by_version.get(int(v.version), ()))) for v in found]
         return sorted((i for i in infos if stage is None or i.stage == stage),
                       key=lambda i: i.version, reverse=True)
 
@@ -197,7 +208,7 @@ class ModelRegistry:
                 raise ModelCardNotApproved(f"{name} v{version} cannot enter PRODUCTION: its model "
                                            "card is incomplete or not approved")
             previous = self.champion(name)
-            self.client.set_registered_model_alias(name, CHAMPION, str(version))  # the switch
+            self._set_alias(name, CHAMPION, version)  # the switch
             self._set_stage(name, version, current.stage, "PRODUCTION", who, reason)
             challenger = self.get_by_alias(name, CHALLENGER)
             if challenger is not None and challenger.version == version:
@@ -212,7 +223,10 @@ class ModelRegistry:
                     self.client.delete_registered_model_alias(name, CHAMPION)
             self._set_stage(name, version, current.stage, stage, who, reason)
             if stage == "STAGING":
-                self.client.set_registered_model_alias(name, CHALLENGER, str(version))
+                self._set_alias(name, CHALLENGER, version)
+            elif CHALLENGER in current.aliases:
+                # The challenger left STAGING: the alias must not name an archived version.
+                self.client.delete_registered_model_alias(name, CHALLENGER)
         return self.get_model(name, version=version)
 
     def rollback(self, name: str, *, actor: str | None = None, reason: str = "rollback"
@@ -254,6 +268,14 @@ class ModelRegistry:
 
     # --- internals --------------------------------------------------------------------------
 
+    def _set_alias(self, name: str, alias: str, version: int) -> None:
+        try:
+            self.client.set_registered_model_alias(name, alias, str(version))
+        except MlflowException:
+            # Two first writers of an alias can collide on its unique row; the second attempt
+            # is an update of the row the other created.
+            self.client.set_registered_model_alias(name, alias, str(version))
+
     def _set_stage(self, name: str, version: int, from_stage: Stage, to_stage: Stage, actor: str,
                    reason: str) -> None:
         self.client.set_model_version_tag(name, str(version), STAGE_TAG, to_stage)
@@ -274,9 +296,10 @@ class ModelRegistry:
                 self._set_stage(name, int(version.version), "PRODUCTION", "ARCHIVED", actor,
                                 "replaced by a concurrent promotion")
 
-    def _info(self, found: ModelVersion) -> ModelVersionInfo:
+    def _info(self, found: ModelVersion, aliases: tuple[str, ...] | None = None
+              ) -> ModelVersionInfo:
         tags = dict(found.tags or {})
-        aliases = tuple(found.aliases or ())
+        aliases = tuple(found.aliases or ()) if aliases is None else aliases
         tagged = tags.get(STAGE_TAG, "NONE")
         stage: Stage = tagged if tagged in STAGES else "NONE"
         if CHAMPION in aliases:

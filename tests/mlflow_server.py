@@ -1,0 +1,121 @@
+"""A real ``mlflow server`` (SQLite store, proxied artifacts) as a subprocess, for the tracking
+and registry tests.
+
+Use it by importing the fixtures into the test module (not through conftest)::
+
+    from tests.mlflow_server import mlflow_client, mlflow_server  # noqa: F401
+
+Under CI (``CI=true``) a server that cannot start is a failure; elsewhere the tests are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.servers import VENV_BIN, free_port, http_ok, start, stop, wait_for
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+#: The server needs 5-30 s to create its tables and start uvicorn on a busy 2-core machine.
+STARTUP_TIMEOUT_S = 180
+
+
+def _unavailable(reason: str) -> NoReturn:
+    _Shared.failure = reason
+    if IN_CI:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+class _Shared:
+    """The one server of the session. Each module that imports the fixture gets its own
+    session-scoped fixture instance; they share this server, which the last one stops.
+    """
+
+    server: subprocess.Popen[bytes] | None = None
+    uri = ""
+    users = 0
+    failure: str | None = None  # why it could not start: the next module does not try again
+
+
+def _start_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    executable = VENV_BIN / "mlflow"
+    if not executable.exists():
+        _unavailable(f"{executable} is missing: install mlflow into the test environment")
+    port = free_port()
+    log = folder / "server.log"
+    command = [str(executable), "server",
+               "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+               "--artifacts-destination", f"{folder}/artifacts", "--serve-artifacts",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    # The server must not inherit a tracking URI from a test that pointed MLflow elsewhere.
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    server = start(command, log, env=env, cwd=folder)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(http_ok(f"{uri}/health"), server, log, STARTUP_TIMEOUT_S, "mlflow server")
+    except AssertionError as exc:
+        stop(server, timeout=5)
+        _unavailable(str(exc))
+    return server, uri
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A tracking + registry server on loopback, started once per session; yields its URI."""
+    if _Shared.failure is not None:
+        _unavailable(_Shared.failure)
+    if _Shared.server is None or _Shared.server.poll() is not None:
+        _Shared.server, _Shared.uri = _start_server(tmp_path_factory.mktemp("mlflow-server"))
+    _Shared.users += 1
+    try:
+        yield _Shared.uri
+    finally:
+        _Shared.users -= 1
+        if _Shared.users == 0 and _Shared.server is not None:
+            # a throwaway SQLite store: no need to wait for a slow graceful shutdown
+            stop(_Shared.server, timeout=5)
+            _Shared.server = None
+
+
+@pytest.fixture(scope="session")
+def mlflow_client(mlflow_server: str) -> MlflowClient:
+    """A client bound to the session's server for both tracking and the registry."""
+    return MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+
+
+@contextlib.contextmanager
+def mlflow_pointed_at(uri: str | None) -> Iterator[None]:
+    """Point MLflow's process-wide tracking and registry URIs at ``uri`` for a block, then put
+    back what was there before (``mlflow.set_tracking_uri`` also writes MLFLOW_TRACKING_URI into
+    the environment, which would leak into later tests).
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_env = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved_tracking = tracking_utils._tracking_uri
+    saved_registry = registry_utils._registry_uri
+    if uri is not None:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_tracking)  # type: ignore[arg-type]  # None: unset again
+        registry_utils._registry_uri = saved_registry
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
