@@ -155,7 +155,8 @@ class ModelRegistry:
 
     def list_versions(self, name: str, stage: Stage | None = None) -> list[ModelVersionInfo]:
         """Every version of ``name`` (only those in ``stage`` when given), newest first; empty
-        for a model that was never registered."""
+        for a model that was never registered.
+        """
         try:
             # Searches return versions without their aliases: take them from the model, once,
             # so the listing is one consistent view of who is champion.

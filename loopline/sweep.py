@@ -109,17 +109,30 @@ def grid_points(spec: Spec) -> list[tuple[int, dict[str, Any]]]:
     return points
 
 
-def open_study(spec: Spec, name: str, storage: str | JournalStorage) -> optuna.Study:
-    """Create the study, or load it when it exists (resuming a sweep)."""
+def _sampler(spec: Spec, seed: int | None) -> optuna.samplers.BaseSampler:
+    sweep = spec.training.sweep or Sweep()
+    if sweep.sampler == "grid":
+        return optuna.samplers.GridSampler({"config": list(range(len(grid_points(spec))))},
+                                           seed=seed)
+    if sweep.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def open_study(spec: Spec, name: str, storage: str | JournalStorage | None,
+               worker: int = 0) -> optuna.Study:
+    """Create the study, or load it when it exists (resuming a sweep).
+
+    Args:
+        spec: the spec whose sweep this is.
+        name: the study's name (:func:`study_name`).
+        storage: where the study lives (None: in memory).
+        worker: which of the sweep's parallel workers opens it. With a seed, each worker and
+            each resumption draws from its own stream (the seed, the worker and the trials
+            already stored), so none repeats configurations another already drew.
+    """
     sweep = spec.training.sweep or Sweep()
     multi = len(directions(spec)) > 1
-    if sweep.sampler == "grid":
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(
-            {"config": list(range(len(grid_points(spec))))}, seed=sweep.seed)
-    elif sweep.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=sweep.seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=sweep.seed)
     max_epochs = max((a.trainer.max_epochs for a in spec.training.algorithms
                       if isinstance(a, LightningMLP)), default=1)
     if multi or sweep.pruner == "none":
@@ -128,17 +141,27 @@ def open_study(spec: Spec, name: str, storage: str | JournalStorage) -> optuna.S
         pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
     else:
         pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs)
-    return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
-                               directions=directions(spec), load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=storage,
+                                sampler=_sampler(spec, sweep.seed), pruner=pruner,
+                                directions=directions(spec), load_if_exists=True)
+    existing = len(study.get_trials(deepcopy=False))
+    if sweep.seed is not None and (existing or worker):
+        study.sampler = _sampler(spec, sweep.seed + 7919 * worker + existing)
+    return study
 
 
-def recover_interrupted(study: optuna.Study) -> int:
+def recover_interrupted(study: optuna.Study, tracker: ExperimentTracker | None = None) -> int:
     """Mark trials left RUNNING by a killed sweep as FAIL, so they are neither counted as
-    finished nor waited for; returns how many. Call it before workers start.
+    finished nor waited for, and close their MLflow runs as KILLED; returns how many. Call it
+    before workers start.
     """
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if tracker is not None and run_id:
+            tracker.client.set_tag(run_id, STATE_TAG, "FAIL")
+            tracker.end_run(run_id, "KILLED")
     return len(stale)
 
 
@@ -258,12 +281,21 @@ def run_trials(study: optuna.Study, objective: Objective, n_trials: int,
     """Run trials until the study has ``n_trials`` finished ones (counting earlier runs and
     other workers) or ``timeout_s`` passes.
     """
-    remaining = n_trials - finished_trials(study)
-    if remaining <= 0:
-        return
-    study.optimize(objective, n_trials=remaining, timeout=timeout_s, catch=(TrainingError,),
-                   callbacks=[MaxTrialsCallback(n_trials, states=FINISHED)],
-                   gc_after_trial=True)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    attempts = 0
+    # A failed trial does not count towards the budget, so run again for the shortfall; the
+    # attempts are bounded so that a candidate that always fails cannot loop forever. Without
+    # failures a round ends for good (the budget, the time, or an exhausted grid ended it).
+    while (remaining := n_trials - finished_trials(study)) > 0 and attempts < 2 * n_trials:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return
+        failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+        study.optimize(objective, n_trials=remaining, timeout=left, catch=(TrainingError,),
+                       callbacks=[MaxTrialsCallback(n_trials, states=FINISHED)])
+        attempts += remaining
+        if len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) == failed:
+            return
 
 
 @dataclass(frozen=True)
@@ -345,7 +377,7 @@ def save_plots(study: optuna.Study, folder: Any) -> list[Any]:
         "optimization_history.html": lambda: visualization.plot_optimization_history(
             study, target=target, target_name="objective 0" if multi else "Objective Value"),
         "param_importances.html": lambda: visualization.plot_param_importances(
-            study, target=target),
+            study, target=target, target_name="objective 0" if multi else "Objective Value"),
     }
     if multi:
         plots["pareto_front.html"] = lambda: visualization.plot_pareto_front(study)

@@ -52,7 +52,7 @@ def prepare_sweep(spec: Spec, manifest: FeatureSetManifest) -> str:
     assert spec.training.sweep is not None
     name = study_name(spec, manifest.fingerprint)
     study = open_study(spec, name, storage_for(spec.training.sweep, state_paths(), name))
-    recovered = recover_interrupted(study)
+    recovered = recover_interrupted(study, tracker_for(spec))
     done = finished_trials(study)
     get_run_logger().info("study %s: %d trials already finished%s", name, done,
                           f", {recovered} interrupted ones marked failed" if recovered else "")
@@ -84,11 +84,11 @@ def run_sweep_worker(spec_path: str, manifest: FeatureSetManifest, name: str, pa
         RuntimeError: the worker process failed.
     """
     command = [sys.executable, "-m", "tasks.sweep_worker", "--spec", spec_path, "--study", name,
-               "--feature-set-version", str(manifest.version), "--parent-run-id", parent_run_id]
+               "--feature-set-version", str(manifest.version), "--parent-run-id", parent_run_id,
+               "--worker", str(worker)]
     if storage_block:
         command += ["--storage-block", storage_block]
-    done = subprocess.run(command, capture_output=True, text=True, check=False,
-                          env={**os.environ, "LOOPLINE_SWEEP_WORKER": str(worker)})
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"sweep worker {worker} failed ({done.returncode}):\n"
                            f"{done.stderr[-3000:]}")

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feature-set-version", type=int, required=True)
     parser.add_argument("--parent-run-id", required=True)
     parser.add_argument("--storage-block")
+    parser.add_argument("--worker", type=int, default=0, help="which parallel worker this is")
     args = parser.parse_args(argv)
     spec = load_spec(args.spec, check_source=False)
     sweep = spec.training.sweep
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest = store.manifest(spec.name, args.feature_set_version)
     splits = split_frame(store.read(spec.name, manifest.version), spec.data)
     dtypes = {n: manifest.columns[n] for n in spec.feature_names}
-    study = open_study(spec, args.study, storage_for(sweep, state_paths(), args.study))
+    study = open_study(spec, args.study, storage_for(sweep, state_paths(), args.study),
+                       worker=args.worker)
     timeout = parse_duration(sweep.timeout).total_seconds() if sweep.timeout else None
     run_trials(study, Objective(spec, splits, dtypes, tracker_for(spec), args.parent_run_id),
                sweep.n_trials, timeout)

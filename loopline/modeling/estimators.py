@@ -37,6 +37,10 @@ def build_estimator(algorithm: LogisticRegression | RandomForest | GradientBoost
 
 
 def fit_estimator(estimator: Any, matrix: np.ndarray, target: np.ndarray) -> Any:
-    """Fit and return ``estimator``."""
+    """Fit and return ``estimator`` (on every core; it then predicts on one, since starting a
+    thread pool for each one-record prediction costs more than the prediction).
+    """
     estimator.fit(matrix, target)
+    if "n_jobs" in estimator.get_params():
+        estimator.set_params(n_jobs=1)
     return estimator
