@@ -334,6 +334,16 @@ def spec_dicts(draw: st.DrawFn) -> dict[str, Any]:
                                         "postgresql+psycopg://u:p@db/optuna"]),
             "seed": seeds,
         }))
+        sweep = training["sweep"]
+        # SQLite is for one worker (the spec refuses it under parallel trials)...
+        if sweep.get("storage", "sqlite") == "sqlite" and sweep.get("parallelism", 1) > 1:
+            sweep["storage"] = "journal"
+        # ...and a grid can only enumerate choices and integer ranges.
+        if sweep.get("sampler") == "grid" and any(
+            "uniform" in dist or "log_uniform" in dist
+            for algorithm in training["algorithms"] for dist in algorithm.get("search", {}).values()
+        ):
+            sweep["sampler"] = "random"
     spec["training"] = training
 
     metric_names = st.sampled_from(known_metrics)
