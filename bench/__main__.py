@@ -20,6 +20,8 @@ HERE = Path(__file__).resolve().parent
 #: Benchmark name → module with a ``run(quick, command)`` function.
 BENCHMARKS = {
     "features": "bench.features",
+    "sweep": "bench.sweep",
+    "training": "bench.training",
 }
 
 

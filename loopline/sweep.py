@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import pickle
 import time
 from collections.abc import Callable
@@ -276,11 +277,24 @@ class Objective:
         self.tracker.end_run(run_id, "FINISHED" if state != "FAIL" else "FAILED")
 
 
+def _share_cores(spec: Spec) -> None:
+    """Give each of ``parallelism`` worker processes its share of the cores: torch's default of
+    one thread per core in every worker oversubscribes the machine (measured: a 3-epoch trial
+    took 7.0 s with two workers against 1.1 s alone on 2 cores).
+    """
+    workers = (spec.training.sweep or Sweep()).parallelism
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def run_trials(study: optuna.Study, objective: Objective, n_trials: int,
                timeout_s: float | None) -> None:
     """Run trials until the study has ``n_trials`` finished ones (counting earlier runs and
     other workers) or ``timeout_s`` passes.
     """
+    _share_cores(objective.spec)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     attempts = 0
     # A failed trial does not count towards the budget, so run again for the shortfall; the

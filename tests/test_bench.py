@@ -43,3 +43,56 @@ def test_features_quick_records_an_entry_and_a_table(tmp_path: Path) -> None:
     assert item["peer_name"] in row and f"{item['advantage']:.2f}x" in row
     assert "python -m bench features --quick" in table
     assert "| `other.workload` |" in table and "python -m bench other" in table
+
+
+def _run_quick(name: str, results: Path) -> dict[str, dict[str, object]]:
+    done = subprocess.run([sys.executable, "-m", "bench", name, "--quick", "--results", str(results)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    data: dict[str, dict[str, object]] = json.loads(results.read_text())
+    return data
+
+
+@pytest.mark.slow  # 45-100 s (by load): four sweeps, each with its own worker processes
+def test_sweep_quick_records_both_workloads(tmp_path: Path) -> None:
+    data = _run_quick("sweep", tmp_path / "results.json")
+
+    parallel = data["sweep.two_workers_vs_one"]
+    assert set(REQUIRED) <= set(parallel)
+    assert parallel["unit"] == "trials/min" and parallel["higher_is_better"] is True
+    assert parallel["command"] == "python -m bench sweep --quick"
+    assert parallel["n_trials"] == 4
+    assert parallel["loopline_trials"] >= 4 and parallel["peer_trials"] >= 4  # type: ignore[operator]
+    # Each worker passes its index to open_study, so seeded workers draw their own configurations.
+    assert parallel["loopline_distinct_configs"] == parallel["loopline_trials"]
+    for key in ("loopline_seconds", "peer_seconds", "loopline_startup_seconds",
+                "load_avg_1m_at_start", "torch_threads_per_worker"):
+        assert key in parallel
+
+    pruning = data["sweep.pruning_time_saved"]
+    assert set(REQUIRED) <= set(pruning)
+    assert pruning["higher_is_better"] is False
+    assert pruning["peer_name"] == "the same sweep without pruning"
+    assert pruning["loopline"] > 0 and pruning["peer"] > 0  # type: ignore[operator]
+    assert pruning["same_hyperparameters_drawn"] is True
+    for key in ("loopline_best_val_f1", "peer_best_val_f1", "best_val_f1_difference",
+                "f1_tolerance", "same_best_within_tolerance", "loopline_states", "peer_states",
+                "sampler_seed", "load_avg_1m_at_start"):
+        assert key in pruning
+    assert sum(pruning["peer_states"].values()) >= 6  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow  # 12-25 s (by load): two training runs in their own processes
+def test_training_quick_records_an_entry(tmp_path: Path) -> None:
+    data = _run_quick("training", tmp_path / "results.json")
+
+    item = data["training.lightning_vs_plain_torch"]
+    assert set(REQUIRED) <= set(item)
+    assert item["unit"] == "s/epoch" and item["higher_is_better"] is False
+    assert item["rows"] == 20_000
+    assert item["command"] == "python -m bench training --quick"
+    assert item["loopline"] > 0 and item["peer"] > 0  # type: ignore[operator]
+    assert item["gpu"] == "not available on this machine; bf16 vs fp32 not measured"
+    assert item["torch_threads"] == {"lightning": 1, "torch": 1}
+    # The same network, seed, data and optimizer: both sides end on the same validation f1.
+    assert item["loopline_val_f1"] == pytest.approx(item["peer_val_f1"], abs=0.02)

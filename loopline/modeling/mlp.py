@@ -65,6 +65,8 @@ class TabularMLP(L.LightningModule):
         self.loss: nn.Module = nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
         self._outputs: list[torch.Tensor] = []
         self._targets: list[torch.Tensor] = []
+        self._loss_sum = torch.zeros(())
+        self._loss_rows = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network's raw output."""
@@ -81,8 +83,22 @@ class TabularMLP(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """One optimization step."""
         loss, _ = self._loss(batch)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch[0]))
+        # Summed here and logged once per epoch: self.log on every step costs more than a
+        # small network's whole step.
+        self._loss_sum = self._loss_sum + loss.detach() * len(batch[0])
+        self._loss_rows += len(batch[0])
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        """Reset the epoch's loss sum."""
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._loss_rows = 0
+
+    def _log_train_loss(self) -> None:
+        # Called from the validation epoch's end, which runs after the epoch's last training
+        # step and before the epoch-end callbacks that record the history.
+        if self._loss_rows:
+            self.log("train_loss", self._loss_sum / self._loss_rows, sync_dist=True)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """Validation loss; outputs kept for the epoch's metrics."""
@@ -92,7 +108,8 @@ class TabularMLP(L.LightningModule):
         self._targets.append(batch[1].detach().cpu())
 
     def on_validation_epoch_end(self) -> None:
-        """Every metric of the task over the whole validation split."""
+        """The epoch's training loss, and every metric of the task over the validation split."""
+        self._log_train_loss()
         if not self._outputs:
             return
         output = torch.cat(self._outputs)
