@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -110,3 +111,17 @@ def record(path: Path, entries: dict[str, dict[str, Any]]) -> Path:
     table = markdown_path(path)
     table.write_text(render(results))
     return table
+
+
+def code_commit() -> str:
+    """The checkout's commit, ``+dirty`` when the engine's code (``loopline/``, ``tasks/``) has
+    uncommitted changes: the figures belong to the code they measured.
+    """
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--", "loopline", "tasks") else "")

@@ -41,7 +41,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench.results import entry
+from bench.results import code_commit, entry
 
 PARALLEL = "sweep.two_workers_vs_one"
 PRUNING = "sweep.pruning_time_saved"
@@ -55,18 +55,6 @@ F1_TOLERANCE = 0.01
 #: (rows, trials, epochs) of each workload at full and quick size.
 PARALLEL_SIZES = {"full": (16_000, 16, 3), "quick": (3_000, 4, 2)}
 PRUNING_SIZES = {"full": (5_000, 20, 15), "quick": (3_000, 6, 4)}
-
-
-def _commit() -> str:
-    """The checkout's commit, ``+dirty`` when the engine's code (``loopline/``, ``tasks/``) has
-    uncommitted changes: the figures belong to the code they measured.
-    """
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
-        return done.stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--", "loopline", "tasks") else "")
 
 
 # --- data and specs -----------------------------------------------------------------------------
@@ -327,7 +315,7 @@ def _parallel(work: Path, quick: bool, command: str) -> dict[str, Any]:
         peer_distinct_configs=_distinct_configs(one),
         torch_threads_per_worker=one["torch_threads"],
         load_avg_1m_at_start=load_at_start, load_avg_1m_at_end=load_at_end,
-        loopline_version=version("loopline"), loopline_commit=_commit(),
+        loopline_version=version("loopline"), loopline_commit=code_commit(),
         optuna_version=version("optuna"),
         goal="advantage >= 1.7",
     )
@@ -389,7 +377,7 @@ def _pruning(work: Path, quick: bool, command: str) -> dict[str, Any]:
         same_best_within_tolerance=abs(best_difference) <= F1_TOLERANCE,
         same_hyperparameters_drawn=same_draws,
         load_avg_1m_at_start=load_at_start, load_avg_1m_at_end=load_at_end,
-        loopline_version=version("loopline"), loopline_commit=_commit(),
+        loopline_version=version("loopline"), loopline_commit=code_commit(),
         optuna_version=version("optuna"),
         goal="advantage >= 1.67 (40% less training time), best f1 within 0.01",
     )

@@ -34,7 +34,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench.results import entry
+from bench.results import code_commit, entry
 
 WORKLOAD = "training.lightning_vs_plain_torch"
 FULL_ROWS = 200_000
@@ -48,18 +48,6 @@ THREADS = 1
 SEED = 42
 REPO = Path(__file__).resolve().parent.parent
 GPU_NOTE = "not available on this machine; bf16 vs fp32 not measured"
-
-
-def _commit() -> str:
-    """The checkout's commit, ``+dirty`` when the engine's code (``loopline/``, ``tasks/``) has
-    uncommitted changes: the figures belong to the code they measured.
-    """
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
-        return done.stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--", "loopline", "tasks") else "")
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -254,7 +242,7 @@ def run(quick: bool = False, command: str = "python -m bench training") -> dict[
         loopline_val_f1=round(f1["lightning"], 4), peer_val_f1=round(f1["torch"], 4),
         load_avg_1m_at_start=load_at_start, load_avg_1m_at_end=load_at_end,
         gpu=GPU_NOTE,
-        loopline_version=version("loopline"), loopline_commit=_commit(),
+        loopline_version=version("loopline"), loopline_commit=code_commit(),
         lightning_version=version("lightning"), torch_version=version("torch"),
     )}
 
