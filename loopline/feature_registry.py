@@ -26,7 +26,6 @@ from loopline.features import polars_dtype
 from loopline.sections.base import COLUMN_PATTERN
 from loopline.storage import Storage
 
-_VERSION_FILE = re.compile(r"^v(\d+)\.json$")
 FOLDER = "features"
 #: Attempts at claiming the next version number before giving up (only under heavy contention).
 MAX_CLAIMS = 1000
@@ -124,8 +123,7 @@ class FeatureRegistry:
 
     def versions(self, name: str) -> list[int]:
         """The versions of ``name``, oldest first (empty when it is not registered)."""
-        found = (_VERSION_FILE.match(n) for n in self.storage.list_names(FOLDER, name))
-        return sorted(int(m.group(1)) for m in found if m)
+        return self.storage.version_numbers(FOLDER, name)
 
     def create_feature(self, name: str, definition: FeatureDefinition,
                        metadata: FeatureMetadata) -> FeatureVersion:

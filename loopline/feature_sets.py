@@ -13,7 +13,6 @@ racing for version N get N and N+1.
 
 from __future__ import annotations
 
-import re
 import tempfile
 import uuid
 from pathlib import Path
@@ -27,7 +26,6 @@ from loopline.data_validation import ValidationReport
 from loopline.errors import FeatureSetNotFound
 from loopline.storage import Storage
 
-_VERSION_FILE = re.compile(r"^v(\d+)\.json$")
 FOLDER = "sets"
 #: Rows per parquet file: a version of a large set is split into files of at most this many.
 ROWS_PER_FILE = 1_000_000
@@ -90,9 +88,7 @@ class FeatureSets:
 
     def versions(self, feature_set: str) -> list[int]:
         """The committed versions of ``feature_set``, oldest first."""
-        found = (_VERSION_FILE.match(n) for n in
-                 self.storage.list_names(FOLDER, feature_set, "versions"))
-        return sorted(int(m.group(1)) for m in found if m)
+        return self.storage.version_numbers(FOLDER, feature_set, "versions")
 
     def manifest(self, feature_set: str, version: int | None = None) -> FeatureSetManifest:
         """The manifest of ``version`` (the latest when None).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ import fsspec
 from pydantic import SecretStr
 
 from loopline.errors import MissingCredentials
+
+_VERSION_FILE = re.compile(r"^v(\d+)\.json$")
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,11 @@ class Storage:
             return []
         found = self.fs.find(base)
         return sorted(posixpath.relpath(str(f), self._root_path) for f in found)
+
+    def version_numbers(self, *parts: str) -> list[int]:
+        """The N of every ``v<N>.json`` directly under the folder, ascending."""
+        found = (_VERSION_FILE.match(name) for name in self.list_names(*parts))
+        return sorted(int(match.group(1)) for match in found if match)
 
     def read_bytes(self, *parts: str) -> bytes:
         """The file's bytes.
