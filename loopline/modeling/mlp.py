@@ -17,6 +17,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -29,9 +31,33 @@ from loopline.sections.training import (
     TrainerSettings,
 )
 
+#: Rows the training loader hands Lightning at once where steps may be grouped (see
+#: :func:`groups_steps`); the module steps through them in mini-batches of the spec's
+#: ``batch_size``. Lightning's loop and its per-step wrappers (``manual_backward``, the wrapped
+#: optimizer's ``step`` with their hooks) cost about 0.5 ms per step on CPU, as much as a small
+#: MLP's whole step, so they run once per group instead of once per mini-batch.
+GROUP_ROWS = 4096
+
+#: Precisions whose backward pass and optimizer step need nothing from Lightning (no gradient
+#: scaler): autocast, where used, is entered by Lightning around the whole training step.
+_PLAIN_STEP_PRECISIONS = frozenset({"32-true", "64-true", "bf16-mixed", "bf16-true"})
+
+
+def groups_steps(trainer: L.Trainer) -> bool:
+    """Whether training steps are grouped: one process on one device (no DDP gradient sync per
+    backward pass) and a precision without a gradient scaler.
+    """
+    return (isinstance(trainer.strategy, SingleDeviceStrategy)
+            and str(trainer.precision) in _PLAIN_STEP_PRECISIONS)
+
 
 class TabularDataModule(L.LightningDataModule):
-    """Train and validation matrices as shuffled / ordered mini-batches."""
+    """Train and validation matrices as shuffled / ordered batches.
+
+    Where :func:`groups_steps`, a training batch holds ``GROUP_ROWS`` rows: they are shuffled one
+    by one as usual and the module takes one optimizer step per ``batch_size`` rows, so the
+    optimization is the same as with a loader of ``batch_size`` rows.
+    """
 
     def __init__(self, train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray],
                  batch_size: int, task: Task) -> None:
@@ -44,8 +70,11 @@ class TabularDataModule(L.LightningDataModule):
                                      torch.as_tensor(validation[1], dtype=target_dtype))
 
     def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
-        """Shuffled training batches."""
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+        """Shuffled training batches (whole groups of mini-batches where steps are grouped)."""
+        rows = self.batch_size
+        if self.trainer is not None and groups_steps(self.trainer) and self.batch_size < GROUP_ROWS:
+            rows = self.batch_size * (GROUP_ROWS // self.batch_size)
+        return DataLoader(self.train_set, batch_size=rows, shuffle=True)
 
     def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
         """Validation batches in order."""
@@ -58,8 +87,11 @@ class TabularMLP(L.LightningModule):
     """
 
     def __init__(self, n_inputs: int, n_outputs: int, hidden: list[int], dropout: float, lr: float,
-                 weight_decay: float, task: Task, classes: list[Any] | None) -> None:
+                 weight_decay: float, task: Task, classes: list[Any] | None, batch_size: int) -> None:
         super().__init__()
+        # Optimizer steps are taken by hand, one per mini-batch of a loader batch (GROUP_ROWS).
+        self.automatic_optimization = False
+        self.batch_size = batch_size
         self.network = build_mlp(n_inputs, hidden, dropout, n_outputs)
         self.lr, self.weight_decay, self.task, self.classes = lr, weight_decay, task, classes
         self.loss: nn.Module = nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
@@ -80,14 +112,31 @@ class TabularMLP(L.LightningModule):
             output = output.squeeze(-1)
         return self.loss(output.float(), y), output
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """One optimization step."""
-        loss, _ = self._loss(batch)
-        # Summed here and logged once per epoch: self.log on every step costs more than a
-        # small network's whole step.
-        self._loss_sum = self._loss_sum + loss.detach() * len(batch[0])
-        self._loss_rows += len(batch[0])
-        return loss
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """One optimizer step per mini-batch of ``batch_size`` rows of the loader's batch.
+
+        The last step of a batch goes through Lightning (``manual_backward`` and the wrapped
+        optimizer: hooks, precision plugin, the step counter checkpointing relies on); the
+        others, only where :func:`groups_steps` allows, call torch directly.
+        """
+        optimizer = self.optimizers()
+        assert isinstance(optimizer, LightningOptimizer)
+        x, y = batch
+        last = len(x) - 1
+        for start in range(0, len(x), self.batch_size):
+            rows = (x[start:start + self.batch_size], y[start:start + self.batch_size])
+            loss, _ = self._loss(rows)
+            optimizer.zero_grad()
+            if start + self.batch_size > last:
+                self.manual_backward(loss)
+                optimizer.step()
+            else:
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimizer.optimizer.step()
+            # Summed here and logged once per epoch: self.log on every step costs more than a
+            # small network's whole step.
+            self._loss_sum = self._loss_sum + loss.detach() * len(rows[0])
+            self._loss_rows += len(rows[0])
 
     def on_train_epoch_start(self) -> None:
         """Reset the epoch's loss sum."""
@@ -133,7 +182,8 @@ class TabularMLP(L.LightningModule):
 @dataclass
 class EpochHistory(Callback):
     """Records every epoch's logged metrics, so they reach MLflow in one batch per run, and
-    how many training batches this process ran (each DDP rank counts its own).
+    how many training batches (groups of mini-batches) this process ran (each DDP rank counts
+    its own).
     """
 
     epochs: list[dict[str, float]] = field(default_factory=list)
@@ -203,7 +253,7 @@ def train_mlp(params: dict[str, Any], trainer: TrainerSettings, task: Task,
         train_y, val_y = (train_y - mean) / scale, (val_y - mean) / scale
     n_outputs = len(classes) if task == "classification" and classes else 1
     module = TabularMLP(train_x.shape[1], n_outputs, list(params["hidden"]), params["dropout"],
-                        params["lr"], params["weight_decay"], task, classes)
+                        params["lr"], params["weight_decay"], task, classes, params["batch_size"])
     data = TabularDataModule((train_x, train_y), (val_x, val_y), params["batch_size"], task)
     history = EpochHistory()
     callbacks: list[Callback] = [history, *(extra_callbacks or [])]
