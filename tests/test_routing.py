@@ -1,0 +1,222 @@
+"""The live routing state and the canary's steps, without a server: split ratios hold, entities
+stick, changes reach other workers' connections, the bandit learns, and the canary advances or
+rolls back by its bounds.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loopline.canary import MIN_JUDGED_REQUESTS, CanaryWatch, StepWindow, judge, next_state
+from loopline.routing import Router, RoutingStore, initial_state, unit_point
+from loopline.sections.release import (
+    ABRouting,
+    BanditRouting,
+    CanaryBounds,
+    CanaryRouting,
+    ShadowRouting,
+    SingleRouting,
+)
+
+SHARES = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0, allow_nan=False))
+
+
+def store_at(tmp_path: Path, routing: object, has_challenger: bool = True) -> RoutingStore:
+    store = RoutingStore(tmp_path / "routing.sqlite")
+    store.initialize(initial_state(routing, has_challenger))  # type: ignore[arg-type]
+    return store
+
+
+def within(count: int, n: int, share: float, sigmas: float = 5.0) -> bool:
+    return abs(count - n * share) <= sigmas * math.sqrt(n * share * (1 - share)) + 1e-9
+
+
+@settings(max_examples=100, deadline=None)
+@given(share=SHARES, salt=st.text(max_size=8))
+def test_the_challenger_gets_its_share_of_requests_within_binomial_bounds(
+    tmp_path_factory: pytest.TempPathFactory, share: float, salt: str
+) -> None:
+    store = store_at(tmp_path_factory.mktemp("ab"), ABRouting(kind="ab", challenger_share=share))
+    router = Router(store)
+    n = 4000
+    challengers = sum(router.assign(f"{salt}-{i}")[0].variant == "challenger" for i in range(n))
+    assert within(challengers, n, share)
+    if share == 0.0:
+        assert challengers == 0
+    if share == 1.0:
+        assert challengers == n
+    store.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(keys=st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=30),
+       low=SHARES, high=SHARES)
+def test_a_key_keeps_its_variant_and_a_growing_share_never_moves_challengers_back(
+    keys: list[str], low: float, high: float
+) -> None:
+    low, high = sorted((low, high))
+    for key in keys:
+        point = unit_point(key)
+        assert 0.0 <= point < 1.0 and point == unit_point(key)
+        on_low = point < low
+        on_high = point < high
+        assert not on_low or on_high
+
+
+def test_a_change_by_one_connection_reaches_the_next_read_of_another(tmp_path: Path) -> None:
+    first = store_at(tmp_path, ABRouting(kind="ab", challenger_share=0.5))
+    second = RoutingStore(tmp_path / "routing.sqlite")  # another worker's connection
+    assert second.read().challenger_share == 0.5
+    state = first.read()
+    stored = first.replace(state.model_copy(update={"challenger_share": 0.0}))
+    assert stored is not None and stored.revision == state.revision + 1
+    assert second.read().challenger_share == 0.0
+    assert Router(second).assign("anyone")[0].variant == "champion"
+
+
+def test_a_stale_compare_and_set_loses(tmp_path: Path) -> None:
+    store = store_at(tmp_path, ABRouting(kind="ab"))
+    state = store.read()
+    assert store.replace(state, expected_revision=state.revision) is not None
+    assert store.replace(state, expected_revision=state.revision) is None
+
+
+def test_restarting_keeps_a_changed_split(tmp_path: Path) -> None:
+    store = store_at(tmp_path, ABRouting(kind="ab", challenger_share=0.5))
+    store.replace(store.read().model_copy(update={"challenger_share": 0.1}))
+    again = store_at(tmp_path, ABRouting(kind="ab", challenger_share=0.5))
+    assert again.read().challenger_share == 0.1
+
+
+def test_without_a_challenger_the_champion_answers_whatever_the_spec_says(tmp_path: Path) -> None:
+    store = store_at(tmp_path, ABRouting(kind="ab", challenger_share=1.0), has_challenger=False)
+    assert store.read().kind == "single"
+    assert {Router(store).assign(str(i))[0].variant for i in range(100)} == {"champion"}
+    single = store_at(tmp_path / "single", SingleRouting())
+    assert Router(single).assign("x")[0].variant == "champion"
+
+
+def test_shadow_answers_with_the_champion_and_samples_the_challenger(tmp_path: Path) -> None:
+    store = store_at(tmp_path, ShadowRouting(kind="shadow", sample=0.25))
+    assignments = [Router(store).assign(str(i))[0] for i in range(4000)]
+    assert {a.variant for a in assignments} == {"champion"}
+    assert within(sum(a.shadow for a in assignments), 4000, 0.25)
+
+
+def test_the_bandit_moves_traffic_to_the_rewarded_variant(tmp_path: Path) -> None:
+    store = store_at(tmp_path, BanditRouting(kind="bandit"))
+    router = Router(store, BanditRouting(kind="bandit"), seed=7)
+    chosen = []
+    for index in range(300):
+        variant = router.assign(str(index))[0].variant
+        chosen.append(variant)
+        store.add_reward(variant, 0.9 if variant == "challenger" else 0.1)
+    assert chosen[-100:].count("challenger") >= 90
+    successes, failures = store.rewards()["challenger"]
+    assert successes + failures == pytest.approx(chosen.count("challenger"))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        store.add_reward("champion", 1.5)
+
+
+def test_remembered_requests_name_their_variant(tmp_path: Path) -> None:
+    store = store_at(tmp_path, BanditRouting(kind="bandit"))
+    store.remember("r1", "challenger")
+    assert store.answered_by("r1") == "challenger" and store.answered_by("r2") is None
+
+
+def test_concurrent_rewards_from_many_threads_are_all_counted(tmp_path: Path) -> None:
+    store = store_at(tmp_path, BanditRouting(kind="bandit"))
+    other = RoutingStore(tmp_path / "routing.sqlite")
+
+    def reward(target: RoutingStore) -> None:
+        for _ in range(200):
+            target.add_reward("champion", 1.0)
+
+    threads = [threading.Thread(target=reward, args=(s,)) for s in (store, other, store, other)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.rewards()["champion"] == (800.0, 0.0)
+
+
+# --- canary ------------------------------------------------------------------------------------
+
+CANARY = CanaryRouting(kind="canary", steps=[0.1, 0.5, 1.0], hold=None, hold_requests=100,
+                       rollback_if=CanaryBounds(error_rate="> 0.05", p95_latency_ms="> 50"))
+
+
+def canary_state() -> object:
+    return initial_state(CANARY, has_challenger=True)
+
+
+def test_a_step_holds_until_its_requests_then_advances_and_the_last_completes() -> None:
+    state = initial_state(CANARY, True)
+    window = StepWindow(requests=99, challenger_requests=10, challenger_latencies_ms=[5.0] * 10)
+    assert judge(CANARY, state, window).verdict == "hold"
+    window.requests = 100
+    decision = judge(CANARY, state, window)
+    assert decision.verdict == "advance"
+    state = next_state(CANARY, state, decision)
+    assert (state.canary_step, state.challenger_share) == (1, 0.5)
+    state = next_state(CANARY, state, judge(CANARY, state, window))
+    last = judge(CANARY, state, window)
+    assert last.verdict == "complete"
+    assert next_state(CANARY, state, last).canary_status == "completed"
+
+
+def test_errors_or_slowness_roll_back_to_the_champion() -> None:
+    state = initial_state(CANARY, True)
+    failing = StepWindow(requests=30, challenger_requests=MIN_JUDGED_REQUESTS,
+                         challenger_errors=2, challenger_latencies_ms=[5.0] * 20)
+    decision = judge(CANARY, state, failing)
+    assert decision.verdict == "rollback" and "error rate 0.100 > 0.05" in decision.reason
+    rolled = next_state(CANARY, state, decision)
+    assert (rolled.canary_status, rolled.challenger_share) == ("rolled_back", 0.0)
+    slow = StepWindow(requests=30, challenger_requests=20, challenger_latencies_ms=[80.0] * 20)
+    assert judge(CANARY, state, slow).verdict == "rollback"
+    assert judge(CANARY, rolled, slow).verdict == "hold"
+
+
+def test_one_early_error_is_not_yet_judged() -> None:
+    state = initial_state(CANARY, True)
+    early = StepWindow(requests=3, challenger_requests=1, challenger_errors=1,
+                       challenger_latencies_ms=[5.0])
+    assert judge(CANARY, state, early).verdict == "hold"
+
+
+def test_a_timed_hold_advances_after_its_duration() -> None:
+    timed = CanaryRouting(kind="canary", steps=[0.2, 1.0], hold="10m")
+    state = initial_state(timed, True)
+    window = StepWindow(requests=5, challenger_requests=1, challenger_latencies_ms=[1.0])
+    assert judge(timed, state, window, now=state.step_started + 599).verdict == "hold"
+    assert judge(timed, state, window, now=state.step_started + 600).verdict == "advance"
+
+
+@settings(max_examples=100, deadline=None)
+@given(outcomes=st.lists(st.tuples(st.booleans(), st.booleans(), st.floats(0.1, 200.0)),
+                         min_size=1, max_size=300))
+def test_the_watch_never_advances_past_a_failing_window(
+    outcomes: list[tuple[bool, bool, float]]
+) -> None:
+    """Whatever the traffic, a verdict is never `advance` while the window breaks a bound."""
+    watch = CanaryWatch()
+    state = initial_state(CANARY, True)
+    for challenger, error, latency in outcomes:
+        decision = watch.observe(CANARY, state, challenger=challenger, error=error and challenger,
+                                 latency_ms=latency, now=state.step_started)
+        window = watch.window
+        breaks = window.challenger_requests and (window.error_rate > 0.05
+                                                 or window.p95_latency_ms > 50)
+        judged = window.challenger_requests >= MIN_JUDGED_REQUESTS
+        if decision is not None and decision.verdict == "advance":
+            assert not (breaks and judged)
+        if decision is not None and decision.verdict == "rollback":
+            assert breaks
+            break
