@@ -17,7 +17,8 @@ from flows.sweep import sweep
 from flows.train import train
 from tasks.evaluation import evaluate_candidate
 from tasks.features import materialize_features, validate_source_data
-from tasks.registry import register_candidate
+from tasks.packaging import build_bento
+from tasks.registry import record_deployment, register_candidate
 from tasks.spec import load_and_validate_spec
 from tasks.training import finish_training_run, start_training_run
 
@@ -54,7 +55,9 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
         6. Score it and the champion on the test split; decide the gates.
         7. If it passes: log and register the model with its card and lineage, in STAGING.
         8. If the gates say ``on_pass: production`` (or there is no champion yet) and its card
-           is approved: run the promote flow (champion, Bento).
+           is approved: run the promote flow (champion, Bento). A new challenger that stays in
+           STAGING is served beside the champion when the spec routes between them (a Bento
+           with both, routed ab / canary / shadow / bandit).
     """
     spec = load_and_validate_spec(spec_path)
     validation = validate_source_data(spec, storage_block)
@@ -79,6 +82,10 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
         elif automatic:
             get_run_logger().warning("%s v%d stays in STAGING: its model card is not approved",
                                      spec.name, version)
+        if stage == "STAGING" and spec.serving.routing.kind != "single":
+            # The new challenger is served beside the champion, routed by the spec.
+            bento_tag = build_bento(spec)
+            record_deployment(spec, version, f"bento:{bento_tag}")
     return PipelineResult(
         model_name=spec.name, feature_set_version=manifest.version,
         best_candidate=best.candidate.name, gate_passed=evaluation.decision.passed,

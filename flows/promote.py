@@ -40,13 +40,14 @@ def promote(spec_path: str = "configs/demo.yaml", version: int | None = None,
         1. Validate the spec.
         2. Promote the version: it needs a complete, approved model card; the previous champion
            is archived; the change is recorded in the model's history.
-        3. Build a Bento serving it, and record that deployment on the version.
+        3. Build a Bento serving it (and the challenger, if any), and record that deployment on
+           the version.
     """
     spec = load_and_validate_spec(spec_path)
     if version is None:
         version = ModelRegistry().get_model(spec.name, stage="STAGING").version
     promoted = promote_version(spec, version, reason)
-    bento_tag = build_bento(spec, promoted)
+    bento_tag = build_bento(spec)
     record_deployment(spec, promoted.version, f"bento:{bento_tag}")
     return PromotionResult(model_name=spec.name, version=promoted.version, bento_tag=bento_tag)
 

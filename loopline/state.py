@@ -63,6 +63,16 @@ class StatePaths:
         return self.home / "prefect"
 
     @property
+    def serving(self) -> Path:
+        """Live serving state (each served model's routing database)."""
+        return self.home / "serving"
+
+    @property
+    def predictions(self) -> Path:
+        """The default prediction log (one folder per model)."""
+        return self.home / "predictions"
+
+    @property
     def demo(self) -> Path:
         """Data written by ``loopline demo-data``."""
         return self.home / "demo"

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -68,3 +68,18 @@ def wait_for(check: Callable[[], bool], process: subprocess.Popen[bytes], log: P
 def http_ok(url: str) -> Callable[[], bool]:
     """A check that ``GET url`` answers 200."""
     return lambda: httpx.get(url, timeout=2).status_code == 200
+
+
+@contextlib.contextmanager
+def serve_bento(tag: str, folder: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``bentoml serve <tag>`` on a free loopback port until the block ends; yields its URL."""
+    port = free_port()
+    log = folder / f"bentoml-serve-{port}.log"
+    server = start([str(VENV_BIN / "bentoml"), "serve", tag, "--host", "127.0.0.1",
+                    "--port", str(port)], log, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(http_ok(f"{url}/readyz"), server, log, 120, "bentoml serve")
+        yield url
+    finally:
+        stop(server)

@@ -12,7 +12,7 @@ import pytest
 
 from loopline.feature_store import FeatureStore
 from loopline.state import state_paths
-from tests.servers import VENV_BIN, free_port, http_ok, start, stop, wait_for
+from tests.servers import serve_bento
 
 pytestmark = pytest.mark.slow
 
@@ -21,16 +21,8 @@ pytestmark = pytest.mark.slow
 def served(demo_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     _, result = demo_pipeline
     assert result.bento_tag is not None
-    port = free_port()
-    log = tmp_path_factory.mktemp("bentoml") / "serve.log"
-    server = start([str(VENV_BIN / "bentoml"), "serve", result.bento_tag, "--host", "127.0.0.1",
-                    "--port", str(port)], log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(http_ok(f"{url}/readyz"), server, log, 90, "bentoml serve")
+    with serve_bento(result.bento_tag, tmp_path_factory.mktemp("bentoml")) as url:
         yield url
-    finally:
-        stop(server)
 
 
 @pytest.fixture(scope="module")
@@ -104,5 +96,6 @@ def test_bento_is_self_contained(demo_pipeline) -> None:
     name, version = result.bento_tag.split(":")
     src = Path(state_paths().bentoml) / "bentos" / name / version / "src"
     config = json.loads((src / "loopline_bento.json").read_text())
-    assert config["model_version"] == 1 and "mean_radius" in config["feature_names"]
+    assert config["champion"]["version"] == 1 and config["challenger"] is None
+    assert "mean_radius" in config["feature_names"]
     assert (src / "loopline" / "serving.py").is_file()

@@ -176,17 +176,37 @@ class AuthSpec(StrictModel):
         return self
 
 
+class PredictionLogSpec(StrictModel):
+    """Where every prediction and every feedback label is appended (parquet), for monitoring.
+
+    Attributes:
+        uri: a folder, local or ``s3://``; `predictions/<model name>` under the state folder
+            when left out.
+        flush_rows: a batch is written once it holds this many records...
+        flush_seconds: ...or this many seconds after its first record.
+    """
+
+    uri: Annotated[str, Field(min_length=1)] | None = None
+    flush_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    flush_seconds: Annotated[float, Field(gt=0.0, le=3600.0)] = 5.0
+
+
 class ServingSpec(StrictModel):
     """How the champion (and challenger) are served over HTTP.
 
     Attributes:
-        routing: single, ab, canary, shadow or bandit.
+        routing: single, ab, canary, shadow or bandit (the strategy ``POST /predict/ab`` follows;
+            ``POST /predict`` always answers from the champion).
         auth: API keys; without it the endpoints are open.
         workers: BentoML worker processes.
         port: the port ``bentoml serve`` listens on.
+        max_batch: records one ``POST /predict/batch`` request may hold.
+        prediction_log: where predictions and feedback are logged.
     """
 
     routing: Routing = Field(default_factory=SingleRouting)
     auth: AuthSpec | None = None
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     port: Annotated[int, Field(ge=1, le=65535)] = 3000
+    max_batch: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    prediction_log: PredictionLogSpec = Field(default_factory=PredictionLogSpec)

@@ -1,0 +1,60 @@
+"""Reading what the served models did (the prediction log joined with feedback) and reporting on
+the challenger.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import polars as pl
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.logging import get_run_logger
+
+from loopline.ab_testing import ABReport, analyze, render_markdown
+from loopline.prediction_log import join_feedback, read_feedback, read_predictions
+from loopline.registry import CHALLENGER, ModelRegistry
+from loopline.spec import Spec
+from loopline.state import state_paths
+from loopline.storage import Storage
+
+
+def prediction_log(spec: Spec) -> Storage:
+    """The spec's prediction log: its ``serving.prediction_log.uri``, else the state folder's."""
+    uri = spec.serving.prediction_log.uri or str(state_paths().predictions / spec.name)
+    return Storage(uri)
+
+
+@task(name="read-ab-traffic")
+def read_ab_traffic(spec: Spec, since: datetime) -> pl.DataFrame:
+    """The predictions since ``since`` of the registry's current champion and challenger (each
+    variant by its current version), with their labels and rewards.
+    """
+    registry = ModelRegistry()
+    champion = registry.champion(spec.name)
+    challenger = registry.get_by_alias(spec.name, CHALLENGER)
+    storage = prediction_log(spec)
+    predictions = read_predictions(storage, since=since, model_name=spec.name)
+    current = pl.lit(False)
+    for variant, info in (("champion", champion), ("challenger", challenger)):
+        if info is not None:
+            current = current | ((pl.col("variant") == variant)
+                                 & (pl.col("model_version") == info.version))
+    joined = join_feedback(predictions.filter(current), read_feedback(storage, since=since))
+    get_run_logger().info("%d predictions since %s (champion %s, challenger %s), %d labelled",
+                          joined.height, since.isoformat(),
+                          champion.version if champion else None,
+                          challenger.version if challenger else None,
+                          joined["label"].is_not_null().sum())
+    return joined
+
+
+@task(name="analyze-ab-test")
+def analyze_ab_test(spec: Spec, traffic: pl.DataFrame, alpha: float, min_samples: int) -> ABReport:
+    """Compare the variants and publish the report as a markdown artifact."""
+    report = analyze(traffic, spec.training.task, alpha=alpha, min_samples=min_samples)
+    title = f"A/B test: {spec.name} ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)"
+    create_markdown_artifact(key=f"{spec.name}-ab-report", markdown=render_markdown(report, title),
+                             description=f"{report.recommendation}: {report.reason}")
+    get_run_logger().info("A/B recommendation %s: %s", report.recommendation, report.reason)
+    return report

@@ -1,0 +1,374 @@
+"""Champion and challenger served by real ``bentoml serve`` processes: A/B split, sticky entities,
+live split changes, shadow, canary advance and rollback, bandit, auth, batch, metrics, and the
+prediction log every answer lands in.
+
+The registry gets a model ``tumor-ab`` with a champion (v1, logistic regression C=1) and a
+challenger in STAGING (v2, C=0.01) from two pipeline runs; each routing is a Bento built from
+that registry state with its own spec.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import httpx
+import polars as pl
+import pytest
+
+from loopline.prediction_log import read_predictions
+from loopline.registry import ModelRegistry
+from loopline.spec_loader import load_spec
+from loopline.state import state_paths
+from loopline.storage import Storage
+from tests.conftest import demo_spec_text, write_spec
+from tests.servers import serve_bento
+
+pytestmark = pytest.mark.slow
+
+MODEL = "tumor-ab"
+KEY = "test-key-1"
+KEYS_ENV = "LOOPLINE_TEST_API_KEYS"
+HEADERS = {"Authorization": f"Bearer {KEY}"}
+MLP = """    - kind: lightning_mlp
+      params: {hidden: [32, 16], dropout: 0.1, lr: 0.003, batch_size: 32}
+      trainer: {accelerator: cpu, devices: 1, max_epochs: 15,
+                early_stopping: {monitor: val_loss, patience: 4}}
+"""
+SERVING = "serving:\n  routing: {kind: single}\n  port: 3000"
+ROUTINGS = {
+    "ab": "{kind: ab, challenger_share: 0.3, sticky_by: patient_id}",
+    "shadow": "{kind: shadow, sample: 1.0}",
+    "canary": "{kind: canary, steps: [0.2, 0.6, 1.0], hold: null, hold_requests: 40}",
+    # Any challenger is too slow for a bound of 0 ms: the canary must roll back.
+    "rollback": ("{kind: canary, steps: [0.5, 1.0], hold: null, hold_requests: 1000, "
+                 "rollback_if: {p95_latency_ms: '> 0'}}"),
+    "bandit": "{kind: bandit}",
+}
+
+
+def spec_text(demo_csv: Path, routing: str, c: float) -> str:
+    serving = (f"serving:\n  routing: {routing}\n  auth: {{api_keys_env: {KEYS_ENV}}}\n"
+               f"  prediction_log: {{flush_rows: 50, flush_seconds: 0.3}}")
+    return demo_spec_text(demo_csv, {
+        "name: tumor-malignancy": f"name: {MODEL}", MLP: "",
+        "params: {C: 1.0}": f"params: {{C: {c}}}",
+        'champion_margin: {f1: "+0%"}': "champion_margin: {}",
+        "on_pass: production": "on_pass: staging", SERVING: serving,
+    })
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("routing")
+
+
+@pytest.fixture(scope="module")
+def bentos(prefect_harness: None, demo_csv: Path, folder: Path) -> dict[str, str]:
+    """Routing name → Bento tag, all serving champion v1 and challenger v2 (spec ``v2.yaml``)."""
+    from flows.pipeline import pipeline
+    from tasks.packaging import build_bento
+
+    first = pipeline(str(write_spec(folder, spec_text(demo_csv, ROUTINGS["ab"], 1.0), "v1.yaml")))
+    assert first.stage == "PRODUCTION" and first.model_version == 1
+    second = pipeline(str(write_spec(folder, spec_text(demo_csv, ROUTINGS["ab"], 0.01), "v2.yaml")))
+    assert second.stage == "STAGING" and second.model_version == 2
+    assert second.bento_tag is not None
+    tags = {"ab": second.bento_tag}
+    for name, routing in ROUTINGS.items():
+        if name != "ab":
+            spec = load_spec(write_spec(folder, spec_text(demo_csv, routing, 0.01), f"{name}.yaml"))
+            tags[name] = build_bento(spec)
+    for tag in tags.values():
+        # Each Bento describes its own service and models, not a module imported by an earlier
+        # build in this process.
+        info = bentoml.get(tag).info
+        assert [service.name for service in info.services] == [MODEL]
+        assert sorted(model.tag.name for model in info.services[0].models) == [MODEL, MODEL]
+    return tags
+
+
+def serving(tag: str, folder: Path) -> AbstractContextManager[str]:
+    return serve_bento(tag, folder, env={KEYS_ENV: f"other-key,{KEY}"})
+
+
+@pytest.fixture(scope="module")
+def records(bentos: dict[str, str], demo_csv: Path) -> list[dict[str, Any]]:
+    from loopline.feature_store import FeatureStore
+
+    store = FeatureStore(state_paths().features)
+    manifest = store.manifest(MODEL, 1)
+    frame = store.read(MODEL, 1).head(50)
+    return [{**{name: row[name] for name in manifest.feature_names}, "patient_id": row["patient_id"]}
+            for row in frame.iter_rows(named=True)]
+
+
+@pytest.fixture(scope="module")
+def ab(bentos: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serving(bentos["ab"], tmp_path_factory.mktemp("ab")) as url:
+        yield url
+
+
+def post(url: str, path: str, body: dict[str, Any], headers: dict[str, str] | None = HEADERS
+         ) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=body, headers=headers, timeout=30)
+
+
+def set_share(url: str, share: float) -> dict[str, Any]:
+    answer = post(url, "/admin/routing", {"challenger_share": share, "reason": "test"})
+    assert answer.status_code == 200, answer.text
+    return answer.json()  # type: ignore[no-any-return]
+
+
+def within_binomial(count: int, n: int, share: float) -> bool:
+    """``count`` challengers out of ``n`` is within 5 standard deviations of ``share``."""
+    sigma = math.sqrt(n * share * (1 - share))
+    return abs(count - n * share) <= 5 * sigma + 1e-9
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.2)
+
+
+def logged(since: datetime) -> pl.DataFrame:
+    return read_predictions(Storage(str(state_paths().predictions / MODEL)), since=since)
+
+
+# --- auth and health ---------------------------------------------------------------------------
+
+def test_requests_without_a_valid_key_get_401_and_health_stays_open(
+    ab: str, records: list[dict[str, Any]]
+) -> None:
+    for headers in (None, {"Authorization": "Bearer wrong"}, {"X-API-Key": "nope"}):
+        answer = post(ab, "/predict", records[0], headers)
+        assert answer.status_code == 401
+        assert "API key" in answer.json()["error"]
+    assert post(ab, "/predict", records[0], {"X-API-Key": KEY}).status_code == 200
+    health = httpx.get(f"{ab}/health", timeout=10)
+    assert health.status_code == 200
+    body = health.json()
+    assert body["versions"] == {"champion": 1, "challenger": 2}
+    assert body["routing"]["kind"] == "ab"
+
+
+def test_bad_requests_get_400_with_field_details_and_the_service_stays_up(
+    ab: str, records: list[dict[str, Any]]
+) -> None:
+    record = dict(records[0])
+    missing = {k: v for k, v in record.items() if k != "mean_radius"}
+    for body, field in ((missing, "mean_radius"), ({**record, "mean_radius": "12.5"}, "mean_radius"),
+                        ({**record, "mean_radius": 51.0}, "mean_radius"),
+                        ({**record, "is_large": 300}, "is_large")):
+        answer = post(ab, "/predict/ab", body)
+        assert answer.status_code == 400, answer.text
+        assert field in answer.text
+    assert post(ab, "/predict/ab", record).status_code == 200
+
+
+# --- A/B split ---------------------------------------------------------------------------------
+
+def test_the_split_holds_over_many_requests_and_applies_to_the_next_request(
+    ab: str, records: list[dict[str, Any]]
+) -> None:
+    for share in (0.3, 0.0, 1.0):
+        set_share(ab, share)
+        variants: Counter[str] = Counter()
+        n = 400
+        for index in range(n):
+            body = {k: v for k, v in records[index % len(records)].items() if k != "patient_id"}
+            answer = post(ab, "/predict/ab", {**body, "request_id": f"split-{share}-{index}"})
+            assert answer.status_code == 200, answer.text
+            variants[answer.json()["variant"]] += 1
+        assert within_binomial(variants["challenger"], n, share), (share, variants)
+    set_share(ab, 0.3)
+
+
+def test_an_entity_always_gets_the_same_variant(ab: str, records: list[dict[str, Any]]) -> None:
+    set_share(ab, 0.5)
+    for record in records[:10]:
+        seen = {post(ab, "/predict/ab", record).json()["variant"] for _ in range(5)}
+        assert len(seen) == 1
+    set_share(ab, 0.3)
+
+
+def test_every_logged_prediction_carries_its_variant_and_version(
+    ab: str, records: list[dict[str, Any]]
+) -> None:
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    answers = {}
+    for index, record in enumerate(records[:30]):
+        body = post(ab, "/predict/ab", {**record, "request_id": f"log-{index}"}).json()
+        answers[body["request_id"]] = body
+    wait_until(lambda: len(logged(since).filter(pl.col("request_id").str.starts_with("log-")))
+               >= len(answers))
+    frame = logged(since).filter(pl.col("request_id").str.starts_with("log-"))
+    assert frame["request_id"].n_unique() == len(answers) == frame.height
+    for row in frame.iter_rows(named=True):
+        answer = answers[row["request_id"]]
+        assert (row["variant"], row["model_version"]) == (answer["variant"],
+                                                          answer["model_version"])
+        assert row["model_version"] == {"champion": 1, "challenger": 2}[row["variant"]]
+        assert row["latency_ms"] > 0 and row["error"] is None
+        assert row["features"]["mean_radius"] == records[int(row["request_id"][4:])]["mean_radius"]
+
+
+def test_batch_predicts_every_record_like_single_requests(
+    ab: str, records: list[dict[str, Any]]
+) -> None:
+    answer = post(ab, "/predict/batch", {"records": records})
+    assert answer.status_code == 200, answer.text
+    batch = answer.json()["predictions"]
+    assert len(batch) == len(records)
+    for record, item in zip(records[:10], batch[:10], strict=False):
+        single = post(ab, "/predict", record).json()
+        assert (item["prediction"], item["model_version"], item["variant"]) == (
+            single["prediction"], 1, "champion")
+        assert item["probability"] == pytest.approx(single["probability"])
+    too_many = post(ab, "/predict/batch", {"records": []})
+    assert too_many.status_code == 400
+
+
+def test_metrics_count_requests_by_variant(ab: str, records: list[dict[str, Any]]) -> None:
+    set_share(ab, 1.0)
+    post(ab, "/predict/ab", records[0])
+    set_share(ab, 0.3)
+    assert httpx.get(f"{ab}/metrics", timeout=10).status_code == 401
+    text = httpx.get(f"{ab}/metrics", headers=HEADERS, timeout=10).text
+    assert 'loopline_predictions_total{endpoint="predict_ab",variant="challenger"}' in text
+    assert "loopline_prediction_latency_seconds_bucket" in text
+
+
+def test_feedback_is_logged_and_joined_by_request_id(ab: str, records: list[dict[str, Any]]
+                                                     ) -> None:
+    from loopline.prediction_log import join_feedback, read_feedback
+
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    post(ab, "/predict/ab", {**records[1], "request_id": "fb-1"})
+    answer = post(ab, "/feedback", {"request_id": "fb-1", "label": 1})
+    assert answer.status_code == 200 and answer.json()["logged"] is True
+    assert post(ab, "/feedback", {"request_id": "fb-1", "reward": 2.0}).status_code == 400
+    storage = Storage(str(state_paths().predictions / MODEL))
+
+    def joined() -> pl.DataFrame:
+        frame = join_feedback(read_predictions(storage, since=since), read_feedback(storage))
+        return frame.filter(pl.col("request_id") == "fb-1")
+
+    wait_until(lambda: joined().height == 1 and joined()["label"][0] is not None)
+    assert str(joined()["label"][0]) == "1"
+
+
+def test_the_ab_report_recommends_a_challenger_that_is_significantly_better(
+    ab: str, records: list[dict[str, Any]], folder: Path
+) -> None:
+    """Labels that always agree with the challenger and never with the champion."""
+    from prefect.client.orchestration import get_client
+
+    from flows.ab_report import ab_report
+    from loopline.prediction_log import join_feedback, read_feedback
+
+    set_share(ab, 0.5)
+    for index in range(300):
+        body = post(ab, "/predict/ab", {**records[index % len(records)],
+                                        "request_id": f"report-{index}"}).json()
+        label = body["prediction"] if body["variant"] == "challenger" else 1 - body["prediction"]
+        post(ab, "/feedback", {"request_id": body["request_id"], "label": label})
+    set_share(ab, 0.3)
+    storage = Storage(str(state_paths().predictions / MODEL))
+
+    def labelled() -> int:
+        frame = join_feedback(read_predictions(storage), read_feedback(storage))
+        return frame.filter(pl.col("request_id").str.starts_with("report-")
+                            & pl.col("label").is_not_null()).height
+
+    wait_until(lambda: labelled() == 300)
+    report = ab_report(str(folder / "v2.yaml"), window="1h", min_samples=30)
+    assert report.recommendation == "promote", report.reason
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts(limit=50)
+    keys = {item.key: item for item in artifact}
+    assert f"{MODEL}-ab-report" in keys
+    assert "promote" in str(keys[f"{MODEL}-ab-report"].data)
+
+
+# --- shadow, canary, bandit --------------------------------------------------------------------
+
+def test_shadow_never_returns_the_challengers_answer_but_logs_it(
+    bentos: dict[str, str], records: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    with serving(bentos["shadow"], tmp_path) as url:
+        for index, record in enumerate(records[:20]):
+            for path in ("/predict", "/predict/ab"):
+                body = post(url, path, {**record, "request_id": f"sh-{path}-{index}"}).json()
+                assert (body["variant"], body["model_version"]) == ("champion", 1)
+
+        def rows() -> pl.DataFrame:
+            return logged(since).filter(pl.col("request_id").str.starts_with("sh-"))
+
+        wait_until(lambda: rows().height == 80)
+        frame = rows()
+        shadows = frame.filter(pl.col("shadow"))
+        assert shadows.height == 40
+        assert set(shadows["variant"]) == {"challenger"} and set(shadows["model_version"]) == {2}
+        assert set(frame.filter(~pl.col("shadow"))["variant"]) == {"champion"}
+
+
+def test_a_canary_climbs_its_steps_while_the_challenger_behaves(
+    bentos: dict[str, str], records: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    with serving(bentos["canary"], tmp_path) as url:
+        shares: list[float] = []
+        for index in range(200):
+            post(url, "/predict/ab", {**records[index % len(records)], "request_id": f"c{index}"})
+            routing = httpx.get(f"{url}/health", timeout=10).json()["routing"]
+            if not shares or shares[-1] != routing["challenger_share"]:
+                shares.append(routing["challenger_share"])
+            if routing["canary_status"] == "completed":
+                break
+        assert shares == [0.2, 0.6, 1.0]
+        assert routing["canary_status"] == "completed"
+
+
+def test_a_failing_canary_rolls_back_and_the_registry_records_it(
+    bentos: dict[str, str], records: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    with serving(bentos["rollback"], tmp_path) as url:
+        for index in range(100):
+            post(url, "/predict/ab", {**records[index % len(records)], "request_id": f"rb{index}"})
+        routing = httpx.get(f"{url}/health", timeout=10).json()["routing"]
+        assert routing["canary_status"] == "rolled_back"
+        assert routing["challenger_share"] == 0.0
+        assert "p95 latency" in routing["reason"]
+        after = [post(url, "/predict/ab", {**record, "request_id": f"after{i}"}).json()["variant"]
+                 for i, record in enumerate(records[:20])]
+        assert set(after) == {"champion"}
+        registry = ModelRegistry()
+        wait_until(lambda: registry.get_model(MODEL, version=2).stage == "ARCHIVED")
+        event = registry.history(MODEL)[-1]
+        assert (event.version, event.to_stage) == (2, "ARCHIVED")
+        assert event.reason.startswith("canary rollback: challenger p95 latency")
+
+
+def test_a_bandit_sends_more_traffic_to_the_rewarded_variant(
+    bentos: dict[str, str], records: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    with serving(bentos["bandit"], tmp_path) as url:
+        variants = []
+        for index in range(150):
+            body = post(url, "/predict/ab", {**records[index % len(records)],
+                                             "request_id": f"b{index}"}).json()
+            variants.append(body["variant"])
+            reward = 1.0 if body["variant"] == "challenger" else 0.0
+            answer = post(url, "/feedback", {"request_id": body["request_id"], "reward": reward})
+            assert answer.json()["bandit_updated"] is True
+        assert Counter(variants[-50:])["challenger"] >= 45
