@@ -19,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 
 #: Benchmark name → module with a ``run(quick, command)`` function.
 BENCHMARKS = {
+    "batch": "bench.batch",
     "features": "bench.features",
     "sweep": "bench.sweep",
     "training": "bench.training",

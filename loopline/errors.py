@@ -6,6 +6,7 @@ Errors are named for what happened. Those that can reach an HTTP client carry ``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class LooplineError(Exception):
@@ -142,3 +143,27 @@ class InvalidStageTransition(LooplineError):
 
 class PackagingError(LooplineError):
     """Building the Bento for a model version failed."""
+
+
+class BatchCheckpointMismatch(LooplineError):
+    """The output folder holds the output of another job (input, model or chunk size)."""
+
+    http_status = 409
+
+
+class BatchChunkFailed(LooplineError):
+    """Reading, scoring or writing a chunk failed; the chunks before it are checkpointed.
+
+    Attributes:
+        chunk: the chunk that failed.
+        chunks_done: chunks checkpointed (0 to ``chunks_done - 1``); a rerun resumes after them.
+        rows_done: rows in those chunks.
+    """
+
+    def __init__(self, message: str, chunk: int, chunks_done: int, rows_done: int) -> None:
+        super().__init__(message)
+        self.chunk, self.chunks_done, self.rows_done = chunk, chunks_done, rows_done
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable with its fields, so it survives Prefect's result serialization.
+        return type(self), (str(self), self.chunk, self.chunks_done, self.rows_done)

@@ -1,0 +1,501 @@
+"""Batch scoring without Prefect or MLflow: every row predicted exactly once whatever the
+dataset and chunk sizes, including runs that fail or are killed mid-way and are resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn.linear_model import LogisticRegression
+
+from loopline.batch_input import open_input
+from loopline.batch_output import CHECKPOINT, SUCCESS, BatchOutput, part_name
+from loopline.batch_scoring import (
+    BatchJob,
+    BatchProgress,
+    score_dataset,
+)
+from loopline.errors import BatchCheckpointMismatch, BatchChunkFailed, DataSourceError
+from loopline.modeling.preprocess import TabularPreprocessor
+from loopline.modeling.tabular_model import SklearnPredictor, TabularModel
+from tests.s3 import S3Server, s3_server  # noqa: F401
+
+REPO = Path(__file__).resolve().parent.parent
+FEATURES = ["height", "count", "colour"]
+COLOURS = ["red", "green", "blue", "teal"]
+
+
+def frame(rows: int, seed: int = 0, first_id: int = 1000) -> pl.DataFrame:
+    """``rows`` records: a unique id (shuffled), two numbers, a string, and a null now and then."""
+    rng = np.random.default_rng(seed)
+    height = rng.normal(170, 10, rows)
+    height[::17] = np.nan
+    return pl.DataFrame({
+        "id": rng.permutation(rows).astype(np.int64) + first_id,
+        "height": height,
+        "count": rng.integers(0, 20, rows),
+        "colour": np.asarray(COLOURS)[rng.integers(0, len(COLOURS), rows)],
+    })
+
+
+def build_model() -> TabularModel:
+    train = frame(400, seed=42)
+    prep = TabularPreprocessor.fit(train, FEATURES)
+    matrix = prep.transform(train)
+    target = np.where(matrix[:, 0] + matrix[:, 1] > 0, "yes", "no")
+    predictor = SklearnPredictor(LogisticRegression().fit(matrix, target))
+    return TabularModel(task="classification", feature_names=FEATURES,
+                        feature_dtypes={"height": "float64", "count": "int64", "colour": "string"},
+                        preprocessor=prep, predictor=predictor, classes=["no", "yes"])
+
+
+MODEL = build_model()
+
+
+class FailingOnce:
+    """The model, except that scoring chunk ``fail_at`` raises the first time."""
+
+    def __init__(self, model: TabularModel, fail_at: int, chunk_rows: int) -> None:
+        self.model, self.fail_at, self.chunk_rows = model, fail_at, chunk_rows
+        self.feature_names = model.feature_names
+        self.calls = 0
+
+    def predict(self, columns: Any) -> dict[str, np.ndarray]:
+        self.calls += 1
+        if self.calls == self.fail_at + 1:
+            self.fail_at = -1
+            raise RuntimeError("the scoring node went away")
+        return self.model.predict(columns)
+
+
+def write_input(data: pl.DataFrame, folder: Path, kind: str = "parquet", row_group: int = 1000) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "csv":
+        path = folder / "input.csv"
+        data.write_csv(path)
+    else:
+        path = folder / "input.parquet"
+        pq.write_table(data.to_arrow(), path, row_group_size=max(1, row_group))
+    return str(path)
+
+
+def job(input_uri: str, output: Path | str, chunk_rows: int, **extra: Any) -> BatchJob:
+    settings_ = {"model_name": "tumours", "model_version": 3, "id_column": "id", **extra}
+    return BatchJob(input_uri=input_uri, output_uri=str(output), chunk_rows=chunk_rows, **settings_)
+
+
+def assert_scored_once(data: pl.DataFrame, output: Path, chunk_rows: int,
+                       id_column: str | None = "id") -> None:
+    """Every input row is in the output exactly once, in input order, with direct predict's
+    outputs (to float32 precision); parts and markers agree.
+    """
+    chunks = math.ceil(data.height / chunk_rows)
+    parts = sorted(p.name for p in output.glob("part-*.parquet"))
+    assert parts == [part_name(i) for i in range(chunks)]
+    assert not [p for p in output.iterdir() if p.name.endswith(".tmp")]
+    success = json.loads((output / SUCCESS).read_text())
+    assert success["result"]["rows"] == data.height and success["result"]["chunks"] == chunks
+    if not parts:
+        return
+    scored = pl.read_parquet([output / p for p in parts])
+    key = id_column or "row_number"
+    expected_ids = data["id"] if id_column else pl.Series(np.arange(data.height))
+    assert scored[key].to_list() == expected_ids.to_list()  # each once, in order
+    direct = MODEL.predict(data)
+    # The model works in float32, and BLAS may round a 1-row product differently from a 7-row one.
+    np.testing.assert_allclose(scored["probability"].to_numpy(), direct["probability"], rtol=1e-6)
+    clear = np.abs(direct["probability"] - 0.5) > 1e-6  # a tie may go either way
+    assert (scored["prediction"].to_numpy()[clear] == direct["prediction"][clear]).all()
+    assert set(scored["model_name"]) == {"tumours"} and set(scored["model_version"]) == {3}
+    for part in parts:
+        assert pq.read_metadata(output / part).num_rows <= chunk_rows
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+sizes = st.integers(min_value=1, max_value=40).flatmap(
+    lambda chunk: st.tuples(st.integers(0, chunk * 30), st.just(chunk)))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=sizes, kind=st.sampled_from(["parquet", "csv"]), row_group=st.integers(1, 200),
+       carry_id=st.booleans())
+def test_every_row_is_predicted_exactly_once(sizes: tuple[int, int], kind: str, row_group: int,
+                                             carry_id: bool) -> None:
+    rows, chunk_rows = sizes
+    data = frame(rows, seed=rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = write_input(data, Path(tmp) / "in", kind, row_group)
+        result = score_dataset(MODEL, job(source, Path(tmp) / "out", chunk_rows,
+                                          id_column="id" if carry_id else None), progress_bar=False)
+        assert result.rows == rows and result.resumed_from_chunk == 0
+        assert_scored_once(data, Path(tmp) / "out", chunk_rows, "id" if carry_id else None)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=sizes.filter(lambda s: s[0] > 0), kind=st.sampled_from(["parquet", "csv"]),
+       row_group=st.integers(1, 200), data=st.data())
+def test_a_failure_at_any_chunk_resumes_with_no_missing_or_duplicated_rows(
+        sizes: tuple[int, int], kind: str, row_group: int, data: st.DataObject) -> None:
+    rows, chunk_rows = sizes
+    chunks = math.ceil(rows / chunk_rows)
+    fail_at = data.draw(st.integers(0, chunks - 1), label="fail_at")
+    records = frame(rows, seed=rows + 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        source, output = write_input(records, Path(tmp) / "in", kind, row_group), Path(tmp) / "out"
+        flaky = FailingOnce(MODEL, fail_at, chunk_rows)
+        with pytest.raises(BatchChunkFailed) as failed:
+            score_dataset(flaky, job(source, output, chunk_rows), progress_bar=False)
+        assert failed.value.chunk == failed.value.chunks_done == fail_at
+        assert failed.value.rows_done == fail_at * chunk_rows
+        assert f"resume from chunk {fail_at}" in str(failed.value)
+        checkpoint = json.loads((output / CHECKPOINT).read_text())
+        assert checkpoint["completed_chunks"] == fail_at and not (output / SUCCESS).exists()
+
+        result = score_dataset(flaky, job(source, output, chunk_rows), progress_bar=False)
+        assert result.resumed_from_chunk == fail_at and result.rows == rows
+        assert flaky.calls == fail_at + 1 + (chunks - fail_at)  # nothing before the failure again
+        assert_scored_once(records, output, chunk_rows)
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=st.integers(0, 300), start=st.integers(0, 320), row_group=st.integers(1, 64),
+       kind=st.sampled_from(["parquet", "csv"]))
+def test_the_input_starts_at_any_row(rows: int, start: int, row_group: int, kind: str) -> None:
+    data = frame(rows, seed=3)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = open_input(write_input(data, Path(tmp), kind, row_group), ["id"])
+        batches = list(source.batches(["id"], start_row=start, batch_rows=7))
+        got = [v for b in batches for v in b.column("id").to_pylist()]
+        assert got == data["id"].to_list()[start:]
+        assert source.num_rows == (rows if kind == "parquet" else None)
+
+
+# --- killed and resumed -------------------------------------------------------------------------
+
+KILLED_SCRIPT = """
+import pickle, sys, time
+from loopline.batch_scoring import BatchJob, score_dataset
+
+class Slow:
+    def __init__(self, model):
+        self.model, self.feature_names = model, model.feature_names
+    def predict(self, columns):
+        time.sleep(0.02)
+        return self.model.predict(columns)
+
+model = pickle.load(open(sys.argv[1], "rb"))
+score_dataset(Slow(model), BatchJob(sys.argv[2], sys.argv[3], "tumours", 3, int(sys.argv[4]), "id"))
+"""
+
+
+def test_a_run_killed_mid_way_resumes_with_every_row_once(tmp_path: Path) -> None:
+    rows, chunk_rows = 30_000, 150
+    data = frame(rows, seed=9)
+    source = write_input(data, tmp_path / "in", "parquet", row_group=1_000)
+    output = tmp_path / "out"
+    model_file = tmp_path / "model.pkl"
+    model_file.write_bytes(pickle.dumps(MODEL))
+    script = tmp_path / "score.py"
+    script.write_text(KILLED_SCRIPT)
+    process = subprocess.Popen([sys.executable, str(script), str(model_file), source, str(output),
+                                str(chunk_rows)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(output.glob("part-*.parquet"))) < 8:
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            assert time.monotonic() < deadline, "no parts written in time"
+            time.sleep(0.01)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    checkpoint = json.loads((output / CHECKPOINT).read_text())
+    done = checkpoint["completed_chunks"]
+    assert 0 < done < rows // chunk_rows and not (output / SUCCESS).exists()
+
+    result = score_dataset(MODEL, job(source, output, chunk_rows), progress_bar=False)
+    assert result.resumed_from_chunk == done and result.rows == rows
+    assert_scored_once(data, output, chunk_rows)
+
+
+def test_a_failed_write_is_not_covered_by_a_later_checkpoint(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    data = frame(200, seed=4)
+    source, output = write_input(data, tmp_path / "in"), tmp_path / "out"
+    original = BatchOutput.write_part
+    failures = {3}
+
+    def flaky_write(self: BatchOutput, chunk: int, table: pa.Table) -> None:
+        if chunk in failures:
+            failures.discard(chunk)
+            time.sleep(0.05)  # later chunks are scored (and queued) meanwhile
+            raise OSError("the disk is full")
+        original(self, chunk, table)
+
+    monkeypatch.setattr(BatchOutput, "write_part", flaky_write)
+    with pytest.raises(BatchChunkFailed, match="the disk is full") as failed:
+        score_dataset(MODEL, job(source, output, 20), progress_bar=False)
+    assert failed.value.chunk == failed.value.chunks_done == 3
+    assert json.loads((output / CHECKPOINT).read_text())["completed_chunks"] == 3
+    result = score_dataset(MODEL, job(source, output, 20), progress_bar=False)
+    assert result.resumed_from_chunk == 3
+    assert_scored_once(data, output, 20)
+
+
+def test_a_part_written_after_the_last_checkpoint_is_rewritten(tmp_path: Path) -> None:
+    data = frame(100, seed=5)
+    source, output = write_input(data, tmp_path / "in"), tmp_path / "out"
+    score_dataset(MODEL, job(source, output, 30), progress_bar=False)
+    # As if killed after writing part 2 but before checkpointing it: part 2 and 3 hold stale rows.
+    checkpoint = json.loads((output / CHECKPOINT).read_text())
+    (output / CHECKPOINT).write_text(json.dumps({**checkpoint, "completed_chunks": 2, "rows_done": 60}))
+    (output / SUCCESS).unlink()
+    stale = pl.read_parquet(output / part_name(0))
+    stale.write_parquet(output / part_name(2))
+    stale.write_parquet(output / part_name(7))  # a stray part past the end
+    (output / f".{part_name(3)}.abc.tmp").write_bytes(b"half a file")
+    result = score_dataset(MODEL, job(source, output, 30), progress_bar=False)
+    assert result.resumed_from_chunk == 2
+    assert_scored_once(data, output, 30)
+
+
+def test_a_checkpointed_part_that_was_lost_is_scored_again(tmp_path: Path) -> None:
+    data = frame(100, seed=6)
+    source, output = write_input(data, tmp_path / "in"), tmp_path / "out"
+    score_dataset(MODEL, job(source, output, 30), progress_bar=False)
+    (output / part_name(1)).unlink()
+    result = score_dataset(MODEL, job(source, output, 30), progress_bar=False)
+    assert result.resumed_from_chunk == 1
+    assert_scored_once(data, output, 30)
+
+
+def test_a_finished_job_is_not_scored_again(tmp_path: Path) -> None:
+    data = frame(50, seed=7)
+    source, output = write_input(data, tmp_path / "in"), tmp_path / "out"
+    first = score_dataset(MODEL, job(source, output, 20), progress_bar=False)
+    counting = FailingOnce(MODEL, fail_at=-1, chunk_rows=20)
+    again = score_dataset(counting, job(source, output, 20), progress_bar=False)
+    assert counting.calls == 0
+    assert (again.rows, again.chunks, again.parts) == (first.rows, first.chunks, first.parts)
+
+
+# --- empty input, mismatches, bad input ---------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["parquet", "csv", "empty-csv-file", "empty-folder"])
+def test_an_empty_dataset_gives_an_empty_result(tmp_path: Path, kind: str) -> None:
+    if kind == "empty-csv-file":
+        (tmp_path / "in").mkdir()
+        source = str(tmp_path / "in" / "input.csv")
+        Path(source).write_bytes(b"")
+    elif kind == "empty-folder":
+        (tmp_path / "in").mkdir()
+        source = str(tmp_path / "in")
+    else:
+        source = write_input(frame(0), tmp_path / "in", kind)
+    progress: list[BatchProgress] = []
+    result = score_dataset(MODEL, job(source, tmp_path / "out", 10), on_progress=progress.append,
+                           progress_bar=False)
+    assert (result.rows, result.chunks, result.parts) == (0, 0, [])
+    assert progress == []
+    assert_scored_once(frame(0), tmp_path / "out", 10)
+
+
+def test_another_job_in_the_output_folder_is_an_error_unless_overwritten(tmp_path: Path) -> None:
+    data = frame(90, seed=8)
+    source, output = write_input(data, tmp_path / "in"), tmp_path / "out"
+    score_dataset(MODEL, job(source, output, 10), progress_bar=False)
+    for other in (job(source, output, 10, model_version=4), job(source, output, 20),
+                  job(source, output, 10, id_column=None)):
+        with pytest.raises(BatchCheckpointMismatch, match=r"choose a new output URI.*overwrite=True"):
+            score_dataset(MODEL, other, progress_bar=False)
+    changed = write_input(frame(90, seed=99), tmp_path / "in")  # same path, new content
+    with pytest.raises(BatchCheckpointMismatch, match="input"):
+        score_dataset(MODEL, job(changed, output, 10), progress_bar=False)
+    # Overwriting replaces everything: no part of the old job (9 parts) survives beside the new (3).
+    result = score_dataset(MODEL, job(changed, output, 40, overwrite=True), progress_bar=False)
+    assert result.chunks == 3
+    assert_scored_once(frame(90, seed=99), output, 40)
+
+
+def test_overwrite_still_resumes_the_same_job(tmp_path: Path) -> None:
+    data = frame(100, seed=10)
+    source, output = write_input(data, tmp_path / "in"), tmp_path / "out"
+    with pytest.raises(BatchChunkFailed):
+        score_dataset(FailingOnce(MODEL, 2, 25), job(source, output, 25, overwrite=True),
+                      progress_bar=False)
+    result = score_dataset(MODEL, job(source, output, 25, overwrite=True), progress_bar=False)
+    assert result.resumed_from_chunk == 2
+    assert_scored_once(data, output, 25)
+
+
+def test_predictions_without_a_checkpoint_are_not_overwritten_silently(tmp_path: Path) -> None:
+    data = frame(20)
+    source, output = write_input(data, tmp_path / "in"), tmp_path / "out"
+    output.mkdir()
+    data.write_parquet(output / part_name(0))
+    with pytest.raises(BatchCheckpointMismatch, match="without a checkpoint"):
+        score_dataset(MODEL, job(source, output, 10), progress_bar=False)
+    score_dataset(MODEL, job(source, output, 10, overwrite=True), progress_bar=False)
+    assert_scored_once(data, output, 10)
+
+
+def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
+    data = frame(20)
+    source = write_input(data.drop("colour"), tmp_path / "in")
+    with pytest.raises(DataSourceError, match=r"lacks the column.*colour"):
+        score_dataset(MODEL, job(source, tmp_path / "out", 10), progress_bar=False)
+    with pytest.raises(DataSourceError, match="no input at"):
+        score_dataset(MODEL, job(str(tmp_path / "nowhere.parquet"), tmp_path / "out", 10),
+                      progress_bar=False)
+    (tmp_path / "data.json").write_text("{}")
+    with pytest.raises(DataSourceError, match="unknown input format"):
+        score_dataset(MODEL, job(str(tmp_path / "data.json"), tmp_path / "out", 10), progress_bar=False)
+    with pytest.raises(ValueError, match="clashes"):
+        score_dataset(MODEL, job(source, tmp_path / "out", 10, id_column="prediction"), progress_bar=False)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        score_dataset(MODEL, job(source, tmp_path / "out", 0), progress_bar=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_value_mid_csv_fails_that_chunk_and_keeps_the_others(tmp_path: Path) -> None:
+    data = frame(100, seed=11)
+    path = Path(write_input(data, tmp_path / "in", "csv"))
+    lines = path.read_text().splitlines()
+    lines[71] = lines[71].replace(lines[71].split(",")[2], "many", 1)  # count on row 70
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BatchChunkFailed, match="failed at chunk") as failed:
+        score_dataset(MODEL, job(str(path), tmp_path / "out", 10), progress_bar=False)
+    # CSV is parsed in blocks: the chunks read before the bad block are kept.
+    assert failed.value.chunks_done == failed.value.chunk <= 7
+    checkpoint = json.loads((tmp_path / "out" / CHECKPOINT).read_text())
+    assert checkpoint["completed_chunks"] == failed.value.chunks_done
+
+
+# --- inputs and progress --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["parquet", "csv"])
+def test_a_folder_of_files_is_read_in_name_order(tmp_path: Path, kind: str) -> None:
+    data = frame(95, seed=12)
+    folder = tmp_path / "in"
+    for index, start in enumerate(range(0, 95, 40)):
+        write_input(data.slice(start, 40), folder / f"day={index:02d}", kind)
+    (folder / "_SUCCESS").write_text("")  # markers of whoever wrote the folder are not data
+    result = score_dataset(MODEL, job(str(folder), tmp_path / "out", 25), progress_bar=False)
+    assert result.rows == 95
+    assert_scored_once(data, tmp_path / "out", 25)
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv"])
+def test_progress_is_reported_after_each_chunk(tmp_path: Path, kind: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    data = frame(100, seed=13)
+    source = write_input(data, tmp_path / "in", kind)
+    seen: list[BatchProgress] = []
+    score_dataset(MODEL, job(source, tmp_path / "out", 30), on_progress=seen.append)
+    assert [p.chunks_done for p in seen] == [1, 2, 3, 4]
+    assert [p.rows_done for p in seen] == [30, 60, 90, 100]
+    assert seen[-1].fraction == 1.0
+    assert [p.fraction for p in seen] == sorted(p.fraction for p in seen)
+    if kind == "parquet":
+        assert [p.fraction for p in seen] == [0.3, 0.6, 0.9, 1.0] and seen[0].total_rows == 100
+    assert "100/100" in capsys.readouterr().err or kind == "csv"
+
+
+def test_blas_threads_are_limited_while_scoring_and_restored_after(tmp_path: Path) -> None:
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    seen: list[list[int]] = []
+
+    class Watching(FailingOnce):
+        def predict(self, columns: Any) -> dict[str, np.ndarray]:
+            seen.append(blas_threads())
+            return super().predict(columns)
+
+    before = blas_threads()
+    source = write_input(frame(50), tmp_path / "in")
+    score_dataset(Watching(MODEL, -1, 25), job(source, tmp_path / "out", 25), progress_bar=False)
+    assert seen and all(threads == [1] * len(before) for threads in seen)
+    assert blas_threads() == before
+    score_dataset(Watching(MODEL, -1, 25), job(source, tmp_path / "out2", 25, blas_threads=None),
+                  progress_bar=False)
+    assert seen[-1] == before
+
+
+def test_a_regression_model_writes_values_without_probability(tmp_path: Path) -> None:
+    train = frame(200, seed=14)
+    prep = TabularPreprocessor.fit(train, FEATURES)
+    from sklearn.linear_model import LinearRegression
+
+    matrix = prep.transform(train)
+    model = TabularModel(task="regression", feature_names=FEATURES, feature_dtypes={},
+                         preprocessor=prep,
+                         predictor=SklearnPredictor(LinearRegression().fit(matrix, matrix[:, 0] * 2)))
+    data = frame(70, seed=15)
+    source = write_input(data, tmp_path / "in")
+    score_dataset(model, job(source, tmp_path / "out", 32, id_column=None), progress_bar=False)
+    scored = pl.read_parquet(tmp_path / "out" / "part-*.parquet")
+    assert scored.columns == ["row_number", "prediction", "model_name", "model_version"]
+    assert scored["row_number"].to_list() == list(range(70))
+    np.testing.assert_allclose(scored["prediction"].to_numpy(), model.predict(data)["prediction"])
+    assert pa.types.is_floating(pq.read_schema(tmp_path / "out" / part_name(0)).field("prediction").type)
+
+
+# --- S3 ------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_s3_input_and_output_resume_after_a_failure(s3_server: S3Server, tmp_path: Path) -> None:  # noqa: F811
+    bucket = s3_server.bucket(f"batch-{uuid.uuid4().hex[:8]}")
+    data = frame(250, seed=21)
+    s3_server.client().upload_file(write_input(data, tmp_path / "in", row_group=64), bucket,
+                                   "scoring/day=01/input.parquet")
+    source, output = f"s3://{bucket}/scoring", f"s3://{bucket}/predictions"
+    flaky = FailingOnce(MODEL, fail_at=2, chunk_rows=50)
+    with pytest.raises(BatchChunkFailed):
+        score_dataset(flaky, job(source, output, 50, credentials=s3_server.credentials()),
+                      progress_bar=False)
+    assert s3_server.keys(bucket, "predictions/") == [
+        "predictions/_checkpoint.json", *(f"predictions/{part_name(i)}" for i in range(2))]
+    result = score_dataset(flaky, job(source, output, 50, credentials=s3_server.credentials()),
+                           progress_bar=False)
+    assert result.resumed_from_chunk == 2 and result.rows == 250
+    local = tmp_path / "predictions"
+    local.mkdir()
+    for key in s3_server.keys(bucket, "predictions/"):
+        s3_server.client().download_file(bucket, key, str(local / key.split("/")[-1]))
+    assert_scored_once(data, local, 50)
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+def test_the_benchmark_runs_at_its_quick_size(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "batch", "--quick", "--results", str(results)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    item = json.loads(results.read_text())["batch.vs_direct_predict"]
+    assert item["unit"] == "rows/s" and item["higher_is_better"] is True and item["rows"] == 100_000
+    assert item["loopline"] > 0 and item["peer"] > 0 and item["loopline_peak_mb"] > 0
+    assert item["command"] == "python -m bench batch --quick"
+    assert item["peer_name"].startswith("TabularModel.predict")
