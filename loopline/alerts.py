@@ -1,22 +1,37 @@
 """Alerts and their delivery to the spec's notification channels (log, webhook, Slack).
 
-A channel that fails is retried with backoff and then recorded as failed; it never stops the
-caller or the other channels.
+Every channel whose ``min_severity`` an alert reaches gets it. A failing channel is retried with
+exponential backoff (a 429's ``Retry-After`` is honoured); a channel that keeps failing, or fails
+permanently (a wrong Slack channel or token, a webhook's 4xx), is recorded as
+:class:`~loopline.errors.AlertDeliveryFailed` on its :class:`Delivery` and logged; it never stops
+the caller or the other channels. :func:`notify` adds the cooldown: an alert identical to one sent
+within the cooldown (same :meth:`Alert.fingerprint`) is suppressed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from loopline.alert_channels import (
+    PermanentFailure,
+    TransientFailure,
+    format_value,
+    send_slack,
+    send_webhook,
+)
+from loopline.errors import AlertDeliveryFailed
 from loopline.sections.operations import LogChannel, Notification, SlackChannel, WebhookChannel
+
+if TYPE_CHECKING:
+    from loopline.alert_ledger import AlertLedger
 
 Severity = Literal["info", "high", "critical"]
 _RANK = {"info": 0, "high": 1, "critical": 2}
@@ -24,7 +39,21 @@ logger = logging.getLogger("loopline.alerts")
 
 
 class Alert(BaseModel):
-    """Something a person should know about a model."""
+    """Something a person should know about a model.
+
+    Attributes:
+        kind: what happened: ``drift``, ``performance``, ``data_validation_failed``, ...
+        severity: ``info``, ``high`` or ``critical``.
+        model: the model's name.
+        title: a one-line summary.
+        details: the facts behind it (the drifted features and their scores, the metric that
+            fell, its value and threshold, ...).
+        subject: what the alert is about, as a set of names (the drifted features; the metric,
+            variant and version): two alerts with the same kind, model, severity and subject
+            are identical for the cooldown, whatever their scores. Empty: the title decides.
+        links: named links for the message (a dashboard, the MLflow run, the Prefect flow run).
+        raised_at: when it was raised (ISO 8601, UTC).
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -33,17 +62,39 @@ class Alert(BaseModel):
     model: str
     title: str
     details: dict[str, Any] = Field(default_factory=dict)
+    subject: tuple[str, ...] = ()
+    links: dict[str, str] = Field(default_factory=dict)
     raised_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     def text(self) -> str:
-        """The alert as a short message."""
-        lines = [f"[{self.severity.upper()}] {self.model}: {self.title}"]
-        lines += [f"  {k}: {v}" for k, v in self.details.items()]
+        """The alert as a short plain-text message: the summary, the details, the links."""
+        lines = [self.summary()]
+        lines += [f"  {key}: {format_value(value)}" for key, value in self.details.items()]
+        lines += [f"  {name}: {url}" for name, url in self.links.items()]
         return "\n".join(lines)
+
+    def summary(self) -> str:
+        """One line: ``[SEVERITY] model: title``."""
+        return f"[{self.severity.upper()}] {self.model}: {self.title}"
+
+    def fingerprint(self) -> str:
+        """A stable digest of kind, model, severity and subject (or the title when it has none)."""
+        salient = sorted(set(self.subject)) if self.subject else [f"title:{self.title}"]
+        key = json.dumps([self.kind, self.model, self.severity, salient], ensure_ascii=True)
+        return hashlib.sha256(key.encode()).hexdigest()
 
 
 class Delivery(BaseModel):
-    """What happened when an alert was sent to one channel."""
+    """What happened when an alert was sent to one channel.
+
+    Attributes:
+        channel: the channel's kind.
+        delivered: whether the channel accepted it.
+        attempts: tries made (0 when suppressed).
+        error: the last try's error, when it was not delivered.
+        target: where it went: the Slack channel, the webhook URL, ``log``.
+        suppressed: not sent because an identical alert was sent within the cooldown.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -51,41 +102,113 @@ class Delivery(BaseModel):
     delivered: bool
     attempts: int
     error: str | None = None
+    target: str = ""
+    suppressed: bool = False
+
+    @property
+    def failure(self) -> AlertDeliveryFailed | None:
+        """The failure recorded for this channel; None when delivered or suppressed."""
+        if self.delivered or self.suppressed:
+            return None
+        return AlertDeliveryFailed(
+            f"alert delivery to {self.channel} ({self.target}) failed after {self.attempts} "
+            f"attempt{'' if self.attempts == 1 else 's'}: {self.error}", self.channel, self.target,
+            self.attempts, self.error or "")
+
+
+def reaches(alert: Alert, channel: Notification) -> bool:
+    """Whether ``alert`` is severe enough for ``channel``."""
+    return _RANK[alert.severity] >= _RANK[channel.min_severity]
 
 
 def deliver(alert: Alert, channels: list[Notification],
             secret: Callable[[str], str] | None = None, attempts: int = 3,
-            backoff_s: float = 0.5) -> list[Delivery]:
-    """Send ``alert`` to every channel whose ``min_severity`` it reaches.
+            backoff_s: float = 0.5, max_wait_s: float = 60.0,
+            sleep: Callable[[float], None] = time.sleep) -> list[Delivery]:
+    """Send ``alert`` to every channel whose ``min_severity`` it reaches, one after another.
 
     Args:
         alert: the alert.
         channels: the spec's notification channels.
-        secret: resolves a secret's name (a Slack token) to its value.
+        secret: resolves a secret's name (a Slack token's Prefect Secret block) to its value.
         attempts: tries per channel.
         backoff_s: the first pause between tries; it doubles after each.
+        max_wait_s: the longest pause, also for a 429's ``Retry-After``.
+        sleep: how to pause (tests pass a recorder).
+
+    Returns:
+        One :class:`Delivery` per channel reached, in the channels' order; a failed one carries
+        its :class:`~loopline.errors.AlertDeliveryFailed` as ``failure``.
     """
-    results = []
-    for channel in channels:
-        if _RANK[alert.severity] < _RANK[channel.min_severity]:
-            continue
-        results.append(_with_retries(alert, channel, secret, attempts, backoff_s))
+    return [_with_retries(alert, channel, secret, attempts, backoff_s, max_wait_s, sleep)
+            for channel in channels if reaches(alert, channel)]
+
+
+def notify(alert: Alert, channels: list[Notification], ledger: AlertLedger | None,
+           cooldown: timedelta, secret: Callable[[str], str] | None = None, attempts: int = 3,
+           backoff_s: float = 0.5, max_wait_s: float = 60.0,
+           sleep: Callable[[float], None] = time.sleep) -> list[Delivery]:
+    """:func:`deliver`, unless an identical alert was sent within ``cooldown``.
+
+    The ledger's claim is atomic across processes, so of two monitors raising the same alert at
+    once one sends it. If no channel accepts the alert the claim is released, so the next run
+    tries again rather than staying silent for the cooldown.
+
+    Args:
+        alert: the alert.
+        channels: the spec's notification channels.
+        ledger: where sent alerts are recorded; None sends every time.
+        cooldown: identical alerts within this time are suppressed (``monitoring.alert_cooldown``).
+        secret: as for :func:`deliver`.
+        attempts: as for :func:`deliver`.
+        backoff_s: as for :func:`deliver`.
+        max_wait_s: as for :func:`deliver`.
+        sleep: as for :func:`deliver`.
+
+    Returns:
+        As :func:`deliver`; when suppressed, one ``suppressed`` Delivery per channel reached.
+    """
+    reached = [channel for channel in channels if reaches(alert, channel)]
+    if not reached:
+        return []
+    if ledger is not None and not ledger.claim(alert, cooldown):
+        logger.info("alert suppressed (an identical one was sent within %s): %s", cooldown,
+                    alert.summary())
+        return [Delivery(channel=channel.kind, target=_target(channel), delivered=False,
+                         attempts=0, suppressed=True) for channel in reached]
+    results = deliver(alert, reached, secret, attempts, backoff_s, max_wait_s, sleep)
+    if ledger is not None and not any(result.delivered for result in results):
+        ledger.release(alert)
     return results
 
 
+def _target(channel: Notification) -> str:
+    if isinstance(channel, SlackChannel):
+        return channel.channel
+    return channel.url if isinstance(channel, WebhookChannel) else "log"
+
+
 def _with_retries(alert: Alert, channel: Notification, secret: Callable[[str], str] | None,
-                  attempts: int, backoff_s: float) -> Delivery:
-    error = None
+                  attempts: int, backoff_s: float, max_wait_s: float,
+                  sleep: Callable[[float], None]) -> Delivery:
+    error, attempt = "", 0
     for attempt in range(1, attempts + 1):
         try:
             _send(alert, channel, secret)
-            return Delivery(channel=channel.kind, delivered=True, attempts=attempt)
-        except Exception as exc:
+            return Delivery(channel=channel.kind, target=_target(channel), delivered=True,
+                            attempts=attempt)
+        except PermanentFailure as exc:
+            error = str(exc)
+            break
+        except Exception as exc:  # any failure of a channel is recorded, never raised
             error = f"{type(exc).__name__}: {exc}"
             if attempt < attempts:
-                time.sleep(backoff_s * 2 ** (attempt - 1))
-    logger.error("alert delivery to %s failed after %d attempts: %s", channel.kind, attempts, error)
-    return Delivery(channel=channel.kind, delivered=False, attempts=attempts, error=error)
+                wait = exc.retry_after_s if isinstance(exc, TransientFailure) else None
+                sleep(min(max_wait_s, wait if wait is not None else backoff_s * 2 ** (attempt - 1)))
+    delivery = Delivery(channel=channel.kind, target=_target(channel), delivered=False,
+                        attempts=attempt, error=error)
+    logger.error("%s", delivery.failure)
+    return delivery
 
 
 def _send(alert: Alert, channel: Notification, secret: Callable[[str], str] | None) -> None:
@@ -93,12 +216,9 @@ def _send(alert: Alert, channel: Notification, secret: Callable[[str], str] | No
         level = logging.WARNING if alert.severity == "info" else logging.ERROR
         logger.log(level, "%s", alert.text())
     elif isinstance(channel, WebhookChannel):
-        httpx.post(channel.url, json=json.loads(alert.model_dump_json()),
-                   timeout=10).raise_for_status()
-    elif isinstance(channel, SlackChannel):
-        from slack_sdk import WebClient
-
+        send_webhook(channel.url, json.loads(alert.model_dump_json()))
+    else:
         if secret is None:
-            raise RuntimeError(f"no way to read the Slack token secret {channel.token_secret!r}")
-        WebClient(token=secret(channel.token_secret)).chat_postMessage(
-            channel=channel.channel, text=alert.text())
+            raise PermanentFailure(f"no way to read the Slack token secret {channel.token_secret!r}")
+        send_slack(channel.api_url, secret(channel.token_secret), channel.channel,
+                   alert.text(), alert.summary(), alert.details, alert.links)

@@ -167,3 +167,54 @@ class BatchChunkFailed(LooplineError):
     def __reduce__(self) -> tuple[Any, ...]:
         # Picklable with its fields, so it survives Prefect's result serialization.
         return type(self), (str(self), self.chunk, self.chunks_done, self.rows_done)
+
+
+class AlertDeliveryFailed(LooplineError):
+    """An alert did not reach a channel after every try. Recorded on the channel's
+    :class:`~loopline.alerts.Delivery` (``delivery.failure``) and logged, never raised by
+    ``deliver``: one failing channel stops neither the caller nor the other channels.
+
+    Attributes:
+        channel: the channel's kind (``slack``, ``webhook``, ``log``).
+        target: where it was sent (the Slack channel, the webhook URL, ``log``).
+        attempts: how many tries were made.
+        error: the last try's error.
+    """
+
+    def __init__(self, message: str, channel: str, target: str, attempts: int, error: str) -> None:
+        super().__init__(message)
+        self.channel, self.target, self.attempts, self.error = channel, target, attempts, error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self), self.channel, self.target, self.attempts, self.error)
+
+
+class InsufficientData(LooplineError):
+    """Too little data to decide on drift: fewer rows (or values of a feature) than the spec's
+    ``min_samples``. No verdict is given, neither drift nor its absence.
+
+    Attributes:
+        needed: the least number of rows (and values per feature) required.
+        reference_rows: rows in the reference.
+        current_rows: rows in the current window.
+        features: the features with too few values (empty when whole frames are too small).
+    """
+
+    http_status = 422
+
+    def __init__(self, message: str, *, needed: int, reference_rows: int, current_rows: int,
+                 features: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.needed, self.reference_rows, self.current_rows = needed, reference_rows, current_rows
+        self.features = features
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable with its fields, so it survives Prefect's result serialization.
+        return _rebuild_insufficient_data, (str(self), self.needed, self.reference_rows,
+                                            self.current_rows, self.features)
+
+
+def _rebuild_insufficient_data(message: str, needed: int, reference_rows: int, current_rows: int,
+                               features: tuple[str, ...]) -> InsufficientData:
+    return InsufficientData(message, needed=needed, reference_rows=reference_rows,
+                            current_rows=current_rows, features=features)

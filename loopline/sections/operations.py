@@ -54,17 +54,28 @@ class DriftSpec(StrictModel):
 
 
 class PerformanceAlert(StrictModel):
-    """Act when ``metric`` falls below ``below`` over the monitoring window.
+    """Act when ``metric`` falls below ``below`` (a higher-is-better metric such as accuracy)
+    or rises above ``above`` (an error such as rmse) over a monitoring window.
 
     Attributes:
         metric: a metric of the task.
         below: act when the metric falls below this.
+        above: act when the metric rises above this.
         action: `alert`, `retrain` or `rollback`.
     """
 
     metric: str
-    below: float
+    below: float | None = None
+    above: float | None = None
     action: Literal["alert", "retrain", "rollback"] = "alert"
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> PerformanceAlert:
+        if (self.below is None) == (self.above is None):
+            raise spec_error(f"the alert on {self.metric!r} needs exactly one of `below` and `above`",
+                             "write `below: 0.8` for a score (accuracy, f1) or `above: 12.5` for "
+                             "an error (rmse, mae)")
+        return self
 
 
 class PerformanceSpec(StrictModel):
@@ -74,11 +85,13 @@ class PerformanceSpec(StrictModel):
         label_source: where labels come from: `feedback` posted to the service.
         window: the window metrics are computed over, e.g. `24h`.
         alerts: when to alert, retrain or roll back.
+        min_labels: a window with fewer labelled predictions gives no verdict.
     """
 
     label_source: Literal["feedback"] = "feedback"
     window: Duration = "24h"
     alerts: list[PerformanceAlert] = Field(default_factory=list)
+    min_labels: Annotated[int, Field(ge=1)] = 100
 
 
 class MonitoringSpec(StrictModel):
@@ -110,14 +123,18 @@ class RetrainingSpec(StrictModel):
             ``schedule`` (``schedule`` below) and ``manual`` (a deployment run by hand).
         sweep: ``reuse_best`` retrains the best known configuration; ``full`` sweeps again.
         schedule: when scheduled retraining runs.
-        cooldown: the least time between two retraining runs.
-        max_per_day: retraining runs per day at most.
+        cooldown: the least time between two automatic retraining runs (manual runs are
+            always allowed, and counted).
+        max_per_day: automatic retraining runs per 24 hours at most.
+        min_samples: an event-triggered retraining needs at least this many rows in the window
+            that raised it.
     """
 
     on: list[Trigger] = Field(default_factory=lambda: list[Trigger](["manual"]))
     schedule: Schedule | None = None
     cooldown: Duration = "6h"
     max_per_day: Annotated[int, Field(ge=1)] = 2
+    min_samples: Annotated[int, Field(ge=1)] = 100
     sweep: Literal["reuse_best", "full"] = "reuse_best"
 
 
@@ -132,12 +149,15 @@ class SlackChannel(StrictModel):
         channel: the channel, e.g. `#ml-alerts`.
         token_secret: the Prefect Secret block holding the bot token.
         min_severity: the least severity sent here: `info`, `high` or `critical`.
+        api_url: the Slack Web API's base URL; change it only for a proxy or a self-hosted
+            gateway that speaks Slack's API (tests point it at a local stand-in).
     """
 
     kind: Literal["slack"]
     channel: Annotated[str, Field(pattern=r"^[#@]?[\w.-]+$")]
     token_secret: Annotated[str, Field(min_length=1)]
     min_severity: Severity = "info"
+    api_url: Annotated[str, Field(pattern=r"^https?://\S+$")] = "https://slack.com/api/"
 
 
 class WebhookChannel(StrictModel):
