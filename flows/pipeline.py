@@ -37,12 +37,15 @@ class PipelineResult:
 
 
 @flow(name="loopline-pipeline", log_prints=True)
-def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = None) -> PipelineResult:
+def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = None,
+             trigger: str = "manual") -> PipelineResult:
     """Carry a spec from data to a served model.
 
     Args:
         spec_path: the spec file.
         storage_block: a saved FeatureStoreStorage block; the local state folder when None.
+        trigger: what started this run, recorded in the new version's lineage (``manual``,
+            ``schedule``, or the monitoring event that asked for a retraining).
 
     Steps:
         1. Validate the spec and its data source (nothing is written if it is invalid).
@@ -71,7 +74,7 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
     finish_training_run(spec, parent_run_id, best)
     version, stage, bento_tag = None, None, None
     if evaluation.decision.passed:
-        registered = register_candidate(spec, manifest, best, evaluation)
+        registered = register_candidate(spec, manifest, best, evaluation, trigger)
         version, stage = registered.version, registered.stage
         automatic = spec.gates.on_pass == "production" or evaluation.champion is None
         if automatic and spec.gates.model_card.approved:

@@ -23,6 +23,8 @@ class Lineage(BaseModel):
         parent_model_version: the champion it was compared against (None for the first).
         code_version: the git commit, when the code runs from a git checkout.
         spec_hash: sha256 of the spec.
+        trigger: what started the training: ``manual``, ``schedule``, or the Prefect event
+            (name and id) that monitoring emitted.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -36,6 +38,7 @@ class Lineage(BaseModel):
     parent_model_version: int | None = None
     code_version: str | None = None
     spec_hash: str
+    trigger: str | None = None
 
     def to_tags(self) -> dict[str, str]:
         """The lineage as MLflow model-version tags (one per field)."""
@@ -54,7 +57,7 @@ class Lineage(BaseModel):
             return None
         versions = fields.get("feature_versions", "")
         fields["feature_versions"] = dict(item.split("=", 1) for item in versions.split(",") if item)  # type: ignore[assignment]
-        for optional in ("parent_model_version", "code_version"):
+        for optional in ("parent_model_version", "code_version", "trigger"):
             if fields.get(optional) == "":
                 fields[optional] = None  # type: ignore[assignment]
         return cls.model_validate(fields)
@@ -86,5 +89,6 @@ def render_chain(name: str, version: int, stage: str, lineage: Lineage | None,
         f"  run          {lineage.training_run_id} {run_summary}".rstrip(),
         f"  model        {name} v{version}; parent {parent}; code "
         f"{(lineage.code_version or 'unknown')[:12]}; spec {lineage.spec_hash[:12]}",
+        f"  trigger      {lineage.trigger or 'not recorded'}",
         f"  deployments  {', '.join(deployments) or 'none'}",
     ])

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from loopline.errors import InvalidStageTransition, ModelCardNotApproved, ModelNotFound
 from loopline.lineage import Lineage
 from loopline.model_card import ModelCard
+from loopline.retraining import RetrainingRecord
 
 Stage = Literal["NONE", "STAGING", "PRODUCTION", "ARCHIVED"]
 STAGES: tuple[Stage, ...] = ("NONE", "STAGING", "PRODUCTION", "ARCHIVED")
@@ -40,6 +41,7 @@ STAGE_TAG = "loopline.stage"
 CARD_TAG = "loopline.model_card"
 DEPLOYMENTS_TAG = "loopline.deployments"
 HISTORY_PREFIX = "loopline.history."
+RETRAINING_PREFIX = "loopline.retraining."
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 #: Which stage a version may move to from each stage.
@@ -266,6 +268,31 @@ class ModelRegistry:
         self.client.set_model_version_tag(name, str(version), DEPLOYMENTS_TAG,
                                           json.dumps(deployments))
         return self.get_model(name, version=version)
+
+    def record_retraining(self, name: str, record: RetrainingRecord, key: str | None = None
+                          ) -> str:
+        """Store a retraining run on the registered model; returns its key, to update it later
+        (pass the key back with the new outcome).
+
+        Raises:
+            ModelNotFound: no model named ``name``.
+        """
+        key = key or f"{RETRAINING_PREFIX}{time.time_ns()}.{uuid.uuid4().hex[:8]}"
+        try:
+            self.client.set_registered_model_tag(name, key, record.model_dump_json())
+        except MlflowException as exc:
+            raise ModelNotFound(f"no model named {name!r}") from exc
+        return key
+
+    def retraining_history(self, name: str) -> list[RetrainingRecord]:
+        """Every recorded retraining run of ``name``, oldest first (empty for an unknown name)."""
+        try:
+            tags = self.client.get_registered_model(name).tags
+        except MlflowException:
+            return []
+        records = [RetrainingRecord.model_validate_json(v) for k, v in tags.items()
+                   if k.startswith(RETRAINING_PREFIX)]
+        return sorted(records, key=lambda r: (r.at, r.run))
 
     # --- internals --------------------------------------------------------------------------
 

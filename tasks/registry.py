@@ -41,9 +41,10 @@ def flow_actor() -> str:
 
 @task(name="register-model")
 def register_candidate(spec: Spec, manifest: FeatureSetManifest, best: CandidateRun,
-                       evaluation: Evaluation) -> ModelVersionInfo:
+                       evaluation: Evaluation, trigger: str | None = None) -> ModelVersionInfo:
     """Log the candidate's model and register it with its card and lineage in STAGING (the
-    challenger); the card is published as a Prefect artifact.
+    challenger); the card is published as a Prefect artifact. ``trigger`` (what started the
+    training) goes into the lineage.
     """
     logger = get_run_logger()
     model_uri = log_model(best.run_id, best.candidate.model)
@@ -52,7 +53,7 @@ def register_candidate(spec: Spec, manifest: FeatureSetManifest, best: Candidate
         feature_set=manifest.feature_set, feature_set_version=manifest.version,
         feature_versions=manifest.feature_versions, training_run_id=best.run_id,
         parent_model_version=evaluation.champion.version if evaluation.champion else None,
-        code_version=code_version(), spec_hash=spec.content_hash(),
+        code_version=code_version(), spec_hash=spec.content_hash(), trigger=trigger,
     )
     card = model_card_for(spec, manifest, evaluation.test_metrics)
     registry = ModelRegistry()

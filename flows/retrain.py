@@ -1,0 +1,88 @@
+"""The retrain flow: what drift, a performance drop, a schedule or a person starts.
+
+The ``retrain`` deployment in ``prefect.yaml`` has triggers on the monitor flow's Prefect events
+(``loopline.drift.detected``, ``loopline.performance.degraded``), so Prefect itself starts it:
+there is no polling loop of ours. Schedules and manual runs start the same flow.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow
+from pydantic import BaseModel
+
+from flows.pipeline import pipeline
+from loopline.retraining import Outcome
+from loopline.sections.operations import Trigger
+from tasks.retraining import claim_retraining, record_outcome
+from tasks.spec import load_and_validate_spec
+
+
+class RetrainingResult(BaseModel):
+    """How a retraining run ended.
+
+    Attributes:
+        outcome: refused (a guardrail), rejected (the gates), registered (STAGING, served as
+            challenger where the routing says so), promoted (champion), or failed.
+        version: the version it registered.
+    """
+
+    model_name: str
+    outcome: Outcome
+    reason: str
+    version: int | None = None
+    stage: str | None = None
+
+
+@flow(name="loopline-retrain", log_prints=True)
+def retrain(spec_path: str = "configs/demo.yaml", trigger: Trigger = "manual",
+            cause: str | None = None, samples: int | None = None,
+            storage_block: str | None = None) -> RetrainingResult:
+    """Retrain the spec's model if its guardrails allow it.
+
+    Args:
+        spec_path: the spec file.
+        trigger: drift, performance (from monitoring's events), schedule or manual.
+        cause: what caused it, recorded in the new version's lineage (the event's name and id
+            for event triggers).
+        samples: rows in the window that raised the event (checked against
+            ``retraining.min_samples``).
+        storage_block: a saved FeatureStoreStorage block; the local state folder when None.
+
+    Steps:
+        1. Validate the spec; check ``retraining.on``, the cooldown, the daily maximum and the
+           minimum samples against the model's retraining record; record the claim.
+        2. Run the pipeline: re-materialize the features from the source (with its recent
+           rows), train or sweep per the spec, evaluate against the current champion on the
+           most recent (test) data, register a better model in STAGING (served as challenger,
+           e.g. canary, where the routing says so) or promote it per the gates; a worse one is
+           rejected and nothing changes.
+        3. Record the outcome (registry and a markdown artifact).
+    """
+    spec = load_and_validate_spec(spec_path)
+    cause = cause or trigger
+    decision, key = claim_retraining(spec, trigger, cause, samples)
+    if not decision.allowed:
+        record_outcome(spec, key, trigger, cause, "refused", decision.reason)
+        return RetrainingResult(model_name=spec.name, outcome="refused", reason=decision.reason)
+    try:
+        result = pipeline(spec_path, storage_block, trigger=cause)
+    except Exception as exc:
+        record_outcome(spec, key, trigger, cause, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    if result.model_version is None:
+        outcome: Outcome = "rejected"
+        reason = f"the candidate ({result.best_candidate}) did not pass its gates; nothing changed"
+    elif result.stage == "PRODUCTION":
+        outcome, reason = "promoted", f"v{result.model_version} passed its gates and is champion"
+    else:
+        outcome = "registered"
+        reason = f"v{result.model_version} passed its gates and is the challenger (STAGING)"
+    record_outcome(spec, key, trigger, cause, outcome, reason, result.model_version)
+    return RetrainingResult(model_name=spec.name, outcome=outcome, reason=reason,
+                            version=result.model_version, stage=result.stage)
+
+
+if __name__ == "__main__":
+    print(retrain(sys.argv[1] if len(sys.argv) > 1 else "configs/demo.yaml"))
