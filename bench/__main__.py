@@ -21,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = {
     "batch": "bench.batch",
     "features": "bench.features",
+    "serving": "bench.serving",
     "sweep": "bench.sweep",
     "training": "bench.training",
 }

@@ -35,6 +35,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loopline.canary import CanaryWatch, Decision, next_state
+from loopline.errors import InvalidFeatureValue
 from loopline.modeling.tabular_model import TabularModel
 from loopline.prediction_log import (
     FeedbackLogWriter,
@@ -216,6 +217,8 @@ class TabularService:
         started = time.perf_counter()
         try:
             result = self.models["champion"].predict(columns)
+        except InvalidFeatureValue as exc:
+            raise bentoml.exceptions.InvalidArgument(str(exc)) from exc
         except Exception as exc:
             self._count("predict_batch", "champion", time.perf_counter() - started, error=True)
             raise bentoml.exceptions.InternalServerError(f"the champion failed: {exc}") from exc
@@ -313,6 +316,8 @@ class TabularService:
             prediction = result["prediction"][0].item()
             if "probability" in result:
                 probability = float(result["probability"][0])
+        except InvalidFeatureValue as exc:  # the request's fault, not the model's: a 400
+            raise bentoml.exceptions.InvalidArgument(str(exc)) from exc
         except Exception as exc:  # a failing model is logged and counted, never a crash
             error = f"{type(exc).__name__}: {exc}"
         elapsed = time.perf_counter() - started

@@ -141,6 +141,14 @@ class InvalidStageTransition(LooplineError):
     http_status = 409
 
 
+class InvalidFeatureValue(LooplineError):
+    """A feature value the model cannot take (e.g. a number that, standardized, exceeds float32):
+    the request's fault, answered with 400.
+    """
+
+    http_status = 400
+
+
 class PackagingError(LooplineError):
     """Building the Bento for a model version failed."""
 

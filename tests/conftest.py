@@ -61,6 +61,29 @@ def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:
     return path
 
 
+#: The demo spec's Lightning candidate, dropped by tests that only need a quick model.
+DEMO_MLP = """    - kind: lightning_mlp
+      params: {hidden: [32, 16], dropout: 0.1, lr: 0.003, batch_size: 32}
+      trainer: {accelerator: cpu, devices: 1, max_epochs: 15,
+                early_stopping: {monitor: val_loss, patience: 4}}
+"""
+#: The demo spec's serving section.
+DEMO_SERVING = "serving:\n  routing: {kind: single}\n  port: 3000"
+
+
+def logistic_spec_text(source: Path, name: str, c: float,
+                       replacements: dict[str, str] | None = None) -> str:
+    """The demo spec as model ``name`` with one quick candidate (logistic regression, ``C=c``)
+    whose passing versions enter STAGING, with no champion margin; then ``replacements``.
+    """
+    return demo_spec_text(source, {
+        "name: tumor-malignancy": f"name: {name}", DEMO_MLP: "",
+        "params: {C: 1.0}": f"params: {{C: {c}}}",
+        'champion_margin: {f1: "+0%"}': "champion_margin: {}",
+        "on_pass: production": "on_pass: staging", **(replacements or {}),
+    })
+
+
 def demo_spec_text(source: Path, replacements: dict[str, str] | None = None) -> str:
     """The demo spec pointing at ``source``, with literal text replacements applied."""
     text = DEMO_SPEC.read_text().replace("../.loopline/demo/breast_cancer.csv", str(source))

@@ -96,3 +96,39 @@ def test_training_quick_records_an_entry(tmp_path: Path) -> None:
     assert item["torch_threads"] == {"lightning": 1, "torch": 1}
     # The same network, seed, data and optimizer: both sides end on the same validation f1.
     assert item["loopline_val_f1"] == pytest.approx(item["peer_val_f1"], abs=0.02)
+
+
+@pytest.mark.slow  # 50-120 s (by load): two pipeline runs, then three servers under load in turn
+def test_serving_quick_records_all_four_workloads(tmp_path: Path) -> None:
+    data = _run_quick("serving", tmp_path / "results.json")
+
+    workloads = ("serving.ab_vs_single_bento", "serving.ab_vs_mlflow_serve",
+                 "serving.ab_added_median_ms", "serving.p95_ms_at_max_load")
+    for workload in workloads:
+        item = data[workload]
+        assert set(REQUIRED) <= set(item), workload
+        assert item["command"] == "python -m bench serving --quick"
+        assert item["loopline"] > 0 and item["peer"] > 0  # type: ignore[operator]
+        for side in ("loopline", "peer"):
+            assert item[f"{side}_concurrency"] in (1, 4, 16)
+            assert 0 < item[f"{side}_p50_ms"] <= item[f"{side}_p95_ms"] <= item[f"{side}_p99_ms"]  # type: ignore[operator]
+        # The loopline side really routed ab and logged its predictions.
+        assert item["loopline_routing"] == {"kind": "ab", "challenger_share": 0.5, "sticky_by": None}
+        assert item["loopline_variants_seen"] == ["challenger", "champion"]
+        assert item["loopline_prediction_log_rows"][0] > 0  # type: ignore[index]
+        assert item["loopline_auth"] is False and item["workers"] == 1
+
+    single = data["serving.ab_vs_single_bento"]
+    assert single["unit"].startswith("req/s") and single["higher_is_better"] is True  # type: ignore[union-attr]
+    assert single["peer_name"].startswith("a plain single-model BentoML")  # type: ignore[union-attr]
+    assert [level["concurrency"] for level in single["loopline_levels"]] == [1, 4, 16]  # type: ignore[union-attr]
+    assert all(level["throughput"] > 0 for level in single["peer_levels"])  # type: ignore[union-attr]
+    mlflow = data["serving.ab_vs_mlflow_serve"]
+    assert mlflow["peer_name"].startswith("mlflow models serve")  # type: ignore[union-attr]
+    assert mlflow["loopline"] == single["loopline"]
+    added = data["serving.ab_added_median_ms"]
+    assert added["higher_is_better"] is False
+    assert added["added_median_ms"] == pytest.approx(added["loopline"] - added["peer"], abs=0.002)  # type: ignore[operator]
+    assert added["loopline_concurrency"] == added["peer_concurrency"] == 1
+    p95 = data["serving.p95_ms_at_max_load"]
+    assert p95["higher_is_better"] is False and p95["loopline"] == p95["loopline_p95_ms"]

@@ -28,7 +28,7 @@ from loopline.registry import ModelRegistry
 from loopline.spec_loader import load_spec
 from loopline.state import state_paths
 from loopline.storage import Storage
-from tests.conftest import demo_spec_text, write_spec
+from tests.conftest import DEMO_SERVING, logistic_spec_text, write_spec
 from tests.servers import serve_bento
 
 pytestmark = pytest.mark.slow
@@ -37,12 +37,6 @@ MODEL = "tumor-ab"
 KEY = "test-key-1"
 KEYS_ENV = "LOOPLINE_TEST_API_KEYS"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
-MLP = """    - kind: lightning_mlp
-      params: {hidden: [32, 16], dropout: 0.1, lr: 0.003, batch_size: 32}
-      trainer: {accelerator: cpu, devices: 1, max_epochs: 15,
-                early_stopping: {monitor: val_loss, patience: 4}}
-"""
-SERVING = "serving:\n  routing: {kind: single}\n  port: 3000"
 ROUTINGS = {
     "ab": "{kind: ab, challenger_share: 0.3, sticky_by: patient_id}",
     "shadow": "{kind: shadow, sample: 1.0}",
@@ -57,12 +51,7 @@ ROUTINGS = {
 def spec_text(demo_csv: Path, routing: str, c: float) -> str:
     serving = (f"serving:\n  routing: {routing}\n  auth: {{api_keys_env: {KEYS_ENV}}}\n"
                f"  prediction_log: {{flush_rows: 50, flush_seconds: 0.3}}")
-    return demo_spec_text(demo_csv, {
-        "name: tumor-malignancy": f"name: {MODEL}", MLP: "",
-        "params: {C: 1.0}": f"params: {{C: {c}}}",
-        'champion_margin: {f1: "+0%"}': "champion_margin: {}",
-        "on_pass: production": "on_pass: staging", SERVING: serving,
-    })
+    return logistic_spec_text(demo_csv, MODEL, c, {DEMO_SERVING: serving})
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from loopline.errors import InvalidFeatureValue
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 #: At most this many categories per string column get their own column; the rest share none.
 MAX_CATEGORIES = 50
 
@@ -58,11 +62,22 @@ class TabularPreprocessor:
         return len(self.numeric) + sum(len(c) for c in self.categorical.values())
 
     def transform(self, columns: Columns) -> np.ndarray:
-        """A float32 matrix, one row per record; missing numbers become the training mean."""
+        """A float32 matrix, one row per record; missing numbers become the training mean.
+
+        Raises:
+            InvalidFeatureValue: a number so far from the training data that, standardized, it
+                does not fit in float32.
+        """
         parts: list[np.ndarray] = []
         for name in self.numeric:
             numbers = np.asarray(columns[name], dtype=np.float64)
             scaled = (numbers - self.means[name]) / self.scales[name]
+            too_large = np.isfinite(numbers) & (np.abs(scaled) > _FLOAT32_MAX)
+            if too_large.any():
+                value = numbers[too_large][0]
+                raise InvalidFeatureValue(
+                    f"{name}: {value:g} is too far from the training data for the model "
+                    f"(standardized it exceeds float32); send a value on the feature's scale")
             parts.append(np.where(np.isfinite(scaled), scaled, 0.0)[:, None])
         for name, categories in self.categorical.items():
             values = np.asarray(columns[name]).astype(str)

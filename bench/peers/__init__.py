@@ -1,0 +1,1 @@
+"""Peer services the benchmarks compare loopline against."""

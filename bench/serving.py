@@ -1,0 +1,481 @@
+"""Serving benchmarks: loopline's A/B endpoint against a plain single-model BentoML service and
+``mlflow models serve``, all serving the same model, on loopback.
+
+Set-up (in a throwaway state folder: ``LOOPLINE_HOME``, ``BENTOML_HOME``, ``PREFECT_HOME``,
+MLflow's SQLite store; nothing touches the developer's ``.loopline``): the pipeline flow runs
+twice on the demo spec with one logistic-regression candidate (C=1, then C=0.01), so the registry
+holds a champion v1 and a challenger v2 in STAGING, and the second run builds loopline's Bento
+serving both with routing ``ab`` (challenger_share 0.5), the prediction log on with its default
+flush settings, no auth, one worker.
+
+The sides, each a fresh server started on its own, checked (one request, the same answer from
+all three for the champion) and warmed up; never two at the same time:
+
+- loopline: ``bentoml serve <Bento>``, load on ``POST /predict/ab`` (routing, the prediction log
+  and the per-variant metrics all on the path).
+- single Bento (``bench/peers/single_bento.py``): ``bentoml serve`` of a minimal BentoML 1.4
+  service holding champion v1 only, same request schema, one worker, scoring the same way
+  (the ``TabularModel`` unwrapped from the pyfunc); no routing, logging, auth or metrics.
+- ``mlflow models serve -m models:/NAME/1 --env-manager local`` (one uvicorn worker), load on
+  ``POST /invocations`` with the same record as ``{"dataframe_records": [record]}``.
+
+Load comes from ``bench.loadgen`` in its own process: closed loop, the same one-record body over
+HTTP/1.1 keep-alive, at concurrency 1, 2, 4, ... 64 for 4 s each (quick: 1, 4, 16 for 1 s), after
+an unrecorded warm-up (``SIZES``).
+A side's maximum is the highest 2xx throughput among the levels with no error (no non-2xx
+status, no transport error, no request left unanswered). A one-worker server is saturated by a
+few connections: past that, closed-loop throughput stays flat (within noise) and latency only
+grows with the queue, so which flat level happens to be highest would decide the p95. The
+latencies reported "at the maximum" are therefore those of the lowest error-free concurrency
+that sustains at least 95% of it (``PLATEAU``); every level's figures are recorded too.
+
+At full size every side runs twice, in alternating order (L S M, then M S L), each time on a
+fresh server; per concurrency level the run with the higher throughput counts (best of two, the
+same rule for every side: it discounts other work on this shared machine).
+
+Workload ids:
+
+``serving.ab_vs_single_bento``
+    Maximum error-free req/s of loopline's ``/predict/ab`` vs the single Bento's ``/predict``
+    (higher is better; goal: advantage >= 0.9, i.e. A/B costs at most 10%).
+``serving.ab_vs_mlflow_serve``
+    The same figure vs ``mlflow models serve`` (goal: advantage >= 2).
+``serving.ab_added_median_ms``
+    Median latency at concurrency 1 (ms, lower is better) of ``/predict/ab`` (loopline) vs the
+    single Bento (peer); ``advantage`` = peer median / loopline median, as for every lower-is-
+    better entry, and ``added_median_ms`` = loopline median - peer median (goal: < 1 ms).
+``serving.p95_ms_at_max_load``
+    p95 latency (ms, lower is better) of ``/predict/ab`` at the load sustaining its maximum
+    error-free throughput vs the single Bento's p95 at its own (goal: loopline < 100 ms).
+
+Run as a script, ``python -m bench.serving setup WORK`` is the set-up child process: it runs the
+pipeline flows with the state folder under ``WORK`` and prints one JSON line describing what was
+built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.results import code_commit, entry
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_SPEC = REPO / "configs" / "demo.yaml"
+MODEL = "bench-serving"
+BIN = Path(sys.executable).parent
+
+AB_VS_SINGLE = "serving.ab_vs_single_bento"
+AB_VS_MLFLOW = "serving.ab_vs_mlflow_serve"
+ADDED_MEDIAN = "serving.ab_added_median_ms"
+P95_AT_MAX = "serving.p95_ms_at_max_load"
+
+#: Concurrency levels, seconds per level, unrecorded warm-up seconds, runs per side.
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {"levels": [1, 2, 4, 8, 16, 32, 64], "duration": 4.0, "warmup": 3.0, "repeats": 2},
+    "quick": {"levels": [1, 4, 16], "duration": 1.0, "warmup": 1.0, "repeats": 1},
+}
+SIDES = ("loopline", "single", "mlflow")
+#: The loopline side's routing: what ``/predict/ab`` follows.
+ROUTING = "{kind: ab, challenger_share: 0.5}"
+READY_SECONDS = 180.0
+#: Throughput within this share of a side's maximum counts as sustaining it (see ``sustained``).
+PLATEAU = 0.05
+
+
+def _log(message: str) -> None:
+    print(f"[serving] {message}", file=sys.stderr, flush=True)
+
+
+# --- set-up: the registry and loopline's Bento (child process) ---------------------------------
+
+def spec_text(source: Path, c: float) -> str:
+    """The demo spec, renamed, with one logistic-regression candidate of inverse strength ``c``,
+    new versions entering STAGING (the first one becomes champion), routed ``ab``.
+    """
+    text = DEMO_SPEC.read_text()
+    mlp = text[text.index("    - kind: lightning_mlp"):text.index("    - kind: logistic_regression")]
+    replacements = {
+        "../.loopline/demo/breast_cancer.csv": str(source), "name: tumor-malignancy": f"name: {MODEL}",
+        mlp: "", "params: {C: 1.0}": f"params: {{C: {c}}}",
+        'champion_margin: {f1: "+0%"}': "champion_margin: {}", "on_pass: production": "on_pass: staging",
+        "routing: {kind: single}": f"routing: {ROUTING}",
+    }
+    for old, new in replacements.items():
+        if old not in text:
+            raise ValueError(f"the demo spec no longer contains {old!r}: update bench/serving.py")
+        text = text.replace(old, new)
+    return text
+
+
+def _setup_child(work: Path) -> None:
+    import bentoml
+
+    from flows.pipeline import pipeline
+    from loopline.demo_data import write_demo_data
+    from loopline.feature_store import FeatureStore
+    from loopline.serving import CONFIG_FILE, BentoConfig
+    from loopline.state import state_paths
+
+    source = write_demo_data(work / "breast_cancer.csv")
+    specs = []
+    for number, c in ((1, 1.0), (2, 0.01)):
+        path = work / f"v{number}.yaml"
+        path.write_text(spec_text(source, c))
+        specs.append(path)
+    first = pipeline(str(specs[0]))
+    second = pipeline(str(specs[1]))
+    if (first.model_version, first.stage, second.model_version, second.stage) != (
+            1, "PRODUCTION", 2, "STAGING") or second.bento_tag is None:
+        raise RuntimeError(f"unexpected registry state: {first}, {second}")
+    bento = bentoml.bentos.get(second.bento_tag)
+    config = BentoConfig.model_validate_json(Path(bento.path_of(f"src/{CONFIG_FILE}")).read_text())
+    if config.challenger is None:
+        raise RuntimeError("loopline's Bento has no challenger")
+    frame = FeatureStore(state_paths().features).read(MODEL, first.feature_set_version).head(1)
+    record = {name: frame[name][0] for name in config.feature_names}
+    print(json.dumps({
+        "bento_tag": second.bento_tag, "champion_tag": config.champion.bentoml_model_tag,
+        "challenger_tag": config.challenger.bentoml_model_tag,
+        "feature_dtypes": {name: config.feature_dtypes[name] for name in config.feature_names},
+        "record": record, "routing": config.routing.model_dump(mode="json"),
+        "prediction_log": config.prediction_log.model_dump(mode="json"),
+        "workers": config.workers, "auth": config.auth is not None,
+    }), flush=True)
+
+
+def environment(work: Path) -> dict[str, str]:
+    """The environment of every child: a throwaway state folder (the flows run on their own
+    ephemeral Prefect server), no telemetry.
+    """
+    from loopline.state import QUIET_ENVIRONMENT
+
+    home = work / "home"
+    store = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    # mlflow.set_tracking_uri / set_registry_uri export both variables, so a caller that used
+    # MLflow (a test session) would otherwise hand its own store down.
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("PREFECT_API_URL", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID",
+                          "MLFLOW_EXPERIMENT_NAME")}
+    env = {**env, **QUIET_ENVIRONMENT, "LOOPLINE_HOME": str(home),
+           "PREFECT_HOME": str(home / "prefect"), "BENTOML_HOME": str(home / "bentoml"),
+           "MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store,
+           "PREFECT_LOGGING_LEVEL": "WARNING",
+           # mlflow models serve starts `uvicorn` by name: the environment's own.
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    (home / "prefect").mkdir(parents=True, exist_ok=True)
+    (home / "mlflow").mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def set_up(work: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Run the set-up child; returns what it built."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "bench.serving", "setup", str(work)], cwd=REPO,
+                          env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"set-up failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    built: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    built["setup_seconds"] = round(time.perf_counter() - started, 1)
+    return built
+
+
+# --- servers --------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=20)
+
+
+def side_command(side: str, built: dict[str, Any], port: int) -> tuple[list[str], dict[str, str]]:
+    """The server command of a side and its extra environment."""
+    address = ["--host", "127.0.0.1", "--port", str(port)]
+    if side == "loopline":
+        return [str(BIN / "bentoml"), "serve", built["bento_tag"], *address], {}
+    if side == "single":
+        return ([str(BIN / "bentoml"), "serve", "bench.peers.single_bento:SingleModel",
+                 "--working-dir", str(REPO), *address],
+                {"SINGLE_BENTO_MODEL": built["champion_tag"],
+                 "SINGLE_BENTO_FEATURES": json.dumps(built["feature_dtypes"])})
+    return ([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}/1", "--env-manager",
+             "local", "--workers", "1", "-h", "127.0.0.1", "-p", str(port)], {})
+
+
+#: Per side: the load's path, the readiness path, and how the record is wrapped.
+PATHS = {"loopline": ("/predict/ab", "/readyz"), "single": ("/predict", "/readyz"),
+         "mlflow": ("/invocations", "/ping")}
+
+
+def body(side: str, record: dict[str, Any]) -> dict[str, Any]:
+    """The request body of a side for one record."""
+    return {"dataframe_records": [record]} if side == "mlflow" else record
+
+
+@contextlib.contextmanager
+def serve(side: str, built: dict[str, Any], env: dict[str, str], logs: Path) -> Iterator[str]:
+    """Start a side's server, wait until it is ready; yields its base URL, stops it after."""
+    port = free_port()
+    command, extra = side_command(side, built, port)
+    log = logs / f"{side}-{port}.log"
+    with log.open("wb") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO,
+                                   env={**env, **extra}, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_SECONDS
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{side} server exited ({process.returncode}):\n"
+                                   f"{log.read_text()[-4000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + PATHS[side][1], timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{side} server not ready after {READY_SECONDS} s:\n"
+                                   f"{log.read_text()[-4000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        _stop(process)
+
+
+def champion_answer(side: str, url: str, record: dict[str, Any]) -> tuple[Any, float]:
+    """The champion's prediction and probability for ``record``, as a side answers it."""
+    path = "/predict" if side in ("loopline", "single") else PATHS[side][0]
+    answer = httpx.post(url + path, json=body(side, record), timeout=30)
+    if answer.status_code != 200:
+        raise RuntimeError(f"{side} answered {answer.status_code}: {answer.text[:1000]}")
+    data = answer.json()
+    if side == "mlflow":
+        row = data["predictions"][0]
+        return row["prediction"], float(row["probability"])
+    return data["prediction"], float(data["probability"])
+
+
+def load(url: str, payload: dict[str, Any], size: dict[str, Any], work: Path) -> list[dict[str, Any]]:
+    """Run ``bench.loadgen`` in its own process over the size's levels; returns its lines."""
+    body_file = work / "body.json"
+    body_file.write_text(json.dumps(payload))
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", url, "--body", str(body_file),
+         "--levels", ",".join(str(level) for level in size["levels"]),
+         "--duration", str(size["duration"]), "--warmup", str(size["warmup"])],
+        cwd=REPO, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the load generator failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+# --- summaries ------------------------------------------------------------------------------------
+
+def best_per_level(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per concurrency level, the run with no error and the highest throughput (else the run
+    with the fewest errors).
+    """
+    merged = []
+    for lines in zip(*runs, strict=True):
+        merged.append(max(lines, key=lambda line: (line["errors"] == 0, -line["errors"],
+                                                   line["throughput"])))
+    return merged
+
+
+def maximum(levels: list[dict[str, Any]]) -> dict[str, Any]:
+    """The error-free level with the highest throughput."""
+    clean = [line for line in levels if line["errors"] == 0 and line["ok"] > 0]
+    if not clean:
+        raise RuntimeError(f"no level ran without errors: {levels}")
+    return max(clean, key=lambda line: line["throughput"])
+
+
+def sustained(levels: list[dict[str, Any]]) -> dict[str, Any]:
+    """The load a side sustains at its maximum: the lowest error-free concurrency whose
+    throughput is within ``PLATEAU`` of the maximum (beyond it, closed-loop connections only
+    queue: latency grows with concurrency while throughput stays flat).
+    """
+    best = maximum(levels)["throughput"]
+    return min((line for line in levels if line["errors"] == 0 and line["ok"] > 0
+                and line["throughput"] >= (1 - PLATEAU) * best),
+               key=lambda line: line["concurrency"])
+
+
+def at_concurrency(levels: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
+    """The line of one concurrency level."""
+    return next(line for line in levels if line["concurrency"] == concurrency)
+
+
+def curve(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The compact per-level figures recorded in an entry."""
+    return [{key: line[key] for key in ("concurrency", "throughput", "p50_ms", "p95_ms", "p99_ms",
+                                        "errors")} for line in levels]
+
+
+def figures(prefix: str, line: dict[str, Any]) -> dict[str, Any]:
+    """``<prefix>_concurrency``, ``_req_per_s``, ``_p50_ms``, ``_p95_ms``, ``_p99_ms`` of a line."""
+    return {f"{prefix}_concurrency": line["concurrency"], f"{prefix}_req_per_s": line["throughput"],
+            f"{prefix}_p50_ms": line["p50_ms"], f"{prefix}_p95_ms": line["p95_ms"],
+            f"{prefix}_p99_ms": line["p99_ms"]}
+
+
+def at_max(prefix: str, levels: list[dict[str, Any]]) -> dict[str, Any]:
+    """A side's maximum (its level) and its figures at the load sustaining it."""
+    return {f"{prefix}_max_req_per_s": maximum(levels)["throughput"],
+            f"{prefix}_max_at_concurrency": maximum(levels)["concurrency"],
+            **figures(prefix, sustained(levels))}
+
+
+LOAD_RULE = (f"max = the highest 2xx req/s among levels with no error; latencies are those at the "
+             f"lowest concurrency sustaining at least {1 - PLATEAU:.0%} of that max "
+             f"(<side>_concurrency, <side>_req_per_s); every level is in <side>_levels")
+
+
+def entries(levels: dict[str, list[dict[str, Any]]], common: dict[str, Any], command: str
+            ) -> dict[str, dict[str, Any]]:
+    """The four workload entries from every side's per-level figures."""
+    best = {side: maximum(levels[side]) for side in SIDES}
+    single_name = f"a plain single-model BentoML {version('bentoml')} service (bench/peers/single_bento.py)"
+    mlflow_name = f"mlflow models serve {version('mlflow')} (--env-manager local, 1 worker)"
+    throughput = {"unit": "req/s (max error-free)", "higher_is_better": True, "rows": 1,
+                  "load_rule": LOAD_RULE}
+    low = min(min(line["concurrency"] for line in levels[side]) for side in SIDES)
+    calm = {side: at_concurrency(levels[side], low) for side in ("loopline", "single")}
+    added = round(calm["loopline"]["p50_ms"] - calm["single"]["p50_ms"], 3)
+    return {
+        AB_VS_SINGLE: entry(
+            loopline=best["loopline"]["throughput"], peer=best["single"]["throughput"],
+            peer_name=single_name, command=command, **throughput,
+            **at_max("loopline", levels["loopline"]), **at_max("peer", levels["single"]),
+            loopline_levels=curve(levels["loopline"]), peer_levels=curve(levels["single"]),
+            goal="advantage >= 0.9 (A/B costs at most 10% of the single-model throughput)", **common),
+        AB_VS_MLFLOW: entry(
+            loopline=best["loopline"]["throughput"], peer=best["mlflow"]["throughput"],
+            peer_name=mlflow_name, command=command, **throughput,
+            **at_max("loopline", levels["loopline"]), **at_max("peer", levels["mlflow"]),
+            loopline_levels=curve(levels["loopline"]), peer_levels=curve(levels["mlflow"]),
+            goal="advantage >= 2", **common),
+        ADDED_MEDIAN: entry(
+            loopline=calm["loopline"]["p50_ms"], peer=calm["single"]["p50_ms"],
+            unit=f"ms (median latency at concurrency {low})", higher_is_better=False,
+            peer_name=single_name, rows=1, command=command, added_median_ms=added,
+            advantage_means="peer median / loopline median (above 1: loopline answers faster)",
+            **figures("loopline", calm["loopline"]), **figures("peer", calm["single"]),
+            goal="added_median_ms < 1", **common),
+        P95_AT_MAX: entry(
+            loopline=sustained(levels["loopline"])["p95_ms"], peer=sustained(levels["single"])["p95_ms"],
+            unit="ms (p95 latency at the max error-free throughput)", higher_is_better=False,
+            peer_name=single_name, rows=1, command=command, load_rule=LOAD_RULE,
+            **at_max("loopline", levels["loopline"]), **at_max("peer", levels["single"]),
+            loopline_levels=curve(levels["loopline"]), peer_levels=curve(levels["single"]),
+            goal="loopline < 100 ms", **common),
+    }
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+
+def measure(side: str, built: dict[str, Any], env: dict[str, str], size: dict[str, Any],
+            work: Path, expected: tuple[Any, float] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One run of one side on a fresh server; returns its levels and what was checked."""
+    record = built["record"]
+    with serve(side, built, env, work) as url:
+        answer = champion_answer(side, url, record)
+        if expected is not None and (answer[0] != expected[0] or abs(answer[1] - expected[1]) > 1e-6):
+            raise RuntimeError(f"{side} answers {answer} for the champion, not {expected}")
+        levels = load(url + PATHS[side][0], body(side, record), size, work)
+        extra: dict[str, Any] = {"answer": answer}
+        if side == "loopline":
+            health = httpx.get(url + "/health", timeout=10).json()
+            extra["routing"] = health["routing"]["kind"], health["routing"]["challenger_share"]
+            extra["prediction_log_rows"] = (health["prediction_log"]["written_rows"]
+                                            + health["prediction_log"]["pending_rows"])
+            metrics = httpx.get(url + "/metrics", timeout=10).text
+            extra["variants_seen"] = sorted(
+                variant for variant in ("champion", "challenger")
+                if f'loopline_predictions_total{{endpoint="predict_ab",variant="{variant}"}}' in metrics)
+    return levels, extra
+
+
+def run(quick: bool = False, command: str = "python -m bench serving") -> dict[str, dict[str, Any]]:
+    """Run the serving benchmarks; returns ``{workload id: entry}``."""
+    size = SIZES["quick" if quick else "full"]
+    with tempfile.TemporaryDirectory(prefix="loopline-bench-serving-") as tmp:
+        work = Path(tmp)
+        env = environment(work)
+        _log("set-up: two pipeline runs (champion v1, challenger v2) and loopline's Bento")
+        built = set_up(work, env)
+        _log(f"built {built['bento_tag']} in {built['setup_seconds']} s")
+        load_at_start = round(os.getloadavg()[0], 2)
+        runs: dict[str, list[list[dict[str, Any]]]] = {side: [] for side in SIDES}
+        checks: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+        expected: tuple[Any, float] | None = None
+        for attempt in range(size["repeats"]):
+            for side in SIDES if attempt % 2 == 0 else tuple(reversed(SIDES)):
+                levels, extra = measure(side, built, env, size, work, expected)
+                expected = expected or extra["answer"]
+                runs[side].append(levels)
+                checks[side].append(extra)
+                top = maximum(levels) if any(line["errors"] == 0 for line in levels) else None
+                _log(f"run {attempt + 1}/{size['repeats']} {side}: " + ", ".join(
+                    f"c{line['concurrency']} {line['throughput']:.0f}/s p50 {line['p50_ms']:.2f}"
+                    f" p95 {line['p95_ms']:.2f} ms" + (f" ({line['errors']} errors)"
+                                                       if line["errors"] else "")
+                    for line in levels) + (f"; max {top['throughput']:.0f}/s" if top else ""))
+        load_at_end = round(os.getloadavg()[0], 2)
+    levels = {side: best_per_level(runs[side]) for side in SIDES}
+    loopline_checks = checks["loopline"]
+    if any(check["routing"] != ("ab", 0.5) for check in loopline_checks):
+        raise RuntimeError(f"loopline's routing was not ab 0.5: {loopline_checks}")
+    cpu = [line["loadgen_cpu_ms_per_request"] for side in SIDES for run_ in runs[side]
+           for line in run_ if line["loadgen_cpu_ms_per_request"] is not None]
+    common = {
+        "model": (f"scikit-learn {version('scikit-learn')} LogisticRegression behind loopline's "
+                  f"preprocessing ({len(built['feature_dtypes'])} features), champion v1 and "
+                  "challenger v2"),
+        "request": "one record, JSON", "loopline_endpoint": "POST /predict/ab",
+        "loopline_routing": built["routing"], "loopline_prediction_log": built["prediction_log"],
+        "loopline_auth": built["auth"], "workers": built["workers"],
+        "loopline_prediction_log_rows": [check["prediction_log_rows"] for check in loopline_checks],
+        "loopline_variants_seen": loopline_checks[-1]["variants_seen"],
+        "concurrency_levels": size["levels"], "seconds_per_level": size["duration"],
+        "warmup_seconds": size["warmup"], "repeats": size["repeats"],
+        "repeat_rule": "per level, the run with the higher error-free throughput",
+        "load_generator": "bench.loadgen (raw asyncio HTTP/1.1 keep-alive, uvloop), own process, "
+                          "closed loop, on the same cores",
+        "loadgen_cpu_ms_per_request": round(sorted(cpu)[len(cpu) // 2], 4) if cpu else None,
+        "setup_seconds": built["setup_seconds"],
+        "load_avg_1m_at_start": load_at_start, "load_avg_1m_at_end": load_at_end,
+        "loopline_version": version("loopline"), "loopline_commit": code_commit(),
+        "bentoml_version": version("bentoml"), "mlflow_version": version("mlflow"),
+    }
+    return entries(levels, common, command)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "setup":
+        sys.exit("usage: python -m bench.serving setup WORK")
+    _setup_child(Path(sys.argv[2]))
