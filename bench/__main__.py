@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 #: Benchmark name → module with a ``run(quick, command)`` function.
 BENCHMARKS = {
     "batch": "bench.batch",
+    "drift": "bench.drift",
     "features": "bench.features",
     "serving": "bench.serving",
     "sweep": "bench.sweep",

@@ -1,0 +1,217 @@
+"""``drift.vs_evidently_1m_x50``: a drift check on 1M rows x 50 features (40 numeric, 10
+categorical) a side, with loopline's ``detect_drift`` against Evidently's ``DataDriftPreset``.
+
+The reference and the current window are parquet files written once (seeded); 13 of the 50
+features are shifted in the current window, strongly enough that no verdict sits near its
+threshold. Both sides run in fresh subprocesses (so each peak RSS, ``VmHWM``, is its own) and
+both clocks include reading the parquet files: loopline scans them lazily
+(``pl.scan_parquet``), Evidently reads them into pandas frames (``pd.read_parquet``, timed on its
+own as well) and runs ``Report([DataDriftPreset()], include_tests=True).run(current, reference)``
+with its defaults (types inferred, tests chosen per column), as loopline runs with a default
+``DriftSpec``. Every per-feature verdict, test and threshold must match, and every score within
+1e-9 relative; the result records whether they did. At full size Evidently runs once (minutes);
+loopline runs three times and the best time counts.
+
+Run as a script, this module is the child process of one side:
+``python -m bench.drift loopline|evidently REFERENCE CURRENT``; it prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from bench.results import code_commit, entry
+
+WORKLOAD = "drift.vs_evidently_1m_x50"
+FULL_ROWS = 1_000_000
+QUICK_ROWS = 20_000
+REPO = Path(__file__).resolve().parent.parent
+#: Relative tolerance on scores (they are equal bit for bit where the summation order is the same).
+SCORE_RTOL = 1e-9
+CATEGORIES = [f"c{i:02d}" for i in range(16)]
+
+
+def _peak_mb() -> float:
+    # VmHWM is this process's own peak; ru_maxrss would also count the parent's RSS at the fork.
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _log(message: str) -> None:
+    print(f"[drift] {message}", file=sys.stderr, flush=True)
+
+
+# --- the data -------------------------------------------------------------------------------------
+
+def columns(shifted: bool, rows: int, seed: int) -> dict[str, Any]:
+    """One side's 50 columns; ``shifted`` moves 13 of them (named ``*_shift``)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    s = 1.0 if shifted else 0.0
+    data: dict[str, Any] = {}
+    for i in range(20):  # normal: 5 shifted by half a standard deviation
+        data[f"num{i:02d}" + ("_shift" if i < 5 else "")] = rng.normal(0.5 * s * (i < 5), 1.0, rows)
+    for i in range(8):  # lognormal: 2 shifted (scale)
+        data[f"lognorm{i}" + ("_shift" if i < 2 else "")] = rng.lognormal(
+            0.0, 1.0 + 0.5 * s * (i < 2), rows)
+    for i in range(4):  # uniform, untouched
+        data[f"uniform{i}"] = rng.uniform(0.0, 100.0, rows)
+    for i in range(4):  # integers with many values: numeric; 1 shifted
+        data[f"count{i}" + ("_shift" if i < 1 else "")] = rng.poisson(30 + 10 * s * (i < 1), rows)
+    for i in range(4):  # floats with 3 values: numeric, tested as discrete; 1 shifted
+        p = [0.2, 0.3, 0.5] if not (shifted and i < 1) else [0.5, 0.3, 0.2]
+        data[f"level{i}" + ("_shift" if i < 1 else "")] = rng.choice([0.0, 0.5, 1.0], rows, p=p)
+    for i in range(6):  # strings with 4 to 14 categories: 2 shifted
+        k = 4 + 2 * i
+        weights = np.linspace(1.0, 2.0, k)
+        if shifted and i < 2:
+            weights = weights[::-1] ** 3
+        data[f"cat{i}" + ("_shift" if i < 2 else "")] = rng.choice(CATEGORIES[:k], rows,
+                                                                   p=weights / weights.sum())
+    for i in range(2):  # small integers: categorical (at most 10 values); 1 shifted
+        p = np.full(6, 1 / 6) if not (shifted and i < 1) else np.array([0.3, 0.3, 0.1, 0.1, 0.1, 0.1])
+        data[f"code{i}" + ("_shift" if i < 1 else "")] = rng.choice(6, rows, p=p).astype(np.int64)
+    for i in range(2):  # booleans: categorical; 1 shifted
+        data[f"flag{i}" + ("_shift" if i < 1 else "")] = rng.random(rows) < 0.3 + 0.3 * s * (i < 1)
+    return data
+
+
+def write_data(folder: Path, rows: int) -> tuple[Path, Path]:
+    """The reference and current parquet files (50 columns each)."""
+    import polars as pl
+
+    reference, current = folder / "reference.parquet", folder / "current.parquet"
+    pl.DataFrame(columns(False, rows, seed=1)).write_parquet(reference)
+    pl.DataFrame(columns(True, rows, seed=2)).write_parquet(current)
+    return reference, current
+
+
+# --- the two sides (child processes) ------------------------------------------------------------
+
+def _loopline_side(reference: str, current: str) -> dict[str, Any]:
+    import polars as pl
+
+    from loopline.drift import STATTESTS, detect_drift
+    from loopline.sections.operations import DriftSpec
+
+    baseline = _peak_mb()
+    started = time.perf_counter()
+    report = detect_drift(pl.scan_parquet(reference), pl.scan_parquet(current), DriftSpec())
+    seconds = time.perf_counter() - started
+    verdicts = {f.feature: {"test": STATTESTS[f.test].display_name, "score": f.score,
+                            "threshold": f.threshold, "drifted": f.drifted} for f in report.features}
+    return {"seconds": seconds, "baseline_mb": baseline, "verdicts": verdicts,
+            "rows": report.current_rows, "drift_share": report.drift_share}
+
+
+def _evidently_side(reference: str, current: str) -> dict[str, Any]:
+    import warnings
+
+    import pandas as pd
+    from evidently import Report
+    from evidently.presets import DataDriftPreset
+
+    from loopline.drift.evidently_report import evidently_results
+
+    warnings.filterwarnings("ignore")
+    baseline = _peak_mb()
+    started = time.perf_counter()
+    ref, cur = pd.read_parquet(reference), pd.read_parquet(current)
+    read_seconds = time.perf_counter() - started
+    snapshot = Report([DataDriftPreset()], include_tests=True).run(cur, ref)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "read_seconds": read_seconds, "baseline_mb": baseline,
+            "verdicts": evidently_results(snapshot.dict()), "rows": len(cur)}
+
+
+def _child(argv: list[str]) -> None:
+    side, reference, current = argv
+    measured = (_loopline_side(reference, current) if side == "loopline"
+                else _evidently_side(reference, current))
+    print(json.dumps({**measured, "peak_mb": _peak_mb()}))
+
+
+def _run_side(side: str, reference: Path, current: Path) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "bench.drift", side, str(reference), str(current)],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {side} side failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def compare(ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, Any]]) -> list[str]:
+    """Where the two sides' per-feature results differ (empty: every feature matches)."""
+    import math
+
+    problems = [f"{name}: only one side tested it" for name in sorted(set(ours) ^ set(theirs))]
+    for name in sorted(set(ours) & set(theirs)):
+        a, b = ours[name], theirs[name]
+        for key in ("test", "threshold", "drifted"):
+            if a[key] != b[key]:
+                problems.append(f"{name}: {key} {a[key]!r} vs {b[key]!r}")
+        if not math.isclose(a["score"], b["score"], rel_tol=SCORE_RTOL, abs_tol=1e-15):
+            problems.append(f"{name}: score {a['score']!r} vs {b['score']!r}")
+    return problems
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+
+def run(quick: bool = False, command: str = "python -m bench drift") -> dict[str, dict[str, Any]]:
+    """Run the benchmark; returns ``{workload id: entry}`` (seconds, lower is better)."""
+    rows = QUICK_ROWS if quick else FULL_ROWS
+    repeats = 1 if quick else 3
+    with tempfile.TemporaryDirectory(prefix="loopline-bench-drift-") as tmp:
+        _log(f"writing {rows:,} rows x 50 features a side")
+        reference, current = write_data(Path(tmp), rows)
+        load_at_start = round(os.getloadavg()[0], 2)
+        ours = []
+        for attempt in range(repeats):
+            os.sync()
+            ours.append(_run_side("loopline", reference, current))
+            _log(f"loopline run {attempt + 1}/{repeats}: {ours[-1]['seconds']:.2f} s, "
+                 f"peak {ours[-1]['peak_mb']:,.0f} MB")
+        os.sync()
+        theirs = _run_side("evidently", reference, current)
+        _log(f"evidently: {theirs['seconds']:.1f} s (reading {theirs['read_seconds']:.1f} s), "
+             f"peak {theirs['peak_mb']:,.0f} MB")
+    best = min(ours, key=lambda item: item["seconds"])
+    problems = compare(best["verdicts"], theirs["verdicts"])
+    for problem in problems:
+        _log(f"MISMATCH {problem}")
+    drifted = sorted(name for name, item in best["verdicts"].items() if item["drifted"])
+    tests: dict[str, int] = {}
+    for item in best["verdicts"].values():
+        tests[item["test"]] = tests.get(item["test"], 0) + 1
+    return {WORKLOAD: entry(
+        loopline=round(best["seconds"], 3), peer=round(theirs["seconds"], 3), unit="s",
+        higher_is_better=False,
+        peer_name=f"evidently DataDriftPreset {version('evidently')} (pandas {version('pandas')})",
+        rows=rows, command=command, features=len(best["verdicts"]), numeric=40, categorical=10,
+        repeats=repeats, loopline_seconds_all=[round(item["seconds"], 3) for item in ours],
+        peer_read_seconds=round(theirs["read_seconds"], 3),
+        loopline_peak_mb=round(max(item["peak_mb"] for item in ours)),
+        peer_peak_mb=round(theirs["peak_mb"]),
+        loopline_baseline_mb=round(best["baseline_mb"]), peer_baseline_mb=round(theirs["baseline_mb"]),
+        verdicts_match=not problems, mismatches=problems, drifted_features=drifted,
+        tests_used=dict(sorted(tests.items())), score_rtol=SCORE_RTOL,
+        load_avg_1m_at_start=load_at_start, code=code_commit(),
+        polars_version=version("polars"), numpy_version=version("numpy"),
+        scipy_version=version("scipy"),
+    )}
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1:])
