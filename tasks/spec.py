@@ -9,17 +9,22 @@ from loopline.errors import InvalidSpec
 from loopline.resources import resource_problems
 from loopline.spec import Spec
 from loopline.spec_loader import load_spec
+from loopline.state import state_paths
+from loopline.tracking import configure_tracking
 
 
 @task(name="load-spec")
 def load_and_validate_spec(spec_path: str) -> Spec:
     """Validate the spec file and its data source; every problem is reported at once and
-    nothing is written when one is found.
+    nothing is written when one is found. Every flow starts here, so this also points MLflow at
+    the project's tracking store (MLFLOW_TRACKING_URI, else the state folder's), whichever
+    process the flow runs in.
 
     Raises:
         InvalidSpec: the spec or its source has problems.
     """
     spec = load_spec(spec_path)
+    configure_tracking(state_paths())
     get_run_logger().info("spec %s is valid: model %r, %d features, %d candidates", spec_path,
                           spec.name, len(spec.feature_names), len(spec.training.algorithms))
     return spec

@@ -1,0 +1,111 @@
+"""The monitor flow: is the served model still fit for its traffic?
+
+Deployed by ``prefect.yaml`` on the spec's monitoring schedule. It compares the recent window of
+served traffic with the champion's training features (drift, tested per feature as Evidently
+does), tracks the spec's metrics on labelled traffic, alerts the spec's channels, and emits
+Prefect events (``loopline.drift.detected``, ``loopline.performance.degraded``) whose resource
+is the model: the ``retrain`` deployment's triggers start retraining from them.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+
+from prefect import flow
+from pydantic import BaseModel, Field
+
+from loopline.alerts import Alert
+from loopline.sections.base import parse_duration
+from tasks.monitoring import (
+    check_drift,
+    check_performance,
+    emit_monitoring_event,
+    load_current,
+    load_labelled,
+    load_reference,
+    send_alert,
+)
+from tasks.spec import load_and_validate_spec
+
+DRIFT_EVENT = "loopline.drift.detected"
+PERFORMANCE_EVENT = "loopline.performance.degraded"
+
+
+class MonitorResult(BaseModel):
+    """What one monitoring run found and did.
+
+    Attributes:
+        drift: the drift report's summary (None when the window held too little data).
+        drifted_features: the features that drifted.
+        alerts: the alerts raised (sent, or suppressed by the cooldown).
+        events: the Prefect events emitted, by name, with their ids.
+    """
+
+    model_name: str
+    current_rows: int
+    drift: str | None = None
+    dataset_drift: bool = False
+    drifted_features: list[str] = Field(default_factory=list)
+    alerts: list[str] = Field(default_factory=list)
+    events: dict[str, str | None] = Field(default_factory=dict)
+
+
+@flow(name="loopline-monitor", log_prints=True)
+def monitor(spec_path: str = "configs/demo.yaml", window: str | None = None,
+            current_uri: str | None = None, storage_block: str | None = None) -> MonitorResult:
+    """Check drift and performance of the spec's served model, alert, and ask for retraining.
+
+    Args:
+        spec_path: the spec file.
+        window: how far back the current window reaches, e.g. ``24h``; the spec's
+            ``monitoring.window`` when None.
+        current_uri: a dataset (parquet or CSV) to compare instead of the prediction log.
+        storage_block: a saved FeatureStoreStorage block; the local state folder when None.
+
+    Steps:
+        1. Validate the spec; read the champion's training feature set version (the reference).
+        2. Read the window's served traffic from the prediction log (or ``current_uri``) and
+           test every feature for drift; publish the report, Evidently's HTML report on a
+           sample, and the scores to MLflow. Too little data gives no verdict.
+        3. With ``monitoring.performance``: compute the metrics per window on labelled traffic
+           and store the series; a metric past its bound raises a performance alert.
+        4. Send every alert to every channel (identical alerts within the cooldown are not
+           repeated) and emit the Prefect events that start retraining.
+    """
+    spec = load_and_validate_spec(spec_path)
+    since = datetime.now(UTC) - parse_duration(window or spec.monitoring.window)
+    champion, reference, categorical = load_reference(spec, storage_block)
+    current = load_current(spec, since, reference.columns, current_uri)
+    result = MonitorResult(model_name=spec.name, current_rows=current.height)
+    alerts: list[Alert] = []
+    report = check_drift(spec, reference, current, categorical)
+    if report is not None:
+        result.drift, result.dataset_drift = report.title(), report.dataset_drift
+        result.drifted_features = report.drifted_features
+        if report.dataset_drift or report.severity != "none":
+            alerts.append(Alert(
+                kind="drift", severity="info" if report.severity == "none" else report.severity,
+                model=spec.name, title=report.title(), details=report.alert_details(),
+                subject=tuple(report.drifted_features)))
+        if report.dataset_drift:
+            result.events[DRIFT_EVENT] = emit_monitoring_event(
+                spec, spec_path, DRIFT_EVENT,
+                {**report.alert_details(), "champion_version": champion.version})
+    performance_alerts = check_performance(spec, load_labelled(spec, since)) if (
+        spec.monitoring.performance and current_uri is None) else []
+    alerts += performance_alerts
+    if performance_alerts:
+        worst = performance_alerts[0]
+        result.events[PERFORMANCE_EVENT] = emit_monitoring_event(
+            spec, spec_path, PERFORMANCE_EVENT,
+            {**worst.details, "labelled_rows": worst.details.get("n_labelled"),
+             "alerts": [alert.title for alert in performance_alerts]})
+    for alert in alerts:
+        send_alert(spec, alert)
+    result.alerts = [alert.title for alert in alerts]
+    return result
+
+
+if __name__ == "__main__":
+    print(monitor(sys.argv[1] if len(sys.argv) > 1 else "configs/demo.yaml"))

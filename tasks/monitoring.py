@@ -1,0 +1,169 @@
+"""The monitor flow's steps: the champion's training features (the reference) against the
+recent window of served traffic, labelled traffic against the spec's metrics, and what follows
+(alerts to the spec's channels, Prefect events that start retraining).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
+from prefect.logging import get_run_logger
+
+from loopline.alert_ledger import AlertLedger
+from loopline.alerts import Alert, Delivery, notify
+from loopline.drift import DriftReport, detect_drift, evidently_html
+from loopline.errors import InsufficientData, ModelNotFound
+from loopline.feature_sets import FeatureSetManifest
+from loopline.performance import performance_alerts, performance_series, store_series
+from loopline.prediction_log import join_feedback, read_feedback, read_predictions
+from loopline.registry import ModelRegistry, ModelVersionInfo
+from loopline.sections.base import parse_duration
+from loopline.spec import Spec
+from loopline.state import state_paths
+from loopline.tracking import experiment_tracker
+from tasks.features import open_store, read_secret
+from tasks.serving import prediction_log
+
+#: Feature dtypes tested as categories (everything else is numeric).
+CATEGORICAL_DTYPES = frozenset({"string", "str", "bool", "boolean", "categorical"})
+
+
+@task(name="load-reference")
+def load_reference(spec: Spec, storage_block: str | None = None
+                   ) -> tuple[ModelVersionInfo, pl.DataFrame, list[str]]:
+    """The champion, the feature set version it was trained on (its feature columns), and which
+    of them are categorical.
+
+    Raises:
+        ModelNotFound: the model has no champion, or the champion has no lineage.
+    """
+    champion = ModelRegistry().champion(spec.name)
+    if champion is None or champion.lineage is None:
+        raise ModelNotFound(f"{spec.name} has no champion with lineage to monitor; run the "
+                            "pipeline first")
+    store = open_store(storage_block)
+    lineage = champion.lineage
+    manifest: FeatureSetManifest = store.manifest(lineage.feature_set, lineage.feature_set_version)
+    names = manifest.feature_names
+    reference = store.read(lineage.feature_set, lineage.feature_set_version).select(names)
+    categorical = [name for name in names if manifest.columns.get(name, "") in CATEGORICAL_DTYPES]
+    get_run_logger().info("reference: %s v%d (champion v%d), %d rows x %d features",
+                          lineage.feature_set, lineage.feature_set_version, champion.version,
+                          reference.height, len(names))
+    return champion, reference, categorical
+
+
+@task(name="load-current-window")
+def load_current(spec: Spec, since: datetime, feature_names: list[str],
+                 current_uri: str | None = None) -> pl.DataFrame:
+    """The features of the traffic since ``since``: the answers the clients got (no shadow
+    answers, no failed calls) from the prediction log, or the dataset at ``current_uri``.
+    """
+    if current_uri is not None:
+        frame = (pl.read_csv(current_uri) if current_uri.endswith(".csv")
+                 else pl.read_parquet(current_uri))
+        return frame.select(feature_names)
+    logged = read_predictions(prediction_log(spec), since=since, model_name=spec.name)
+    served = logged.filter(~pl.col("shadow") & pl.col("error").is_null())
+    if served.is_empty():
+        return pl.DataFrame(schema={name: pl.Float64 for name in feature_names})
+    features = served.select("features").unnest("features")
+    missing = [name for name in feature_names if name not in features.columns]
+    return features.with_columns(pl.lit(None).alias(name) for name in missing).select(feature_names)
+
+
+@task(name="load-labelled-traffic")
+def load_labelled(spec: Spec, since: datetime) -> pl.DataFrame:
+    """The window's predictions joined with their feedback (labels and rewards)."""
+    storage = prediction_log(spec)
+    return join_feedback(read_predictions(storage, since=since, model_name=spec.name),
+                         read_feedback(storage, since=since))
+
+
+@task(name="check-drift")
+def check_drift(spec: Spec, reference: pl.DataFrame, current: pl.DataFrame,
+                categorical: list[str]) -> DriftReport | None:
+    """Test every feature for drift; publish the report (markdown artifact, with Evidently's HTML
+    report on a sample logged to a ``monitoring`` MLflow run). None when the window holds too
+    little data for a verdict.
+    """
+    logger = get_run_logger()
+    settings = spec.monitoring.drift
+    try:
+        report = detect_drift(reference, current, settings, categorical=categorical)
+    except InsufficientData as exc:
+        logger.warning("no drift verdict for %s: %s", spec.name, exc)
+        create_markdown_artifact(key=f"{spec.name}-drift", markdown=(
+            f"# Drift: {spec.name}\n\nNo verdict: {exc}"), description="insufficient data")
+        return None
+    stamp = report.computed_at.strftime("%Y%m%dT%H%M%SZ")
+    html = evidently_html(reference, current, settings,
+                          state_paths().home / "reports" / spec.name / f"drift-{stamp}.html",
+                          categorical=categorical)
+    tracker = experiment_tracker(spec.name, state_paths())
+    run_id = tracker.start_run(f"monitor {stamp}", tags={"loopline.kind": "monitoring"})
+    tracker.log_metrics(run_id, {"drift_share": report.drift_share,
+                                 "dataset_drift": float(report.dataset_drift),
+                                 "current_rows": float(report.current_rows),
+                                 **{f"drift_score.{f.feature}": f.score for f in report.features}})
+    tracker.log_artifact(run_id, html, "drift")
+    tracker.end_run(run_id)
+    link = f"MLflow run {run_id}, artifact drift/{html.name} (local copy: {html})"
+    create_markdown_artifact(key=f"{spec.name}-drift", markdown=report.render_markdown(link),
+                             description=report.title())
+    logger.info("%s; Evidently's report: %s", report.title(), html)
+    return report
+
+
+@task(name="check-performance")
+def check_performance(spec: Spec, labelled: pl.DataFrame) -> list[Alert]:
+    """The spec's metrics per window over the labelled traffic, stored with the series; the
+    alerts for the latest window that crossed a bound.
+    """
+    performance = spec.monitoring.performance
+    if performance is None:
+        return []
+    metrics = sorted({rule.metric for rule in performance.alerts} | {spec.training.metric.name})
+    series = performance_series(labelled, spec.training.task, metrics,
+                                parse_duration(performance.window))
+    store_series(prediction_log(spec), spec.name, series)
+    alerts = performance_alerts(series, performance, spec.name)
+    get_run_logger().info("performance: %d window row(s), %d alert(s)", series.height, len(alerts))
+    return alerts
+
+
+@task(name="send-alert")
+def send_alert(spec: Spec, alert: Alert) -> list[Delivery]:
+    """Send ``alert`` to every channel of the spec, unless an identical one went out within the
+    cooldown; a channel that keeps failing is logged, never raised.
+    """
+    logger = get_run_logger()
+    deliveries = notify(alert, spec.notifications, AlertLedger(state_paths().home / "alerts"),
+                        parse_duration(spec.monitoring.alert_cooldown), secret=read_secret)
+    for delivery in deliveries:
+        if delivery.failure is not None:
+            logger.error("%s", delivery.failure)
+    return deliveries
+
+
+@task(name="emit-monitoring-event")
+def emit_monitoring_event(spec: Spec, spec_path: str, event: str, payload: dict[str, Any]
+                          ) -> str | None:
+    """Emit a Prefect event about the model (``loopline.drift.detected`` or
+    ``loopline.performance.degraded``); the ``retrain`` deployment's triggers listen for them.
+    Returns the event's id.
+    """
+    emitted = emit_event(event=event, resource={
+        "prefect.resource.id": f"loopline.model.{spec.name}",
+        "prefect.resource.name": spec.name,
+        "loopline.spec_path": str(Path(spec_path).resolve()),
+    }, payload=payload)
+    get_run_logger().info("emitted %s for %s (%s)", event, spec.name,
+                          emitted.id if emitted else "events are off")
+    return str(emitted.id) if emitted else None
