@@ -44,7 +44,7 @@ from loopline.prediction_log import (
     PredictionRecord,
 )
 from loopline.routing import Assignment, Router, RoutingState, RoutingStore, Variant, initial_state
-from loopline.sections.release import AuthSpec, BanditRouting, CanaryRouting
+from loopline.sections.release import BanditRouting, CanaryRouting
 from loopline.serving import (
     CONFIG_FILE,
     BentoConfig,
@@ -53,6 +53,7 @@ from loopline.serving import (
     PredictBatchResponse,
     PredictResponse,
     RoutingUpdate,
+    api_keys,
     batch_request_model,
     request_model,
 )
@@ -70,27 +71,11 @@ logger = logging.getLogger("loopline.serving")
 #: Paths answered without an API key: liveness for orchestrators, and the API's own docs.
 OPEN_PATHS = frozenset({"/health", "/healthz", "/livez", "/readyz", "/docs", "/docs.json"})
 
-def api_keys(auth: AuthSpec) -> frozenset[str]:
-    """The valid API keys: the environment variable's (comma-separated) and the Prefect Secret
-    block's (a string, comma-separated, or a JSON list).
+def _prefect_secret(name: str) -> Any:
+    """A Prefect Secret block's value (only Bentos whose spec names a Secret block need Prefect)."""
+    from prefect.blocks.system import Secret
 
-    Raises:
-        RuntimeError: no key could be read (the service must not run open by mistake).
-    """
-    keys: set[str] = set()
-    if auth.api_keys_env:
-        keys |= {key.strip() for key in os.environ.get(auth.api_keys_env, "").split(",")}
-    if auth.api_keys_secret:
-        from prefect.blocks.system import Secret  # only Bentos whose spec names a Secret block
-
-        value = Secret.load(auth.api_keys_secret).get()  # type: ignore[union-attr]
-        items = value if isinstance(value, list) else str(value).split(",")
-        keys |= {str(key).strip() for key in items}
-    keys.discard("")
-    if not keys:
-        raise RuntimeError(f"auth is configured but no API key was found (env "
-                           f"{auth.api_keys_env!r}, secret block {auth.api_keys_secret!r})")
-    return frozenset(keys)
+    return Secret.load(name).get()  # type: ignore[union-attr]
 
 
 class ApiKeyAuth:
@@ -101,7 +86,7 @@ class ApiKeyAuth:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         assert CONFIG.auth is not None
-        self.keys = api_keys(CONFIG.auth)
+        self.keys = api_keys(CONFIG.auth, os.environ, _prefect_secret)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check the key of an HTTP request, then pass it on."""

@@ -24,6 +24,7 @@ from tasks.monitoring import (
     load_current,
     load_labelled,
     load_reference,
+    rollback_champion,
     send_alert,
 )
 from tasks.spec import load_and_validate_spec
@@ -40,6 +41,7 @@ class MonitorResult(BaseModel):
         drifted_features: the features that drifted.
         alerts: the alerts raised (sent, or suppressed by the cooldown).
         events: the Prefect events emitted, by name, with their ids.
+        rolled_back_to: the version made champion again by a ``rollback`` performance rule.
     """
 
     model_name: str
@@ -49,6 +51,7 @@ class MonitorResult(BaseModel):
     drifted_features: list[str] = Field(default_factory=list)
     alerts: list[str] = Field(default_factory=list)
     events: dict[str, str | None] = Field(default_factory=dict)
+    rolled_back_to: int | None = None
 
 
 @flow(name="loopline-monitor", log_prints=True)
@@ -69,9 +72,11 @@ def monitor(spec_path: str = "configs/demo.yaml", window: str | None = None,
            test every feature for drift; publish the report, Evidently's HTML report on a
            sample, and the scores to MLflow. Too little data gives no verdict.
         3. With ``monitoring.performance``: compute the metrics per window on labelled traffic
-           and store the series; a metric past its bound raises a performance alert.
+           and store the series; a metric past its bound raises a performance alert, and the
+           rule's action follows: ``retrain`` emits the event that starts retraining,
+           ``rollback`` makes the previous champion champion again (registry history).
         4. Send every alert to every channel (identical alerts within the cooldown are not
-           repeated) and emit the Prefect events that start retraining.
+           repeated); on dataset drift, emit the event that starts retraining.
     """
     spec = load_and_validate_spec(spec_path)
     since = datetime.now(UTC) - parse_duration(window or spec.monitoring.window)
@@ -95,12 +100,16 @@ def monitor(spec_path: str = "configs/demo.yaml", window: str | None = None,
     performance_alerts = check_performance(spec, load_labelled(spec, since)) if (
         spec.monitoring.performance and current_uri is None) else []
     alerts += performance_alerts
-    if performance_alerts:
-        worst = performance_alerts[0]
+    retrain = [alert for alert in performance_alerts if alert.details.get("action") == "retrain"]
+    if retrain:
         result.events[PERFORMANCE_EVENT] = emit_monitoring_event(
             spec, spec_path, PERFORMANCE_EVENT,
-            {**worst.details, "labelled_rows": worst.details.get("n_labelled"),
-             "alerts": [alert.title for alert in performance_alerts]})
+            {**retrain[0].details, "labelled_rows": retrain[0].details.get("n_labelled"),
+             "alerts": [alert.title for alert in retrain]})
+    rollback = [alert for alert in performance_alerts if alert.details.get("action") == "rollback"
+                and alert.details.get("variant") == "champion"]
+    if rollback:
+        result.rolled_back_to = rollback_champion(spec, f"performance: {rollback[0].title}")
     for alert in alerts:
         send_alert(spec, alert)
     result.alerts = [alert.title for alert in alerts]

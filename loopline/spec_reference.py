@@ -40,9 +40,9 @@ source — check out. Only `true` and `false` are booleans (YAML 1.2), so `on:` 
 | `training` task, metric, algorithms, params, trainer, seed | used (no sweep: each candidate once) |
 | `training.algorithms[*].search`, `training.sweep` | used by the sweep flow (Optuna) |
 | `gates` | used: thresholds, champion margin on the test split, `on_pass`, the model card |
-| `serving` (routing, auth, workers, port, max_batch, prediction_log) | used by the Bento: champion and challenger routed single / ab / canary / shadow / bandit, API keys, the prediction log (docs/serving.md) |
-| `notifications` | used for data-validation, drift and performance alerts (log, webhook, Slack) with retries and the cooldown |
-| `monitoring` | used by the monitor flow: drift per feature, performance per window, alerts, events (docs/monitoring.md) |
+| `serving` | used by the Bento: champion and challenger routed, API keys, the prediction log |
+| `notifications` | used for data-validation, drift and performance alerts (log, webhook, Slack) |
+| `monitoring` | used by the monitor flow: drift, performance, alerts, events |
 | `retraining` | used by the retrain flow: enabled triggers, cooldown, daily maximum, minimum samples |
 
 """

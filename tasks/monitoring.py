@@ -28,6 +28,7 @@ from loopline.spec import Spec
 from loopline.state import state_paths
 from loopline.tracking import experiment_tracker
 from tasks.features import open_store, read_secret
+from tasks.registry import flow_actor
 from tasks.serving import prediction_log
 
 #: Feature dtypes tested as categories (everything else is numeric).
@@ -167,3 +168,19 @@ def emit_monitoring_event(spec: Spec, spec_path: str, event: str, payload: dict[
     get_run_logger().info("emitted %s for %s (%s)", event, spec.name,
                           emitted.id if emitted else "events are off")
     return str(emitted.id) if emitted else None
+
+
+@task(name="rollback-champion")
+def rollback_champion(spec: Spec, reason: str) -> int | None:
+    """Make the previous champion champion again (a ``rollback`` performance rule); the change
+    is in the registry's history. Returns the version now champion, or None when there was no
+    earlier champion to go back to.
+    """
+    logger = get_run_logger()
+    try:
+        restored = ModelRegistry().rollback(spec.name, actor=flow_actor(), reason=reason)
+    except ModelNotFound as exc:
+        logger.error("could not roll back %s: %s", spec.name, exc)
+        return None
+    logger.warning("rolled %s back to v%d: %s", spec.name, restored.version, reason)
+    return restored.version

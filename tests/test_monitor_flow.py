@@ -1,0 +1,85 @@
+"""The monitor flow in-process (Prefect's test harness) on the demo pipeline's champion: drift on
+a shifted window emits the drift event and alerts; a performance rule's action decides between
+alerting, asking for retraining and rolling back; too little data gives no verdict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from loopline.prediction_log import FeedbackLogWriter, FeedbackRecord, PredictionLogWriter, PredictionRecord
+from loopline.state import state_paths
+from loopline.storage import Storage
+from tests.conftest import demo_spec_text, write_spec
+
+pytestmark = pytest.mark.slow
+
+MODEL = "tumor-malignancy"
+
+
+def window(rows: int, shift: float) -> pl.DataFrame:
+    from loopline.feature_store import FeatureStore
+
+    store = FeatureStore(state_paths().features)
+    names = store.manifest(MODEL, 1).feature_names
+    frame = store.read(MODEL, 1).select(names).head(rows)
+    return frame.with_columns(pl.col(n) * shift for n in names if n != "is_large")
+
+
+def test_a_shifted_window_drifts_alerts_and_emits_the_event(demo_pipeline, tmp_path: Path) -> None:
+    from flows.monitor import DRIFT_EVENT, monitor
+
+    spec_path, _ = demo_pipeline
+    shifted = tmp_path / "shifted.parquet"
+    window(300, 2.5).write_parquet(shifted)
+    result = monitor(str(spec_path), current_uri=str(shifted))
+    assert result.dataset_drift and result.current_rows == 300
+    assert "mean_radius" in result.drifted_features
+    assert result.events[DRIFT_EVENT]  # the event's id
+    assert result.alerts and result.alerts[0].startswith("Data drift")
+    reports = list((state_paths().home / "reports" / MODEL).glob("drift-*.html"))
+    assert reports and "<html" in reports[0].read_text()[:2000].lower()
+
+    same = tmp_path / "same.parquet"
+    window(300, 1.0).write_parquet(same)
+    calm = monitor(str(spec_path), current_uri=str(same))
+    assert not calm.dataset_drift and calm.events == {}
+
+    few = tmp_path / "few.parquet"
+    window(10, 2.5).write_parquet(few)
+    empty = monitor(str(spec_path), current_uri=str(few))
+    assert empty.drift is None and empty.events == {}
+
+
+def labelled_traffic(rows: int, right: bool) -> None:
+    storage = Storage(str(state_paths().predictions / MODEL))
+    predictions = PredictionLogWriter(storage, flush_rows=100_000)
+    feedback = FeedbackLogWriter(storage, flush_rows=100_000)
+    for index, row in enumerate(window(rows, 1.0).iter_rows(named=True)):
+        request_id = f"perf-{right}-{index}"
+        predictions.append(PredictionRecord(request_id=request_id, model_name=MODEL, model_version=1,
+                                            variant="champion", prediction=1, probability=0.9,
+                                            features=row))
+        feedback.append(FeedbackRecord(request_id=request_id, label=1 if right else 0))
+    predictions.close()
+    feedback.close()
+
+
+@pytest.mark.parametrize(("action", "event"), [("alert", False), ("retrain", True)])
+def test_a_performance_rule_alerts_and_asks_for_retraining_only_when_it_says_so(
+    demo_pipeline, demo_csv: Path, tmp_path: Path, action: str, event: bool
+) -> None:
+    from flows.monitor import PERFORMANCE_EVENT, monitor
+
+    labelled_traffic(120, right=False)
+    spec_path = write_spec(tmp_path, demo_spec_text(demo_csv, {
+        "  window: 24h\n  drift:": (f"  window: 24h\n  performance: {{window: 1d, alerts: "
+                                    f"[{{metric: accuracy, below: 0.9, action: {action}}}]}}\n"
+                                    f"  drift:"),
+    }))
+    result = monitor(str(spec_path))
+    assert any(title.startswith("accuracy fell to") for title in result.alerts), result.alerts
+    assert (PERFORMANCE_EVENT in result.events) is event
