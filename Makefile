@@ -15,7 +15,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: venv demo test test-fast lint prefect-ui mlflow-ui clean
+.PHONY: venv demo test test-fast lint bench prefect-ui mlflow-ui clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,10 @@ test: lint
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
+
+# Every benchmark of bench/, side by side with its peer; results in bench/results.json and .md.
+bench: $(STAMP)
+	$(PY) -m bench
 
 prefect-ui: $(STAMP)
 	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200

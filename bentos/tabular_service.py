@@ -177,7 +177,7 @@ class TabularService:
         record, request_id = self._record(req)
         state = self.store.read()
         shadow = state.kind == "shadow" and self.router.assign(
-            self._sticky_key(record, request_id, state))[0].shadow
+            self._sticky_key(record, request_id, state), state)[0].shadow
         return self._answer(record, request_id, Assignment("champion", shadow=shadow), "predict")
 
     @bentoml.api(route="/predict/ab")
@@ -185,7 +185,7 @@ class TabularService:
         """Predict one record with the variant the live routing picks; says which answered."""
         record, request_id = self._record(req)
         state = self.store.read()
-        assignment, state = self.router.assign(self._sticky_key(record, request_id, state))
+        assignment, state = self.router.assign(self._sticky_key(record, request_id, state), state)
         if state.kind == "bandit":
             self.store.remember(request_id, assignment.variant)
         return self._answer(record, request_id, assignment, "predict_ab", state)

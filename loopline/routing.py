@@ -245,11 +245,12 @@ class Router:
         self._rng = np.random.default_rng(seed)
         self._rng_lock = threading.Lock()
 
-    def assign(self, key: str) -> tuple[Assignment, RoutingState]:
+    def assign(self, key: str, state: RoutingState | None = None
+               ) -> tuple[Assignment, RoutingState]:
         """The variant for a request whose sticky key (or request id) is ``key``, and the
-        state it was decided under.
+        state it was decided under (``state`` when the caller read it already).
         """
-        state = self.store.read()
+        state = self.store.read() if state is None else state
         if state.kind == "single":
             return Assignment("champion"), state
         if state.kind == "shadow":
