@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import tempfile
 import warnings
@@ -276,7 +277,15 @@ def train_mlp(params: dict[str, Any], trainer: TrainerSettings, task: Task,
             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
             default_root_dir=workdir,
         )
-        fit.fit(module, datamodule=data)
+        # Training allocates many short-lived objects, and every full collection the garbage
+        # collector makes also walks the whole heap loaded before it: Lightning, torch,
+        # MLflow, Prefect. Freezing that heap (objects made during training are still
+        # collected) took a fifth off the epoch time of a small MLP.
+        gc.freeze()
+        try:
+            fit.fit(module, datamodule=data)
+        finally:
+            gc.unfreeze()
         if checkpoint is not None and checkpoint.best_model_path:
             state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
             module.load_state_dict(state["state_dict"])
