@@ -116,8 +116,11 @@ class ExperimentTracker:
         """
         self.log_series(run_id, {name: [(step, value)] for name, value in metrics.items()})
 
-    def log_series(self, run_id: str, series: dict[str, list[tuple[int, float]]]) -> None:
-        """Log ``{metric: [(step, value), ...]}`` in batches of up to 1000 values."""
+    def log_series(self, run_id: str, series: dict[str, list[tuple[int, float]]],
+                   tags: dict[str, str] | None = None) -> None:
+        """Log ``{metric: [(step, value), ...]}`` in batches of up to 1000 values; ``tags`` go
+        with the first batch (one write where the values fit in one).
+        """
         items, skipped = [], []
         for name, points in series.items():
             for step, value in points:
@@ -125,8 +128,13 @@ class ExperimentTracker:
                     items.append(Metric(name, float(value), 0, int(step)))
                 else:
                     skipped.append(name)
-        for start in range(0, len(items), METRICS_PER_BATCH):
-            self.client.log_batch(run_id, metrics=items[start:start + METRICS_PER_BATCH])
+        run_tags = [RunTag(key, value) for key, value in (tags or {}).items()]
+        if len(items) + len(run_tags) > METRICS_PER_BATCH:  # MLflow caps a batch's entities
+            self.client.log_batch(run_id, tags=run_tags)
+            run_tags = []
+        for start in range(0, max(len(items), 1 if run_tags else 0), METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=items[start:start + METRICS_PER_BATCH],
+                                  tags=run_tags if start == 0 else [])
         if skipped:
             earlier = self.client.get_run(run_id).data.tags.get(NON_FINITE_TAG, "")
             names = sorted(set(skipped) | {n for n in earlier.split(",") if n})

@@ -256,24 +256,28 @@ class Objective:
             self._close(run_id, "FAIL", history.epochs, time.perf_counter() - started)
             raise
         scores = {**candidate.validation_metrics, **cost_objectives(candidate, self.splits)}
-        self.tracker.log_metrics(run_id, {f"val_{k}": v for k, v in candidate.validation_metrics.items()
-                                          if not k.startswith(tuple(COST_OBJECTIVES))})
-        self.tracker.log_metrics(run_id, {k: scores[k] for k in COST_OBJECTIVES})
-        self._close(run_id, "COMPLETE", candidate.history, candidate.train_seconds)
+        final = {f"val_{k}": v for k, v in candidate.validation_metrics.items()
+                 if not k.startswith(tuple(COST_OBJECTIVES))}
+        final.update({k: scores[k] for k in COST_OBJECTIVES})
+        self._close(run_id, "COMPLETE", candidate.history, candidate.train_seconds, final)
         values = [scores[name] for name in objective_names(spec)]
         if any(not math.isfinite(v) for v in values):
             raise TrainingError(f"trial {trial.number}: a non-finite objective {values}")
         return values[0] if len(values) == 1 else values
 
-    def _close(self, run_id: str, state: str, epochs: list[dict[str, float]], seconds: float
-               ) -> None:
-        series: dict[str, list[tuple[int, float]]] = {}
+    def _close(self, run_id: str, state: str, epochs: list[dict[str, float]], seconds: float,
+               final: dict[str, float] | None = None) -> None:
+        """Log the trial's outcome (final metrics, per-epoch history, time, state) in one batch
+        and close its run: with several workers on one tracking store every write contends.
+        """
+        series: dict[str, list[tuple[int, float]]] = {
+            name: [(0, value)] for name, value in (final or {}).items()}
         for epoch, values in enumerate(epochs):
             for name, value in values.items():
                 series.setdefault(f"epoch_{name}", []).append((epoch, value))
-        self.tracker.log_series(run_id, series)
-        self.tracker.log_metrics(run_id, {"train_seconds": seconds, "epochs": float(len(epochs))})
-        self.tracker.client.set_tag(run_id, STATE_TAG, state)
+        series["train_seconds"] = [(0, seconds)]
+        series["epochs"] = [(0, float(len(epochs)))]
+        self.tracker.log_series(run_id, series, tags={STATE_TAG: state})
         self.tracker.end_run(run_id, "FINISHED" if state != "FAIL" else "FAILED")
 
 
