@@ -218,6 +218,12 @@ class Objective:
                  tracker: ExperimentTracker, parent_run_id: str) -> None:
         self.spec, self.splits, self.dtypes = spec, splits, feature_dtypes
         self.tracker, self.parent_run_id = tracker, parent_run_id
+        if any(isinstance(algorithm, LightningMLP) for algorithm in spec.training.algorithms):
+            # Lightning takes seconds to import: pay that when the worker starts, not inside
+            # its first trial (where every worker would pay it at once, while trials wait).
+            import optuna_integration.pytorch_lightning  # noqa: F401
+
+            import loopline.modeling.mlp  # noqa: F401
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         """Run one trial."""
