@@ -20,6 +20,7 @@ A request that does not match the schema gets HTTP 400 with pydantic's field-lev
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -71,6 +72,7 @@ logger = logging.getLogger("loopline.serving")
 #: Paths answered without an API key: liveness for orchestrators, and the API's own docs.
 OPEN_PATHS = frozenset({"/health", "/healthz", "/livez", "/readyz", "/docs", "/docs.json"})
 
+
 def _prefect_secret(name: str) -> Any:
     """A Prefect Secret block's value (only Bentos whose spec names a Secret block need Prefect)."""
     from prefect.blocks.system import Secret
@@ -98,7 +100,8 @@ class ApiKeyAuth:
         authorization = headers.get(b"authorization", b"").decode("latin-1")
         if authorization.lower().startswith("bearer "):
             key = authorization[7:].strip()
-        if key in self.keys:
+        # Compared in constant time, so response timing says nothing about a key's prefix.
+        if any(hmac.compare_digest(key.encode(), valid.encode()) for valid in self.keys):
             await self.app(scope, receive, send)
             return
         body = json.dumps({"error": "missing or invalid API key",
