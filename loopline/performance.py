@@ -23,8 +23,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
-import uuid
 import warnings
 from datetime import datetime, timedelta
 from typing import Any
@@ -185,20 +183,8 @@ def store_series(storage: Storage, model: str, series: pl.DataFrame) -> pl.DataF
     merged = series.sort(keys)
     buffer = io.BytesIO()
     merged.write_parquet(buffer)
-    _replace(storage, buffer.getvalue(), *series_parts(model))
+    storage.write_bytes(buffer.getvalue(), *series_parts(model))
     return merged
-
-
-def _replace(storage: Storage, data: bytes, *parts: str) -> None:
-    if storage.is_s3:
-        storage.write_bytes(data, *parts)
-        return
-    path = storage.path(*parts)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    staging = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(staging, "wb") as handle:
-        handle.write(data)
-    os.replace(staging, path)
 
 
 # --- alerts ---------------------------------------------------------------------------------------

@@ -133,11 +133,26 @@ class Storage:
         return bytes(self.fs.cat_file(self.path(*parts)))
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
-        """Write (or overwrite) a file; folders are created as needed."""
+        """Write (or overwrite) a file whole: a reader sees the old file or the new one, never
+        a part. On S3 a PUT is atomic; a local file is written beside (a hidden ``.tmp`` name),
+        synced, then renamed over the target. Folders are created as needed.
+        """
         path = self.path(*parts)
-        if not self.is_s3:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        self.fs.pipe_file(path, data)
+        if self.is_s3:
+            self.fs.pipe_file(path, data)
+            return
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        staging = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(staging, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(staging, path)
+        finally:
+            if os.path.exists(staging):
+                os.unlink(staging)
 
     def put_file(self, local_path: str, *parts: str) -> None:
         """Upload (or copy) a local file to ``parts``."""

@@ -31,25 +31,6 @@ _LOG = logging.getLogger("loopline.prediction_log")
 # --- writing --------------------------------------------------------------------------------------
 
 
-def _put(storage: Storage, data: bytes, *parts: str) -> None:
-    """Write a whole file: S3 PUTs are atomic; a local file is written beside, then renamed."""
-    if storage.is_s3:
-        storage.write_bytes(data, *parts)
-        return
-    path = storage.path(*parts)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    staging = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(staging, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            os.unlink(staging)
-
-
 R = TypeVar("R", PredictionRecord, FeedbackRecord)
 _LIVE_WRITERS: weakref.WeakSet[_BufferedLogWriter[Any]] = weakref.WeakSet()
 
@@ -155,7 +136,7 @@ class _BufferedLogWriter(Generic[R]):
                 try:
                     buffer = io.BytesIO()
                     self._to_frame(records).write_parquet(buffer)
-                    _put(self.storage, buffer.getvalue(), self.folder, f"date={day}", name)
+                    self.storage.write_bytes(buffer.getvalue(), self.folder, f"date={day}", name)
                 except Exception as exc:  # kept and retried; a retry reuses the name, so no duplicates
                     self._retry_names[day] = name
                     failed += records
