@@ -24,6 +24,7 @@ from tasks.monitoring import (
     load_current,
     load_labelled,
     load_reference,
+    load_window,
     rollback_champion,
     send_alert,
 )
@@ -81,7 +82,8 @@ def monitor(spec_path: str = "configs/demo.yaml", window: str | None = None,
     spec = load_and_validate_spec(spec_path)
     since = datetime.now(UTC) - parse_duration(window or spec.monitoring.window)
     champion, reference, categorical = load_reference(spec, storage_block)
-    current = load_current(spec, since, reference.columns, current_uri)
+    logged = load_window(spec, since) if current_uri is None else None
+    current = load_current(logged, reference.columns, current_uri)
     result = MonitorResult(model_name=spec.name, current_rows=current.height)
     alerts: list[Alert] = []
     report = check_drift(spec, reference, current, categorical)
@@ -97,8 +99,8 @@ def monitor(spec_path: str = "configs/demo.yaml", window: str | None = None,
             result.events[DRIFT_EVENT] = emit_monitoring_event(
                 spec, spec_path, DRIFT_EVENT,
                 {**report.alert_details(), "champion_version": champion.version})
-    performance_alerts = check_performance(spec, load_labelled(spec, since)) if (
-        spec.monitoring.performance and current_uri is None) else []
+    performance_alerts = check_performance(spec, load_labelled(spec, logged, since)) if (
+        spec.monitoring.performance and logged is not None) else []
     alerts += performance_alerts
     retrain = [alert for alert in performance_alerts if alert.details.get("action") == "retrain"]
     if retrain:

@@ -103,11 +103,6 @@ class BentoConfig(BaseModel):
     prediction_log: PredictionLogSpec = Field(default_factory=PredictionLogSpec)
     tracking_uri: str | None = None
 
-    @property
-    def model_version(self) -> int:
-        """The champion's version."""
-        return self.champion.version
-
 
 def field_type(dtype: str, bounds: tuple[float | None, float | None] = (None, None)) -> Any:
     """The request field type for a feature dtype: finite floats, strict ints, bools, text;

@@ -60,17 +60,23 @@ def load_reference(spec: Spec, storage_block: str | None = None
     return champion, reference, categorical
 
 
+@task(name="load-window")
+def load_window(spec: Spec, since: datetime) -> pl.DataFrame:
+    """The prediction log's rows since ``since``, read once for drift and performance."""
+    return read_predictions(prediction_log(spec), since=since, model_name=spec.name)
+
+
 @task(name="load-current-window")
-def load_current(spec: Spec, since: datetime, feature_names: list[str],
+def load_current(logged: pl.DataFrame | None, feature_names: list[str],
                  current_uri: str | None = None) -> pl.DataFrame:
-    """The features of the traffic since ``since``: the answers the clients got (no shadow
-    answers, no failed calls) from the prediction log, or the dataset at ``current_uri``.
+    """The features of the window's traffic: the answers the clients got (no shadow answers, no
+    failed calls) in ``logged``, or the dataset at ``current_uri``.
     """
     if current_uri is not None:
         frame = (pl.read_csv(current_uri) if current_uri.endswith(".csv")
                  else pl.read_parquet(current_uri))
         return frame.select(feature_names)
-    logged = read_predictions(prediction_log(spec), since=since, model_name=spec.name)
+    assert logged is not None
     served = logged.filter(~pl.col("shadow") & pl.col("error").is_null())
     if served.is_empty():
         return pl.DataFrame(schema={name: pl.Float64 for name in feature_names})
@@ -80,11 +86,9 @@ def load_current(spec: Spec, since: datetime, feature_names: list[str],
 
 
 @task(name="load-labelled-traffic")
-def load_labelled(spec: Spec, since: datetime) -> pl.DataFrame:
+def load_labelled(spec: Spec, logged: pl.DataFrame, since: datetime) -> pl.DataFrame:
     """The window's predictions joined with their feedback (labels and rewards)."""
-    storage = prediction_log(spec)
-    return join_feedback(read_predictions(storage, since=since, model_name=spec.name),
-                         read_feedback(storage, since=since))
+    return join_feedback(logged, read_feedback(prediction_log(spec), since=since))
 
 
 @task(name="check-drift")

@@ -23,6 +23,7 @@ from loopline.serving import CONFIG_FILE, BentoConfig, ServedVersion
 from loopline.spec import Spec
 from loopline.state import state_paths
 from loopline.tracking import MODEL_REQUIREMENTS
+from tasks.serving import prediction_log_uri
 
 SERVICE_FILE = Path(bentos.__file__).parent / "tabular_service.py"
 
@@ -77,7 +78,6 @@ def build_bento(spec: Spec) -> str:
         labels["loopline-challenger"] = str(challenger.version)
     try:
         tabular = load_model(champion.uri).unwrap_python_model().model  # type: ignore[no-untyped-call]
-        log = spec.serving.prediction_log
         config = BentoConfig(
             model_name=spec.name, champion=_import(spec, champion),
             challenger=None if challenger is None else _import(spec, challenger),
@@ -87,8 +87,8 @@ def build_bento(spec: Spec) -> str:
             entity_id=spec.data.entity_id, classes=tabular.classes, workers=spec.serving.workers,
             routing=spec.serving.routing, auth=spec.serving.auth, max_batch=spec.serving.max_batch,
             routing_db=str(paths.serving / spec.name / routing_db_name(spec, champion, challenger)),
-            prediction_log_uri=log.uri or str(paths.predictions / spec.name),
-            prediction_log=log, tracking_uri=mlflow.get_tracking_uri(),
+            prediction_log_uri=prediction_log_uri(spec),
+            prediction_log=spec.serving.prediction_log, tracking_uri=mlflow.get_tracking_uri(),
         )
         with tempfile.TemporaryDirectory(prefix="loopline-bento-") as workdir:
             context = Path(workdir)

@@ -19,10 +19,16 @@ from loopline.state import state_paths
 from loopline.storage import Storage
 
 
+def prediction_log_uri(spec: Spec) -> str:
+    """Where the spec's prediction log is: ``serving.prediction_log.uri``, else the state
+    folder's ``predictions/<model>``.
+    """
+    return spec.serving.prediction_log.uri or str(state_paths().predictions / spec.name)
+
+
 def prediction_log(spec: Spec) -> Storage:
-    """The spec's prediction log: its ``serving.prediction_log.uri``, else the state folder's."""
-    uri = spec.serving.prediction_log.uri or str(state_paths().predictions / spec.name)
-    return Storage(uri)
+    """The spec's prediction log."""
+    return Storage(prediction_log_uri(spec))
 
 
 @task(name="read-ab-traffic")
