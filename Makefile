@@ -15,7 +15,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: venv demo test test-fast lint bench prefect-ui mlflow-ui clean
+.PHONY: venv demo test test-fast lint system-deps bench prefect-ui mlflow-ui clean
 
 venv: $(STAMP)
 
@@ -36,8 +36,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint system-deps
 	$(PY) -m pytest
+
+# PostgreSQL and Chromium from Debian's archive, for the scale-out and UI test tiers.
+system-deps:
+	bash scripts/system-deps.sh
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
