@@ -97,6 +97,10 @@ class MissingCredentials(LooplineError):
     http_status = 401
 
 
+class InvalidSettings(LooplineError):
+    """A scale-out setting (a ``LOOPLINE_*`` environment variable) holds a value it cannot take."""
+
+
 class DataValidationFailed(LooplineError):
     """The source failed the spec's data checks; the batch was quarantined.
 
@@ -226,3 +230,23 @@ def _rebuild_insufficient_data(message: str, needed: int, reference_rows: int, c
                                features: tuple[str, ...]) -> InsufficientData:
     return InsufficientData(message, needed=needed, reference_rows=reference_rows,
                             current_rows=current_rows, features=features)
+
+
+class InvalidRunPolicy(LooplineError):
+    """A queued run's policy (its ``LOOPLINE_RETRIES`` / ``LOOPLINE_RUN_TIMEOUT_S`` / ... job
+    variables, see :mod:`loopline.queueing`) holds a value it cannot take.
+    """
+
+
+class TrainingQueueNotReady(LooplineError):
+    """The deployment, work pool or priority queue a training run needs is missing or set up
+    differently (run ``loopline work-pools``, then ``prefect deploy --all``).
+    """
+
+    http_status = 409
+
+
+class PrefectApiUnreachable(LooplineError):
+    """The Prefect API (``PREFECT_API_URL``) did not answer."""
+
+    http_status = 503

@@ -204,21 +204,30 @@ class FeatureSets:
     def publish(self, manifest: FeatureSetManifest) -> FeatureSetManifest:
         """Commit ``manifest`` as the next free version; returns it with its version number.
 
-        When another writer commits the same fingerprint first, returns that version instead
-        (and the data written here stays unreferenced).
+        When another writer has committed the same fingerprint, returns that version instead
+        (and discards the data written here). Each attempt lists the versions, looks for a twin
+        among those not yet checked, and only then claims the next number exclusively. Numbers
+        are claimed densely, so a twin committed after the listing takes the very number this
+        writer tries next: the claim fails and the next listing finds the twin. (Checking for a
+        twin only after a failed claim would let a writer that listed before the twin's commit
+        claim the number after it: two versions of one fingerprint.)
         """
-        version = max(self.versions(manifest.feature_set), default=0) + 1
+        checked: set[int] = set()
         while True:
-            candidate = manifest.model_copy(update={"version": version})
+            versions = self.versions(manifest.feature_set)
+            for version in reversed(versions):
+                if version in checked:
+                    continue
+                checked.add(version)
+                twin = self.manifest(manifest.feature_set, version)
+                if twin.fingerprint == manifest.fingerprint:
+                    self.discard(manifest.files)
+                    return twin
+            candidate = manifest.model_copy(update={"version": max(versions, default=0) + 1})
             data = candidate.model_dump_json(indent=2).encode()
             if self.storage.create_exclusive(data, FOLDER, manifest.feature_set, "versions",
-                                             f"v{version}.json"):
+                                             f"v{candidate.version}.json"):
                 return candidate
-            twin = self.find(manifest.feature_set, manifest.fingerprint)
-            if twin is not None:
-                self.discard(manifest.files)
-                return twin
-            version = max(self.versions(manifest.feature_set)) + 1
 
     def discard(self, files: list[str]) -> None:
         """Remove data files that no committed manifest names (a lost race, a failed write)."""

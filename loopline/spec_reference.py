@@ -39,6 +39,7 @@ source — check out. Only `true` and `false` are booleans (YAML 1.2), so `on:` 
 | `features` | used: computed with polars SQL, materialized as a versioned feature set |
 | `training` task, metric, algorithms, params, trainer, seed | used (no sweep: each candidate once) |
 | `training.algorithms[*].search`, `training.sweep` | used by the sweep flow (Optuna) |
+| `training.queue` | used by `loopline submit` (priority queue, retries with backoff, timeout) |
 | `gates` | used: thresholds, champion margin on the test split, `on_pass`, the model card |
 | `serving` | used by the Bento: champion and challenger routed, API keys, the prediction log |
 | `notifications` | used for data-validation, drift and performance alerts (log, webhook, Slack) |

@@ -39,6 +39,19 @@ class S3Credentials:
     endpoint_url: str | None = None
     region: str = "us-east-1"
 
+    @classmethod
+    def from_environment(cls) -> S3Credentials | None:
+        """AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, with AWS_ENDPOINT_URL (an S3-compatible
+        server) and AWS_REGION / AWS_DEFAULT_REGION when set; None without both keys. Read once
+        here, so fsspec and polars see the same endpoint.
+        """
+        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if not (key and secret):
+            return None
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        return cls(key, SecretStr(secret), endpoint or None, region)
+
     def fsspec_options(self) -> dict[str, Any]:
         """Options for fsspec / s3fs."""
         options: dict[str, Any] = {
@@ -71,10 +84,10 @@ class Storage:
 
     def __init__(self, root: str, credentials: S3Credentials | None = None) -> None:
         self.is_s3 = root.startswith("s3://")
+        if self.is_s3 and credentials is None:
+            credentials = S3Credentials.from_environment()
         self.credentials = credentials
-        if self.is_s3 and credentials is None and not (
-            os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")
-        ):
+        if self.is_s3 and credentials is None:
             raise MissingCredentials(
                 f"the store at {root} is on S3 but has no credentials: set access_key_id and "
                 "secret_access_key on its storage block, or AWS_ACCESS_KEY_ID and "

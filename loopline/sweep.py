@@ -39,6 +39,7 @@ from loopline.sections.training import (
     Sweep,
     UniformSearch,
 )
+from loopline.settings import current_settings, worker_name
 from loopline.spec import Spec
 from loopline.splits import Splits
 from loopline.state import StatePaths
@@ -55,6 +56,7 @@ def study_name(spec: Spec, feature_fingerprint: str) -> str:
     re-running after an interruption continues the same study.
     """
     training = spec.training.model_dump(mode="json")
+    training.pop("queue", None)  # how the run is queued does not change what it searches
     sweep = dict(training.pop("sweep") or {})
     for budget in ("n_trials", "timeout", "parallelism"):
         sweep.pop(budget, None)
@@ -64,7 +66,12 @@ def study_name(spec: Spec, feature_fingerprint: str) -> str:
 
 
 def storage_for(sweep: Sweep, paths: StatePaths, name: str) -> str | JournalStorage:
-    """SQLite or a journal file under the state folder, or the PostgreSQL URL as given."""
+    """LOOPLINE_OPTUNA_STORAGE when set (shared infrastructure, whatever the spec says); else
+    SQLite or a journal file under the state folder, or the spec's PostgreSQL URL.
+    """
+    shared = current_settings().optuna_storage
+    if shared is not None:
+        return shared
     folder = paths.home / "optuna"
     folder.mkdir(parents=True, exist_ok=True)
     if sweep.storage == "sqlite":
@@ -233,6 +240,7 @@ class Objective:
         index, overrides = suggest(trial, spec)
         algorithm = spec.training.algorithms[index]
         trial.set_user_attr("candidate_index", index)
+        trial.set_user_attr("executed_by", worker_name())
         metric = spec.training.metric.name
         history = EpochHistory()
         callbacks: list[Any] = []

@@ -51,6 +51,14 @@ def experiment_tracker(name: str, paths: StatePaths) -> ExperimentTracker:
     return ExperimentTracker(name, artifact_location=location)
 
 
+def run_url(experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI: the tracking server's, else ``make mlflow-ui``'s."""
+    base = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not base.startswith("http"):
+        base = "http://127.0.0.1:5000"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def log_candidate(tracker: ExperimentTracker, run_id: str, candidate: TrainedCandidate,
                   extra_params: dict[str, Any]) -> None:
     """Log a candidate's params, validation metrics and per-epoch history in few batches."""

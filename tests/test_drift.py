@@ -214,11 +214,11 @@ def test_strong_shifts_drift_exactly_the_shifted_features(kinds: list[str], data
         assert details["drifted_features"][name] == {"test": result.test, "score": result.score,
                                                      "threshold": result.threshold}
         assert STATTESTS[result.test].drifted(result.score, result.threshold)
-    markdown = report.render_markdown("https://example.com/drift.html")
+    markdown = report.render_markdown("[drift.html](https://example.com/drift.html)")
     for name in names:
         row = next(line for line in markdown.splitlines() if line.startswith(f"| {name} |"))
         assert "**yes**" in row and f"{report.feature(name).score:.4g}" in row
-    assert "(https://example.com/drift.html)" in markdown
+    assert "[drift.html](https://example.com/drift.html)" in markdown
 
 
 def _same(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:

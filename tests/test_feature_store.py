@@ -312,28 +312,44 @@ def test_concurrent_writers_of_different_specs_get_distinct_versions(
         assert (frame["area_per_perimeter"] - expected).abs().max() < 1e-12
 
 
-def test_concurrent_writers_of_the_same_spec_never_corrupt(
+def test_concurrent_writers_of_the_same_spec_commit_one_version(
         store: FeatureStore, demo_spec_path: Path) -> None:
     spec = load_spec(demo_spec_path)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        first, second = list(pool.map(store.materialize, [spec, spec]))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(store.materialize, [spec] * 4))
 
-    assert first.fingerprint == second.fingerprint
-    versions = store.versions(spec.name)
-    assert set(versions) == {first.version, second.version}
-    if first.version == second.version:
-        assert versions == [first.version]
-        assert store.manifest(spec.name, first.version) == first == second
-    else:
-        assert store.read(spec.name, first.version).equals(store.read(spec.name, second.version))
-    for version in versions:
-        manifest = store.manifest(spec.name, version)
-        assert manifest.fingerprint == first.fingerprint
-        assert_intact(store, manifest)
-    # every data folder left behind is referenced by a manifest (a losing writer discards its own)
-    referenced = {f.split("/")[3] for v in versions for f in store.manifest(spec.name, v).files}
+    # one fingerprint, one version: every writer gets the one that was committed
+    assert {r.version for r in results} == {results[0].version}
+    assert store.versions(spec.name) == [results[0].version]
+    manifest = store.manifest(spec.name, results[0].version)
+    assert all(r == manifest for r in results)
+    assert_intact(store, manifest)
+    # no data folder left behind but the committed one (each losing writer discards its own)
+    referenced = {f.split("/")[3] for f in manifest.files}
     assert {p.name for p in data_folders(store, spec.name)} == referenced
     assert {f.version for f in store.list_features()} == {1}
+
+
+def test_a_twin_committed_after_a_writer_listed_the_versions_is_found(
+        store: FeatureStore, demo_spec_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a writer that looked for its fingerprint before another writer committed it
+    claimed the next number anyway, giving two versions of one fingerprint.
+    """
+    spec = load_spec(demo_spec_path)
+    original = store.sets.find
+    committed: list[FeatureSetManifest] = []
+
+    def find_then_lose_the_race(feature_set: str, fingerprint: str):
+        found = original(feature_set, fingerprint)  # nothing yet ...
+        if not committed:  # ... and then another writer commits the same data
+            monkeypatch.setattr(store.sets, "find", original)
+            committed.append(store.materialize(spec))
+        return found
+
+    monkeypatch.setattr(store.sets, "find", find_then_lose_the_race)
+    mine = store.materialize(spec)
+    assert committed and mine == committed[0]
+    assert store.versions(spec.name) == [mine.version]
 
 
 def test_writers_that_both_find_a_feature_unregistered_both_succeed(

@@ -102,6 +102,8 @@ def test_valid_specs_cover_the_language() -> None:
                and s.monitoring.drift.per_feature for s in specs)
     assert any(s.retraining.schedule is not None for s in specs)
     assert any(s.data.validation is not None for s in specs)
+    assert any(s.training.queue.retries > 0 and s.training.queue.timeout is not None
+               and s.training.queue.priority != "normal" for s in specs)
 
 
 # --- valid specs ---------------------------------------------------------------------------
@@ -135,6 +137,9 @@ def test_minimal_spec_takes_the_defaults() -> None:
     assert [n.kind for n in spec.notifications] == ["log"]
     assert spec.gates.on_pass == "staging"
     assert spec.training.metric.resolved_direction == "maximize"
+    # No queue section: the normal queue, no timeout, no retries (what runs did before it).
+    assert (spec.training.queue.priority, spec.training.queue.timeout,
+            spec.training.queue.retries) == ("normal", None, 0)
 
 
 def test_relative_source_resolves_against_the_spec_folder() -> None:
@@ -216,6 +221,8 @@ def test_problem_paths_never_name_a_union_variant(file: Path) -> None:
         ("several_problems", "serving.port", 30),
         ("several_problems", "monitoring.schedule.cron", 32),
         ("regression_cross_section", "monitoring.drift.per_feature.b", 36),
+        ("queue_unknown_priority", "training.queue.priority", 16),
+        ("queue_backoff_above_max", "training.queue.retry_backoff_max", 18),
     ],
 )
 def test_problem_lines_are_exact(name: str, path: str, line: int) -> None:

@@ -141,7 +141,8 @@ class DriftReport(BaseModel):
         and a table of every feature, drifted ones first.
 
         Args:
-            html_report: a link to Evidently's HTML report on the same data, if one was made.
+            html_report: where Evidently's HTML report on the same data is, as Markdown (a
+                link), if one was made.
         """
         verdict = "**DRIFT**" if self.dataset_drift else "no dataset drift"
         severity = self.settings.severity
@@ -156,7 +157,7 @@ class DriftReport(BaseModel):
             f"- tests: {self._method_text()}",
         ]
         if html_report:
-            lines.append(f"- Evidently's report (on a sample of the rows): [{html_report}]({html_report})")
+            lines.append(f"- Evidently's report (on a sample of the rows): {html_report}")
         lines += ["", "| feature | kind | test | score | threshold | drifted |",
                   "|---|---|---|---|---|---|"]
         for result in sorted(self.features, key=lambda item: not item.drifted):

@@ -60,6 +60,7 @@ class _BufferedLogWriter(Generic[R]):
             self.writer_id = f"{self._given_id}-{os.getpid()}"
         #: rows written, files written, flushes that failed (at least one file), rows refused (buffer full)
         self.written_rows = self.written_files = self.failed_flushes = self.dropped_rows = 0
+        self._in_flight = 0  # records the current flush took out of the buffer
         self._buffer: list[R] = []
         self._first_at: float | None = None  # monotonic time of the oldest unflushed record
         self._not_before = 0.0  # the thread's back-off after a failure
@@ -85,7 +86,9 @@ class _BufferedLogWriter(Generic[R]):
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"the {self.folder} log writer {self.writer_id} is closed")
-            if len(self._buffer) >= self.max_buffered_rows:
+            # Records a flush has taken out but not written yet count too: should that write
+            # fail they come back, and the bound must hold then as well.
+            if len(self._buffer) + self._in_flight >= self.max_buffered_rows:
                 self.dropped_rows += 1
                 if self.dropped_rows == 1 or self.dropped_rows % self.max_buffered_rows == 0:
                     _LOG.error("%s log: buffer full (%d rows unwritten), %d records dropped so far",
@@ -125,6 +128,7 @@ class _BufferedLogWriter(Generic[R]):
         with self._flush_lock:
             with self._cond:
                 batch, self._buffer, self._first_at = self._buffer, [], None
+                self._in_flight = len(batch)
             by_date: dict[str, list[R]] = {}
             for record in batch:
                 by_date.setdefault(record.timestamp.date().isoformat(), []).append(record)
@@ -144,6 +148,7 @@ class _BufferedLogWriter(Generic[R]):
                 else:
                     written, files = written + len(records), files + 1
             with self._cond:
+                self._in_flight = 0
                 self.written_rows += written
                 self.written_files += files
                 if failed:

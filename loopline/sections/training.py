@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from loopline.sections.base import NAME_PATTERN, Duration, StrictModel
+from loopline.sections.queue import TrainingQueue
 
 Task = Literal["classification", "regression"]
 Direction = Literal["maximize", "minimize"]
@@ -373,6 +374,7 @@ class TrainingSpec(StrictModel):
         algorithms: the candidates; each trains with its ``params`` (sweeps search ``search``).
         sweep: how to search; without it every candidate trains once with its ``params``.
         seed: seeds every random number generator for reproducible training.
+        queue: the Prefect work queue a submitted run joins, its timeout and its retries.
     """
 
     task: Task = "classification"
@@ -380,6 +382,7 @@ class TrainingSpec(StrictModel):
     algorithms: Annotated[list[Algorithm], Field(min_length=1)]
     sweep: Sweep | None = None
     seed: int = 42
+    queue: TrainingQueue = Field(default_factory=TrainingQueue)
 
 
 def search_space_problems(algorithm: Algorithm) -> list[tuple[str, str, str]]:
