@@ -13,7 +13,7 @@ from prefect import flow
 
 from loopline.registry import ModelRegistry
 from tasks.packaging import build_bento
-from tasks.registry import promote_version, record_deployment
+from tasks.registry import promote_version, publish_promotion, record_deployment
 from tasks.spec import load_and_validate_spec
 
 
@@ -42,6 +42,7 @@ def promote(spec_path: str = "configs/demo.yaml", version: int | None = None,
            is archived; the change is recorded in the model's history.
         3. Build a Bento serving it (and the challenger, if any), and record that deployment on
            the version.
+        4. Publish the promotion (version, reason, test metrics, Bento) as an artifact.
     """
     spec = load_and_validate_spec(spec_path)
     if version is None:
@@ -49,6 +50,7 @@ def promote(spec_path: str = "configs/demo.yaml", version: int | None = None,
     promoted = promote_version(spec, version, reason)
     bento_tag = build_bento(spec)
     record_deployment(spec, promoted.version, f"bento:{bento_tag}")
+    publish_promotion(spec, promoted, bento_tag, reason)
     return PromotionResult(model_name=spec.name, version=promoted.version, bento_tag=bento_tag)
 
 

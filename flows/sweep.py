@@ -9,17 +9,21 @@ from dataclasses import dataclass
 
 from prefect import flow, runtime
 
+from loopline.queueing import run_timeout_seconds
+from loopline.settings import current_settings
 from loopline.sweep import SweepSummary
 from tasks.features import read_manifest
 from tasks.spec import check_resources, load_and_validate_spec
 from tasks.sweep import (
     prepare_sweep,
     retrain_best,
+    run_sweep_trial_runs,
     run_sweep_trials,
     run_sweep_worker,
     summarize_sweep,
 )
 from tasks.training import CandidateRun, finish_training_run, start_training_run
+from tasks.training_queue import requeue_with_backoff
 
 
 @dataclass
@@ -31,7 +35,8 @@ class SweepOutcome:
     best: CandidateRun
 
 
-@flow(name="loopline-sweep", log_prints=True)
+@flow(name="loopline-sweep", log_prints=True, timeout_seconds=run_timeout_seconds(),
+      on_failure=[requeue_with_backoff])
 def sweep(spec_path: str = "configs/demo.yaml", storage_block: str | None = None,
           feature_set_version: int | None = None, parent_run_id: str | None = None
           ) -> SweepOutcome:
@@ -48,7 +53,9 @@ def sweep(spec_path: str = "configs/demo.yaml", storage_block: str | None = None
         2. Open the study in its storage, or resume it (finished trials are kept; ones a killed
            sweep left running are marked failed).
         3. Run trials until ``n_trials`` have finished or ``timeout`` passes: in this process,
-           or in ``parallelism`` worker processes sharing the storage. Each trial is a nested
+           or in ``parallelism`` worker processes sharing the storage, or (with
+           ``LOOPLINE_SWEEP_WORKERS=work-pool``) in ``parallelism`` runs of the ``sweep-trials``
+           deployment that any worker of its pool picks up. Each trial is a nested
            MLflow run; Lightning trials report every epoch to the pruner.
         4. Publish the leaderboard and best trial (or Pareto front) and Optuna's plots.
         5. Retrain the best configuration on train+validation.
@@ -64,6 +71,8 @@ def sweep(spec_path: str = "configs/demo.yaml", storage_block: str | None = None
     workers = spec.training.sweep.parallelism
     if workers == 1:
         run_sweep_trials(spec, manifest, name, parent, storage_block)
+    elif current_settings().sweep_workers == "work-pool":
+        run_sweep_trial_runs(spec_path, manifest, name, parent, workers, storage_block)
     else:
         futures = [run_sweep_worker.submit(spec_path, manifest, name, parent, worker,
                                            storage_block) for worker in range(workers)]

@@ -10,14 +10,17 @@ from dataclasses import dataclass
 from prefect import flow, runtime
 
 from loopline.modeling.candidates import best_index
+from loopline.queueing import run_timeout_seconds
 from tasks.features import read_manifest
 from tasks.spec import check_resources, load_and_validate_spec
 from tasks.training import (
     CandidateRun,
     finish_training_run,
+    publish_candidates,
     start_training_run,
     train_one_candidate,
 )
+from tasks.training_queue import requeue_with_backoff
 
 
 @dataclass
@@ -29,7 +32,8 @@ class TrainingOutcome:
     best: CandidateRun
 
 
-@flow(name="loopline-train", log_prints=True)
+@flow(name="loopline-train", log_prints=True, timeout_seconds=run_timeout_seconds(),
+      on_failure=[requeue_with_backoff])
 def train(spec_path: str = "configs/demo.yaml", storage_block: str | None = None,
           feature_set_version: int | None = None, parent_run_id: str | None = None
           ) -> TrainingOutcome:
@@ -44,7 +48,8 @@ def train(spec_path: str = "configs/demo.yaml", storage_block: str | None = None
     Steps:
         1. Validate the spec; check its trainer settings against this machine.
         2. Train each candidate in a nested MLflow run (params, metrics, per-epoch history).
-        3. Pick the best on the validation split (the spec's metric and direction).
+        3. Pick the best on the validation split (the spec's metric and direction) and publish
+           every candidate's metrics as an artifact.
     """
     spec = load_and_validate_spec(spec_path)
     check_resources(spec)
@@ -56,6 +61,7 @@ def train(spec_path: str = "configs/demo.yaml", storage_block: str | None = None
     metric = spec.training.metric
     best = runs[best_index([r.candidate.validation_metrics for r in runs], metric.name,
                            metric.resolved_direction)]
+    publish_candidates(spec, runs, best)
     if owned:
         finish_training_run(spec, parent, best)
     return TrainingOutcome(parent_run_id=parent, runs=runs, best=best)

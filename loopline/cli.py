@@ -9,6 +9,8 @@ Examples::
     loopline lineage tumor-malignancy 2
     loopline history tumor-malignancy
     loopline rollback tumor-malignancy --reason "v2 misbehaves"
+    loopline work-pools --max-trainings 2
+    loopline submit train --spec configs/demo.yaml --priority urgent
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from loopline.errors import InvalidSpec, LooplineError
+from loopline.queueing import PRIORITIES, SUBMITTABLE
 from loopline.spec import SCHEMA_ID, Spec
 from loopline.spec_loader import load_spec
 from loopline.state import state_paths
@@ -130,6 +133,53 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _work_pools(args: argparse.Namespace) -> int:
+    import yaml
+
+    from loopline.queueing import PROCESS_POOL, TRAINING_POOL
+    from tasks.training_queue import ensure_work_pools
+
+    pools = [PROCESS_POOL, TRAINING_POOL]
+    deployments = Path(args.deployments)
+    if deployments.exists():
+        declared = yaml.safe_load(deployments.read_text()).get("deployments") or []
+        pools += [d["work_pool"]["name"] for d in declared if d.get("work_pool")]
+    for pool in ensure_work_pools(args.max_trainings, pools):
+        limit = (f"at most {pool.concurrency_limit} run(s) at once" if pool.concurrency_limit
+                 else "no concurrency limit")
+        queues = ", ".join(f"{name} ({priority})" for name, priority in pool.queues)
+        print(f"{pool.name} ({pool.type}, {'created' if pool.created else 'exists'}): {limit}; "
+              f"queues {queues}")
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from loopline.errors import SpecProblem
+    from tasks.training_queue import submit_training_run
+
+    spec = load_spec(args.spec, check_source=False)
+    if args.flow == "sweep" and spec.training.sweep is None:
+        raise InvalidSpec(args.spec, [SpecProblem(
+            "training.sweep", "the sweep flow needs a training.sweep section",
+            "add training.sweep, or submit the train flow")])
+    queue = spec.training.queue
+    policy = queue.run_policy()
+    run = submit_training_run(args.flow, args.spec, args.priority or queue.priority, policy)
+    timeout = f"timeout {queue.timeout}" if queue.timeout else "no timeout"
+    print(f"queued {run.deployment} run {run.name} ({run.id}) in {run.work_pool}/"
+          f"{run.work_queue} (Prefect priority {run.priority}); {timeout}, "
+          f"{policy.retries} retries (backoff {queue.retry_backoff}, at most "
+          f"{queue.retry_backoff_max})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
     parser = argparse.ArgumentParser(prog="loopline", description=__doc__.splitlines()[0])
@@ -156,6 +206,23 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("model")
     rollback.add_argument("--reason", default="rollback", help="recorded in the history")
     rollback.set_defaults(handler=_rollback)
+    pools = commands.add_parser(
+        "work-pools", help="create or update the Prefect work pools the deployments need, with "
+        "the training pool's priority queues and concurrency limit (idempotent)")
+    pools.add_argument("--max-trainings", type=_positive_int, default=1, metavar="N",
+                       help="runs of the training pool at once, at most (default 1)")
+    pools.add_argument("--deployments", default="prefect.yaml",
+                       help="also create every pool this file's deployments name")
+    pools.set_defaults(handler=_work_pools)
+    submit = commands.add_parser(
+        "submit", help="queue a train or sweep run in the queue of its priority (returns at once)")
+    submit.add_argument("flow", choices=SUBMITTABLE)
+    submit.add_argument("--spec", default="configs/demo.yaml",
+                        help="the spec file, as the deployment's runs see it (relative to the "
+                        "project root)")
+    submit.add_argument("--priority", choices=PRIORITIES,
+                        help="the queue to join (default: the spec's training.queue.priority)")
+    submit.set_defaults(handler=_submit)
     demo = commands.add_parser("demo-data", help="write the demo data set (no download)")
     demo.add_argument("--out", help=f"file (default: <state folder>/demo/{DEMO_DATA_NAME})")
     demo.add_argument("--force", action="store_true", help="rewrite an existing file")

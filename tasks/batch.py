@@ -10,7 +10,6 @@ from typing import cast
 from uuid import UUID
 
 import mlflow
-from prefect import task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -30,6 +29,7 @@ from loopline.registry import ModelRegistry, ModelVersionInfo
 from loopline.state import state_paths
 from loopline.storage import S3Credentials
 from loopline.tracking import configure_tracking
+from tasks.options import loopline_task
 
 #: The progress artifact is updated after a chunk at most this often: each update is an API call,
 #: and small chunks would otherwise spend more time reporting than scoring.
@@ -50,7 +50,7 @@ def storage_credentials(storage_block: str | None) -> S3Credentials | None:
     return cast(FeatureStoreStorage, FeatureStoreStorage.load(storage_block)).credentials()
 
 
-@task(name="resolve-model-version")
+@loopline_task(name="resolve-model-version")
 def resolve_model_version(model_name: str, version: int | None = None, alias: str = "champion"
                           ) -> ModelVersionInfo:
     """The registered version to score with: ``version`` when given, else the one carrying
@@ -70,7 +70,7 @@ def resolve_model_version(model_name: str, version: int | None = None, alias: st
     return found
 
 
-@task(name="score-dataset")
+@loopline_task(name="score-dataset")
 def score_in_chunks(model_version: ModelVersionInfo, input_uri: str, output_uri: str,
                     chunk_rows: int = 100_000, id_column: str | None = None,
                     storage_block: str | None = None, overwrite: bool = False) -> BatchResult:
@@ -121,7 +121,7 @@ def score_in_chunks(model_version: ModelVersionInfo, input_uri: str, output_uri:
     return result
 
 
-@task(name="publish-batch-summary")
+@loopline_task(name="publish-batch-summary")
 def publish_batch_summary(result: BatchResult, input_uri: str) -> None:
     """A Markdown artifact describing the output: where it is, rows, parts, model version."""
     speed = f"{result.rows / result.seconds:,.0f} rows/s" if result.seconds > 0 and result.rows else "-"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlflow
-from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
@@ -16,6 +15,7 @@ from loopline.registry import ModelRegistry, ModelVersionInfo
 from loopline.spec import Spec
 from loopline.splits import split_frame
 from tasks.features import open_store
+from tasks.options import loopline_task
 from tasks.training import CandidateRun, tracker_for
 
 
@@ -29,7 +29,7 @@ class Evaluation:
     decision: GateDecision
 
 
-@task(name="evaluate-gates")
+@loopline_task(name="evaluate-gates")
 def evaluate_candidate(spec: Spec, manifest: FeatureSetManifest, best: CandidateRun,
                        storage_block: str | None = None) -> Evaluation:
     """Score the candidate and the champion on the test split and decide the gates; the

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import cast
 
-from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.blocks.system import Secret
 from prefect.logging import get_run_logger
@@ -14,14 +13,17 @@ from loopline.alerts import Alert, deliver
 from loopline.data_validation import ValidationReport
 from loopline.errors import DataValidationFailed
 from loopline.feature_store import FeatureSetManifest, FeatureStore
+from loopline.settings import current_settings
 from loopline.spec import Spec
 from loopline.state import state_paths
+from tasks.options import loopline_task
 
 
 def open_store(storage_block: str | None) -> FeatureStore:
-    """The feature store a flow writes to: the named storage block's, else the local one under
-    the state folder.
+    """The feature store a flow writes to: the named storage block's (LOOPLINE_STORAGE_BLOCK's
+    when None is given), else the local one under the state folder.
     """
+    storage_block = storage_block or current_settings().storage_block
     if storage_block:
         block = cast(FeatureStoreStorage, FeatureStoreStorage.load(storage_block))
         return FeatureStore(block.storage())
@@ -33,7 +35,7 @@ def read_secret(name: str) -> str:
     return str(cast(Secret[str], Secret.load(name)).get())
 
 
-@task(name="validate-source-data")
+@loopline_task(name="validate-source-data")
 def validate_source_data(spec: Spec, storage_block: str | None = None) -> ValidationReport | None:
     """Run the spec's data checks on the source before anything is materialized.
 
@@ -66,7 +68,7 @@ def validate_source_data(spec: Spec, storage_block: str | None = None) -> Valida
                                report, quarantine)
 
 
-@task(name="materialize-features", retries=1, retry_delay_seconds=2)
+@loopline_task(name="materialize-features", retries=1, retry_delay_seconds=2)
 def materialize_features(spec: Spec, validation: ValidationReport | None = None,
                          storage_block: str | None = None) -> FeatureSetManifest:
     """Compute the features from the source and commit a version (or reuse the identical one);
@@ -86,7 +88,7 @@ def materialize_features(spec: Spec, validation: ValidationReport | None = None,
     return manifest
 
 
-@task(name="read-feature-set")
+@loopline_task(name="read-feature-set")
 def read_manifest(spec: Spec, version: int | None = None,
                   storage_block: str | None = None) -> FeatureSetManifest:
     """The manifest of a committed version of the spec's feature set (the latest when None).

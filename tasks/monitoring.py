@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from prefect.logging import get_run_logger
@@ -26,8 +25,9 @@ from loopline.registry import ModelRegistry, ModelVersionInfo
 from loopline.sections.base import parse_duration
 from loopline.spec import Spec
 from loopline.state import state_paths
-from loopline.tracking import experiment_tracker
+from loopline.tracking import experiment_tracker, run_url
 from tasks.features import open_store, read_secret
+from tasks.options import loopline_task
 from tasks.registry import flow_actor
 from tasks.serving import prediction_log
 
@@ -35,7 +35,7 @@ from tasks.serving import prediction_log
 CATEGORICAL_DTYPES = frozenset({"string", "str", "bool", "boolean", "categorical"})
 
 
-@task(name="load-reference")
+@loopline_task(name="load-reference")
 def load_reference(spec: Spec, storage_block: str | None = None
                    ) -> tuple[ModelVersionInfo, pl.DataFrame, list[str]]:
     """The champion, the feature set version it was trained on (its feature columns), and which
@@ -60,13 +60,13 @@ def load_reference(spec: Spec, storage_block: str | None = None
     return champion, reference, categorical
 
 
-@task(name="load-window")
+@loopline_task(name="load-window")
 def load_window(spec: Spec, since: datetime) -> pl.DataFrame:
     """The prediction log's rows since ``since``, read once for drift and performance."""
     return read_predictions(prediction_log(spec), since=since, model_name=spec.name)
 
 
-@task(name="load-current-window")
+@loopline_task(name="load-current-window")
 def load_current(logged: pl.DataFrame | None, feature_names: list[str],
                  current_uri: str | None = None) -> pl.DataFrame:
     """The features of the window's traffic: the answers the clients got (no shadow answers, no
@@ -85,13 +85,13 @@ def load_current(logged: pl.DataFrame | None, feature_names: list[str],
     return features.with_columns(pl.lit(None).alias(name) for name in missing).select(feature_names)
 
 
-@task(name="load-labelled-traffic")
+@loopline_task(name="load-labelled-traffic")
 def load_labelled(spec: Spec, logged: pl.DataFrame, since: datetime) -> pl.DataFrame:
     """The window's predictions joined with their feedback (labels and rewards)."""
     return join_feedback(logged, read_feedback(prediction_log(spec), since=since))
 
 
-@task(name="check-drift")
+@loopline_task(name="check-drift")
 def check_drift(spec: Spec, reference: pl.DataFrame, current: pl.DataFrame,
                 categorical: list[str]) -> DriftReport | None:
     """Test every feature for drift; publish the report (markdown artifact, with Evidently's HTML
@@ -119,14 +119,15 @@ def check_drift(spec: Spec, reference: pl.DataFrame, current: pl.DataFrame,
                                  **{f"drift_score.{f.feature}": f.score for f in report.features}})
     tracker.log_artifact(run_id, html, "drift")
     tracker.end_run(run_id)
-    link = f"MLflow run {run_id}, artifact drift/{html.name} (local copy: {html})"
+    url = f"{run_url(tracker.experiment_id, run_id)}/artifacts/drift/{html.name}"
+    link = f"[drift/{html.name} in MLflow run {run_id}]({url}) (local copy: `{html}`)"
     create_markdown_artifact(key=f"{spec.name}-drift", markdown=report.render_markdown(link),
                              description=report.title())
     logger.info("%s; Evidently's report: %s", report.title(), html)
     return report
 
 
-@task(name="check-performance")
+@loopline_task(name="check-performance")
 def check_performance(spec: Spec, labelled: pl.DataFrame) -> list[Alert]:
     """The spec's metrics per window over the labelled traffic, stored with the series; the
     alerts for the latest window that crossed a bound.
@@ -143,7 +144,7 @@ def check_performance(spec: Spec, labelled: pl.DataFrame) -> list[Alert]:
     return alerts
 
 
-@task(name="send-alert")
+@loopline_task(name="send-alert")
 def send_alert(spec: Spec, alert: Alert) -> list[Delivery]:
     """Send ``alert`` to every channel of the spec, unless an identical one went out within the
     cooldown; a channel that keeps failing is logged, never raised.
@@ -157,7 +158,7 @@ def send_alert(spec: Spec, alert: Alert) -> list[Delivery]:
     return deliveries
 
 
-@task(name="emit-monitoring-event")
+@loopline_task(name="emit-monitoring-event")
 def emit_monitoring_event(spec: Spec, spec_path: str, event: str, payload: dict[str, Any]
                           ) -> str | None:
     """Emit a Prefect event about the model (``loopline.drift.detected`` or
@@ -174,7 +175,7 @@ def emit_monitoring_event(spec: Spec, spec_path: str, event: str, payload: dict[
     return str(emitted.id) if emitted else None
 
 
-@task(name="rollback-champion")
+@loopline_task(name="rollback-champion")
 def rollback_champion(spec: Spec, reason: str) -> int | None:
     """Make the previous champion champion again (a ``rollback`` performance rule); the change
     is in the registry's history. Returns the version now champion, or None when there was no

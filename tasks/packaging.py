@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import bentoml
 import mlflow
+import yaml
 from mlflow.pyfunc import load_model
-from prefect import task
 from prefect.logging import get_run_logger
 
 import bentos
@@ -23,9 +25,57 @@ from loopline.serving import CONFIG_FILE, BentoConfig, ServedVersion
 from loopline.spec import Spec
 from loopline.state import state_paths
 from loopline.tracking import MODEL_REQUIREMENTS
+from tasks.options import loopline_task
 from tasks.serving import prediction_log_uri
 
 SERVICE_FILE = Path(bentos.__file__).parent / "tabular_service.py"
+#: Names a YAML file of BentoML build options for Bentos that are containerized
+#: (``infra/bento/build-options.yaml``): ``docker`` (distro, python version, base image, system
+#: packages, setup script) and ``python`` (package index options). Unset: BentoML's defaults.
+BUILD_OPTIONS_ENV = "LOOPLINE_BENTO_BUILD_OPTIONS"
+_BUILD_OPTION_SECTIONS = frozenset({"docker", "python"})
+
+
+def build_options() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``docker`` and ``python`` options of the file ``LOOPLINE_BENTO_BUILD_OPTIONS`` names
+    (both empty when it is unset); a relative ``setup_script`` is resolved against the file's
+    folder (``build_bento`` copies it into the Bento's build folder: BentoML takes only paths
+    inside it).
+
+    Raises:
+        PackagingError: the file is missing, is not a mapping of those sections, or sets the
+            Python packages (the service's own requirements are not the recipe's to change).
+    """
+    name = os.environ.get(BUILD_OPTIONS_ENV)
+    if not name:
+        return {}, {}
+    path = Path(name)
+    try:
+        options = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise PackagingError(f"{BUILD_OPTIONS_ENV}={name}: cannot read it: {exc}") from exc
+    if not isinstance(options, dict) or not set(options) <= _BUILD_OPTION_SECTIONS:
+        raise PackagingError(f"{BUILD_OPTIONS_ENV}={name}: must be a mapping with the sections "
+                             f"{sorted(_BUILD_OPTION_SECTIONS)} only")
+    docker, python = dict(options.get("docker") or {}), dict(options.get("python") or {})
+    if "packages" in python or "requirements_txt" in python:
+        raise PackagingError(f"{BUILD_OPTIONS_ENV}={name}: python.packages and "
+                             "python.requirements_txt are set by loopline, not by the recipe")
+    if docker.get("setup_script"):
+        script = (path.parent / docker["setup_script"]).resolve()
+        if not script.is_file():
+            raise PackagingError(f"{BUILD_OPTIONS_ENV}={name}: setup_script {script} is missing")
+        docker["setup_script"] = str(script)
+    # BentoML reports unknown option names as a TypeError from deep inside the build: check
+    # them here, where the file can be named.
+    from bentoml._internal.bento.build_config import DockerOptions, PythonOptions
+
+    try:
+        DockerOptions(**docker)
+        PythonOptions(**python)
+    except (TypeError, ValueError) as exc:
+        raise PackagingError(f"{BUILD_OPTIONS_ENV}={name}: {exc}") from exc
+    return docker, python
 
 
 def _import(spec: Spec, version: ModelVersionInfo) -> ServedVersion:
@@ -57,7 +107,7 @@ def routing_db_name(spec: Spec, champion: ModelVersionInfo, challenger: ModelVer
     return f"routing-{hashlib.sha256(identity.encode()).hexdigest()[:12]}.sqlite"
 
 
-@task(name="build-bento")
+@loopline_task(name="build-bento")
 def build_bento(spec: Spec) -> str:
     """Build a Bento serving the registry's champion and, when there is one, its challenger
     (both by alias), routed by the spec; returns the Bento's tag (``bentoml serve <tag>``).
@@ -73,6 +123,7 @@ def build_bento(spec: Spec) -> str:
         raise ModelNotFound(f"{spec.name} has no champion to serve; promote a version first")
     challenger = registry.get_by_alias(spec.name, CHALLENGER)
     paths = state_paths()
+    docker_options, python_options = build_options()
     labels = {"loopline-model": spec.name, "loopline-version": str(champion.version)}
     if challenger is not None:
         labels["loopline-challenger"] = str(challenger.version)
@@ -93,6 +144,10 @@ def build_bento(spec: Spec) -> str:
         with tempfile.TemporaryDirectory(prefix="loopline-bento-") as workdir:
             context = Path(workdir)
             shutil.copy(SERVICE_FILE, context / SERVICE_FILE.name)
+            if docker_options.get("setup_script"):
+                script = Path(docker_options["setup_script"])
+                shutil.copy(script, context / script.name)
+                docker_options = {**docker_options, "setup_script": script.name}
             (context / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
             # The Bento carries loopline's core, so it runs where loopline is not installed.
             shutil.copytree(Path(loopline.__file__).parent, context / "loopline",
@@ -107,10 +162,10 @@ def build_bento(spec: Spec) -> str:
                 service=f"{SERVICE_FILE.stem}:TabularService", name=spec.name, labels=labels,
                 description=f"{spec.description} ({versions})",
                 include=[SERVICE_FILE.name, CONFIG_FILE, "loopline/**/*.py"],
-                python={"lock_packages": False,
+                python={"lock_packages": False, **python_options,
                         "packages": [*MODEL_REQUIREMENTS, "bentoml", "pydantic", "polars",
                                      "fsspec", "s3fs"]},
-                build_ctx=str(context),
+                docker=docker_options or None, build_ctx=str(context),
             )
     except bentoml.exceptions.BentoMLException as exc:
         raise PackagingError(f"building the Bento for {spec.name} v{champion.version} failed: "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import runtime, task
+from prefect import runtime
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
@@ -13,6 +13,7 @@ from loopline.registry import ModelRegistry, ModelVersionInfo
 from loopline.spec import Spec
 from loopline.tracking import log_model
 from tasks.evaluation import Evaluation
+from tasks.options import loopline_task
 from tasks.training import CandidateRun
 
 
@@ -39,7 +40,7 @@ def flow_actor() -> str:
     return f"prefect flow run {name}" if name else "prefect"
 
 
-@task(name="register-model")
+@loopline_task(name="register-model")
 def register_candidate(spec: Spec, manifest: FeatureSetManifest, best: CandidateRun,
                        evaluation: Evaluation, trigger: str | None = None) -> ModelVersionInfo:
     """Log the candidate's model and register it with its card and lineage in STAGING (the
@@ -68,7 +69,7 @@ def register_candidate(spec: Spec, manifest: FeatureSetManifest, best: Candidate
     return version
 
 
-@task(name="promote-model")
+@loopline_task(name="promote-model")
 def promote_version(spec: Spec, version: int, reason: str) -> ModelVersionInfo:
     """Make ``version`` champion (PRODUCTION); the previous champion is archived.
 
@@ -82,7 +83,24 @@ def promote_version(spec: Spec, version: int, reason: str) -> ModelVersionInfo:
     return promoted
 
 
-@task(name="record-deployment")
+@loopline_task(name="record-deployment")
 def record_deployment(spec: Spec, version: int, target: str) -> ModelVersionInfo:
     """Note on the version where it is deployed (for ``loopline lineage``)."""
     return ModelRegistry().record_deployment(spec.name, version, target)
+
+
+@loopline_task(name="publish-promotion")
+def publish_promotion(spec: Spec, promoted: ModelVersionInfo, bento_tag: str, reason: str) -> None:
+    """Publish the promotion as the artifact ``<model>-promotion``: the new champion, why, its
+    test metrics and the Bento that serves it.
+    """
+    metrics = promoted.model_card.performance if promoted.model_card else {}
+    lines = [f"# {spec.name} v{promoted.version} is champion", "",
+             f"- reason: {reason}", f"- stage: {promoted.stage}, aliases: "
+             f"{', '.join(promoted.aliases) or 'none'}", f"- Bento: `{bento_tag}` "
+             f"(serve it with `bentoml serve {bento_tag}`)",
+             f"- MLflow run: `{promoted.run_id}`", "", "| test metric | value |", "|---|---|"]
+    lines += [f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items())]
+    create_markdown_artifact(key=f"{spec.name}-promotion", markdown="\n".join(lines) + "\n",
+                             description=f"{spec.name} v{promoted.version} promoted")
+

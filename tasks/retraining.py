@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from datetime import UTC, datetime
 
-from prefect import runtime, task
+from prefect import runtime
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
@@ -20,13 +20,14 @@ from loopline.retraining import (
 )
 from loopline.sections.operations import Trigger
 from loopline.spec import Spec
+from tasks.options import loopline_task
 
 
 def _run_name() -> str:
     return str(runtime.flow_run.id or "")
 
 
-@task(name="claim-retraining")
+@loopline_task(name="claim-retraining")
 def claim_retraining(spec: Spec, trigger: Trigger, cause: str, samples: int | None
                      ) -> tuple[GuardDecision, str | None]:
     """Check the guardrails and record the run as started (or refused) in the registry; returns
@@ -56,7 +57,7 @@ def claim_retraining(spec: Spec, trigger: Trigger, cause: str, samples: int | No
     return decision, key
 
 
-@task(name="record-retraining-outcome")
+@loopline_task(name="record-retraining-outcome")
 def record_outcome(spec: Spec, key: str | None, trigger: Trigger, cause: str, outcome: Outcome,
                    reason: str, version: int | None = None) -> RetrainingRecord:
     """Record how the retraining ended and publish it as a markdown artifact."""

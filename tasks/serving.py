@@ -7,23 +7,27 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import polars as pl
-from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from loopline.ab_testing import ABReport, analyze, render_markdown
 from loopline.prediction_log import join_feedback, read_feedback, read_predictions
 from loopline.registry import CHALLENGER, ModelRegistry
+from loopline.settings import current_settings
 from loopline.spec import Spec
 from loopline.state import state_paths
 from loopline.storage import Storage
+from tasks.options import loopline_task
 
 
 def prediction_log_uri(spec: Spec) -> str:
-    """Where the spec's prediction log is: ``serving.prediction_log.uri``, else the state
-    folder's ``predictions/<model>``.
+    """Where the spec's prediction log is: ``serving.prediction_log.uri``, else
+    ``<LOOPLINE_PREDICTION_LOG_ROOT>/<model>``, else the state folder's ``predictions/<model>``.
     """
-    return spec.serving.prediction_log.uri or str(state_paths().predictions / spec.name)
+    if spec.serving.prediction_log.uri:
+        return spec.serving.prediction_log.uri
+    root = current_settings().prediction_log_root
+    return f"{root}/{spec.name}" if root else str(state_paths().predictions / spec.name)
 
 
 def prediction_log(spec: Spec) -> Storage:
@@ -31,7 +35,7 @@ def prediction_log(spec: Spec) -> Storage:
     return Storage(prediction_log_uri(spec))
 
 
-@task(name="read-ab-traffic")
+@loopline_task(name="read-ab-traffic")
 def read_ab_traffic(spec: Spec, since: datetime) -> pl.DataFrame:
     """The predictions since ``since`` of the registry's current champion and challenger (each
     variant by its current version), with their labels and rewards.
@@ -55,7 +59,7 @@ def read_ab_traffic(spec: Spec, since: datetime) -> pl.DataFrame:
     return joined
 
 
-@task(name="analyze-ab-test")
+@loopline_task(name="analyze-ab-test")
 def analyze_ab_test(spec: Spec, traffic: pl.DataFrame, alpha: float, min_samples: int) -> ABReport:
     """Compare the variants and publish the report as a markdown artifact."""
     report = analyze(traffic, spec.training.task, alpha=alpha, min_samples=min_samples)

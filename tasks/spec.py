@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from prefect import task
 from prefect.logging import get_run_logger
 
 from loopline.errors import InvalidSpec
@@ -11,9 +10,10 @@ from loopline.spec import Spec
 from loopline.spec_loader import load_spec
 from loopline.state import state_paths
 from loopline.tracking import configure_tracking
+from tasks.options import loopline_task
 
 
-@task(name="load-spec")
+@loopline_task(name="load-spec")
 def load_and_validate_spec(spec_path: str) -> Spec:
     """Validate the spec file and its data source; every problem is reported at once and
     nothing is written when one is found. Every flow starts here, so this also points MLflow at
@@ -30,7 +30,7 @@ def load_and_validate_spec(spec_path: str) -> Spec:
     return spec
 
 
-@task(name="check-resources")
+@loopline_task(name="check-resources")
 def check_resources(spec: Spec) -> None:
     """Check the spec's trainer settings against this machine before any training starts.
 

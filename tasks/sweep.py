@@ -4,17 +4,23 @@ in N worker processes, summarize, and retrain the best configuration on train+va
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import cast
 
 import polars as pl
-from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_run_logger
+from prefect.settings import PREFECT_API_URL
 
+from loopline.errors import InvalidSettings
 from loopline.feature_store import FeatureSetManifest
 from loopline.modeling.candidates import train_candidate
 from loopline.sections.base import parse_duration
@@ -33,8 +39,9 @@ from loopline.sweep import (
     study_name,
     summarize,
 )
-from loopline.tracking import log_candidate
+from loopline.tracking import log_candidate, run_url
 from tasks.features import open_store
+from tasks.options import loopline_task
 from tasks.training import CandidateRun, tracker_for
 
 
@@ -44,7 +51,7 @@ def sweep_splits(spec: Spec, manifest: FeatureSetManifest, storage_block: str | 
     return split_frame(frame, spec.data)
 
 
-@task(name="prepare-sweep")
+@loopline_task(name="prepare-sweep")
 def prepare_sweep(spec: Spec, manifest: FeatureSetManifest) -> str:
     """Create the study, or load it and mark trials a killed sweep left RUNNING as failed;
     returns the study's name.
@@ -59,13 +66,16 @@ def prepare_sweep(spec: Spec, manifest: FeatureSetManifest) -> str:
     return name
 
 
-@task(name="run-sweep-trials")
+@loopline_task(name="run-sweep-trials")
 def run_sweep_trials(spec: Spec, manifest: FeatureSetManifest, name: str, parent_run_id: str,
-                     storage_block: str | None = None) -> int:
-    """Run trials in this process until the study's budget is spent; returns finished trials."""
+                     storage_block: str | None = None, worker: int = 0) -> int:
+    """Run trials in this process until the study's budget is spent; returns finished trials.
+
+    ``worker`` says which of the sweep's trial streams this is (see ``open_study``).
+    """
     sweep = spec.training.sweep
     assert sweep is not None
-    study = open_study(spec, name, storage_for(sweep, state_paths(), name))
+    study = open_study(spec, name, storage_for(sweep, state_paths(), name), worker=worker)
     dtypes = {n: manifest.columns[n] for n in spec.feature_names}
     objective = Objective(spec, sweep_splits(spec, manifest, storage_block), dtypes,
                           tracker_for(spec), parent_run_id)
@@ -74,7 +84,7 @@ def run_sweep_trials(spec: Spec, manifest: FeatureSetManifest, name: str, parent
     return finished_trials(study)
 
 
-@task(name="run-sweep-worker")
+@loopline_task(name="run-sweep-worker")
 def run_sweep_worker(spec_path: str, manifest: FeatureSetManifest, name: str, parent_run_id: str,
                      worker: int, storage_block: str | None = None) -> int:
     """Run trials in a separate process (one of ``parallelism``) sharing the study's storage;
@@ -96,7 +106,61 @@ def run_sweep_worker(spec_path: str, manifest: FeatureSetManifest, name: str, pa
     return done.returncode
 
 
-@task(name="summarize-sweep")
+#: The deployment that runs one trial stream as a flow run (prefect.yaml: ``sweep-trials``).
+TRIALS_DEPLOYMENT = "loopline-sweep-trials/sweep-trials"
+_FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+
+
+@loopline_task(name="run-sweep-trial-runs")
+def run_sweep_trial_runs(spec_path: str, manifest: FeatureSetManifest, name: str,
+                         parent_run_id: str, streams: int, storage_block: str | None = None,
+                         poll_s: float = 2.0) -> list[str]:
+    """Run the sweep's ``streams`` trial streams as runs of the ``sweep-trials`` deployment, so
+    that any worker of its pool (on any machine) picks them up, and wait for all of them; the
+    study's shared storage (PostgreSQL) hands out the trials. Returns the runs' ids.
+
+    Raises:
+        RuntimeError: a trial run did not complete (its id, state and message are named).
+    """
+    logger = get_run_logger()
+    if not PREFECT_API_URL.value():
+        raise InvalidSettings("LOOPLINE_SWEEP_WORKERS=work-pool needs a Prefect server whose "
+                              "workers serve the sweep-trials deployment, but PREFECT_API_URL "
+                              "is unset (an embedded server has no workers): set it, or unset "
+                              "LOOPLINE_SWEEP_WORKERS to run trials in local processes")
+    try:
+        runs = [cast(FlowRun, run_deployment(TRIALS_DEPLOYMENT, timeout=0, parameters={
+            "spec_path": spec_path, "study": name, "feature_set_version": manifest.version,
+            "parent_run_id": parent_run_id, "worker": stream, "storage_block": storage_block}))
+            for stream in range(streams)]
+    except ObjectNotFound as exc:
+        raise RuntimeError(f"the deployment {TRIALS_DEPLOYMENT} does not exist: deploy it "
+                           "(prefect --no-prompt deploy --all, from the project root)") from exc
+    logger.info("sweep %s: %d trial runs submitted to %s: %s", name, streams, TRIALS_DEPLOYMENT,
+                [str(run.id) for run in runs])
+    pending = {run.id for run in runs}
+    failed: list[str] = []
+    waited = 0.0
+    with get_client(sync_client=True) as client:
+        while pending:
+            time.sleep(poll_s)
+            waited += poll_s
+            states = {run_id: client.read_flow_run(run_id).state for run_id in pending}
+            for run_id, state in states.items():
+                if state is not None and state.type in _FINAL:
+                    pending.discard(run_id)
+                    if state.type != StateType.COMPLETED:
+                        failed.append(f"{run_id}: {state.name} ({state.message})")
+            if pending and waited % 60 < poll_s:
+                # A run that stays Scheduled means no worker serves the deployment's pool.
+                logger.info("sweep %s: waiting for %d trial runs (%s)", name, len(pending),
+                            sorted({str(s.name) for s in states.values() if s is not None}))
+    if failed:
+        raise RuntimeError(f"sweep {name}: trial runs did not complete: {'; '.join(failed)}")
+    return [str(run.id) for run in runs]
+
+
+@loopline_task(name="summarize-sweep")
 def summarize_sweep(spec: Spec, name: str, parent_run_id: str) -> SweepSummary:
     """The leaderboard and best trial(s), published as Prefect artifacts (with the link to the
     MLflow parent run); Optuna's plots become HTML artifacts of that run.
@@ -117,7 +181,7 @@ def summarize_sweep(spec: Spec, name: str, parent_run_id: str) -> SweepSummary:
                 "seconds": None if row.seconds is None else round(row.seconds, 2)}
                for row in summary.leaderboard],
         description=f"Study `{name}`: {summary.counts}")
-    link = _run_link(tracker.experiment_id, parent_run_id)
+    link = run_url(tracker.experiment_id, parent_run_id)
     best = "\n".join(f"- trial {row.number} ({row.candidate}) {row.values}: `{row.params}`"
                      for row in summary.best)
     heading = "Pareto front" if summary.is_multi_objective else "Best trial"
@@ -131,14 +195,7 @@ def summarize_sweep(spec: Spec, name: str, parent_run_id: str) -> SweepSummary:
     return summary
 
 
-def _run_link(experiment_id: str, run_id: str) -> str:
-    base = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not base.startswith("http"):
-        base = "http://127.0.0.1:5000"  # `make mlflow-ui`
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
-@task(name="retrain-best")
+@loopline_task(name="retrain-best")
 def retrain_best(spec: Spec, manifest: FeatureSetManifest, summary: SweepSummary,
                  parent_run_id: str, storage_block: str | None = None) -> CandidateRun:
     """Train the best configuration (the first of the Pareto front) on train+validation and log

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefect import task
+from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
 from loopline.experiments import ExperimentTracker
@@ -16,6 +16,7 @@ from loopline.splits import split_frame
 from loopline.state import state_paths
 from loopline.tracking import configure_tracking, experiment_tracker, log_candidate
 from tasks.features import open_store
+from tasks.options import loopline_task
 
 
 @dataclass
@@ -33,7 +34,7 @@ def tracker_for(spec: Spec) -> ExperimentTracker:
     return experiment_tracker(spec.name, paths)
 
 
-@task(name="start-training-run")
+@loopline_task(name="start-training-run")
 def start_training_run(spec: Spec, manifest: FeatureSetManifest, flow_run_id: str | None) -> str:
     """Open the pipeline's parent MLflow run in the spec's experiment; returns its id."""
     tags = {"loopline.spec_hash": spec.content_hash(),
@@ -43,7 +44,7 @@ def start_training_run(spec: Spec, manifest: FeatureSetManifest, flow_run_id: st
     return tracker_for(spec).start_run(f"pipeline-{spec.name}-fs-v{manifest.version}", tags=tags)
 
 
-@task(name="train-candidate")
+@loopline_task(name="train-candidate")
 def train_one_candidate(spec: Spec, manifest: FeatureSetManifest, algorithm_index: int,
                         parent_run_id: str, storage_block: str | None = None) -> CandidateRun:
     """Train the spec's ``algorithm_index``-th candidate with its params and log it (params,
@@ -69,7 +70,25 @@ def train_one_candidate(spec: Spec, manifest: FeatureSetManifest, algorithm_inde
     return CandidateRun(run_id=run_id, candidate=candidate)
 
 
-@task(name="finish-training-run")
+@loopline_task(name="publish-candidates")
+def publish_candidates(spec: Spec, runs: list[CandidateRun], best: CandidateRun) -> None:
+    """Publish every candidate's validation metrics as the table artifact ``<model>-candidates``
+    (the best first), so the choice can be read without the logs.
+    """
+    metrics = sorted({name for run in runs for name in run.candidate.validation_metrics})
+    ordered = [best, *[run for run in runs if run is not best]]
+    create_table_artifact(
+        key=f"{spec.name}-candidates",
+        table=[{"candidate": run.candidate.name, "algorithm": run.candidate.kind,
+                "best": run is best, "seconds": round(run.candidate.train_seconds, 2),
+                **{f"val_{name}": round(run.candidate.validation_metrics[name], 4)
+                   for name in metrics if name in run.candidate.validation_metrics},
+                "mlflow_run": run.run_id} for run in ordered],
+        description=f"{spec.name}: candidates on the validation split "
+                    f"({spec.training.metric.name} picks the best)")
+
+
+@loopline_task(name="finish-training-run")
 def finish_training_run(spec: Spec, parent_run_id: str, best: CandidateRun) -> None:
     """Close the parent run, recording which candidate won."""
     tracker = tracker_for(spec)

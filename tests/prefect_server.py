@@ -18,10 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loopline.queueing import PROCESS_POOL, TRAINING_POOL
 from tests.conftest import REPO
 from tests.servers import VENV_BIN, free_port, http_ok, start, stop, wait_for
 
-POOL = "loopline-process"
+POOL = PROCESS_POOL
 FINISHED = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
@@ -93,20 +94,50 @@ def deployment_runs(env: dict[str, str], flow_name: str, deployment: str) -> lis
 
 
 class Worker:
-    """A ``prefect worker`` of the process pool, started from the project root."""
+    """``prefect worker``s of process pools, started from the project root: by default one for
+    ``loopline-process`` and one for ``loopline-training`` (every deployment but the sweep's
+    trial streams), writing to one log; ``name`` also becomes LOOPLINE_WORKER_NAME of the runs
+    they execute.
+    """
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path,
+                 pool: str | tuple[str, ...] = (POOL, TRAINING_POOL), limit: int = 1,
+                 name: str | None = None) -> None:
         self.log = log
-        self.process = start([str(VENV_BIN / "prefect"), "worker", "start", "--pool", POOL,
-                              "--limit", "1"], log, env, cwd=REPO)
+        if name:
+            env = {**env, "LOOPLINE_WORKER_NAME": name}
+        # Appending, so that the workers of several pools share the log without overwriting.
+        self._handle = handle = log.open("ab")
+        self.processes = []
+        for each in (pool,) if isinstance(pool, str) else pool:
+            command = [str(VENV_BIN / "prefect"), "worker", "start", "--pool", each,
+                       "--limit", str(limit), *(["--name", name] if name else [])]
+            self.processes.append(subprocess.Popen(
+                command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **env},
+                cwd=REPO, start_new_session=True))
+        self.process = self.processes[0]
 
     def stop(self) -> None:
-        """Stop the worker and its flow-run processes."""
-        stop(self.process)
+        """Stop the workers and their flow-run processes."""
+        for process in self.processes:
+            stop(process)
+        self._handle.close()
 
 
-def deploy_all(env: dict[str, str]) -> None:
-    """Create the work pool and deploy every deployment of ``prefect.yaml``."""
-    prefect(env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
+def loopline(env: dict[str, str], *args: str) -> str:
+    """Run the ``loopline`` CLI from the project root; fail with its output on error."""
+    done = subprocess.run([str(VENV_BIN / "loopline"), *args], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, **env, "PWD": str(REPO)}, timeout=300,
+                          check=False)
+    assert done.returncode == 0, f"loopline {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def deploy_all(env: dict[str, str], max_trainings: int = 1) -> None:
+    """Create every work pool ``prefect.yaml`` names (``loopline work-pools``: the training pool
+    with its priority queues and a concurrency limit of ``max_trainings``), then deploy every
+    deployment.
+    """
+    loopline(env, "work-pools", "--max-trainings", str(max_trainings))
     prefect(env, "--no-prompt", "deploy", "--all")
 

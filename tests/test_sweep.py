@@ -266,6 +266,11 @@ def killed_sweep(demo_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Ki
          "--feature-set-version", "1", "--parent-run-id", parent],
         cwd=REPO, env={**env, "LOOPLINE_HOME": str(home)},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def in_a_trials_run(trials: list[FrozenTrial]) -> bool:
+        return sum(t.state in FINISHED for t in trials) >= 3 and any(
+            t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in trials)
+
     try:
         # Kill it after three finished trials, in the middle of a later one that has opened
         # its MLflow run.
@@ -279,10 +284,12 @@ def killed_sweep(demo_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Ki
             except Exception:  # the worker may be creating the database right now
                 time.sleep(0.05)
                 continue
-            if sum(t.state in FINISHED for t in trials) >= 3 and any(
-                    t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs
-                    for t in trials):
-                break
+            if in_a_trials_run(trials):
+                # Freeze the worker and look again: the trial may have finished since the read.
+                worker.send_signal(signal.SIGSTOP)
+                if in_a_trials_run(open_study(spec, name, storage).get_trials(deepcopy=False)):
+                    break
+                worker.send_signal(signal.SIGCONT)
             time.sleep(0.02)
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
