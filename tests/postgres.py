@@ -45,14 +45,24 @@ class Postgres:
         _psql(self.port, f"CREATE DATABASE {name} OWNER {ROLE}")
         return name
 
+    def query(self, database: str, sql: str) -> str:
+        """Run ``sql`` in ``database`` as the superuser; returns psql's unaligned output."""
+        return _psql(self.port, sql, database)
+
+    def drop(self, database: str) -> None:
+        """Drop ``database``, closing what is still connected to it."""
+        _psql(self.port, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
     def url(self, database: str, driver: str = "") -> str:
         """The SQLAlchemy URL of ``database`` (``driver`` e.g. ``asyncpg`` for Prefect)."""
         scheme = f"postgresql+{driver}" if driver else "postgresql"
         return f"{scheme}://{ROLE}:{PASSWORD}@{HOST}:{self.port}/{database}"
 
 
-def _psql(port: int, sql: str) -> str:
-    done = subprocess.run(["su", "postgres", "-c", f"psql -p {port} -v ON_ERROR_STOP=1 -tAc \"{sql}\""],
+def _psql(port: int, sql: str, database: str = "postgres") -> str:
+    """Run ``sql`` as the superuser; returns psql's unaligned output."""
+    done = subprocess.run(["su", "postgres", "-c",
+                           f"psql -p {port} -d {database} -v ON_ERROR_STOP=1 -tAc \"{sql}\""],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise AssertionError(f"psql {sql!r} failed: {done.stderr}")
