@@ -22,8 +22,10 @@ BENCHMARKS = {
     "batch": "bench.batch",
     "drift": "bench.drift",
     "features": "bench.features",
+    "orchestration": "bench.orchestration",
     "serving": "bench.serving",
     "sweep": "bench.sweep",
+    "sweep-storage": "bench.sweep_storage",
     "training": "bench.training",
 }
 

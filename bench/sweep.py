@@ -49,6 +49,8 @@ REPO = Path(__file__).resolve().parent.parent
 FEATURES = 20
 #: The random sampler's seed for both workloads: fixed once, never searched over.
 SEED = 0
+#: The environment variable that sets a worker's torch threads (``run_sweep``'s ``torch_threads``).
+TORCH_THREADS = "BENCH_SWEEP_TORCH_THREADS"
 #: Two sides' best validation f1 count as the same within this.
 F1_TOLERANCE = 0.01
 
@@ -74,8 +76,10 @@ def write_data(path: Path, rows: int, seed: int = 11) -> None:
 
 
 def spec_text(source: Path, name: str, *, epochs: int, n_trials: int, pruner: str,
-              search: str, parallelism: int = 1) -> str:
-    """A spec with one ``lightning_mlp`` candidate swept by the random sampler."""
+              search: str, parallelism: int = 1, storage: str = "journal") -> str:
+    """A spec with one ``lightning_mlp`` candidate swept by the random sampler, its study in
+    ``storage`` (``training.sweep.storage``: ``sqlite``, ``journal`` or a PostgreSQL URL).
+    """
     features = ", ".join(f"f{i}" for i in range(FEATURES))
     return f"""\
 name: {name}
@@ -104,7 +108,7 @@ training:
     pruner: {pruner}
     n_trials: {n_trials}
     parallelism: {parallelism}
-    storage: journal
+    storage: {storage}
     seed: {SEED}
 
 gates:
@@ -146,6 +150,11 @@ def _worker(spec_path: str, data: str, name: str, parent_run_id: str, worker: st
     tracker = experiment_tracker(spec.name, paths)
     study = open_study(spec, name, storage_for(sweep, paths, name), worker=int(worker))
     objective = Objective(spec, splits, dtypes, tracker, parent_run_id)
+    threads = os.environ.get(TORCH_THREADS)
+    if threads:  # run_trials shares the cores only for the spec's parallelism (see run_sweep)
+        import torch
+
+        torch.set_num_threads(int(threads))
     print("ready", flush=True)
     sys.stdin.readline()
     started = time.time()
@@ -178,9 +187,12 @@ def _prepare(spec_path: Path, data: Path, home: Path) -> tuple[str, str]:
     return name, parent
 
 
-def run_sweep(spec_path: Path, data: Path, home: Path, workers: int) -> dict[str, Any]:
+def run_sweep(spec_path: Path, data: Path, home: Path, workers: int,
+              torch_threads: int | None = None) -> dict[str, Any]:
     """Run the spec's sweep with ``workers`` processes on the same study; returns timings,
-    trials (from the study) and their MLflow runs.
+    trials (from the study) and their MLflow runs. ``torch_threads`` sets each worker's torch
+    threads, for more workers than the spec's ``parallelism`` (which is what ``run_trials``
+    shares the cores by).
     """
     from loopline.spec_loader import load_spec
     from loopline.state import StatePaths
@@ -189,6 +201,8 @@ def run_sweep(spec_path: Path, data: Path, home: Path, workers: int) -> dict[str
 
     name, parent = _prepare(spec_path, data, home)
     env = {**os.environ, "LOOPLINE_HOME": str(home)}
+    if torch_threads:
+        env[TORCH_THREADS] = str(torch_threads)
     spawned = time.time()
     procs = [subprocess.Popen([sys.executable, "-m", "bench.sweep", "worker", str(spec_path),
                                str(data), name, parent, str(worker)],
@@ -390,6 +404,9 @@ def run(quick: bool = False, command: str = "python -m bench sweep") -> dict[str
     for key, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(key, value)  # the workers inherit it
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # every side gets its own throwaway store
+    # The scale-out switches would override the spec's journal storage (or the feature store).
+    for key in ("LOOPLINE_OPTUNA_STORAGE", "LOOPLINE_SWEEP_WORKERS", "LOOPLINE_STORAGE_BLOCK"):
+        os.environ.pop(key, None)
     with tempfile.TemporaryDirectory(prefix="loopline-bench-sweep-") as tmp:
         work = Path(tmp)
         return {PARALLEL: _parallel(work, quick, command), PRUNING: _pruning(work, quick, command)}

@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 
 from bench.results import REQUIRED
+from tests.postgres import (
+    Postgres,
+    postgres,  # noqa: F401
+)
 
 REPO = Path(__file__).resolve().parent.parent
 WORKLOAD = "features.materialize_10m_vs_pandas"
@@ -132,3 +136,61 @@ def test_serving_quick_records_all_four_workloads(tmp_path: Path) -> None:
     assert added["loopline_concurrency"] == added["peer_concurrency"] == 1
     p95 = data["serving.p95_ms_at_max_load"]
     assert p95["higher_is_better"] is False and p95["loopline"] == p95["loopline_p95_ms"]
+
+
+@pytest.mark.slow  # 40-90 s (by load): the ephemeral Prefect server, then short flows of tasks
+def test_orchestration_quick_records_three_workloads(tmp_path: Path) -> None:
+    from bench.orchestration import FLOW_SIDES
+
+    data = _run_quick("orchestration", tmp_path / "results.json")
+
+    per_task = data["orchestration.task_vs_bare_prefect"]
+    plain = data["orchestration.prefect_vs_plain_python_per_task"]
+    frame = data["orchestration.frame_argument_vs_bare_prefect"]
+    for item in (per_task, plain, frame):
+        assert set(REQUIRED) <= set(item)
+        assert item["unit"] == "ms/task run" and item["higher_is_better"] is False
+        assert item["command"] == "python -m bench orchestration --quick"
+        assert item["loopline"] > 0 and item["peer"] > 0  # type: ignore[operator]
+        assert item["advantage"] == pytest.approx(item["peer"] / item["loopline"], abs=0.01)  # type: ignore[operator]
+        assert "ephemeral" in item["backend"]  # type: ignore[operator]
+    assert per_task["rows"] == 50 and per_task["n_tasks"] == [10, 50]
+    assert per_task["peer_name"].startswith("a bare Prefect")  # type: ignore[union-attr]
+    assert "1.2x" in per_task["goal"] and isinstance(per_task["meets_goal"], bool)  # type: ignore[operator]
+    for n in ("10", "50"):
+        figures = per_task["by_n_tasks"][n]  # type: ignore[index]
+        for side in FLOW_SIDES:
+            assert figures[f"{side}_ms_per_task"] > 0
+            # The server recorded every task run of every timed flow as COMPLETED.
+            assert None not in figures[f"{side}_settled_ms_per_task_every_run"]
+        assert figures["plain_loopline_ms_per_call"] > 0
+    assert plain["peer_name"].startswith("the same calls in a plain Python loop")  # type: ignore[union-attr]
+    assert plain["loopline"] == per_task["loopline"]
+    assert frame["rows"] == 20_000 and frame["task_calls"] == 3
+    assert frame["loopline_call"] == "check_performance(spec, frame)"
+
+
+@pytest.mark.slow  # 70-150 s (by load): five short sweeps, each with its own worker processes
+def test_sweep_storage_quick_records_the_postgresql_workloads(
+        tmp_path: Path, postgres: Postgres) -> None:  # noqa: F811
+    data = _run_quick("sweep-storage", tmp_path / "results.json")
+
+    sides = {"sweep.postgresql_vs_sqlite_two_workers": ("postgresql, 2", "sqlite, 2"),
+             "sweep.postgresql_vs_journal_two_workers": ("postgresql, 2", "journal, 2"),
+             "sweep.postgresql_two_workers_vs_one": ("postgresql, 2", "postgresql, 1"),
+             "sweep.postgresql_vs_sqlite_one_worker": ("postgresql, 1", "sqlite, 1")}
+    for workload, (ours, theirs) in sides.items():
+        item = data[workload]
+        assert set(REQUIRED) <= set(item), workload
+        assert item["unit"] == "trials/min" and item["higher_is_better"] is True
+        assert item["command"] == "python -m bench sweep-storage --quick"
+        assert item["n_trials"] == 4
+        assert item["loopline_storage"] == f"{ours} worker(s)"
+        assert item["peer_storage"] == f"{theirs} worker(s)"
+        assert item["loopline_trials"] >= 4 and item["peer_trials"] >= 4  # type: ignore[operator]
+        assert item["postgresql_version"]
+    # The same PostgreSQL two-worker run is the loopline side of every two-worker entry.
+    assert (data["sweep.postgresql_vs_sqlite_two_workers"]["loopline"]
+            == data["sweep.postgresql_vs_journal_two_workers"]["loopline"]
+            == data["sweep.postgresql_two_workers_vs_one"]["loopline"])
+    assert "refused by spec validation" in data["sweep.postgresql_vs_sqlite_two_workers"]["peer_note"]  # type: ignore[operator]
