@@ -54,7 +54,7 @@ prefect-ui: $(STAMP)
 	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
 
 mlflow-ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --workers 1 \
 	  --backend-store-uri sqlite:///$(LOOPLINE_HOME)/mlflow/mlflow.db
 
 clean:

@@ -1,0 +1,373 @@
+"""What people see, in a real browser (headless Chromium) against real servers: the pipeline's
+flow run in the Prefect UI (Completed, with its feature table, gate decision and model card),
+the project's deployments, drift found by the ``monitor`` deployment (its report, the
+``loopline.drift.detected`` event, the retraining that event started), Evidently's HTML report
+rendered, and the MLflow UI showing the runs and that report.
+
+One Prefect server and ``process`` worker serve the module. The runs keep their state in a
+folder of their own, so the model is ``tumor-malignancy`` v1 whatever other tests of the session
+registered. ``LOOPLINE_UPDATE_SCREENSHOTS=1`` rewrites docs/images/ from the screenshots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+import yaml
+
+from loopline.prediction_log import PredictionLogWriter, PredictionRecord
+from loopline.storage import Storage
+from tests.browser import browser, page, screenshot, visible_text, wait_for_text  # noqa: F401
+from tests.conftest import DEMO_MLP, REPO, demo_spec_text, write_spec
+from tests.prefect_server import (  # noqa: F401
+    Worker,
+    deploy_all,
+    deployment_runs,
+    prefect_server,
+    run_deployment,
+    wait_for_run,
+)
+from tests.servers import VENV_BIN, free_port, http_ok, start, stop, wait_for
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+pytestmark = pytest.mark.slow
+
+MODEL = "tumor-malignancy"
+RUN_TIMEOUT_S = 420
+#: How long Prefect may take to start the retrain deployment after the drift event.
+TRIGGER_TIMEOUT_S = 180
+#: Rows of drifted traffic: above the demo spec's drift.min_samples (50).
+DRIFTED_ROWS = 200
+
+
+@dataclass(frozen=True)
+class Loop:
+    """The runs the module looks at: pipeline → monitor (drift) → retrain (from the event)."""
+
+    env: dict[str, str]
+    home: Path
+    pipeline_run: str
+    monitor_run: str
+    retrain_run: str
+    logs: tuple[Path, ...]
+
+    @property
+    def ui(self) -> str:
+        """The Prefect UI: the server's base URL, without ``/api``."""
+        return self.env["PREFECT_API_URL"].removesuffix("/api")
+
+    def log_tails(self) -> str:
+        """The server's and the worker's last lines, for assertion messages."""
+        return "\n".join(f"--- {log.name} ---\n{log.read_text(errors='replace')[-3000:]}"
+                         for log in self.logs if log.exists())
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Call the Prefect server's REST API; returns the JSON answer."""
+        answer = httpx.request(method, f"{self.env['PREFECT_API_URL']}{path}", timeout=30, **kwargs)
+        answer.raise_for_status()
+        return answer.json()
+
+    def artifacts(self, flow_run_id: str) -> dict[str, dict[str, Any]]:
+        """The flow run's keyed artifacts (results left out), by key."""
+        found = self.api("POST", "/artifacts/filter", json={"artifacts": {
+            "flow_run_id": {"any_": [flow_run_id]}, "type": {"not_any_": ["result"]}}})
+        return {artifact["key"]: artifact for artifact in found if artifact["key"]}
+
+
+def prefect_yaml() -> dict[str, Any]:
+    """The project's deployments file."""
+    found: dict[str, Any] = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    return found
+
+
+def drifted_traffic(home: Path, rows: int) -> None:
+    """Served traffic whose measurements are 1.5 times the training data's (as in
+    docs/tutorial.md), logged as the Bento logs it (the state folder's prediction log).
+    """
+    from loopline.feature_store import FeatureStore
+
+    store = FeatureStore(home / "features")
+    names = store.manifest(MODEL, 1).feature_names
+    writer = PredictionLogWriter(Storage(str(home / "predictions" / MODEL)), flush_rows=10_000)
+    for index, row in enumerate(store.read(MODEL, 1).head(rows).iter_rows(named=True)):
+        features = {name: row[name] * 1.5 if isinstance(row[name], float) else row[name]
+                    for name in names}
+        writer.append(PredictionRecord(request_id=f"ui-drift-{index}", model_name=MODEL,
+                                       model_version=1, variant="champion", prediction=1,
+                                       probability=0.9, features=features, latency_ms=2.0))
+    writer.close()
+
+
+def completed(env: dict[str, str], flow_run_id: str, what: str, logs: tuple[Path, ...]) -> None:
+    """Wait for the flow run; fail with the logs unless it completed."""
+    state = wait_for_run(env, flow_run_id, RUN_TIMEOUT_S, logs[-1])
+    tails = "\n".join(log.read_text(errors="replace")[-4000:] for log in logs)
+    assert state == "COMPLETED", f"the {what} run ended {state}:\n{tails}"
+
+
+@pytest.fixture(scope="module")
+def loop(browser: Browser, prefect_server: dict[str, str], demo_csv: Path,  # noqa: F811
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
+    """The demo's loop through the deployments, as a person would start it: the pipeline, then
+    drifted traffic and the monitor, whose event starts the retrain deployment.
+
+    It asks for the browser first, so that a missing one skips (or fails, under CI) before any
+    server work.
+    """
+    env = prefect_server
+    folder = tmp_path_factory.mktemp("ui-loop")
+    home = folder / "state"
+    deploy_all(env)
+    # A worker for every pool prefect.yaml names, so that every deployment shows as ready.
+    pools = tuple(sorted({d["work_pool"]["name"] for d in prefect_yaml()["deployments"]}))
+    worker = Worker({**env, "LOOPLINE_HOME": str(home), "BENTOML_HOME": str(home / "bentoml")},
+                    folder / "worker.log", pool=pools)
+    logs = (Path(env["PREFECT_HOME"]) / "server.log", worker.log)
+    try:
+        # The demo spec without its Lightning candidate: the same artifacts, a quicker run.
+        spec_path = write_spec(folder, demo_spec_text(demo_csv, {DEMO_MLP: ""}))
+        pipeline_run = run_deployment(env, "loopline-pipeline/pipeline", spec_path=str(spec_path))
+        completed(env, pipeline_run, "pipeline", logs)
+        drifted_traffic(home, DRIFTED_ROWS)
+        monitor_run = run_deployment(env, "loopline-monitor/monitor", spec_path=str(spec_path))
+        completed(env, monitor_run, "monitor", logs)
+        deadline = time.monotonic() + TRIGGER_TIMEOUT_S
+        while not (runs := deployment_runs(env, "loopline-retrain", "retrain")):
+            assert time.monotonic() < deadline, (
+                "the drift event did not start the retrain deployment:\n"
+                + "\n".join(log.read_text(errors="replace")[-4000:] for log in logs))
+            time.sleep(1)
+        retrain_run = str(runs[0]["id"])
+        completed(env, retrain_run, "retrain", logs)
+        yield Loop(env, home, pipeline_run, monitor_run, retrain_run, logs)
+    finally:
+        worker.stop()
+
+
+def open_artifacts_tab(page: Page, loop: Loop) -> None:  # noqa: F811
+    """Show the flow run page's Artifacts tab with every artifact card rendered."""
+    page.get_by_text("Artifacts", exact=True).click()
+    wait_for_text(page, "Task runs", loop.log_tails(), exact=True)
+    # Task runs' artifacts sit in a virtual scroller that renders only what is scrolled into view.
+    for scroller in page.locator("#artifacts-content .p-virtual-scroller").all():
+        scroller.scroll_into_view_if_needed()
+
+
+def show_artifacts(page: Page) -> None:  # noqa: F811
+    """Scroll so that the tab bar and the artifact cards fill the window."""
+    page.locator("#artifacts-content").evaluate("e => e.scrollIntoView({block: 'end'})")
+
+
+def settle(page: Page) -> None:  # noqa: F811
+    """Let the flow run graph draw: it paints a canvas, with no text to wait for."""
+    page.wait_for_timeout(1500)
+
+
+def test_the_pipeline_run_page_shows_it_completed_with_its_artifacts(
+    loop: Loop, page: Page, tmp_path: Path  # noqa: F811
+) -> None:
+    published = loop.artifacts(loop.pipeline_run)
+    # The keys the pipeline's tasks publish (tasks/features.py, evaluation.py, registry.py).
+    expected = {f"{MODEL}-features", f"{MODEL}-gate-decision", f"{MODEL}-model-card"}
+    assert expected <= published.keys(), f"published: {sorted(published)}\n{loop.log_tails()}"
+
+    page.goto(f"{loop.ui}/runs/flow-run/{loop.pipeline_run}")
+    wait_for_text(page, "loopline-pipeline", loop.log_tails())
+    wait_for_text(page, "Completed", loop.log_tails(), exact=True)
+    pool = loop.api("GET", f"/flow_runs/{loop.pipeline_run}")["work_pool_name"]
+    wait_for_text(page, pool, loop.log_tails(), exact=True)  # the work pool that ran it
+    settle(page)
+    screenshot(page, tmp_path, "prefect-flow-run.png")
+
+    open_artifacts_tab(page, loop)
+    for key in sorted(published):
+        wait_for_text(page, key, loop.log_tails(), exact=True)
+    wait_for_text(page, f"Model card of {MODEL} v1", loop.log_tails())
+    show_artifacts(page)
+    screenshot(page, tmp_path, "prefect-artifacts.png")
+
+
+@pytest.mark.parametrize(("key", "shown", "image"), [
+    ("features", "mean_area / (mean_perimeter + 1)", "prefect-feature-table.png"),
+    ("gate-decision", f"Gate decision for {MODEL}: PASSED", "prefect-gate-decision.png"),
+    ("model-card", f"Model card: {MODEL} v1", "prefect-model-card.png"),
+])
+def test_each_pipeline_artifact_page_shows_its_content(
+    loop: Loop, page: Page, tmp_path: Path, key: str, shown: str, image: str  # noqa: F811
+) -> None:
+    artifact = loop.artifacts(loop.pipeline_run)[f"{MODEL}-{key}"]
+    page.goto(f"{loop.ui}/artifacts/artifact/{artifact['id']}")
+    wait_for_text(page, shown, loop.log_tails())
+    run_name = loop.api("GET", f"/flow_runs/{loop.pipeline_run}")["name"]
+    wait_for_text(page, run_name, loop.log_tails(), exact=True)  # the run that published it
+    screenshot(page, tmp_path, image)
+
+
+def test_the_deployments_page_lists_every_deployment_of_prefect_yaml(
+    loop: Loop, page: Page, tmp_path: Path  # noqa: F811
+) -> None:
+    names = [d["name"] for d in prefect_yaml()["deployments"]]
+    page.goto(f"{loop.ui}/deployments")
+    wait_for_text(page, f"{len(names)} Deployments", loop.log_tails())
+    # The list is sorted by name, ten to a page: the first page holds the first ten names.
+    for name in sorted(names)[:10]:
+        wait_for_text(page, name, loop.log_tails(), exact=True)
+    screenshot(page, tmp_path, "prefect-deployments.png")
+
+
+def test_the_monitor_run_shows_the_drift_report(loop: Loop, page: Page,  # noqa: F811
+                                                tmp_path: Path) -> None:
+    drift = loop.artifacts(loop.monitor_run).get(f"{MODEL}-drift")
+    assert drift is not None, f"no drift artifact: {sorted(loop.artifacts(loop.monitor_run))}"
+    page.goto(f"{loop.ui}/runs/flow-run/{loop.monitor_run}")
+    wait_for_text(page, "loopline-monitor", loop.log_tails())
+    wait_for_text(page, "Completed", loop.log_tails(), exact=True)
+    open_artifacts_tab(page, loop)
+    wait_for_text(page, f"{MODEL}-drift", loop.log_tails(), exact=True)
+
+    page.goto(f"{loop.ui}/artifacts/artifact/{drift['id']}")
+    wait_for_text(page, "Data drift: DRIFT", loop.log_tails())
+    wait_for_text(page, "mean_radius", loop.log_tails())
+    (report,) = (loop.home / "reports" / MODEL).glob("drift-*.html")
+    wait_for_text(page, report.name, loop.log_tails())  # where Evidently's report is
+    # ... as a link to the report in the MLflow UI, not raw Markdown
+    link = page.locator(f"a[href*='/artifacts/drift/{report.name}']")
+    assert link.count() == 1, page.content()[-3000:]
+    assert "/#/experiments/" in str(link.get_attribute("href"))
+    wait_for_text(page, loop.api("GET", f"/flow_runs/{loop.monitor_run}")["name"], loop.log_tails(),
+                  exact=True)
+    screenshot(page, tmp_path, "prefect-drift.png")
+
+
+def test_the_drift_event_and_the_retraining_it_started_show_in_the_ui(
+    loop: Loop, page: Page, tmp_path: Path  # noqa: F811
+) -> None:
+    parameters = loop.api("GET", f"/flow_runs/{loop.retrain_run}")["parameters"]
+    assert parameters["trigger"] == "drift", parameters
+    match = re.fullmatch(r"event loopline\.drift\.detected (\S+)", str(parameters["cause"]))
+    assert match, parameters
+    found = loop.api("POST", "/events/filter", json={"filter": {
+        "event": {"name": ["loopline.drift.detected"]}}})["events"]
+    (event,) = [e for e in found if e["id"] == match.group(1)]
+    page.goto(f"{loop.ui}/events/event/{event['occurred'][:10]}/{event['id']}")
+    wait_for_text(page, "loopline.drift.detected", loop.log_tails(), exact=True)
+    wait_for_text(page, f"loopline.model.{MODEL}", loop.log_tails())
+    wait_for_text(page, "emit-monitoring-event", loop.log_tails())
+    screenshot(page, tmp_path, "prefect-drift-event.png")
+
+    page.goto(f"{loop.ui}/runs/flow-run/{loop.retrain_run}")
+    wait_for_text(page, "loopline-retrain", loop.log_tails())
+    wait_for_text(page, "Completed", loop.log_tails(), exact=True)
+    open_artifacts_tab(page, loop)
+    wait_for_text(page, f"{MODEL}-retraining", loop.log_tails(), exact=True)
+    retraining = loop.artifacts(loop.retrain_run)[f"{MODEL}-retraining"]
+    page.goto(f"{loop.ui}/artifacts/artifact/{retraining['id']}")
+    # The demo spec promotes a candidate at least as good as the champion: v2 is champion.
+    wait_for_text(page, f"Retraining of {MODEL}: promoted", loop.log_tails())
+    wait_for_text(page, match.group(1), loop.log_tails())  # the cause: the event's id
+    screenshot(page, tmp_path, "prefect-retraining.png")
+
+
+def test_evidentlys_drift_report_renders_in_the_browser(loop: Loop, page: Page,  # noqa: F811
+                                                        tmp_path: Path) -> None:
+    (report,) = (loop.home / "reports" / MODEL).glob("drift-*.html")
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(report.as_uri())
+    # Text the report's JavaScript draws (the file itself holds only data and the bundle).
+    wait_for_text(page, "Dataset Drift is detected")
+    wait_for_text(page, "Drifted Columns")
+    wait_for_text(page, "mean_radius")
+    body = visible_text(page)
+    assert re.search(r"Drift is detected for [\d.]+% of columns", body), body[:3000]
+    assert errors == [], errors
+    screenshot(page, tmp_path, "evidently-drift-report.png")
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(loop: Loop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """``mlflow server`` on the loop's tracking database (as ``make mlflow-ui``, one worker):
+    its URL and its log.
+    """
+    folder = tmp_path_factory.mktemp("mlflow-ui")
+    port = free_port()
+    log = folder / "mlflow.log"
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    server = start([str(VENV_BIN / "mlflow"), "server", "--backend-store-uri",
+                    f"sqlite:///{loop.home / 'mlflow' / 'mlflow.db'}", "--host", "127.0.0.1",
+                    "--port", str(port), "--workers", "1"], log, env=env, cwd=folder)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(http_ok(f"{url}/health"), server, log, 180, "mlflow server")
+        yield url, log
+    finally:
+        stop(server, timeout=5)
+
+
+def test_the_mlflow_ui_shows_the_runs_and_the_drift_report(
+    loop: Loop, mlflow_ui: tuple[str, Path], page: Page, tmp_path: Path  # noqa: F811
+) -> None:
+    url, log = mlflow_ui
+    api = f"{url}/api/2.0/mlflow"
+    experiment = httpx.get(f"{api}/experiments/get-by-name", params={"experiment_name": MODEL},
+                           timeout=30).json()["experiment"]["experiment_id"]
+    runs = httpx.post(f"{api}/runs/search", timeout=30, json={
+        "experiment_ids": [experiment],
+        "filter": "tags.`loopline.kind` = 'monitoring'"}).json()["runs"]
+    (monitoring,) = runs
+    run_id = monitoring["info"]["run_id"]
+    (report,) = (loop.home / "reports" / MODEL).glob("drift-*.html")
+
+    tail = f"--- {log.name} ---\n{log.read_text(errors='replace')[-3000:]}"
+    page.goto(f"{url}/#/experiments/{experiment}/runs")
+    tidy_mlflow_ui(page)
+    wait_for_text(page, monitoring["info"]["run_name"], tail)
+    wait_for_text(page, f"pipeline-{MODEL}", tail)
+    expand_parent_runs(page)
+    screenshot(page, tmp_path, "mlflow-runs.png")
+
+    page.goto(f"{url}/#/experiments/{experiment}/runs/{run_id}/artifacts/drift/{report.name}")
+    tidy_mlflow_ui(page)
+    wait_for_text(page, f"drift/{report.name}", tail)
+    # MLflow shows an HTML artifact in a frame: Evidently's script runs there too.
+    frame = page.frame_locator("iframe").first
+    frame.get_by_text("Dataset Drift is detected").wait_for()
+    screenshot(page, tmp_path, "mlflow-drift-report.png")
+
+
+def tidy_mlflow_ui(page: Page) -> None:  # noqa: F811
+    """Switch MLflow's UI to its "Model training" view (runs and models, not GenAI traces) and
+    close its assistant panel when it opens: the panel covers a third of the window.
+    """
+    from playwright.sync_api import Error
+
+    for control in (page.get_by_text("Model training", exact=True),
+                    page.get_by_role("button", name="Close")):
+        # Not there in this version or this time: nothing to tidy.
+        with contextlib.suppress(Error):
+            control.first.click(timeout=10_000)
+
+
+def expand_parent_runs(page: Page) -> None:  # noqa: F811
+    """Unfold the pipeline runs so that their candidates' nested runs show (for the screenshot
+    only: the expander is a button of MLflow's own, named by its build).
+    """
+    from playwright.sync_api import Error
+
+    with contextlib.suppress(Error):
+        for button in page.locator("button[data-component-id*='runnamecellrenderer']").all():
+            button.click(timeout=5_000)
+        page.evaluate("document.activeElement && document.activeElement.blur()")
+        page.wait_for_timeout(500)  # the grid redraws its rows
