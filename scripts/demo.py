@@ -5,7 +5,9 @@ champion.
 2. Run the pipeline flow on ``configs/demo.yaml`` (Prefect's embedded server, MLflow on SQLite,
    everything under the state folder).
 3. ``bentoml serve`` the champion's Bento, send a few held-out records, print the answers.
-4. Stop the server, print the model's lineage and say where to look next.
+4. Stop the server, print the model's lineage.
+5. Register the project's deployments (``prefect.yaml``, schedules paused) in the same Prefect
+   database, so that the Prefect UI lists them beside the demo's runs; say where to look next.
 """
 
 from __future__ import annotations
@@ -56,6 +58,26 @@ def wait_ready(url: str, server: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"bentoml serve did not become ready within {READY_TIMEOUT_S} s")
 
 
+def register_deployments() -> bool:
+    """Create the work pools and deploy ``prefect.yaml`` into the demo's Prefect database (the
+    embedded server's, under PREFECT_HOME), with every schedule paused: nothing serves the
+    pools until you start workers, and paused schedules pile up no late runs meanwhile.
+    Returns whether it worked (the demo's own result does not depend on it).
+    """
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PWD": str(Path.cwd())}  # prefect.yaml's pull step uses $PWD
+    for command in ([str(bin_dir / "loopline"), "work-pools"],
+                    [str(bin_dir / "prefect"), "--no-prompt", "deploy", "--all"],
+                    [str(bin_dir / "prefect"), "--no-prompt", "deployment", "schedule", "pause",
+                     "--all"]):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(f"\n(could not register the deployments: `{' '.join(command[1:])}` said\n"
+                  f"{(done.stdout + done.stderr)[-2000:]})")
+            return False
+    return True
+
+
 def main() -> int:
     """Run the demo; returns the exit status."""
     loopline_cli(["demo-data"])
@@ -95,8 +117,11 @@ def main() -> int:
         server.wait(timeout=30)
     print("\nLineage of what answered (`loopline lineage`):")
     loopline_cli(["lineage", spec.name, str(result.model_version)])
+    print("\nRegistering the deployments of prefect.yaml (schedules paused) ...")
+    deployed = register_deployments()
     print("\nWhere to look next:")
-    print("  make prefect-ui   # Prefect UI on http://127.0.0.1:4200 (flow runs, artifacts)")
+    print("  make prefect-ui   # Prefect UI on http://127.0.0.1:4200 (flow runs, artifacts"
+          + (", deployments)" if deployed else ")"))
     print("  make mlflow-ui    # MLflow UI on http://127.0.0.1:5000 (runs, registered models)")
     print(f"  state folder: {state_paths().home}")
     return 0
