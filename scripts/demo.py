@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from flows.pipeline import pipeline
+from loopline.cli import DEMO_DATA_NAME
 from loopline.cli import main as loopline_cli
 from loopline.feature_store import FeatureStore
 from loopline.spec_loader import load_spec
@@ -30,6 +31,8 @@ from loopline.splits import split_frame
 from loopline.state import state_paths
 
 SPEC = Path("configs/demo.yaml")
+#: Where the demo spec expects its data: the default state folder's demo data.
+SPEC_SOURCE = "../.loopline/demo/breast_cancer.csv"
 READY_TIMEOUT_S = 60
 
 
@@ -78,15 +81,28 @@ def register_deployments() -> bool:
     return True
 
 
+def demo_spec() -> Path:
+    """The demo spec; when LOOPLINE_HOME moved the state folder (and the demo data with it), a
+    copy in the state folder whose source is the data just written there.
+    """
+    data = (state_paths().demo / DEMO_DATA_NAME).resolve()
+    if (SPEC.parent / SPEC_SOURCE).resolve() == data:
+        return SPEC
+    copy = state_paths().demo / SPEC.name
+    copy.write_text(SPEC.read_text().replace(SPEC_SOURCE, str(data)))
+    return copy
+
+
 def main() -> int:
     """Run the demo; returns the exit status."""
     loopline_cli(["demo-data"])
-    result = pipeline(str(SPEC))
+    spec_path = demo_spec()
+    result = pipeline(str(spec_path))
     if result.bento_tag is None:
         print(f"\nThe candidate did not become champion (gates passed: {result.gate_passed}); "
               "nothing new to serve.")
         return 1
-    spec = load_spec(SPEC)
+    spec = load_spec(spec_path)
     manifest = FeatureStore(state_paths().features).manifest(spec.name)
     test = split_frame(FeatureStore(state_paths().features).read(spec.name, manifest.version),
                        spec.data).test.head(5)

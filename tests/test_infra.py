@@ -892,18 +892,29 @@ def mlflow_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("where", ["compose", "kubernetes"])
-def test_the_mlflow_server_answers_the_stacks_host_names(where: str, tmp_path: Path,
-                                                         mlflow_database: Path) -> None:
-    """The MLflow command line as compose and the Deployment give it (only the stores and the
-    address swapped for this machine's): clients calling it by its service name get answers.
+def test_the_kubernetes_mlflow_server_allows_the_names_compose_allows_and_its_service_names(
+) -> None:
+    """The Deployment's MLflow command line is compose's (run for real below) with the
+    cluster's names for the service added to ``--allowed-hosts``.
     """
-    if where == "compose":
-        args, host = service("mlflow")["command"][2:], "mlflow:5000"
-    else:
-        args = by_kind("Deployment")["mlflow"]["spec"]["template"]["spec"]["containers"][0]["args"]
-        host = "mlflow.loopline.svc.cluster.local:5000"
+    compose = service("mlflow")["command"][2:]
+    cluster = by_kind("Deployment")["mlflow"]["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    def allowed(args: list[str]) -> set[str]:
+        return set(args[args.index("--allowed-hosts") + 1].split(","))
+
+    assert allowed(compose) <= allowed(cluster)
+    for name in ("mlflow.loopline", "mlflow.loopline.svc", "mlflow.loopline.svc.cluster.local"):
+        assert {name, f"{name}:*"} <= allowed(cluster), name
+
+
+@pytest.mark.slow
+def test_the_mlflow_server_answers_the_stacks_host_names(tmp_path: Path,
+                                                         mlflow_database: Path) -> None:
+    """The MLflow command line as compose gives it (only the stores and the address swapped
+    for this machine's): clients calling it by its service name get answers.
+    """
+    args, host = service("mlflow")["command"][2:], "mlflow:5000"
     port = free_port()
     shutil.copy(mlflow_database, tmp_path / "mlflow.db")
     command = [str(Path(sys.executable).parent / "mlflow"), "server",

@@ -105,7 +105,8 @@ def test_the_demo_loop_runs_on_postgresql_s3_and_two_workers(
     assert wait_for_run(stack.env, run, RUN_TIMEOUT_S, workers["loopline-process"].log) == "COMPLETED", \
         logs(workers)
 
-    studies = optuna.get_all_study_summaries(stack.env["LOOPLINE_OPTUNA_STORAGE"])
+    studies = [s for s in optuna.get_all_study_summaries(stack.env["LOOPLINE_OPTUNA_STORAGE"])
+               if s.study_name.startswith(f"{MODEL}-")]
     assert len(studies) == 1
     study = optuna.load_study(study_name=studies[0].study_name,
                               storage=stack.env["LOOPLINE_OPTUNA_STORAGE"])

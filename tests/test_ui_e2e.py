@@ -131,7 +131,10 @@ def loop(browser: Browser, prefect_server: dict[str, str], demo_csv: Path,  # no
     deploy_all(env)
     # A worker for every pool prefect.yaml names, so that every deployment shows as ready.
     pools = tuple(sorted({d["work_pool"]["name"] for d in prefect_yaml()["deployments"]}))
-    worker = Worker({**env, "LOOPLINE_HOME": str(home), "BENTOML_HOME": str(home / "bentoml")},
+    # Empty tracking URIs: MLflow's store under this state folder, whatever an earlier test of
+    # the session left in os.environ (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI).
+    worker = Worker({**env, "LOOPLINE_HOME": str(home), "BENTOML_HOME": str(home / "bentoml"),
+                     "MLFLOW_TRACKING_URI": "", "MLFLOW_REGISTRY_URI": ""},
                     folder / "worker.log", pool=pools)
     logs = (Path(env["PREFECT_HOME"]) / "server.log", worker.log)
     try:
