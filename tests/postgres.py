@@ -19,7 +19,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
@@ -27,6 +27,9 @@ import pytest
 #: benchmarks use this module too, and conftest moves the state folder when imported.)
 IN_CI = os.environ.get("CI", "").lower() == "true"
 ROLE = "loopline"
+#: Database numbers for the whole session: every test module that imports the ``postgres``
+#: fixture gets its own instance of it, and their databases must not share a name.
+_DATABASE_NUMBERS = itertools.count()
 PASSWORD = "loopline-test"
 HOST = "127.0.0.1"
 
@@ -36,11 +39,10 @@ class Postgres:
     """A running PostgreSQL cluster on loopback with a role that may create databases."""
 
     port: int
-    _names: Iterator[int] = field(default_factory=itertools.count)
 
     def database(self, prefix: str) -> str:
-        """Create an empty database; returns its name."""
-        name = f"{prefix}_{os.getpid()}_{next(self._names)}"
+        """Create an empty database; returns its name (unique in this test session)."""
+        name = f"{prefix}_{os.getpid()}_{next(_DATABASE_NUMBERS)}"
         _psql(self.port, f"DROP DATABASE IF EXISTS {name}")
         _psql(self.port, f"CREATE DATABASE {name} OWNER {ROLE}")
         return name

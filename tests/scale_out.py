@@ -84,12 +84,11 @@ def _mlflow_server(stack_env: dict[str, str], backend: str, url: str,
                  logs / "mlflow.log", env=env)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def scale_out_stack(postgres: Postgres, s3_server: S3Server,
                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """PostgreSQL databases, an S3 bucket, Prefect and MLflow servers on them, shared by the
-    session's scale-out tests (each uses its own model names); everything is stopped and the
-    databases dropped afterwards.
+    """PostgreSQL databases, an S3 bucket, Prefect and MLflow servers on them, for one test
+    module; everything is stopped and the databases dropped afterwards.
     """
     logs = tmp_path_factory.mktemp("scale-out")
     home = logs / "state"
