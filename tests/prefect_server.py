@@ -50,13 +50,18 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         stop(server)
 
 
-def prefect(env: dict[str, str], *args: str) -> str:
-    """Run the ``prefect`` CLI from the project root; fail with its output on error."""
-    done = subprocess.run([str(VENV_BIN / "prefect"), *args], cwd=REPO, capture_output=True,
+def _cli(command: str, env: dict[str, str], *args: str) -> str:
+    """Run the environment's ``command`` from the project root; fail with its output on error."""
+    done = subprocess.run([str(VENV_BIN / command), *args], cwd=REPO, capture_output=True,
                           text=True, env={**os.environ, **env, "PWD": str(REPO)}, timeout=300,
                           check=False)
-    assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    assert done.returncode == 0, f"{command} {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
     return done.stdout
+
+
+def prefect(env: dict[str, str], *args: str) -> str:
+    """Run the ``prefect`` CLI from the project root; fail with its output on error."""
+    return _cli("prefect", env, *args)
 
 
 def run_deployment(env: dict[str, str], name: str, **parameters: str) -> str:
@@ -126,11 +131,7 @@ class Worker:
 
 def loopline(env: dict[str, str], *args: str) -> str:
     """Run the ``loopline`` CLI from the project root; fail with its output on error."""
-    done = subprocess.run([str(VENV_BIN / "loopline"), *args], cwd=REPO, capture_output=True,
-                          text=True, env={**os.environ, **env, "PWD": str(REPO)}, timeout=300,
-                          check=False)
-    assert done.returncode == 0, f"loopline {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+    return _cli("loopline", env, *args)
 
 
 def deploy_all(env: dict[str, str], max_trainings: int = 1) -> None:
