@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +25,10 @@ from tests.servers import VENV_BIN, free_port, http_ok, start, stop, wait_for
 
 POOL = PROCESS_POOL
 FINISHED = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+#: How long a call to the server may go unanswered before it counts as a failure. A SQLite
+#: server on two busy cores stalls for seconds while the runs it serves write (CI saw a GET of
+#: one flow run go unanswered for 10 s); that says nothing about the runs, so calls are retried.
+API_PATIENCE_S = 120
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +80,31 @@ def run_deployment(env: dict[str, str], name: str, **parameters: str) -> str:
     return match.group(1)
 
 
+def prefect_api(env: dict[str, str], method: str, path: str, json: Any = None) -> Any:
+    """Call the Prefect server's REST API (``path`` below ``/api``); returns the JSON answer.
+    Calls that go unanswered are made again for up to ``API_PATIENCE_S``: every call the tests
+    make is a read or an idempotent update.
+    """
+    deadline = time.monotonic() + API_PATIENCE_S
+    while True:
+        try:
+            response = httpx.request(method, f"{env['PREFECT_API_URL']}{path}", json=json,
+                                     timeout=30)
+            break
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    response.raise_for_status()
+    return response.json() if response.content else None
+
+
 def wait_for_run(env: dict[str, str], flow_run_id: str, timeout: float, log: Path) -> str:
     """Wait until the flow run finishes; returns its final state type."""
-    api = env["PREFECT_API_URL"]
     deadline = time.monotonic() + timeout
     state = None
     while time.monotonic() < deadline:
-        state = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()["state"]["type"]
+        state = prefect_api(env, "GET", f"/flow_runs/{flow_run_id}")["state"]["type"]
         if state in FINISHED:
             return str(state)
         time.sleep(1)
@@ -91,10 +114,9 @@ def wait_for_run(env: dict[str, str], flow_run_id: str, timeout: float, log: Pat
 
 def deployment_runs(env: dict[str, str], flow_name: str, deployment: str) -> list[dict[str, object]]:
     """Every flow run of the deployment ``flow_name/deployment``, oldest first."""
-    api = env["PREFECT_API_URL"]
-    found = httpx.get(f"{api}/deployments/name/{flow_name}/{deployment}", timeout=10).json()
-    runs = httpx.post(f"{api}/flow_runs/filter", timeout=10, json={
-        "deployments": {"id": {"any_": [found["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"}).json()
+    found = prefect_api(env, "GET", f"/deployments/name/{flow_name}/{deployment}")
+    runs = prefect_api(env, "POST", "/flow_runs/filter", json={
+        "deployments": {"id": {"any_": [found["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"})
     return list(runs)
 
 

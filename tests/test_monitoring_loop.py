@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
@@ -23,6 +22,7 @@ from tests.prefect_server import (  # noqa: F401
     Worker,
     deploy_all,
     deployment_runs,
+    prefect_api,
     prefect_server,
     run_deployment,
     wait_for_run,
@@ -71,8 +71,7 @@ def wait_for_retrain_run(env: dict[str, str], count: int, worker: Worker) -> dic
     run = runs[count - 1]
     state = wait_for_run(env, str(run["id"]), RUN_TIMEOUT_S, worker.log)
     assert state == "COMPLETED", f"retraining ended {state}:\n{worker.log.read_text()[-6000:]}"
-    found: dict[str, object] = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run['id']}",
-                                         timeout=10).json()
+    found: dict[str, object] = prefect_api(env, "GET", f"/flow_runs/{run['id']}")
     return found
 
 

@@ -16,7 +16,6 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -41,6 +40,7 @@ from tests.prefect_server import (  # noqa: F401
     deploy_all,
     deployment_runs,
     loopline,
+    prefect_api,
     prefect_server,
     wait_for_run,
 )
@@ -163,10 +163,7 @@ def queue_server(prefect_server: dict[str, str], demo_csv: Path,  # noqa: F811
 
 
 def api(env: dict[str, str], method: str, path: str, **body: Any) -> Any:
-    response = httpx.request(method, f"{env['PREFECT_API_URL']}{path}", timeout=30,
-                             json=body or None)
-    response.raise_for_status()
-    return response.json() if response.content else None
+    return prefect_api(env, method, path, json=body or None)
 
 
 def submit(env: dict[str, str], spec: Path, *args: str) -> str:
