@@ -2,7 +2,8 @@
 flow run in the Prefect UI (Completed, with its feature table, gate decision and model card),
 the project's deployments, drift found by the ``monitor`` deployment (its report, the
 ``loopline.drift.detected`` event, the retraining that event started), Evidently's HTML report
-rendered, and the MLflow UI showing the runs and that report.
+rendered, and the MLflow UI showing the runs, that report and the registered model with its
+champion.
 
 One Prefect server and ``process`` worker serve the module. The runs keep their state in a
 folder of their own, so the model is ``tumor-malignancy`` v1 whatever other tests of the session
@@ -27,11 +28,12 @@ import yaml
 from loopline.prediction_log import PredictionLogWriter, PredictionRecord
 from loopline.storage import Storage
 from tests.browser import browser, page, screenshot, visible_text, wait_for_text  # noqa: F401
-from tests.conftest import DEMO_MLP, REPO, demo_spec_text, write_spec
+from tests.conftest import REPO, demo_spec_text, write_spec
 from tests.prefect_server import (  # noqa: F401
     Worker,
     deploy_all,
     deployment_runs,
+    prefect_api,
     prefect_server,
     run_deployment,
     wait_for_run,
@@ -72,11 +74,9 @@ class Loop:
         return "\n".join(f"--- {log.name} ---\n{log.read_text(errors='replace')[-3000:]}"
                          for log in self.logs if log.exists())
 
-    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+    def api(self, method: str, path: str, json: Any = None) -> Any:
         """Call the Prefect server's REST API; returns the JSON answer."""
-        answer = httpx.request(method, f"{self.env['PREFECT_API_URL']}{path}", timeout=30, **kwargs)
-        answer.raise_for_status()
-        return answer.json()
+        return prefect_api(self.env, method, path, json)
 
     def artifacts(self, flow_run_id: str) -> dict[str, dict[str, Any]]:
         """The flow run's keyed artifacts (results left out), by key."""
@@ -138,8 +138,9 @@ def loop(browser: Browser, prefect_server: dict[str, str], demo_csv: Path,  # no
                     folder / "worker.log", pool=pools)
     logs = (Path(env["PREFECT_HOME"]) / "server.log", worker.log)
     try:
-        # The demo spec without its Lightning candidate: the same artifacts, a quicker run.
-        spec_path = write_spec(folder, demo_spec_text(demo_csv, {DEMO_MLP: ""}))
+        # The demo spec as it is: its Lightning candidate trains in the worker's flow-run
+        # process, as a deployment run trains it on any work pool.
+        spec_path = write_spec(folder, demo_spec_text(demo_csv))
         pipeline_run = run_deployment(env, "loopline-pipeline/pipeline", spec_path=str(spec_path))
         completed(env, pipeline_run, "pipeline", logs)
         drifted_traffic(home, DRIFTED_ROWS)
@@ -348,6 +349,27 @@ def test_the_mlflow_ui_shows_the_runs_and_the_drift_report(
     frame = page.frame_locator("iframe").first
     frame.get_by_text("Dataset Drift is detected").wait_for()
     screenshot(page, tmp_path, "mlflow-drift-report.png")
+
+
+def test_the_mlflow_ui_shows_the_registered_model_and_its_champion(
+    loop: Loop, mlflow_ui: tuple[str, Path], page: Page, tmp_path: Path  # noqa: F811
+) -> None:
+    url, log = mlflow_ui
+    model = httpx.get(f"{url}/api/2.0/mlflow/registered-models/get", params={"name": MODEL},
+                      timeout=30).json()["registered_model"]
+    # v1 from the pipeline, v2 from the retraining the drift event started, now the champion.
+    aliases = {alias["alias"]: alias["version"] for alias in model.get("aliases", [])}
+    assert aliases.get("champion") == "2", model
+
+    tail = f"--- {log.name} ---\n{log.read_text(errors='replace')[-3000:]}"
+    page.goto(f"{url}/#/models/{MODEL}")
+    tidy_mlflow_ui(page)
+    wait_for_text(page, "Version 2", tail)
+    wait_for_text(page, "Version 1", tail)
+    wait_for_text(page, "champion", tail)
+    # The versions table (with the aliases) sits below the model's history tags.
+    page.get_by_text("Version 1").first.evaluate("e => e.scrollIntoView({block: 'end'})")
+    screenshot(page, tmp_path, "mlflow-registered-model.png")
 
 
 def tidy_mlflow_ui(page: Page) -> None:  # noqa: F811
