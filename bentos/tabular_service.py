@@ -268,8 +268,7 @@ class TabularService:
         state = self.store.read()
         return {"status": "ok", "model_name": CONFIG.model_name,
                 "versions": dict(self.versions), "routing": state.model_dump(),
-                "prediction_log": {"written_rows": self.prediction_log.written_rows,
-                                   "pending_rows": self.prediction_log.pending_rows}}
+                "prediction_log": self.prediction_log.row_counts()}
 
     # --- internals -----------------------------------------------------------------------------
 

@@ -308,6 +308,36 @@ def test_the_thread_retries_a_failed_write_by_itself(storage: Storage) -> None:
     assert ids(read_predictions(storage)) == ["a"]
 
 
+class HeldStorage(Storage):
+    """Local storage whose writes wait until the test lets them go."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.writing, self.go = threading.Event(), threading.Event()
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        self.writing.set()
+        assert self.go.wait(60)
+        super().write_bytes(data, *parts)
+
+
+def test_rows_a_flush_is_writing_still_count_as_pending(tmp_path: Path) -> None:
+    # The service's /health reported 0 written + 0 pending while the first flush was writing:
+    # the records had left the buffer and were not written yet.
+    storage = HeldStorage(str(tmp_path / "log"))
+    with PredictionLogWriter(storage, flush_rows=3, flush_seconds=NEVER) as log:
+        for i in range(3):
+            log.append(record(f"r{i}"))
+        assert storage.writing.wait(60)  # the thread took the three records and is writing them
+        log.append(record("r3"))
+        assert log.pending_rows == 4
+        assert log.row_counts() == {"written_rows": 0, "pending_rows": 4, "dropped_rows": 0}
+        storage.go.set()
+        wait_until(lambda: log.written_rows == 3)
+        assert log.row_counts() == {"written_rows": 3, "pending_rows": 1, "dropped_rows": 0}
+    assert ids(read_predictions(storage)) == ["r0", "r1", "r2", "r3"]
+
+
 def test_a_full_buffer_drops_loudly_rather_than_growing(storage: Storage,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     Path(storage.root).parent.mkdir(parents=True, exist_ok=True)

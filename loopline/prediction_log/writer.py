@@ -74,8 +74,18 @@ class _BufferedLogWriter(Generic[R]):
 
     @property
     def pending_rows(self) -> int:
-        """Records appended but not written yet."""
-        return len(self._buffer)
+        """Records appended but not written yet (buffered, or taken by a flush still writing)."""
+        with self._cond:
+            return len(self._buffer) + self._in_flight
+
+    def row_counts(self) -> dict[str, int]:
+        """``written_rows``, ``pending_rows`` and ``dropped_rows`` read together, so that a flush
+        finishing in between cannot move rows from one count to the other unseen.
+        """
+        with self._cond:
+            return {"written_rows": self.written_rows,
+                    "pending_rows": len(self._buffer) + self._in_flight,
+                    "dropped_rows": self.dropped_rows}
 
     def append(self, record: R) -> None:
         """Buffer one record (no I/O); the background thread writes it.
