@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="loopline-test-"))
 os.environ["LOOPLINE_HOME"] = str(_SESSION_HOME)
@@ -34,6 +35,12 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO_SPEC = REPO / "configs" / "demo.yaml"
 #: Under CI a missing server or package is a failure, never a skip.
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+# No example of a property may fail for taking long (Hypothesis' default deadline is 200 ms): on
+# a busy 2-core machine, with servers running beside the tests, a pause says nothing of the code.
+settings.register_profile("loopline", deadline=None)
+settings.load_profile("loopline")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
