@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import mlflow
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.model import PythonModel
@@ -210,9 +210,12 @@ def random_transitions(registry: ModelRegistry, name: str, versions: list[int],
 
 @SERVER_SETTINGS
 @given(recorded=st.lists(lineages, min_size=1, max_size=3), data=st.data())
-def test_versions_count_up_keep_their_lineage_and_number_through_transitions(
+def test_versions_count_up_keep_their_lineage_and_number_and_stage_queries_return_only_that_stage(
         registry: ModelRegistry, logged_model: LoggedModel, recorded: list[Lineage],
         data: st.DataObject) -> None:
+    # Two properties over one scenario (each registration and transition is a few calls to the
+    # server, so they share the examples): what registration and transitions keep, and what the
+    # stage queries answer afterwards.
     name = fresh_name()
     for expected_version, chain in enumerate(recorded, start=1):
         info = registry.register_model(name, logged_model.source, card(), chain,
@@ -232,20 +235,10 @@ def test_versions_count_up_keep_their_lineage_and_number_through_transitions(
     assert ([champion.version] if champion else []) == in_production
     assert stage_tags(registry.client, name) == expected  # every promotion settles the tags
 
-
-# no shrinking while it is expected to fail: the first failing example is enough
-@settings(SERVER_SETTINGS, phases=[Phase.explicit, Phase.reuse, Phase.generate])
-@given(count=st.integers(min_value=1, max_value=3), data=st.data())
-def test_stage_queries_return_only_that_stage(registry: ModelRegistry, logged_model: LoggedModel,
-                                              count: int, data: st.DataObject) -> None:
-    name = fresh_name()
-    versions = register(registry, name, logged_model, count)
-    random_transitions(registry, name, versions, data)
-    actual = {v: registry.get_model(name, version=v).stage for v in versions}
     assert sum(info.stage == "PRODUCTION" for info in registry.list_versions(name)) <= 1
     for stage in STAGES:
         listed = [info.version for info in registry.list_versions(name, stage)]
-        assert listed == sorted((v for v, s in actual.items() if s == stage), reverse=True)
+        assert listed == sorted((v for v, s in expected.items() if s == stage), reverse=True)
         if listed:
             assert registry.get_model(name, stage=stage).stage == stage
 
