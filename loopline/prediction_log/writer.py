@@ -75,8 +75,7 @@ class _BufferedLogWriter(Generic[R]):
     @property
     def pending_rows(self) -> int:
         """Records appended but not written yet (buffered, or taken by a flush still writing)."""
-        with self._cond:
-            return len(self._buffer) + self._in_flight
+        return self.row_counts()["pending_rows"]
 
     def row_counts(self) -> dict[str, int]:
         """``written_rows``, ``pending_rows`` and ``dropped_rows`` read together, so that a flush
