@@ -80,7 +80,7 @@ def regression_log(errors_a: Any, errors_b: Any, seed: int) -> pl.DataFrame:
 # --- two-proportion z-test --------------------------------------------------------------------
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(n_a=st.integers(1, 20_000), n_b=st.integers(1, 20_000), frac_a=st.floats(0, 1),
        frac_b=st.floats(0, 1), alpha=ALPHAS)
 def test_z_test_matches_the_chi_square_test_and_the_wald_interval(
@@ -129,7 +129,7 @@ def test_z_test_rejects_impossible_counts() -> None:
 SAMPLES = st.lists(st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False), min_size=2, max_size=60)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(a=SAMPLES, b=SAMPLES, alpha=ALPHAS)
 def test_welch_matches_scipy(a: list[float], b: list[float], alpha: float) -> None:
     assume(np.var(a) > 1e-6 and np.var(b) > 1e-6)
@@ -146,7 +146,7 @@ def test_welch_matches_scipy(a: list[float], b: list[float], alpha: float) -> No
     assert swapped.effect == pytest.approx(-result.effect, rel=1e-9, abs=1e-9)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(n_a=st.integers(2, 10_000), n_b=st.integers(2, 10_000), mean_a=st.floats(-100, 100),
        mean_b=st.floats(-100, 100), sd_a=st.floats(0.01, 50), sd_b=st.floats(0.01, 50))
 def test_welch_from_summaries_matches_scipy_from_stats(n_a: int, n_b: int, mean_a: float, mean_b: float,
@@ -173,7 +173,7 @@ def test_welch_degenerate_samples() -> None:
 # --- mSPRT ------------------------------------------------------------------------------------
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(n=st.integers(2, 100_000), sigma=st.floats(0.01, 100), tau=st.floats(0.001, 10),
        z=st.floats(-6, 6))
 def test_mixture_likelihood_ratio_is_the_papers_formula(n: int, sigma: float, tau: float, z: float) -> None:
@@ -191,7 +191,7 @@ def test_mixture_likelihood_ratio_is_the_papers_formula(n: int, sigma: float, ta
     assert summary.statistic == pytest.approx(log_paper, rel=1e-9, abs=1e-9)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(variance=st.floats(1e-6, 10), tau2=st.floats(1e-6, 10), alpha=ALPHAS)
 def test_always_valid_interval_is_where_the_likelihood_ratio_stays_below_one_over_alpha(
         variance: float, tau2: float, alpha: float) -> None:
@@ -217,7 +217,7 @@ def test_sequential_p_values_never_increase_and_match_single_looks() -> None:
     assert running_2d[0].tolist() == pytest.approx([1.0, per_look[1], per_look[1]])
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(n_a=st.integers(1, 5000), n_b=st.integers(1, 5000), frac_a=st.floats(0, 1), frac_b=st.floats(0, 1))
 def test_proportion_msprt_uses_the_pooled_null_variance(n_a: int, n_b: int, frac_a: float,
                                                         frac_b: float) -> None:
@@ -301,7 +301,7 @@ def test_analyze_under_the_null_rarely_leaves_continue() -> None:
 # --- recommendations --------------------------------------------------------------------------
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(n_a=st.integers(1500, 4000), n_b=st.integers(1500, 4000), base=st.floats(0.55, 0.8),
        delta=st.floats(0.1, 0.15), seed=SEEDS)
 def test_clearly_better_and_clearly_worse_classifiers(n_a: int, n_b: int, base: float, delta: float,
@@ -316,7 +316,7 @@ def test_clearly_better_and_clearly_worse_classifiers(n_a: int, n_b: int, base: 
     assert "significantly worse" in worse.reason
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(n=st.integers(200, 3000), accuracy=st.floats(0.5, 0.95), seed=SEEDS)
 def test_equal_classifiers_continue(n: int, accuracy: float, seed: int) -> None:
     report = ab.analyze(classification_log(round(accuracy * n), n, round(accuracy * n), n, seed),
@@ -325,7 +325,7 @@ def test_equal_classifiers_continue(n: int, accuracy: float, seed: int) -> None:
     assert "No significant difference" in report.reason
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(n_a=st.integers(1000, 3000), n_b=st.integers(1000, 3000), scale=st.floats(0.1, 100), seed=SEEDS)
 def test_regression_lower_absolute_error_wins(n_a: int, n_b: int, scale: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
@@ -342,7 +342,7 @@ def test_regression_lower_absolute_error_wins(n_a: int, n_b: int, scale: float, 
     assert report.recommendation == "keep_champion", report.reason
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(n_a=st.integers(1, 600), n_b=st.integers(1, 600), rate_a=st.floats(0, 1), lift=st.floats(0, 0.3),
        min_samples=st.integers(1, 200), alpha=ALPHAS, seed=SEEDS)
 def test_a_better_challenger_is_promoted_only_when_significant(
@@ -396,7 +396,7 @@ def test_rewards_are_reported_per_variant() -> None:
 # --- per-variant stats kept apart -------------------------------------------------------------
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(n_champion=st.integers(0, 300), n_challenger=st.integers(0, 300), n_other=st.integers(0, 100),
        task=st.sampled_from(["classification", "regression"]), seed=SEEDS)
 def test_rows_of_one_variant_never_change_the_others_stats(n_champion: int, n_challenger: int, n_other: int,
@@ -471,7 +471,7 @@ def test_string_labels_nan_predictions_and_other_variants() -> None:
     assert "mix model versions [1, 2]" in ab.analyze(versions, "classification").notes[-1]
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(data=st.lists(st.tuples(st.sampled_from(["champion", "challenger", "other", ""]),
                                st.none() | st.integers(0, 2), st.none() | st.integers(0, 2), st.booleans()),
                      max_size=80),

@@ -236,7 +236,7 @@ channel_specs = st.lists(st.tuples(st.sampled_from(["slack", "webhook", "log"]),
                          min_size=1, max_size=5)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(alert=alerts, specs=channel_specs)
 def test_every_alert_reaches_every_channel_it_is_severe_enough_for(
         slack_server: StandIn, hook_server: StandIn, alert: Alert,

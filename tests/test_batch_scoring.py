@@ -135,7 +135,7 @@ sizes = st.integers(min_value=1, max_value=40).flatmap(
     lambda chunk: st.tuples(st.integers(0, chunk * 30), st.just(chunk)))
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(sizes=sizes, kind=st.sampled_from(["parquet", "csv"]), row_group=st.integers(1, 200),
        carry_id=st.booleans())
 def test_every_row_is_predicted_exactly_once(sizes: tuple[int, int], kind: str, row_group: int,
@@ -150,7 +150,7 @@ def test_every_row_is_predicted_exactly_once(sizes: tuple[int, int], kind: str, 
         assert_scored_once(data, Path(tmp) / "out", chunk_rows, "id" if carry_id else None)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(sizes=sizes.filter(lambda s: s[0] > 0), kind=st.sampled_from(["parquet", "csv"]),
        row_group=st.integers(1, 200), data=st.data())
 def test_a_failure_at_any_chunk_resumes_with_no_missing_or_duplicated_rows(
@@ -176,7 +176,7 @@ def test_a_failure_at_any_chunk_resumes_with_no_missing_or_duplicated_rows(
         assert_scored_once(records, output, chunk_rows)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(rows=st.integers(0, 300), start=st.integers(0, 320), row_group=st.integers(1, 64),
        kind=st.sampled_from(["parquet", "csv"]))
 def test_the_input_starts_at_any_row(rows: int, start: int, row_group: int, kind: str) -> None:

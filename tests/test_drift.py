@@ -45,7 +45,7 @@ samples = st.one_of(
 
 
 @pytest.mark.filterwarnings("ignore:ks_2samp:RuntimeWarning")  # scipy's own, exact → asymptotic
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(reference=samples, current=samples)
 def test_numeric_pair_reproduces_scipy_and_numpy(reference: np.ndarray, current: np.ndarray) -> None:
     pair = NumericPair(reference, current)
@@ -69,7 +69,7 @@ def test_numeric_pair_reproduces_scipy_and_numpy(reference: np.ndarray, current:
     assert histogram(np.sort(reference), edges).tolist() == np.histogram(reference, edges)[0].tolist()
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(values=arrays(np.int64, st.integers(2, 400), elements=st.integers(-30, 30)))
 def test_sturges_edges_keep_integer_bins_at_least_one_wide(values: np.ndarray) -> None:
     expected = np.histogram_bin_edges(values, bins="sturges")
@@ -168,7 +168,7 @@ def _shifted(kind: str, values: np.ndarray, rng: np.random.Generator) -> np.ndar
 kinds_st = st.sampled_from(["numeric", "discrete", "binary", "multiclass"])
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(kinds=st.lists(kinds_st, min_size=1, max_size=6), rows=st.sampled_from([150, 700, 2500]),
        repeat=st.integers(1, 2), method=st.sampled_from(SPEC_METHODS), seed=st.integers(0, 2**32 - 1))
 def test_identical_distributions_never_drift(kinds: list[str], rows: int, repeat: int, method: str,
@@ -185,7 +185,7 @@ def test_identical_distributions_never_drift(kinds: list[str], rows: int, repeat
         assert result.score == pytest.approx(expected, abs=1e-9), result
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(kinds=st.lists(kinds_st, min_size=2, max_size=8), data=st.data(),
        rows=st.sampled_from([200, 900, 3000]), method=st.sampled_from(SPEC_METHODS),
        seed=st.integers(0, 2**32 - 1))

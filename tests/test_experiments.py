@@ -27,7 +27,7 @@ from tests.mlflow_server import mlflow_client, mlflow_server  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
-SERVER_SETTINGS = settings(max_examples=100, deadline=None,
+SERVER_SETTINGS = settings(max_examples=100,
                            suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                   HealthCheck.too_slow])
 

@@ -33,7 +33,7 @@ from loopline.sections.data import FeatureDtype
 
 DTYPES: list[str] = list(get_args(FeatureDtype))
 EXPRESSIONS = ["a", "b", "a + 1", "a * b", "b - 2", "a / (b + 1)", "CASE WHEN a > 1 THEN 1 ELSE 0 END"]
-PROPERTY = settings(max_examples=100, deadline=None,
+PROPERTY = settings(max_examples=100,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,30}", fullmatch=True)

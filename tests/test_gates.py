@@ -190,7 +190,7 @@ def margin_text(hundredths: int) -> str:
     return f"+{hundredths // 100}.{hundredths % 100:02d}%"
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(champion=metric_value, hundredths=percent_hundredths, data=st.data())
 def test_relative_margin_passes_iff_candidate_reaches_champion_plus_margin(
         champion: float, hundredths: int, data: st.DataObject) -> None:
@@ -204,7 +204,7 @@ def test_relative_margin_passes_iff_candidate_reaches_champion_plus_margin(
     assert decision.passed is (candidate >= champion + abs(champion) * m)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(champion=metric_value, gap=st.floats(min_value=1e-6, max_value=100), hundredths=percent_hundredths)
 def test_a_worse_candidate_never_passes_and_a_better_one_passes_a_zero_margin(
         champion: float, gap: float, hundredths: int) -> None:

@@ -39,7 +39,7 @@ def example() -> Lineage:
                    training_run_id="run1", spec_hash="cd" * 32)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(lineage=lineages)
 def test_tags_round_trip(lineage: Lineage) -> None:
     tags = lineage.to_tags()
@@ -49,7 +49,7 @@ def test_tags_round_trip(lineage: Lineage) -> None:
     assert Lineage.from_tags(tags) == lineage
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(lineage=lineages, others=st.dictionaries(st.text(KEY_ALPHABET, min_size=1), st.text(), max_size=5))
 def test_other_tags_are_ignored(lineage: Lineage, others: dict[str, str]) -> None:
     tags = {**others, **lineage.to_tags()}

@@ -250,7 +250,7 @@ rows = st.lists(st.tuples(st.integers(0, 299), st.sampled_from(["champion", "cha
                 min_size=1, max_size=40)
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(rows=rows)
 def test_counts_and_accuracy_agree_with_the_rows(rows: list[tuple[int, str, bool, int, int | None]]) -> None:
     joined = pl.DataFrame(

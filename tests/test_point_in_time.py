@@ -32,7 +32,7 @@ feature_rows = st.dictionaries(
 )
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(entity_rows, feature_rows)
 def test_each_row_gets_the_latest_values_at_or_before_its_time(
         entities_raw: list[tuple[int, int, int]],

@@ -111,7 +111,7 @@ def scenarios(draw: st.DrawFn) -> tuple[int, list[PredictionRecord | None]]:
     return draw(st.integers(1, 50)), operations
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_every_append_is_read_back_once_and_intact(
         scenario: tuple[int, list[PredictionRecord | None]]) -> None:

@@ -45,7 +45,7 @@ from tests.mlflow_server import mlflow_client, mlflow_pointed_at, mlflow_server 
 
 pytestmark = pytest.mark.slow
 
-SERVER_SETTINGS = settings(max_examples=100, deadline=None,
+SERVER_SETTINGS = settings(max_examples=100,
                            suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                   HealthCheck.too_slow])
 HEX = "0123456789abcdef"
@@ -162,7 +162,7 @@ def test_card_is_the_versions_description(registry: ModelRegistry, logged_model:
 blank = st.sampled_from(["", " ", "\t\n"])
 
 
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=25,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(empty=st.sets(st.sampled_from(REQUIRED_FIELDS), min_size=1), filler=blank)
 def test_incomplete_cards_register_nothing(registry: ModelRegistry, logged_model: LoggedModel,

@@ -46,7 +46,7 @@ def test_the_cooldown_and_the_daily_maximum_hold_automatic_triggers_only() -> No
     assert check_guardrails(SPEC, "drift", refused, NOW, 500).allowed
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(hours=st.lists(st.floats(0.0, 48.0), max_size=6), trigger=st.sampled_from(
     ["drift", "performance", "schedule"]))
 def test_an_allowed_automatic_run_respects_every_guardrail(hours: list[float], trigger: str) -> None:

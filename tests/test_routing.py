@@ -37,7 +37,7 @@ def within(count: int, n: int, share: float, sigmas: float = 5.0) -> bool:
     return abs(count - n * share) <= sigmas * math.sqrt(n * share * (1 - share)) + 1e-9
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(share=SHARES, salt=st.text(max_size=8))
 def test_the_challenger_gets_its_share_of_requests_within_binomial_bounds(
     tmp_path_factory: pytest.TempPathFactory, share: float, salt: str
@@ -54,7 +54,7 @@ def test_the_challenger_gets_its_share_of_requests_within_binomial_bounds(
     store.close()
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(keys=st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=30),
        low=SHARES, high=SHARES)
 def test_a_key_keeps_its_variant_and_a_growing_share_never_moves_challengers_back(
@@ -199,7 +199,7 @@ def test_a_timed_hold_advances_after_its_duration() -> None:
     assert judge(timed, state, window, now=state.step_started + 600).verdict == "advance"
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(outcomes=st.lists(st.tuples(st.booleans(), st.booleans(), st.floats(0.1, 200.0)),
                          min_size=1, max_size=300))
 def test_the_watch_never_advances_past_a_failing_window(

@@ -137,7 +137,7 @@ def fuzz(url: str, document: dict[str, Any], method: str, path: str, mode: Gener
         options["media_type"] = "application/json"
     statuses: Counter[int] = Counter()
 
-    @settings(max_examples=MAX_EXAMPLES, deadline=None,
+    @settings(max_examples=MAX_EXAMPLES,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                      HealthCheck.data_too_large])
     @given(case=operation.as_strategy(**options))

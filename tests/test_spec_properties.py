@@ -38,7 +38,7 @@ from loopline.spec_loader import (
 )
 
 PROPERTY_SETTINGS = settings(
-    max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=100, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 # --- building blocks -----------------------------------------------------------------------

@@ -39,7 +39,7 @@ def frame_of(n: int, seed: int, distinct_days: int) -> pl.DataFrame:
     })
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(n=st.integers(min_value=10, max_value=500), validation=fractions, test=fractions,
        kind=st.sampled_from(["random", "time"]), seed=st.integers(0, 2**32 - 1),
        distinct_days=st.integers(1, 400))

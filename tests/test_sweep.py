@@ -175,7 +175,7 @@ def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str])
 _example = itertools.count()
 
 
-@settings(max_examples=100, deadline=None,
+@settings(max_examples=100,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**16), metric=st.sampled_from(["f1", "log_loss"]),
        n_trials=st.integers(2, 4), two_candidates=st.booleans(),

@@ -46,7 +46,7 @@ from tests.prefect_server import (  # noqa: F401
 )
 from tests.servers import VENV_BIN
 
-PROPERTIES = settings(max_examples=200, deadline=None, database=None)
+PROPERTIES = settings(max_examples=200, database=None)
 delays = st.floats(min_value=0.001, max_value=1e6, allow_nan=False, allow_infinity=False)
 attempts = st.integers(min_value=1, max_value=2000)
 
