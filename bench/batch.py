@@ -82,9 +82,9 @@ def train_model(source: Path, model_path: Path) -> None:
     import polars as pl
     from sklearn.linear_model import LogisticRegression
 
-    from loopline.features import dtype_name
-    from loopline.modeling.preprocess import TabularPreprocessor
-    from loopline.modeling.tabular_model import SklearnPredictor, TabularModel
+    from loopline.data.features import dtype_name
+    from loopline.training.modeling.preprocess import TabularPreprocessor
+    from loopline.training.modeling.tabular_model import SklearnPredictor, TabularModel
 
     sample = pl.scan_parquet(source).head(TRAIN_ROWS).collect()
     prep = TabularPreprocessor.fit(sample, FEATURES)
@@ -100,7 +100,7 @@ def train_model(source: Path, model_path: Path) -> None:
 # --- the two sides (child processes) ------------------------------------------------------------
 
 def _loopline_side(model_path: str, source: str, out: str, chunk_rows: int) -> dict[str, Any]:
-    from loopline.batch_scoring import BatchJob, score_dataset
+    from loopline.batch.scoring import BatchJob, score_dataset
 
     model = pickle.loads(Path(model_path).read_bytes())
     baseline = _peak_mb()

@@ -103,8 +103,8 @@ def write_data(folder: Path, rows: int) -> tuple[Path, Path]:
 def _loopline_side(reference: str, current: str) -> dict[str, Any]:
     import polars as pl
 
-    from loopline.drift import STATTESTS, detect_drift
-    from loopline.sections.operations import DriftSpec
+    from loopline.monitoring.drift import STATTESTS, detect_drift
+    from loopline.spec.sections.operations import DriftSpec
 
     baseline = _peak_mb()
     started = time.perf_counter()
@@ -123,7 +123,7 @@ def _evidently_side(reference: str, current: str) -> dict[str, Any]:
     from evidently import Report
     from evidently.presets import DataDriftPreset
 
-    from loopline.drift.evidently_report import evidently_results
+    from loopline.monitoring.drift.evidently_report import evidently_results
 
     warnings.filterwarnings("ignore")
     baseline = _peak_mb()

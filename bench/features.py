@@ -148,10 +148,10 @@ def _peak_mb() -> float:
 
 
 def _loopline_side(spec_path: str, store: str) -> dict[str, Any]:
-    from loopline.feature_store import FeatureStore
-    from loopline.spec_loader import load_spec
+    from loopline.data.feature_store import FeatureStore
+    from loopline.spec.loader import load_spec
 
-    spec = load_spec(spec_path, check_source=False)
+    spec = load_spec(spec_path)
     started = time.perf_counter()
     manifest = FeatureStore(store).materialize(spec)
     seconds = time.perf_counter() - started
@@ -266,7 +266,7 @@ def _log(message: str) -> None:
 
 def run(quick: bool = False, command: str = "python -m bench features") -> dict[str, dict[str, Any]]:
     """Run the benchmark; returns ``{workload id: entry}`` (rows per second, higher is better)."""
-    from loopline.spec_loader import load_spec
+    from loopline.data.source_check import load_spec_with_source
 
     rows = QUICK_ROWS if quick else FULL_ROWS
     repeats = 1 if quick else 3
@@ -276,7 +276,7 @@ def run(quick: bool = False, command: str = "python -m bench features") -> dict[
         _log(f"writing {rows:,} source rows")
         write_source(source, rows)
         spec_path.write_text(spec_text(source))
-        load_spec(spec_path)  # validated against the source: every expression evaluates
+        load_spec_with_source(spec_path)  # validated against the source: every expression evaluates
         load_at_start = round(os.getloadavg()[0], 2)
         best: dict[str, dict[str, Any]] = {}
         peaks: dict[str, float] = {"loopline": 0.0, "pandas": 0.0}

@@ -95,7 +95,7 @@ def _log(message: str) -> None:
 
 def _demo_spec(work: Path) -> Path:
     """The demo spec (``configs/demo.yaml``) reading the demo data written under ``work``."""
-    from loopline.demo_data import write_demo_data
+    from loopline.data.demo import write_demo_data
 
     source = write_demo_data(work / "breast_cancer.csv")
     text = (REPO / "configs" / "demo.yaml").read_text()
@@ -149,14 +149,14 @@ def _child(work: Path, sizes: list[int], repeats: int, frame_rows: int, frame_ca
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
 
-    from loopline.feature_store import FeatureStore
-    from loopline.spec_loader import load_spec
+    from loopline.data.feature_store import FeatureStore
+    from loopline.data.source_check import load_spec_with_source
     from loopline.state import state_paths
     from tasks.features import read_manifest
     from tasks.monitoring import check_performance
     from tasks.spec import check_resources
 
-    spec = load_spec(_demo_spec(work))
+    spec = load_spec_with_source(_demo_spec(work))
     if spec.monitoring.performance is not None:
         raise RuntimeError("the demo spec declares a performance rule: check_performance would "
                            "compute metrics, not return at once")

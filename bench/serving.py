@@ -125,9 +125,9 @@ def _setup_child(work: Path) -> None:
     import bentoml
 
     from flows.pipeline import pipeline
-    from loopline.demo_data import write_demo_data
-    from loopline.feature_store import FeatureStore
-    from loopline.serving import CONFIG_FILE, BentoConfig
+    from loopline.data.demo import write_demo_data
+    from loopline.data.feature_store import FeatureStore
+    from loopline.serving.bento_config import CONFIG_FILE, BentoConfig
     from loopline.state import state_paths
 
     source = write_demo_data(work / "breast_cancer.csv")

@@ -133,13 +133,13 @@ def _fingerprint(path: Path) -> str:
 def _worker(spec_path: str, data: str, name: str, parent_run_id: str, worker: str) -> None:
     import polars as pl
 
-    from loopline.spec_loader import load_spec
-    from loopline.splits import split_frame
+    from loopline.data.splits import split_frame
+    from loopline.spec.loader import load_spec
     from loopline.state import state_paths
-    from loopline.sweep import Objective, finished_trials, open_study, run_trials, storage_for
-    from loopline.tracking import configure_tracking, experiment_tracker
+    from loopline.training.sweep import Objective, finished_trials, open_study, run_trials, storage_for
+    from loopline.training.tracking import configure_tracking, experiment_tracker
 
-    spec = load_spec(spec_path, check_source=False)
+    spec = load_spec(spec_path)
     sweep = spec.training.sweep
     assert sweep is not None
     frame = pl.read_parquet(data)
@@ -172,12 +172,12 @@ def _prepare(spec_path: Path, data: Path, home: Path) -> tuple[str, str]:
     """Create the study and the MLflow parent run (the sweep flow's first steps); returns the
     study's name and the parent run's id.
     """
-    from loopline.spec_loader import load_spec
+    from loopline.data.source_check import load_spec_with_source
     from loopline.state import StatePaths
-    from loopline.sweep import open_study, storage_for, study_name
-    from loopline.tracking import configure_tracking, experiment_tracker
+    from loopline.training.sweep import open_study, storage_for, study_name
+    from loopline.training.tracking import configure_tracking, experiment_tracker
 
-    spec = load_spec(spec_path)
+    spec = load_spec_with_source(spec_path)
     assert spec.training.sweep is not None
     paths = StatePaths(home)
     configure_tracking(paths)
@@ -194,10 +194,10 @@ def run_sweep(spec_path: Path, data: Path, home: Path, workers: int,
     threads, for more workers than the spec's ``parallelism`` (which is what ``run_trials``
     shares the cores by).
     """
-    from loopline.spec_loader import load_spec
+    from loopline.spec.loader import load_spec
     from loopline.state import StatePaths
-    from loopline.sweep import open_study, storage_for
-    from loopline.tracking import configure_tracking, experiment_tracker
+    from loopline.training.sweep import open_study, storage_for
+    from loopline.training.tracking import configure_tracking, experiment_tracker
 
     name, parent = _prepare(spec_path, data, home)
     env = {**os.environ, "LOOPLINE_HOME": str(home)}
@@ -231,7 +231,7 @@ def run_sweep(spec_path: Path, data: Path, home: Path, workers: int,
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    spec = load_spec(spec_path, check_source=False)
+    spec = load_spec(spec_path)
     assert spec.training.sweep is not None
     paths = StatePaths(home)
     configure_tracking(paths)

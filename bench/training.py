@@ -75,7 +75,7 @@ def _load(path: str) -> dict[str, Any]:
 # --- the two sides (child processes) ------------------------------------------------------------
 
 def _params() -> dict[str, Any]:
-    from loopline.sections.training import MLPParams
+    from loopline.spec.sections.training import MLPParams
 
     return MLPParams().model_dump()
 
@@ -84,8 +84,8 @@ def _lightning_side(data: dict[str, Any], epochs: int) -> dict[str, Any]:
     import torch
     from lightning.pytorch.callbacks import Callback
 
-    from loopline.modeling.mlp import train_mlp
-    from loopline.sections.training import TrainerSettings
+    from loopline.spec.sections.training import TrainerSettings
+    from loopline.training.modeling.mlp import train_mlp
 
     class EpochClock(Callback):
         def __init__(self) -> None:
@@ -114,8 +114,8 @@ def _torch_side(data: dict[str, Any], epochs: int) -> dict[str, Any]:
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
-    from loopline.modeling.metrics import compute_metrics
-    from loopline.modeling.networks import build_mlp
+    from loopline.training.modeling.metrics import compute_metrics
+    from loopline.training.modeling.networks import build_mlp
 
     params = _params()
     classes: list[int | str] = [0, 1]

@@ -35,18 +35,8 @@ import bentoml
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from loopline.canary import CanaryWatch, Decision, next_state
 from loopline.errors import InvalidFeatureValue
-from loopline.modeling.tabular_model import TabularModel
-from loopline.prediction_log import (
-    FeedbackLogWriter,
-    FeedbackRecord,
-    PredictionLogWriter,
-    PredictionRecord,
-)
-from loopline.routing import Assignment, Router, RoutingState, RoutingStore, Variant, initial_state
-from loopline.sections.release import BanditRouting, CanaryRouting
-from loopline.serving import (
+from loopline.serving.bento_config import (
     CONFIG_FILE,
     BentoConfig,
     FeedbackRequest,
@@ -58,7 +48,17 @@ from loopline.serving import (
     batch_request_model,
     request_model,
 )
+from loopline.serving.canary import CanaryWatch, Decision, next_state
+from loopline.serving.prediction_log import (
+    FeedbackLogWriter,
+    FeedbackRecord,
+    PredictionLogWriter,
+    PredictionRecord,
+)
+from loopline.serving.routing import Assignment, Router, RoutingState, RoutingStore, Variant, initial_state
+from loopline.spec.sections.release import BanditRouting, CanaryRouting
 from loopline.storage import Storage
+from loopline.training.modeling.tabular_model import TabularModel
 
 CONFIG = BentoConfig.model_validate(json.loads((Path(__file__).parent / CONFIG_FILE).read_text()))
 PredictRequest = request_model(CONFIG)
@@ -361,7 +361,7 @@ def _record_rollback(decision: Decision) -> None:
     try:
         from mlflow.tracking import MlflowClient
 
-        from loopline.registry import ModelRegistry
+        from loopline.release.registry import ModelRegistry
 
         registry = ModelRegistry(MlflowClient(CONFIG.tracking_uri, CONFIG.tracking_uri))
         registry.transition_stage(CONFIG.model_name, CONFIG.challenger.version, "ARCHIVED",

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 from prefect import flow
 
-from loopline.ab_testing import DEFAULT_MIN_SAMPLES, ABReport
-from loopline.sections.base import parse_duration
+from loopline.serving.ab_analysis import DEFAULT_MIN_SAMPLES, ABReport
+from loopline.spec.sections.base import parse_duration
 from tasks.serving import analyze_ab_test, read_ab_traffic
 from tasks.spec import load_and_validate_spec
 

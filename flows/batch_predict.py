@@ -12,7 +12,7 @@ import sys
 
 from prefect import flow
 
-from loopline.batch_scoring import BatchResult
+from loopline.batch.scoring import BatchResult
 from tasks.batch import publish_batch_summary, resolve_model_version, score_in_chunks
 
 

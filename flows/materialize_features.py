@@ -9,7 +9,7 @@ import sys
 
 from prefect import flow
 
-from loopline.feature_store import FeatureSetManifest
+from loopline.data.feature_store import FeatureSetManifest
 from tasks.features import materialize_features as materialize
 from tasks.features import validate_source_data
 from tasks.spec import load_and_validate_spec

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from loopline.alerts import Alert
-from loopline.sections.base import parse_duration
+from loopline.monitoring.alerting.alert import Alert
+from loopline.spec.sections.base import parse_duration
 from tasks.monitoring import (
     check_drift,
     check_performance,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from loopline.registry import ModelRegistry
+from loopline.release.registry import ModelRegistry
 from tasks.packaging import build_bento
 from tasks.registry import promote_version, publish_promotion, record_deployment
 from tasks.spec import load_and_validate_spec

@@ -13,8 +13,8 @@ from prefect import flow
 from pydantic import BaseModel
 
 from flows.pipeline import pipeline
-from loopline.retraining import Outcome
-from loopline.sections.operations import Trigger
+from loopline.release.records import Outcome
+from loopline.spec.sections.operations import Trigger
 from tasks.retraining import claim_retraining, record_outcome
 from tasks.spec import load_and_validate_spec
 

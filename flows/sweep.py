@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from prefect import flow, runtime
 
-from loopline.queueing import run_timeout_seconds
 from loopline.settings import current_settings
-from loopline.sweep import SweepSummary
+from loopline.training.queueing import run_timeout_seconds
+from loopline.training.sweep import SweepSummary
 from tasks.features import read_manifest
 from tasks.spec import check_resources, load_and_validate_spec
 from tasks.sweep import (

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from prefect import flow, runtime
 
-from loopline.modeling.candidates import best_index
-from loopline.queueing import run_timeout_seconds
+from loopline.training.modeling.candidates import best_index
+from loopline.training.queueing import run_timeout_seconds
 from tasks.features import read_manifest
 from tasks.spec import check_resources, load_and_validate_spec
 from tasks.training import (

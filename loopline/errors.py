@@ -183,8 +183,9 @@ class BatchChunkFailed(LooplineError):
 
 class AlertDeliveryFailed(LooplineError):
     """An alert did not reach a channel after every try. Recorded on the channel's
-    :class:`~loopline.alerts.Delivery` (``delivery.failure``) and logged, never raised by
-    ``deliver``: one failing channel stops neither the caller nor the other channels.
+    :class:`~loopline.monitoring.alerting.alert.Delivery` (``delivery.failure``) and logged,
+    never raised by ``deliver``: one failing channel stops neither the caller nor the other
+    channels.
 
     Attributes:
         channel: the channel's kind (``slack``, ``webhook``, ``log``).
@@ -234,7 +235,7 @@ def _rebuild_insufficient_data(message: str, needed: int, reference_rows: int, c
 
 class InvalidRunPolicy(LooplineError):
     """A queued run's policy (its ``LOOPLINE_RETRIES`` / ``LOOPLINE_RUN_TIMEOUT_S`` / ... job
-    variables, see :mod:`loopline.queueing`) holds a value it cannot take.
+    variables, see :mod:`loopline.training.queueing`) holds a value it cannot take.
     """
 
 

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import httpx
 
+from cli.main import DEMO_DATA_NAME
+from cli.main import main as loopline_cli
 from flows.pipeline import pipeline
-from loopline.cli import DEMO_DATA_NAME
-from loopline.cli import main as loopline_cli
-from loopline.feature_store import FeatureStore
-from loopline.spec_loader import load_spec
-from loopline.splits import split_frame
+from loopline.data.feature_store import FeatureStore
+from loopline.data.source_check import load_spec_with_source
+from loopline.data.splits import split_frame
 from loopline.state import state_paths
 
 SPEC = Path("configs/demo.yaml")
@@ -102,7 +102,7 @@ def main() -> int:
         print(f"\nThe candidate did not become champion (gates passed: {result.gate_passed}); "
               "nothing new to serve.")
         return 1
-    spec = load_spec(spec_path)
+    spec = load_spec_with_source(spec_path)
     manifest = FeatureStore(state_paths().features).manifest(spec.name)
     test = split_frame(FeatureStore(state_paths().features).read(spec.name, manifest.version),
                        spec.data).test.head(5)

@@ -18,17 +18,18 @@ from prefect.artifacts import (
 from prefect.logging import get_run_logger
 
 from blocks.storage import FeatureStoreStorage
-from loopline.batch_scoring import (
+from loopline.batch.scoring import (
     BatchJob,
     BatchProgress,
     BatchResult,
     score_dataset,
 )
 from loopline.errors import BatchCheckpointMismatch, BatchChunkFailed, ModelNotFound
-from loopline.registry import ModelRegistry, ModelVersionInfo
+from loopline.release.records import ModelVersionInfo
+from loopline.release.registry import ModelRegistry
 from loopline.state import state_paths
 from loopline.storage import S3Credentials
-from loopline.tracking import configure_tracking
+from loopline.training.tracking import configure_tracking
 from tasks.options import loopline_task
 
 #: The progress artifact is updated after a chunk at most this often: each update is an API call,

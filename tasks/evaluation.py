@@ -8,12 +8,13 @@ import mlflow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from loopline.feature_store import FeatureSetManifest
-from loopline.gates import GateDecision, evaluate_gates
-from loopline.modeling.candidates import evaluate
-from loopline.registry import ModelRegistry, ModelVersionInfo
-from loopline.spec import Spec
-from loopline.splits import split_frame
+from loopline.data.feature_store import FeatureSetManifest
+from loopline.data.splits import split_frame
+from loopline.release.gates import GateDecision, evaluate_gates
+from loopline.release.records import ModelVersionInfo
+from loopline.release.registry import ModelRegistry
+from loopline.spec.model import Spec
+from loopline.training.modeling.candidates import evaluate
 from tasks.features import open_store
 from tasks.options import loopline_task
 from tasks.training import CandidateRun, tracker_for

@@ -9,12 +9,13 @@ from prefect.blocks.system import Secret
 from prefect.logging import get_run_logger
 
 from blocks.storage import FeatureStoreStorage
-from loopline.alerts import Alert, deliver
-from loopline.data_validation import ValidationReport
+from loopline.data.feature_store import FeatureSetManifest, FeatureStore
+from loopline.data.validation import ValidationReport
 from loopline.errors import DataValidationFailed
-from loopline.feature_store import FeatureSetManifest, FeatureStore
+from loopline.monitoring.alerting.alert import Alert
+from loopline.monitoring.alerting.delivery import deliver
 from loopline.settings import current_settings
-from loopline.spec import Spec
+from loopline.spec.model import Spec
 from loopline.state import state_paths
 from tasks.options import loopline_task
 

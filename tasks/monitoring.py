@@ -14,18 +14,20 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from prefect.logging import get_run_logger
 
-from loopline.alert_ledger import AlertLedger
-from loopline.alerts import Alert, Delivery, notify
-from loopline.drift import DriftReport, detect_drift, evidently_html
+from loopline.data.feature_sets import FeatureSetManifest
 from loopline.errors import InsufficientData, ModelNotFound
-from loopline.feature_sets import FeatureSetManifest
-from loopline.performance import performance_alerts, performance_series, store_series
-from loopline.prediction_log import join_feedback, read_feedback, read_predictions
-from loopline.registry import ModelRegistry, ModelVersionInfo
-from loopline.sections.base import parse_duration
-from loopline.spec import Spec
+from loopline.monitoring.alerting.alert import Alert, Delivery
+from loopline.monitoring.alerting.delivery import notify
+from loopline.monitoring.alerting.ledger import AlertLedger
+from loopline.monitoring.drift import DriftReport, detect_drift, evidently_html
+from loopline.monitoring.performance import performance_alerts, performance_series, store_series
+from loopline.release.records import ModelVersionInfo
+from loopline.release.registry import ModelRegistry
+from loopline.serving.prediction_log import join_feedback, read_feedback, read_predictions
+from loopline.spec.model import Spec
+from loopline.spec.sections.base import parse_duration
 from loopline.state import state_paths
-from loopline.tracking import experiment_tracker, run_url
+from loopline.training.tracking import experiment_tracker, run_url
 from tasks.features import open_store, read_secret
 from tasks.options import loopline_task
 from tasks.registry import flow_actor

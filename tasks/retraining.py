@@ -10,16 +10,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from loopline.errors import ModelNotFound
-from loopline.registry import ModelRegistry
-from loopline.retraining import (
-    GuardDecision,
-    Outcome,
-    RetrainingRecord,
-    check_guardrails,
-    first_claim,
-)
-from loopline.sections.operations import Trigger
-from loopline.spec import Spec
+from loopline.monitoring.retraining import GuardDecision, check_guardrails, first_claim
+from loopline.release.records import Outcome, RetrainingRecord
+from loopline.release.registry import ModelRegistry
+from loopline.spec.model import Spec
+from loopline.spec.sections.operations import Trigger
 from tasks.options import loopline_task
 
 

@@ -10,11 +10,12 @@ import polars as pl
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from loopline.ab_testing import ABReport, analyze, render_markdown
-from loopline.prediction_log import join_feedback, read_feedback, read_predictions
-from loopline.registry import CHALLENGER, ModelRegistry
+from loopline.release.records import CHALLENGER
+from loopline.release.registry import ModelRegistry
+from loopline.serving.ab_analysis import ABReport, analyze, render_markdown
+from loopline.serving.prediction_log import join_feedback, read_feedback, read_predictions
 from loopline.settings import current_settings
-from loopline.spec import Spec
+from loopline.spec.model import Spec
 from loopline.state import state_paths
 from loopline.storage import Storage
 from tasks.options import loopline_task

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prefect.logging import get_run_logger
 
+from loopline.data.source_check import load_spec_with_source
 from loopline.errors import InvalidSpec
-from loopline.resources import resource_problems
-from loopline.spec import Spec
-from loopline.spec_loader import load_spec
+from loopline.spec.model import Spec
 from loopline.state import state_paths
-from loopline.tracking import configure_tracking
+from loopline.training.resources import resource_problems
+from loopline.training.tracking import configure_tracking
 from tasks.options import loopline_task
 
 
@@ -23,7 +23,7 @@ def load_and_validate_spec(spec_path: str) -> Spec:
     Raises:
         InvalidSpec: the spec or its source has problems.
     """
-    spec = load_spec(spec_path)
+    spec = load_spec_with_source(spec_path)
     configure_tracking(state_paths())
     get_run_logger().info("spec %s is valid: model %r, %d features, %d candidates", spec_path,
                           spec.name, len(spec.feature_names), len(spec.training.algorithms))

@@ -20,14 +20,14 @@ from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_run_logger
 from prefect.settings import PREFECT_API_URL
 
+from loopline.data.feature_store import FeatureSetManifest
+from loopline.data.splits import Splits, split_frame
 from loopline.errors import InvalidSettings
-from loopline.feature_store import FeatureSetManifest
-from loopline.modeling.candidates import train_candidate
-from loopline.sections.base import parse_duration
-from loopline.spec import Spec
-from loopline.splits import Splits, split_frame
+from loopline.spec.model import Spec
+from loopline.spec.sections.base import parse_duration
 from loopline.state import state_paths
-from loopline.sweep import (
+from loopline.training.modeling.candidates import train_candidate
+from loopline.training.sweep import (
     Objective,
     SweepSummary,
     finished_trials,
@@ -39,7 +39,7 @@ from loopline.sweep import (
     study_name,
     summarize,
 )
-from loopline.tracking import log_candidate, run_url
+from loopline.training.tracking import log_candidate, run_url
 from tasks.features import open_store
 from tasks.options import loopline_task
 from tasks.training import CandidateRun, tracker_for

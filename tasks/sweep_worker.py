@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 
-from loopline.sections.base import parse_duration
-from loopline.spec_loader import load_spec
-from loopline.splits import split_frame
+from loopline.data.splits import split_frame
+from loopline.spec.loader import load_spec
+from loopline.spec.sections.base import parse_duration
 from loopline.state import state_paths
-from loopline.sweep import Objective, open_study, run_trials, storage_for
+from loopline.training.sweep import Objective, open_study, run_trials, storage_for
 from tasks.features import open_store
 from tasks.training import tracker_for
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-block")
     parser.add_argument("--worker", type=int, default=0, help="which parallel worker this is")
     args = parser.parse_args(argv)
-    spec = load_spec(args.spec, check_source=False)
+    spec = load_spec(args.spec)
     sweep = spec.training.sweep
     assert sweep is not None
     store = open_store(args.storage_block)

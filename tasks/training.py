@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
-from loopline.experiments import ExperimentTracker
-from loopline.feature_store import FeatureSetManifest
-from loopline.modeling.candidates import TrainedCandidate, train_candidate
-from loopline.sections.training import LightningMLP
-from loopline.spec import Spec
-from loopline.splits import split_frame
+from loopline.data.feature_store import FeatureSetManifest
+from loopline.data.splits import split_frame
+from loopline.spec.model import Spec
+from loopline.spec.sections.training import LightningMLP
 from loopline.state import state_paths
-from loopline.tracking import configure_tracking, experiment_tracker, log_candidate
+from loopline.training.experiments import ExperimentTracker
+from loopline.training.modeling.candidates import TrainedCandidate, train_candidate
+from loopline.training.tracking import configure_tracking, experiment_tracker, log_candidate
 from tasks.features import open_store
 from tasks.options import loopline_task
 

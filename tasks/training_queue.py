@@ -1,4 +1,4 @@
-"""The Prefect side of the training queue; the rules are :mod:`loopline.queueing`'s.
+"""The Prefect side of the training queue; the rules are :mod:`loopline.training.queueing`'s.
 
 - :func:`ensure_work_pools` creates or updates the work pools the deployments name: the training
   pool with its concurrency limit and one work queue per priority (Prefect priorities 1-4);
@@ -32,11 +32,10 @@ from prefect.settings import PREFECT_API_URL
 from prefect.states import Scheduled
 
 from loopline.errors import PrefectApiUnreachable, TrainingQueueNotReady
-from loopline.queueing import (
-    PRIORITIES,
+from loopline.spec.sections.queue import PRIORITIES, Priority
+from loopline.training.queueing import (
     PROCESS_POOL,
     TRAINING_POOL,
-    Priority,
     RunPolicy,
     queue_name,
     queue_priority,

@@ -56,7 +56,7 @@ def state_home() -> Path:
 @pytest.fixture(scope="session")
 def demo_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo data set, written once per session."""
-    from loopline.demo_data import write_demo_data
+    from loopline.data.demo import write_demo_data
 
     return write_demo_data(tmp_path_factory.mktemp("data") / "breast_cancer.csv")
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from loopline.queueing import PROCESS_POOL, TRAINING_POOL
+from loopline.training.queueing import PROCESS_POOL, TRAINING_POOL
 from tests.conftest import REPO
 from tests.servers import VENV_BIN, free_port, http_ok, start, stop, wait_for
 

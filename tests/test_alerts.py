@@ -19,10 +19,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopline.alert_ledger import AlertLedger
-from loopline.alerts import Alert, Delivery, deliver, notify
 from loopline.errors import AlertDeliveryFailed
-from loopline.sections.operations import LogChannel, Notification, SlackChannel, WebhookChannel
+from loopline.monitoring.alerting.alert import Alert, Delivery
+from loopline.monitoring.alerting.delivery import deliver, notify
+from loopline.monitoring.alerting.ledger import AlertLedger
+from loopline.spec.sections.operations import LogChannel, Notification, SlackChannel, WebhookChannel
 from tests.http_standin import StandIn, slack_answer, webhook_answer
 from tests.servers import free_port
 
@@ -345,8 +346,8 @@ def test_notify_suppresses_within_the_cooldown_and_releases_when_nothing_deliver
 RACER = """
 import json, os, sys, time
 from datetime import timedelta
-from loopline.alert_ledger import AlertLedger
-from loopline.alerts import Alert
+from loopline.monitoring.alerting.ledger import AlertLedger
+from loopline.monitoring.alerting.alert import Alert
 folder, go, ready = sys.argv[1], sys.argv[2], sys.argv[3]
 ledger = AlertLedger(folder)
 open(ready, "w").close()

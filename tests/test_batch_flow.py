@@ -18,12 +18,12 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-from loopline.batch_output import SUCCESS, BatchOutput
+from loopline.batch.outputs import SUCCESS, BatchOutput
+from loopline.data.feature_store import FeatureStore
 from loopline.errors import BatchCheckpointMismatch, BatchChunkFailed
-from loopline.feature_store import FeatureStore
-from loopline.registry import ModelRegistry
+from loopline.release.registry import ModelRegistry
 from loopline.state import state_paths
-from loopline.tracking import configure_tracking
+from loopline.training.tracking import configure_tracking
 
 pytestmark = pytest.mark.slow
 

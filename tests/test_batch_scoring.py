@@ -26,16 +26,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 
-from loopline.batch_input import open_input
-from loopline.batch_output import CHECKPOINT, SUCCESS, BatchOutput, part_name
-from loopline.batch_scoring import (
+from loopline.batch.inputs import open_input
+from loopline.batch.outputs import CHECKPOINT, SUCCESS, BatchOutput, part_name
+from loopline.batch.scoring import (
     BatchJob,
     BatchProgress,
     score_dataset,
 )
 from loopline.errors import BatchCheckpointMismatch, BatchChunkFailed, DataSourceError
-from loopline.modeling.preprocess import TabularPreprocessor
-from loopline.modeling.tabular_model import SklearnPredictor, TabularModel
+from loopline.training.modeling.preprocess import TabularPreprocessor
+from loopline.training.modeling.tabular_model import SklearnPredictor, TabularModel
 from tests.s3 import S3Server, s3_server  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
@@ -193,7 +193,7 @@ def test_the_input_starts_at_any_row(rows: int, start: int, row_group: int, kind
 
 KILLED_SCRIPT = """
 import pickle, sys, time
-from loopline.batch_scoring import BatchJob, score_dataset
+from loopline.batch.scoring import BatchJob, score_dataset
 
 class Slow:
     def __init__(self, model):

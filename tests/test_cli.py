@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from loopline.cli import DEFAULT_SCHEMA_PATH, main, spec_json_schema
+from cli.main import DEFAULT_SCHEMA_PATH, main, spec_json_schema
 from tests.conftest import REPO, demo_spec_text, write_spec
 
 COMMITTED_SCHEMA = REPO / DEFAULT_SCHEMA_PATH

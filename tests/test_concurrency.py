@@ -14,8 +14,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from loopline.feature_store import FeatureStore
-from loopline.registry import ModelRegistry
+from loopline.data.feature_store import FeatureStore
+from loopline.release.registry import ModelRegistry
 from loopline.storage import Storage
 from tests.conftest import DEMO_MLP, REPO, demo_spec_text, logistic_spec_text, write_spec
 from tests.mlflow_server import mlflow_pointed_at

@@ -16,13 +16,14 @@ from typing import Any, ClassVar
 import polars as pl
 import pytest
 
-from loopline.alerts import Alert, deliver
-from loopline.data_validation import ValidationReport, validate_batch
-from loopline.feature_store import FeatureStore
-from loopline.sections.data import DataValidation
-from loopline.sections.operations import LogChannel, WebhookChannel
-from loopline.spec import Spec
-from loopline.spec_loader import load_spec
+from loopline.data.feature_store import FeatureStore
+from loopline.data.source_check import load_spec_with_source
+from loopline.data.validation import ValidationReport, validate_batch
+from loopline.monitoring.alerting.alert import Alert
+from loopline.monitoring.alerting.delivery import deliver
+from loopline.spec.model import Spec
+from loopline.spec.sections.data import DataValidation
+from loopline.spec.sections.operations import LogChannel, WebhookChannel
 
 
 def batch() -> pl.LazyFrame:
@@ -168,7 +169,7 @@ def with_rules(spec: Spec, rules: DataValidation | None) -> Spec:
 
 def test_quarantine_writes_the_batch_and_a_report(tmp_path: Path, demo_spec_path: Path,
                                                   demo_csv: Path) -> None:
-    spec = with_rules(load_spec(demo_spec_path), DataValidation(
+    spec = with_rules(load_spec_with_source(demo_spec_path), DataValidation(
         required={"mean_radius": "string"},
         ranges={"mean_radius": [0, 10]},
         unique=["malignant"],
@@ -211,12 +212,12 @@ def test_quarantine_writes_the_batch_and_a_report(tmp_path: Path, demo_spec_path
 
 
 def test_validate_source_without_rules_is_none(tmp_path: Path, demo_spec_path: Path) -> None:
-    spec = with_rules(load_spec(demo_spec_path), None)
+    spec = with_rules(load_spec_with_source(demo_spec_path), None)
     assert FeatureStore(tmp_path / "store").validate_source(spec) is None
 
 
 def test_the_demo_data_passes_rules_it_meets(tmp_path: Path, demo_spec_path: Path) -> None:
-    spec = with_rules(load_spec(demo_spec_path), DataValidation(
+    spec = with_rules(load_spec_with_source(demo_spec_path), DataValidation(
         required={"patient_id": "int64", "mean_radius": "float64"},
         completeness={"mean_radius": 1.0}, unique=["patient_id"],
         ranges={"malignant": [0, 1]}, categories={"malignant": ["0", "1"]}))

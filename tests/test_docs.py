@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loopline.cli import build_parser
-from loopline.spec_reference import render_reference, undocumented_fields
+from cli.main import build_parser
+from loopline.spec.reference import render_reference, undocumented_fields
 from tests.conftest import REPO
 
 DOCS = REPO / "docs"
@@ -41,11 +41,11 @@ def test_readme_quick_start_matches_the_makefile() -> None:
 
 
 def test_example_specs_validate() -> None:
-    from loopline.spec_loader import load_spec
+    from loopline.spec.loader import load_spec
 
     for path in sorted((REPO / "configs").glob("*.yaml")):
         assert path.read_text().startswith("# yaml-language-server: $schema=spec.schema.json")
-        load_spec(path, check_source=False)
+        load_spec(path)
 
 
 def shell_commands(markdown: str) -> list[list[str]]:

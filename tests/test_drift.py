@@ -15,11 +15,7 @@ from hypothesis.extra.numpy import arrays
 from pydantic import ValidationError
 from scipy import stats
 
-import loopline.drift.detect as detect_module
-from loopline.drift import STATTESTS, DriftReport, detect_drift, severity_of
-from loopline.drift.numeric import NumericPair, finite_sorted, histogram, sturges_edges
-from loopline.drift.selection import default_test
-from loopline.drift.stattests import Counts, chisquare_p_value, psi_value
+import loopline.monitoring.drift.detect as detect_module
 from loopline.errors import (
     FeatureNotFound,
     InsufficientData,
@@ -27,7 +23,11 @@ from loopline.errors import (
     InvalidSpec,
     LooplineError,
 )
-from loopline.sections.operations import DriftSpec
+from loopline.monitoring.drift import STATTESTS, DriftReport, detect_drift, severity_of
+from loopline.monitoring.drift.numeric import NumericPair, finite_sorted, histogram, sturges_edges
+from loopline.monitoring.drift.selection import default_test
+from loopline.monitoring.drift.stattests import Counts, chisquare_p_value, psi_value
+from loopline.spec.sections.operations import DriftSpec
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 SPEC_METHODS = ["auto", "ks", "chi2", "wasserstein", "psi", "jensenshannon"]

@@ -22,9 +22,9 @@ import polars as pl
 import pytest
 
 from bench.results import REQUIRED
-from loopline.drift import STATTESTS, DriftReport, detect_drift, evidently_html
-from loopline.drift.evidently_report import data_definition, evidently_results, preset_options
-from loopline.sections.operations import DriftSpec
+from loopline.monitoring.drift import STATTESTS, DriftReport, detect_drift, evidently_html
+from loopline.monitoring.drift.evidently_report import data_definition, evidently_results, preset_options
+from loopline.spec.sections.operations import DriftSpec
 
 REPO = Path(__file__).resolve().parent.parent
 SCORE_RTOL = 1e-9
@@ -152,7 +152,7 @@ def test_evidently_html_is_written_on_a_sample(tmp_path: Path) -> None:
 
 
 def test_samples_are_seeded_and_without_replacement() -> None:
-    from loopline.drift.evidently_report import sample
+    from loopline.monitoring.drift.evidently_report import sample
 
     frame = pl.DataFrame({"i": np.arange(10_000)})
     first = sample(frame.lazy(), 300, seed=3)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
-from loopline.experiments import (
+from loopline.training.experiments import (
     MAX_PARAM_LENGTH,
     METRICS_PER_BATCH,
     PARAMS_PER_BATCH,

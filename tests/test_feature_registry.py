@@ -16,20 +16,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from loopline.data.feature_definitions import (
+    FeatureDefinition,
+    FeatureFilter,
+    FeatureMetadata,
+    FeatureVersion,
+)
+from loopline.data.feature_store import FeatureStore
 from loopline.errors import (
     DuplicateFeature,
     FeatureNotFound,
     FeatureVersionNotFound,
     InvalidFeatureDefinition,
 )
-from loopline.feature_registry import (
-    FeatureDefinition,
-    FeatureFilter,
-    FeatureMetadata,
-    FeatureVersion,
-)
-from loopline.feature_store import FeatureStore
-from loopline.sections.data import FeatureDtype
+from loopline.spec.sections.data import FeatureDtype
 
 DTYPES: list[str] = list(get_args(FeatureDtype))
 EXPRESSIONS = ["a", "b", "a + 1", "a * b", "b - 2", "a / (b + 1)", "CASE WHEN a > 1 THEN 1 ELSE 0 END"]

@@ -15,12 +15,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-import loopline.feature_sets
+import loopline.data.feature_sets
+from loopline.data.feature_store import FeatureSetManifest, FeatureStore
+from loopline.data.source_check import load_spec_with_source
 from loopline.errors import FeatureComputationError, FeatureSetNotFound
-from loopline.feature_store import FeatureSetManifest, FeatureStore
-from loopline.sections.data import RandomSplit
-from loopline.spec import Spec
-from loopline.spec_loader import load_spec
+from loopline.spec.loader import load_spec
+from loopline.spec.model import Spec
+from loopline.spec.sections.data import RandomSplit
 from tests.conftest import demo_spec_text, write_spec
 
 DEMO_ROWS = 569
@@ -36,7 +37,7 @@ def store(tmp_path: Path) -> FeatureStore:
 def modified_spec(folder: Path, demo_csv: Path, expr: str) -> Spec:
     """The demo spec with its first feature's expression replaced by ``expr``."""
     folder.mkdir(parents=True, exist_ok=True)
-    return load_spec(write_spec(folder, demo_spec_text(demo_csv, {FIRST_EXPR: f"expr: {expr}"})))
+    return load_spec_with_source(write_spec(folder, demo_spec_text(demo_csv, {FIRST_EXPR: f"expr: {expr}"})))
 
 
 def data_folders(store: FeatureStore, name: str) -> list[Path]:
@@ -64,7 +65,7 @@ def assert_intact(store: FeatureStore, manifest: FeatureSetManifest) -> None:
 
 def test_first_materialization_is_version_one_with_a_complete_manifest(
         store: FeatureStore, demo_spec_path: Path, demo_csv: Path) -> None:
-    spec = load_spec(demo_spec_path)
+    spec = load_spec_with_source(demo_spec_path)
     manifest = store.materialize(spec)
 
     assert manifest.version == 1
@@ -115,7 +116,7 @@ def test_first_materialization_is_version_one_with_a_complete_manifest(
 
 def test_materialized_rows_hold_the_declared_features(
         store: FeatureStore, demo_spec_path: Path, demo_csv: Path) -> None:
-    spec = load_spec(demo_spec_path)
+    spec = load_spec_with_source(demo_spec_path)
     store.materialize(spec)
     frame = store.read(spec.name).sort("patient_id")
     assert frame.height == DEMO_ROWS
@@ -131,13 +132,13 @@ def test_materialized_rows_hold_the_declared_features(
 
 def test_identical_inputs_reuse_the_version_and_write_no_data(
         store: FeatureStore, demo_spec_path: Path, demo_csv: Path, tmp_path: Path) -> None:
-    spec = load_spec(demo_spec_path)
+    spec = load_spec_with_source(demo_spec_path)
     first = store.materialize(spec)
     assert len(data_folders(store, spec.name)) == 1
     again = store.materialize(spec)
     copy_folder = tmp_path / "copy"
     copy_folder.mkdir()
-    elsewhere = store.materialize(load_spec(write_spec(copy_folder, demo_spec_text(demo_csv))))
+    elsewhere = store.materialize(load_spec_with_source(write_spec(copy_folder, demo_spec_text(demo_csv))))
     assert again == first
     assert elsewhere == first
     assert store.versions(spec.name) == [1]
@@ -147,7 +148,7 @@ def test_identical_inputs_reuse_the_version_and_write_no_data(
 
 def test_a_changed_expression_gives_version_two_and_keeps_version_one(
         store: FeatureStore, demo_spec_path: Path, demo_csv: Path, tmp_path: Path) -> None:
-    spec = load_spec(demo_spec_path)
+    spec = load_spec_with_source(demo_spec_path)
     v1 = store.materialize(spec)
     v1_frame = store.read(spec.name, 1)
     v1_bytes = file_digests(store, v1)
@@ -187,7 +188,7 @@ def test_a_changed_expression_gives_version_two_and_keeps_version_one(
 
 def test_data_without_a_manifest_is_not_a_version(
         store: FeatureStore, demo_spec_path: Path, demo_csv: Path, tmp_path: Path) -> None:
-    spec = load_spec(demo_spec_path)
+    spec = load_spec_with_source(demo_spec_path)
     v1 = store.materialize(spec)
     before = store.read(spec.name)
     # a writer that crashes between writing its data and publishing the manifest
@@ -213,7 +214,7 @@ def test_data_without_a_manifest_is_not_a_version(
 
 
 def test_unknown_sets_and_versions_raise(store: FeatureStore, demo_spec_path: Path) -> None:
-    spec = load_spec(demo_spec_path)
+    spec = load_spec_with_source(demo_spec_path)
     assert store.versions(spec.name) == []
     with pytest.raises(FeatureSetNotFound):
         store.manifest(spec.name)
@@ -230,7 +231,7 @@ def test_unknown_sets_and_versions_raise(store: FeatureStore, demo_spec_path: Pa
 def failing_spec(folder: Path, demo_csv: Path) -> Spec:
     """A spec whose first expression parses but cannot be cast to float64 on the data."""
     text = demo_spec_text(demo_csv, {FIRST_EXPR: "expr: CONCAT('x', mean_area)"})
-    return load_spec(write_spec(folder, text), check_source=False)
+    return load_spec(write_spec(folder, text))
 
 
 def test_a_failing_expression_commits_nothing(store: FeatureStore, demo_csv: Path,
@@ -254,7 +255,7 @@ def test_a_failing_expression_leaves_no_data_behind(store: FeatureStore, demo_cs
 
 def test_a_set_without_event_time_has_no_time_range_nor_training_set(
         store: FeatureStore, demo_spec_path: Path) -> None:
-    spec = load_spec(demo_spec_path)
+    spec = load_spec_with_source(demo_spec_path)
     timeless = spec.model_copy(update={"data": spec.data.model_copy(
         update={"event_time": None, "split": RandomSplit()})})
     manifest = store.materialize(timeless)
@@ -267,8 +268,8 @@ def test_a_set_without_event_time_has_no_time_range_nor_training_set(
 
 def test_large_sets_are_split_into_files(store: FeatureStore, demo_spec_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loopline.feature_sets, "ROWS_PER_FILE", 100)
-    spec = load_spec(demo_spec_path)
+    monkeypatch.setattr(loopline.data.feature_sets, "ROWS_PER_FILE", 100)
+    spec = load_spec_with_source(demo_spec_path)
     manifest = store.materialize(spec)
     assert len(manifest.files) == 6
     heights = [pl.read_parquet(store.storage.path(f)).height for f in manifest.files]
@@ -314,7 +315,7 @@ def test_concurrent_writers_of_different_specs_get_distinct_versions(
 
 def test_concurrent_writers_of_the_same_spec_commit_one_version(
         store: FeatureStore, demo_spec_path: Path) -> None:
-    spec = load_spec(demo_spec_path)
+    spec = load_spec_with_source(demo_spec_path)
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(store.materialize, [spec] * 4))
 
@@ -335,7 +336,7 @@ def test_a_twin_committed_after_a_writer_listed_the_versions_is_found(
     """Regression: a writer that looked for its fingerprint before another writer committed it
     claimed the next number anyway, giving two versions of one fingerprint.
     """
-    spec = load_spec(demo_spec_path)
+    spec = load_spec_with_source(demo_spec_path)
     original = store.sets.find
     committed: list[FeatureSetManifest] = []
 
@@ -355,7 +356,7 @@ def test_a_twin_committed_after_a_writer_listed_the_versions_is_found(
 def test_writers_that_both_find_a_feature_unregistered_both_succeed(
         store: FeatureStore, demo_spec_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: the loser of create_feature got DuplicateFeature out of materialize."""
-    spec = load_spec(demo_spec_path)
+    spec = load_spec_with_source(demo_spec_path)
     # Make the race deterministic: both writers look the first feature up (not registered yet)
     # before either registers it.
     barrier = threading.Barrier(2, timeout=20)
@@ -391,7 +392,7 @@ def test_writers_that_both_find_a_feature_unregistered_both_succeed(
 
 def test_training_set_uses_only_values_observed_by_each_rows_time(
         store: FeatureStore, demo_spec_path: Path) -> None:
-    spec = load_spec(demo_spec_path)
+    spec = load_spec_with_source(demo_spec_path)
     store.materialize(spec)
     features = store.read(spec.name).sort("patient_id").head(40)
     ids = features["patient_id"].to_list()

@@ -16,16 +16,16 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from blocks.storage import FeatureStoreStorage
-from loopline.errors import DuplicateFeature, InvalidSpec, MissingCredentials
-from loopline.feature_registry import (
+from loopline.data.feature_definitions import (
     FeatureDefinition,
     FeatureFilter,
     FeatureMetadata,
     FeatureVersion,
 )
-from loopline.feature_store import FeatureStore
-from loopline.spec import Spec
-from loopline.spec_loader import load_spec
+from loopline.data.feature_store import FeatureStore
+from loopline.data.source_check import load_spec_with_source
+from loopline.errors import DuplicateFeature, InvalidSpec, MissingCredentials
+from loopline.spec.model import Spec
 from loopline.storage import Storage
 from tests.conftest import demo_spec_text, write_spec
 from tests.s3 import S3Server, s3_server  # noqa: F401
@@ -56,7 +56,7 @@ def make_spec(tmp_path: Path, demo_csv: Path) -> Callable[..., Spec]:
     """``make_spec(replacements, name)``: the demo spec with text replaced, written and loaded."""
 
     def make(replacements: dict[str, str] | None = None, name: str = "spec.yaml") -> Spec:
-        return load_spec(write_spec(tmp_path, demo_spec_text(demo_csv, replacements), name))
+        return load_spec_with_source(write_spec(tmp_path, demo_spec_text(demo_csv, replacements), name))
 
     return make
 
@@ -309,9 +309,9 @@ def test_bad_input_writes_nothing(prefect_harness: None, s3_server: S3Server,  #
         "expr: mean_radius\n    dtype: int8"}), "dtype.yaml")
 
     with pytest.raises(InvalidSpec, match="no rows"):
-        load_spec(empty)
+        load_spec_with_source(empty)
     with pytest.raises(InvalidSpec, match=r"features\[1\]\.dtype"):
-        load_spec(wrong_dtype)
+        load_spec_with_source(wrong_dtype)
     for spec_path in (empty, wrong_dtype):
         with pytest.raises(InvalidSpec):
             materialize_features(str(spec_path), storage_block=BLOCK)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopline.gates import GateDecision, evaluate_gates
-from loopline.sections.release import GatesSpec
+from loopline.release.gates import GateDecision, evaluate_gates
+from loopline.spec.sections.release import GatesSpec
 
 
 def gates(thresholds: dict[str, str] | None = None,

@@ -742,8 +742,8 @@ def test_a_follower_joins_only_jobs_that_include_its_node() -> None:
 NODE_ZERO = """
 import json
 import numpy as np
-from loopline.modeling.distributed import train_mlp_distributed
-from loopline.sections.training import TrainerSettings
+from loopline.training.modeling.distributed import train_mlp_distributed
+from loopline.spec.sections.training import TrainerSettings
 
 rng = np.random.default_rng(0)
 x = rng.normal(size=(256, 4)).astype(np.float32)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopline.lineage import TAG_PREFIX, Lineage, code_version
+from loopline.release.lineage import TAG_PREFIX, Lineage, code_version
 
 HEX = "0123456789abcdef"
 KEY_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"

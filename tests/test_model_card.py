@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loopline.errors import IncompleteModelCard, LooplineError
-from loopline.model_card import REQUIRED_FIELDS, ModelCard
+from loopline.release.model_card import REQUIRED_FIELDS, ModelCard
 
 
 def card(**overrides: object) -> ModelCard:

@@ -10,7 +10,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from loopline.prediction_log import FeedbackLogWriter, FeedbackRecord, PredictionLogWriter, PredictionRecord
+from loopline.serving.prediction_log import (
+    FeedbackLogWriter,
+    FeedbackRecord,
+    PredictionLogWriter,
+    PredictionRecord,
+)
 from loopline.state import state_paths
 from loopline.storage import Storage
 from tests.conftest import demo_spec_text, write_spec
@@ -21,7 +26,7 @@ MODEL = "tumor-malignancy"
 
 
 def window(rows: int, shift: float) -> pl.DataFrame:
-    from loopline.feature_store import FeatureStore
+    from loopline.data.feature_store import FeatureStore
 
     store = FeatureStore(state_paths().features)
     names = store.manifest(MODEL, 1).feature_names

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loopline.prediction_log import PredictionLogWriter, PredictionRecord
-from loopline.registry import ModelRegistry
+from loopline.release.registry import ModelRegistry
+from loopline.serving.prediction_log import PredictionLogWriter, PredictionRecord
 from loopline.state import state_paths
 from loopline.storage import Storage
-from loopline.tracking import configure_tracking
+from loopline.training.tracking import configure_tracking
 from tests.conftest import DEMO_SPEC, REPO, logistic_spec_text, write_spec
 from tests.prefect_server import (  # noqa: F401
     Worker,
@@ -41,7 +41,7 @@ def spec_text(demo_csv: Path, c: float, margin: str) -> str:
 
 def drifted_traffic(rows: int) -> None:
     """Served traffic whose features moved far from the training data, as the service logs it."""
-    from loopline.feature_store import FeatureStore
+    from loopline.data.feature_store import FeatureStore
 
     store = FeatureStore(state_paths().features)
     manifest = store.manifest(MODEL, 1)

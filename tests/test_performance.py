@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopline.performance import performance_alerts, performance_series, read_series, store_series
-from loopline.prediction_log import (
+from loopline.monitoring.performance import performance_alerts, performance_series, read_series, store_series
+from loopline.serving.prediction_log import (
     FeedbackLogWriter,
     FeedbackRecord,
     PredictionLogWriter,
@@ -26,7 +26,7 @@ from loopline.prediction_log import (
     read_feedback,
     read_predictions,
 )
-from loopline.sections.operations import PerformanceAlert, PerformanceSpec
+from loopline.spec.sections.operations import PerformanceAlert, PerformanceSpec
 from loopline.storage import Storage
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)

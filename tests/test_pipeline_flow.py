@@ -11,12 +11,12 @@ import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
+from loopline.data.feature_store import FeatureStore
 from loopline.errors import DataValidationFailed, InvalidSpec
-from loopline.experiments import ExperimentTracker
-from loopline.feature_store import FeatureStore
-from loopline.registry import ModelRegistry
+from loopline.release.registry import ModelRegistry
 from loopline.state import state_paths
-from loopline.tracking import configure_tracking
+from loopline.training.experiments import ExperimentTracker
+from loopline.training.tracking import configure_tracking
 from tests.conftest import demo_spec_text, write_spec
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loopline.point_in_time import point_in_time_join
+from loopline.data.point_in_time import point_in_time_join
 
 START = date(2025, 1, 1)
 FEATURE_SCHEMA = {"customer": pl.Int64, "ts": pl.Date, "spend": pl.Int64, "visits": pl.Float64}

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loopline.prediction_log import (
+from loopline.serving.prediction_log import (
     FeedbackLogWriter,
     FeedbackRecord,
     PredictionLogWriter,
@@ -214,7 +214,7 @@ def test_threads_sharing_one_writer_and_threads_with_their_own(storage: Storage)
 CHILD = textwrap.dedent("""
     import sys
     from datetime import UTC, datetime, timedelta
-    from loopline.prediction_log import PredictionLogWriter, PredictionRecord
+    from loopline.serving.prediction_log import PredictionLogWriter, PredictionRecord
     from loopline.storage import Storage
 
     root, prefix = sys.argv[1], sys.argv[2]
@@ -239,7 +239,7 @@ def test_two_processes_write_into_one_folder(storage: Storage) -> None:
 FORKING = textwrap.dedent("""
     import os, sys
     from datetime import UTC, datetime
-    from loopline.prediction_log import PredictionLogWriter, PredictionRecord
+    from loopline.serving.prediction_log import PredictionLogWriter, PredictionRecord
     from loopline.storage import Storage
 
     def record(request_id):

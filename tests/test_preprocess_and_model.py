@@ -12,15 +12,15 @@ import pandas as pd
 import polars as pl
 import pytest
 
+from loopline.data.features import dtype_name, feature_frame
+from loopline.data.source_check import load_spec_with_source
+from loopline.data.sources import scan_source
+from loopline.data.splits import Splits, split_frame
 from loopline.errors import TrainingError
-from loopline.features import dtype_name, feature_frame
-from loopline.modeling.candidates import best_index, train_candidate
-from loopline.modeling.preprocess import MAX_CATEGORIES, TabularPreprocessor
-from loopline.sections.training import TrainingSpec
-from loopline.sources import scan_source
-from loopline.spec import Spec
-from loopline.spec_loader import load_spec
-from loopline.splits import Splits, split_frame
+from loopline.spec.model import Spec
+from loopline.spec.sections.training import TrainingSpec
+from loopline.training.modeling.candidates import best_index, train_candidate
+from loopline.training.modeling.preprocess import MAX_CATEGORIES, TabularPreprocessor
 from tests.conftest import demo_spec_text, write_spec
 
 # --- preprocessing ----------------------------------------------------------------------------
@@ -143,7 +143,7 @@ class Demo:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory, demo_csv: Path) -> Demo:
-    spec = load_spec(write_spec(tmp_path_factory.mktemp("model"), demo_spec_text(demo_csv)))
+    spec = load_spec_with_source(write_spec(tmp_path_factory.mktemp("model"), demo_spec_text(demo_csv)))
     frame = feature_frame(scan_source(spec.data), spec).collect()
     dtypes = {name: dtype_name(frame.schema[name]) for name in spec.feature_names}
     return Demo(spec=spec, splits=split_frame(frame, spec.data), feature_dtypes=dtypes)

@@ -21,26 +21,19 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
 
-from loopline.cli import main
+from cli.main import main
 from loopline.errors import (
     IncompleteModelCard,
     InvalidStageTransition,
     ModelCardNotApproved,
     ModelNotFound,
 )
-from loopline.gates import evaluate_gates
-from loopline.lineage import Lineage, render_chain
-from loopline.model_card import REQUIRED_FIELDS, ModelCard
-from loopline.registry import (
-    CHALLENGER,
-    CHAMPION,
-    STAGE_TAG,
-    STAGES,
-    TRANSITIONS,
-    ModelRegistry,
-    Stage,
-)
-from loopline.sections.release import GatesSpec
+from loopline.release.gates import evaluate_gates
+from loopline.release.lineage import Lineage, render_chain
+from loopline.release.model_card import REQUIRED_FIELDS, ModelCard
+from loopline.release.records import CHALLENGER, CHAMPION, STAGE_TAG, STAGES, TRANSITIONS, Stage
+from loopline.release.registry import ModelRegistry
+from loopline.spec.sections.release import GatesSpec
 from tests.mlflow_server import mlflow_client, mlflow_pointed_at, mlflow_server  # noqa: F401
 
 pytestmark = pytest.mark.slow

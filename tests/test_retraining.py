@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopline.retraining import RetrainingRecord, check_guardrails, first_claim
-from loopline.sections.operations import RetrainingSpec
+from loopline.monitoring.retraining import check_guardrails, first_claim
+from loopline.release.records import RetrainingRecord
+from loopline.spec.sections.operations import RetrainingSpec
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 SPEC = RetrainingSpec(on=["drift", "performance", "schedule", "manual"], cooldown="6h",

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopline.canary import MIN_JUDGED_REQUESTS, CanaryWatch, StepWindow, judge, next_state
-from loopline.routing import Router, RoutingStore, initial_state, unit_point
-from loopline.sections.release import (
+from loopline.serving.canary import MIN_JUDGED_REQUESTS, CanaryWatch, StepWindow, judge, next_state
+from loopline.serving.routing import Router, RoutingStore, initial_state, unit_point
+from loopline.spec.sections.release import (
     ABRouting,
     BanditRouting,
     CanaryBounds,

@@ -8,9 +8,9 @@ import pytest
 from pydantic import ValidationError
 
 from loopline.errors import InvalidFeatureValue, MissingCredentials
-from loopline.modeling.preprocess import TabularPreprocessor
-from loopline.sections.release import AuthSpec
-from loopline.serving import BentoConfig, ServedVersion, api_keys, request_model
+from loopline.serving.bento_config import BentoConfig, ServedVersion, api_keys, request_model
+from loopline.spec.sections.release import AuthSpec
+from loopline.training.modeling.preprocess import TabularPreprocessor
 
 
 def test_keys_come_from_the_environment_variable_comma_separated() -> None:

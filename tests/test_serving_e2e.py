@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loopline.feature_store import FeatureStore
+from loopline.data.feature_store import FeatureStore
 from loopline.state import state_paths
 from tests.servers import serve_bento
 

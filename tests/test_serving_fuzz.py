@@ -176,7 +176,7 @@ def test_invalid_requests_never_get_a_server_error(url: str, served_schema: dict
 def test_a_finite_number_too_large_for_the_model_is_a_400_naming_the_feature(url: str, path: str
                                                                             ) -> None:
     """Found by this fuzz run: 1e38 passes the schema (finite) but, standardized, exceeds float32."""
-    from loopline.feature_store import FeatureStore
+    from loopline.data.feature_store import FeatureStore
     from loopline.state import state_paths
 
     store = FeatureStore(state_paths().features)

@@ -23,9 +23,9 @@ import httpx
 import polars as pl
 import pytest
 
-from loopline.prediction_log import read_predictions
-from loopline.registry import ModelRegistry
-from loopline.spec_loader import load_spec
+from loopline.data.source_check import load_spec_with_source
+from loopline.release.registry import ModelRegistry
+from loopline.serving.prediction_log import read_predictions
 from loopline.state import state_paths
 from loopline.storage import Storage
 from tests.conftest import DEMO_SERVING, logistic_spec_text, write_spec
@@ -73,7 +73,8 @@ def bentos(prefect_harness: None, demo_csv: Path, folder: Path) -> dict[str, str
     tags = {"ab": second.bento_tag}
     for name, routing in ROUTINGS.items():
         if name != "ab":
-            spec = load_spec(write_spec(folder, spec_text(demo_csv, routing, 0.01), f"{name}.yaml"))
+            spec = load_spec_with_source(
+                write_spec(folder, spec_text(demo_csv, routing, 0.01), f"{name}.yaml"))
             tags[name] = build_bento(spec)
     for tag in tags.values():
         # Each Bento describes its own service and models, not a module imported by an earlier
@@ -90,7 +91,7 @@ def serving(tag: str, folder: Path) -> AbstractContextManager[str]:
 
 @pytest.fixture(scope="module")
 def records(bentos: dict[str, str], demo_csv: Path) -> list[dict[str, Any]]:
-    from loopline.feature_store import FeatureStore
+    from loopline.data.feature_store import FeatureStore
 
     store = FeatureStore(state_paths().features)
     manifest = store.manifest(MODEL, 1)
@@ -239,7 +240,7 @@ def test_metrics_count_requests_by_variant(ab: str, records: list[dict[str, Any]
 
 def test_feedback_is_logged_and_joined_by_request_id(ab: str, records: list[dict[str, Any]]
                                                      ) -> None:
-    from loopline.prediction_log import join_feedback, read_feedback
+    from loopline.serving.prediction_log import join_feedback, read_feedback
 
     since = datetime.now(UTC) - timedelta(seconds=1)
     post(ab, "/predict/ab", {**records[1], "request_id": "fb-1"})
@@ -263,7 +264,7 @@ def test_the_ab_report_recommends_a_challenger_that_is_significantly_better(
     from prefect.client.orchestration import get_client
 
     from flows.ab_report import ab_report
-    from loopline.prediction_log import join_feedback, read_feedback
+    from loopline.serving.prediction_log import join_feedback, read_feedback
 
     set_share(ab, 0.5)
     for index in range(300):

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loopline.data.source_check import load_spec_with_source
 from loopline.errors import InvalidSettings
-from loopline.sections.training import Sweep
 from loopline.settings import current_settings, worker_name
-from loopline.spec_loader import load_spec
+from loopline.spec.sections.training import Sweep
 from loopline.state import StatePaths
 from loopline.storage import S3Credentials, Storage
-from loopline.sweep import storage_for
+from loopline.training.sweep import storage_for
 from tasks.serving import prediction_log_uri
 from tests.conftest import demo_spec_text, write_spec
 
@@ -69,11 +69,11 @@ def test_an_unknown_sweep_executor_is_refused_with_the_choices(value: str) -> No
 
 def test_the_prediction_log_moves_with_its_root_unless_the_spec_names_one(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, demo_csv: Path) -> None:
-    spec = load_spec(write_spec(tmp_path, demo_spec_text(demo_csv)))
+    spec = load_spec_with_source(write_spec(tmp_path, demo_spec_text(demo_csv)))
     assert prediction_log_uri(spec).endswith("/predictions/tumor-malignancy")
     monkeypatch.setenv("LOOPLINE_PREDICTION_LOG_ROOT", "s3://logs/predictions/")
     assert prediction_log_uri(spec) == "s3://logs/predictions/tumor-malignancy"
-    named = load_spec(write_spec(tmp_path, demo_spec_text(demo_csv, {
+    named = load_spec_with_source(write_spec(tmp_path, demo_spec_text(demo_csv, {
         "  port: 3000": "  port: 3000\n  prediction_log: {uri: s3://mine/log}"}), "named.yaml"))
     assert prediction_log_uri(named) == "s3://mine/log"
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from loopline.errors import InvalidSpec, SpecProblem
-from loopline.spec import Spec
-from loopline.spec_loader import dump_spec, load_spec, parse_path, parse_yaml, validate_data
+from loopline.spec.loader import dump_spec, load_spec, parse_path, parse_yaml, validate_data
+from loopline.spec.model import Spec
 
 SPECS = Path(__file__).parent / "specs"
 VALID = sorted((SPECS / "valid").glob("*.yaml"))
@@ -46,7 +46,7 @@ def expected_paths(file: Path) -> list[str]:
 
 def problems_of(file: Path) -> list[SpecProblem]:
     with pytest.raises(InvalidSpec) as caught:
-        load_spec(file, check_source=False)
+        load_spec(file)
     assert caught.value.problems, "InvalidSpec must carry at least one problem"
     assert caught.value.file == str(file)
     return caught.value.problems
@@ -79,7 +79,7 @@ def test_invalid_file_declares_its_expectations(file: Path) -> None:
 
 
 def test_valid_specs_cover_the_language() -> None:
-    specs = [load_spec(file, check_source=False) for file in VALID]
+    specs = [load_spec(file) for file in VALID]
     algorithms = [a for spec in specs for a in spec.training.algorithms]
     searches = {
         next(iter(dist.model_dump(by_alias=True)))
@@ -111,7 +111,7 @@ def test_valid_specs_cover_the_language() -> None:
 
 @pytest.mark.parametrize("file", _params(VALID))
 def test_valid_spec_loads(file: Path) -> None:
-    spec = load_spec(file, check_source=False)
+    spec = load_spec(file)
     assert isinstance(spec, Spec)
     assert spec.feature_names
     assert len(spec.content_hash()) == 64
@@ -119,16 +119,16 @@ def test_valid_spec_loads(file: Path) -> None:
 
 @pytest.mark.parametrize("file", _params(VALID))
 def test_valid_spec_survives_dump_and_load(file: Path, tmp_path: Path) -> None:
-    spec = load_spec(file, check_source=False)
+    spec = load_spec(file)
     copy = tmp_path / file.name
     copy.write_text(dump_spec(spec))
-    again = load_spec(copy, check_source=False)
+    again = load_spec(copy)
     assert again == spec
     assert again.content_hash() == spec.content_hash()
 
 
 def test_minimal_spec_takes_the_defaults() -> None:
-    spec = load_spec(SPECS / "valid" / "minimal.yaml", check_source=False)
+    spec = load_spec(SPECS / "valid" / "minimal.yaml")
     assert spec.data.split.kind == "random"
     assert spec.training.task == "classification"
     assert spec.training.sweep is None
@@ -143,14 +143,14 @@ def test_minimal_spec_takes_the_defaults() -> None:
 
 
 def test_relative_source_resolves_against_the_spec_folder() -> None:
-    spec = load_spec(SPECS / "valid" / "minimal.yaml", check_source=False)
+    spec = load_spec(SPECS / "valid" / "minimal.yaml")
     assert spec.data.source == str((SPECS / "valid" / "data" / "x.csv").resolve())
-    remote = load_spec(SPECS / "valid" / "shadow_monitoring.yaml", check_source=False)
+    remote = load_spec(SPECS / "valid" / "shadow_monitoring.yaml")
     assert remote.data.source == "s3://bucket/x.parquet"
 
 
 def test_search_spaces_are_read_as_written() -> None:
-    spec = load_spec(SPECS / "valid" / "time_split_mlp.yaml", check_source=False)
+    spec = load_spec(SPECS / "valid" / "time_split_mlp.yaml")
     search = spec.training.algorithms[0].search
     assert search["dropout"].uniform == [0.0, 0.5]
     assert search["lr"].log_uniform == [1.0e-5, 1.0e-2]
@@ -257,7 +257,7 @@ def test_fixes_are_helpful() -> None:
 
 def test_unreadable_file_is_an_invalid_spec(tmp_path: Path) -> None:
     with pytest.raises(InvalidSpec) as caught:
-        load_spec(tmp_path / "nowhere.yaml", check_source=False)
+        load_spec(tmp_path / "nowhere.yaml")
     (problem,) = caught.value.problems
     assert problem.path == "" and problem.fix
 
@@ -273,7 +273,7 @@ def test_exponent_floats_without_a_dot_or_sign_are_numbers(written: str, value: 
     file = tmp_path / "spec.yaml"
     file.write_text(_MINIMAL.replace("    - kind: logistic_regression",
                                      f"    - kind: lightning_mlp\n      params: {{lr: {written}}}"))
-    spec = load_spec(file, check_source=False)
+    spec = load_spec(file)
     assert spec.training.algorithms[0].params.lr == pytest.approx(value)
 
 
@@ -281,7 +281,7 @@ def test_exponent_floats_with_a_dot_and_sign_are_numbers(tmp_path: Path) -> None
     file = tmp_path / "spec.yaml"
     file.write_text(_MINIMAL.replace("    - kind: logistic_regression",
                                      "    - kind: lightning_mlp\n      params: {lr: 1.0e-3}"))
-    assert load_spec(file, check_source=False).training.algorithms[0].params.lr == 1e-3
+    assert load_spec(file).training.algorithms[0].params.lr == 1e-3
 
 
 @pytest.mark.parametrize(("written", "expected"), [("010", 10), ("1:30", "1:30")])
@@ -305,5 +305,5 @@ def test_cross_section_problems_follow_once_the_structure_is_valid(tmp_path: Pat
     file = tmp_path / "spec.yaml"
     file.write_text(text.replace('"5"', "5"))
     with pytest.raises(InvalidSpec) as caught:
-        load_spec(file, check_source=False)
+        load_spec(file)
     assert {p.path for p in caught.value.problems} == {"training.metric.name", "data.split.kind"}

@@ -17,7 +17,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loopline.sections.base import (
+from loopline.spec.loader import (
+    dump_spec,
+    dump_yaml,
+    parse_path,
+    parse_yaml,
+    render_path,
+    validate_data,
+)
+from loopline.spec.model import Spec
+from loopline.spec.sections.base import (
     COLUMN_PATTERN,
     NAME_PATTERN,
     Comparison,
@@ -26,16 +35,7 @@ from loopline.sections.base import (
     parse_duration,
     parse_margin,
 )
-from loopline.sections.training import COST_OBJECTIVES, metrics_for
-from loopline.spec import Spec
-from loopline.spec_loader import (
-    dump_spec,
-    dump_yaml,
-    parse_path,
-    parse_yaml,
-    render_path,
-    validate_data,
-)
+from loopline.spec.sections.training import COST_OBJECTIVES, metrics_for
 
 PROPERTY_SETTINGS = settings(
     max_examples=100, database=None, suppress_health_check=[HealthCheck.too_slow]

@@ -1,4 +1,4 @@
-"""Checks of a spec against its data source (``load_spec(..., check_source=True)``), on the demo
+"""Checks of a spec against its data source (``load_spec_with_source``), on the demo
 data: named columns must exist and every feature expression must parse, refer to real columns and
 produce its declared dtype."""
 
@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from loopline.data.source_check import load_spec_with_source
 from loopline.errors import InvalidSpec, SpecProblem
-from loopline.spec_loader import dump_yaml, load_spec, parse_path, parse_yaml
+from loopline.spec.loader import dump_yaml, load_spec, parse_path, parse_yaml
 
 DEMO_SPEC = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -43,7 +44,7 @@ def write_spec(folder: Path, data: dict[str, Any], edit: Edit | None = None) -> 
 def source_problems(folder: Path, data: dict[str, Any], edit: Edit) -> list[SpecProblem]:
     path = write_spec(folder, data, edit)
     with pytest.raises(InvalidSpec) as caught:
-        load_spec(path)
+        load_spec_with_source(path)
     problems = caught.value.problems
     assert problems
     text = path.read_text().splitlines()
@@ -76,7 +77,7 @@ def data_section(**changes: Any) -> Edit:
 
 
 def test_demo_spec_loads_against_its_data(tmp_path: Path, demo_data: dict[str, Any]) -> None:
-    spec = load_spec(write_spec(tmp_path, demo_data))
+    spec = load_spec_with_source(write_spec(tmp_path, demo_data))
     assert spec.name == "tumor-malignancy"
     assert spec.feature_names[:3] == ["area_per_perimeter", "worst_to_mean_radius", "is_large"]
 
@@ -89,7 +90,7 @@ def test_the_shipped_demo_spec_loads_once_its_data_exists(tmp_path: Path, demo_c
     target = tmp_path / ".loopline" / "demo" / "breast_cancer.csv"
     target.parent.mkdir(parents=True)
     target.write_bytes(demo_csv.read_bytes())
-    spec = load_spec(configs / "demo.yaml")
+    spec = load_spec_with_source(configs / "demo.yaml")
     assert spec.data.source == str(target.resolve())
 
 
@@ -223,4 +224,4 @@ def test_zero_byte_source(tmp_path: Path, demo_data: dict[str, Any]) -> None:
 
 def test_source_checks_can_be_skipped(tmp_path: Path, demo_data: dict[str, Any]) -> None:
     path = write_spec(tmp_path, demo_data, data_section(source=str(tmp_path / "later.csv")))
-    assert load_spec(path, check_source=False).data.source == str(tmp_path / "later.csv")
+    assert load_spec(path).data.source == str(tmp_path / "later.csv")

@@ -11,8 +11,8 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopline.sections.data import DataSpec
-from loopline.splits import split_frame
+from loopline.data.splits import split_frame
+from loopline.spec.sections.data import DataSpec
 
 fractions = st.floats(min_value=0.01, max_value=0.49, allow_nan=False)
 

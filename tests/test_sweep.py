@@ -30,15 +30,15 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from threadpoolctl import threadpool_limits
 
+from loopline.data.feature_store import FeatureStore
+from loopline.data.splits import Splits, split_frame
 from loopline.errors import TrainingError
-from loopline.experiments import ExperimentTracker, flatten
-from loopline.feature_store import FeatureStore
-from loopline.sections.training import Sweep
-from loopline.spec import Spec
-from loopline.spec_loader import load_spec
-from loopline.splits import Splits, split_frame
+from loopline.spec.loader import load_spec
+from loopline.spec.model import Spec
+from loopline.spec.sections.training import Sweep
 from loopline.state import StatePaths
-from loopline.sweep import (
+from loopline.training.experiments import ExperimentTracker, flatten
+from loopline.training.sweep import (
     FINISHED,
     STATE_TAG,
     Objective,
@@ -97,7 +97,7 @@ class World:
         """Load a spec (the demo's, with ``training`` as its training section)."""
         path = write_spec(self.folder, training_text(self.source, training),
                           f"spec-{next(self.specs)}.yaml")
-        return load_spec(path, check_source=False)
+        return load_spec(path)
 
     def objective(self, spec: Spec, parent_run_id: str) -> Objective:
         return Objective(spec, self.splits, self.dtypes, self.tracker, parent_run_id)
@@ -123,7 +123,7 @@ def world(demo_csv: Path, databases: Path, tmp_path_factory: pytest.TempPathFact
           ) -> Iterator[World]:
     folder = tmp_path_factory.mktemp("sweep")
     spec = load_spec(write_spec(folder, training_text(
-        demo_csv, training_section(LOGISTIC, "{n_trials: 2}"))), check_source=False)
+        demo_csv, training_section(LOGISTIC, "{n_trials: 2}"))))
     store = FeatureStore(folder / "store")
     manifest = store.materialize(spec)
     splits = split_frame(store.read(spec.name, manifest.version), spec.data)
@@ -246,7 +246,7 @@ def killed_sweep(demo_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Ki
     paths = StatePaths(home)
     spec_path = write_spec(folder, training_text(demo_csv, training_section(
         LOGISTIC, "{sampler: random, n_trials: 40, seed: 5}"), name="resumed"))
-    spec = load_spec(spec_path, check_source=False)
+    spec = load_spec(spec_path)
     assert spec.training.sweep is not None
     store = FeatureStore(paths.features)
     manifest = store.materialize(spec)
@@ -381,10 +381,10 @@ def test_the_study_name_ignores_the_budget_but_not_the_space_or_the_data(
     assert study_name(more, fingerprint) == killed_sweep.name
     other_space = load_spec(write_spec(tmp_path, training_text(demo_csv, training_section(
         LOGISTIC.replace("[0.01, 10.0]", "[0.01, 100.0]"),
-        "{sampler: random, n_trials: 40, seed: 5}"), name="resumed")), check_source=False)
+        "{sampler: random, n_trials: 40, seed: 5}"), name="resumed")))
     assert study_name(other_space, fingerprint) != killed_sweep.name
     other_sampler = load_spec(write_spec(tmp_path, training_text(demo_csv, training_section(
-        LOGISTIC, "{sampler: tpe, n_trials: 40, seed: 5}"), name="resumed")), check_source=False)
+        LOGISTIC, "{sampler: tpe, n_trials: 40, seed: 5}"), name="resumed")))
     assert study_name(other_sampler, fingerprint) != killed_sweep.name
     assert study_name(spec, "another-feature-set") != killed_sweep.name
 

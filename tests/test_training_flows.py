@@ -13,13 +13,14 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from loopline.data.feature_store import FeatureStore
+from loopline.data.source_check import load_spec_with_source
 from loopline.errors import InvalidSpec
-from loopline.feature_store import FeatureStore
-from loopline.registry import ModelRegistry
-from loopline.spec_loader import load_spec
+from loopline.release.registry import ModelRegistry
+from loopline.spec.loader import load_spec
 from loopline.state import state_paths
-from loopline.sweep import FINISHED, open_study, storage_for, study_name
-from loopline.tracking import configure_tracking
+from loopline.training.sweep import FINISHED, open_study, storage_for, study_name
+from loopline.training.tracking import configure_tracking
 from tests.conftest import demo_spec_text, write_spec
 
 pytestmark = pytest.mark.slow
@@ -113,7 +114,7 @@ def test_a_parallel_sweep_runs_through_the_pipeline_and_registers_the_retrained_
     result = pipeline(str(spec_path))
     assert result.gate_passed and result.model_version == 1
 
-    spec = load_spec(spec_path, check_source=False)
+    spec = load_spec(spec_path)
     assert spec.training.sweep is not None
     manifest = FeatureStore(state_paths().features).manifest("swept", result.feature_set_version)
     name = study_name(spec, manifest.fingerprint)
@@ -202,7 +203,7 @@ def test_bad_search_spaces_and_unknown_algorithms_fail_in_load_spec(
     name = "never-swept"
     path = write_spec(tmp_path, spec_text(demo_csv, name, SWEEP_TRAINING.replace(old, new, 1)))
     with pytest.raises(InvalidSpec) as caught:
-        load_spec(path)
+        load_spec_with_source(path)
     assert [p.path for p in caught.value.problems] == [expected_path]
     with pytest.raises(InvalidSpec) as caught:
         sweep(str(path))

@@ -20,11 +20,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopline.cli import main
+from cli.main import main
 from loopline.errors import InvalidRunPolicy
-from loopline.queueing import (
+from loopline.spec.sections.queue import PRIORITIES, TrainingQueue
+from loopline.training.queueing import (
     ATTEMPT_ENV,
-    PRIORITIES,
     TIMEOUT_ENV,
     TRAINING_POOL,
     RunPolicy,
@@ -33,7 +33,6 @@ from loopline.queueing import (
     retry_delay,
     run_timeout_seconds,
 )
-from loopline.sections.queue import TrainingQueue
 from tests.conftest import DEMO_MLP, REPO, demo_spec_text, logistic_spec_text, write_spec
 from tests.prefect_server import (  # noqa: F401
     Worker,
@@ -124,11 +123,11 @@ def test_a_malformed_policy_is_an_error(env: dict[str, str]) -> None:
 def test_the_spec_section_becomes_a_policy() -> None:
     queue = TrainingQueue.model_validate({"priority": "high", "retries": 3, "retry_backoff": "1m",
                                           "retry_backoff_max": "3m", "timeout": "2h"})
-    policy = queue.run_policy()
+    policy = RunPolicy.from_section(queue)
     assert policy == RunPolicy(retries=3, retry_backoff_s=60.0, retry_backoff_max_s=180.0,
                                timeout_s=7200.0)
     assert policy.schedule() == [60.0, 120.0, 180.0]
-    assert TrainingQueue().run_policy() == RunPolicy()
+    assert RunPolicy.from_section(TrainingQueue()) == RunPolicy()
 
 
 def test_submitting_a_sweep_needs_a_sweep_section(tmp_path: Path, demo_csv: Path,
@@ -151,14 +150,14 @@ def queue_server(prefect_server: dict[str, str], demo_csv: Path,  # noqa: F811
     """The server with every pool and deployment (training pool limit 1) and the feature set of
     ``MODEL`` materialized, so that a train run has something to train on.
     """
-    from loopline.feature_store import FeatureStore
-    from loopline.spec_loader import load_spec
+    from loopline.data.feature_store import FeatureStore
+    from loopline.data.source_check import load_spec_with_source
     from loopline.state import state_paths
 
     deploy_all(prefect_server, max_trainings=1)
     spec = write_spec(tmp_path_factory.mktemp("features"),
                       logistic_spec_text(demo_csv, MODEL, 1.0))
-    FeatureStore(state_paths().features).materialize(load_spec(spec))
+    FeatureStore(state_paths().features).materialize(load_spec_with_source(spec))
     yield prefect_server
 
 

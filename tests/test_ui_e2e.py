@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from loopline.prediction_log import PredictionLogWriter, PredictionRecord
+from loopline.serving.prediction_log import PredictionLogWriter, PredictionRecord
 from loopline.storage import Storage
 from tests.browser import browser, page, screenshot, visible_text, wait_for_text  # noqa: F401
 from tests.conftest import REPO, demo_spec_text, write_spec
@@ -95,7 +95,7 @@ def drifted_traffic(home: Path, rows: int) -> None:
     """Served traffic whose measurements are 1.5 times the training data's (as in
     docs/tutorial.md), logged as the Bento logs it (the state folder's prediction log).
     """
-    from loopline.feature_store import FeatureStore
+    from loopline.data.feature_store import FeatureStore
 
     store = FeatureStore(home / "features")
     names = store.manifest(MODEL, 1).feature_names

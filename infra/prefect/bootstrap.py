@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     except BootstrapError as exc:
         print(f"bootstrap: {exc}", file=sys.stderr)
         return 1
-    _run("-m", "loopline.cli", "work-pools", "--max-trainings",
+    _run("-m", "cli.main", "work-pools", "--max-trainings",
          os.environ.get("LOOPLINE_MAX_TRAININGS") or "1", "--deployments", str(PROJECT_FILE))
     print(save_storage_block(), flush=True)
     _run("-m", "prefect", "--no-prompt", "deploy", "--all")

@@ -1,9 +1,9 @@
 """The container command of the GPU training work pool (``kubernetes-gpu-training.json``): it
 makes a Prefect flow run and Lightning DDP over several pods agree.
 
-How loopline trains with DDP (``loopline/modeling/distributed.py``): the training task writes
+How loopline trains with DDP (``loopline/training/modeling/distributed.py``): the training task writes
 the job (data, trainer settings) into a fresh temporary folder and runs
-``python -m loopline.modeling.distributed <folder>`` as a child process; Lightning's own
+``python -m loopline.training.modeling.distributed <folder>`` as a child process; Lightning's own
 launcher then starts one process per local GPU by re-running that command line, and waits for
 the ranks of the other nodes (``num_nodes``) at ``MASTER_ADDR:MASTER_PORT``. Rank 0 writes the
 trained network back into the folder and every rank writes a report there.
@@ -15,7 +15,7 @@ So on Kubernetes every pod of the work pool's Indexed Job runs this launcher:
   task's job folder (and Lightning's checkpoint folder, which every rank reads) is visible on
   every pod; when the flow run ends it leaves an exit marker there;
 - pods 1..N-1 never run the flow: they follow the shared folder and, for every training job
-  that appears in it, run the same ``python -m loopline.modeling.distributed <folder>`` with
+  that appears in it, run the same ``python -m loopline.training.modeling.distributed <folder>`` with
   their ``NODE_RANK``, until pod 0's exit marker appears.
 
 With one node the launcher simply runs the command, with ``MASTER_ADDR=127.0.0.1``: Lightning's
@@ -53,7 +53,7 @@ logger = logging.getLogger("loopline.ddp_launch")
 #: Left by pod 0 in the job's folder when it starts, and when its flow run has ended.
 READY_MARKER = "node-0.ready"
 EXIT_MARKER = "node-0.exit"
-#: What ``loopline.modeling.distributed`` names a training job's folder and job file.
+#: What ``loopline.training.modeling.distributed`` names a training job's folder and job file.
 JOB_GLOB = "loopline-ddp-*/job.pkl"
 POLL_S = 0.5
 
@@ -165,7 +165,7 @@ def follow(folder: Path, node_rank: int, nodes: int, gpus: int, wait_s: float) -
                 logger.info("skipping %s: %s", workdir.name, reason)
                 continue
             logger.info("node %s joins %s", node_rank, workdir.name)
-            done = subprocess.run([sys.executable, "-m", "loopline.modeling.distributed",
+            done = subprocess.run([sys.executable, "-m", "loopline.training.modeling.distributed",
                                    str(workdir)], env=environment, check=False)
             if done.returncode != 0:
                 # Rank 0 fails too (its collective calls time out), and the flow run reports

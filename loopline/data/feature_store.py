@@ -1,0 +1,222 @@
+"""The feature store: versioned feature definitions, materialized feature sets, data validation
+with quarantine, and point-in-time training sets, on a local folder or S3.
+
+``FeatureStore`` is the one entry point; the work is done by :mod:`loopline.data.feature_definitions`,
+:mod:`loopline.data.feature_sets`, :mod:`loopline.data.validation` and :mod:`loopline.data.point_in_time`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import tempfile
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+import loopline
+from loopline.data.feature_definitions import (
+    FeatureDefinition,
+    FeatureFilter,
+    FeatureMetadata,
+    FeatureRegistry,
+    FeatureVersion,
+    definition_hash,
+)
+from loopline.data.feature_sets import FeatureRef, FeatureSetManifest, FeatureSets
+from loopline.data.features import dtype_name, feature_frame
+from loopline.data.point_in_time import point_in_time_join
+from loopline.data.sources import scan_source, source_fingerprint, source_schema
+from loopline.data.validation import ValidationReport, validate_batch
+from loopline.errors import DuplicateFeature, FeatureComputationError, FeatureNotFound
+from loopline.spec.model import Spec
+from loopline.spec.sections.data import ComputedFeature
+from loopline.storage import S3Credentials, Storage
+
+__all__ = ["FeatureSetManifest", "FeatureStore"]
+
+
+class FeatureStore:
+    """Features and feature sets under one storage root.
+
+    Args:
+        root: a local folder, an ``s3://bucket/prefix`` URI, or a ready :class:`Storage`.
+        credentials: S3 credentials when ``root`` is on S3.
+    """
+
+    def __init__(self, root: Storage | str | Path, credentials: S3Credentials | None = None) -> None:
+        self.storage = root if isinstance(root, Storage) else Storage(str(root), credentials)
+        self.registry = FeatureRegistry(self.storage)
+        self.sets = FeatureSets(self.storage)
+
+    # --- feature definitions ------------------------------------------------------------------
+
+    def create_feature(self, name: str, definition: FeatureDefinition,
+                       metadata: FeatureMetadata) -> FeatureVersion:
+        """Register ``name`` as version 1 (see :meth:`FeatureRegistry.create_feature`)."""
+        return self.registry.create_feature(name, definition, metadata)
+
+    def get_feature(self, name: str, version: int | None = None) -> FeatureVersion:
+        """A version of ``name``, the latest by default (see :meth:`FeatureRegistry.get_feature`)."""
+        return self.registry.get_feature(name, version)
+
+    def update_feature(self, name: str, definition: FeatureDefinition | None = None,
+                       metadata: FeatureMetadata | None = None) -> FeatureVersion:
+        """A new version of ``name`` (see :meth:`FeatureRegistry.update_feature`)."""
+        return self.registry.update_feature(name, definition, metadata)
+
+    def list_features(self, filters: FeatureFilter | None = None) -> list[FeatureVersion]:
+        """The latest version of every matching feature."""
+        return self.registry.list_features(filters)
+
+    # --- feature sets -------------------------------------------------------------------------
+
+    def versions(self, feature_set: str) -> list[int]:
+        """Committed versions of ``feature_set``, oldest first."""
+        return self.sets.versions(feature_set)
+
+    def manifest(self, feature_set: str, version: int | None = None) -> FeatureSetManifest:
+        """A version's manifest, the latest by default."""
+        return self.sets.manifest(feature_set, version)
+
+    def scan(self, feature_set: str, version: int | None = None) -> pl.LazyFrame:
+        """A version's rows, lazily."""
+        return self.sets.scan(self.sets.manifest(feature_set, version))
+
+    def read(self, feature_set: str, version: int | None = None) -> pl.DataFrame:
+        """A version's rows."""
+        return self.scan(feature_set, version).collect()
+
+    def validate_source(self, spec: Spec, credentials: S3Credentials | None = None
+                        ) -> ValidationReport | None:
+        """Run the spec's ``data.validation`` on its source (None when it declares none)."""
+        if spec.data.validation is None:
+            return None
+        return validate_batch(scan_source(spec.data, credentials), spec.data.validation)
+
+    def quarantine(self, spec: Spec, report: ValidationReport,
+                   credentials: S3Credentials | None = None) -> str:
+        """Write the failing batch and its report aside; returns the quarantine folder's URI."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        folder = f"quarantine/{spec.name}/{stamp}-{uuid.uuid4().hex[:8]}"
+        with tempfile.TemporaryDirectory(prefix="loopline-quarantine-") as workdir:
+            batch = Path(workdir) / "batch.parquet"
+            scan_source(spec.data, credentials).sink_parquet(batch)
+            self.storage.put_file(str(batch), folder, "batch.parquet")
+        details = {"source": spec.data.source, "quarantined_at": stamp, **report.model_dump()}
+        self.storage.write_bytes(json.dumps(details, indent=2).encode(), folder, "report.json")
+        return self.storage.uri(folder)
+
+    def materialize(self, spec: Spec, validation: ValidationReport | None = None,
+                    credentials: S3Credentials | None = None) -> FeatureSetManifest:
+        """Compute the spec's features from its source and commit them as a new version of the
+        feature set, or return the version with the same fingerprint.
+
+        Args:
+            spec: the spec (its name names the feature set).
+            validation: the data checks' results, recorded in the manifest.
+            credentials: for a source on S3.
+
+        Raises:
+            DataSourceError: the source cannot be read.
+            FeatureComputationError: a feature expression fails on the data.
+        """
+        schema = source_schema(spec.data, credentials)
+        definitions = _definitions(spec, schema)
+        source_hash = source_fingerprint(spec.data, credentials)
+        fingerprint = hashlib.sha256(json.dumps({
+            "source": source_hash,
+            "roles": [spec.data.entity_id, spec.data.event_time, spec.data.target],
+            "features": [definition_hash(name, d) for name, (_, d, _) in definitions.items()],
+        }).encode()).hexdigest()
+        existing = self.sets.find(spec.name, fingerprint)
+        if existing is not None:
+            return existing
+        try:
+            files = self.sets.write_data(spec.name, feature_frame(scan_source(spec.data,
+                                                                              credentials), spec))
+        except pl.exceptions.PolarsError as exc:
+            raise FeatureComputationError(f"computing the features of {spec.name!r} failed: "
+                                          f"{exc}") from exc
+        try:
+            return self._commit(spec, definitions, files, fingerprint, source_hash, validation)
+        except BaseException:
+            self.sets.discard(files)  # nothing may reference them: leave no orphan behind
+            raise
+
+    def _commit(self, spec: Spec, definitions: dict[str, tuple[str, FeatureDefinition, str]],
+                files: list[str], fingerprint: str, source_hash: str,
+                validation: ValidationReport | None) -> FeatureSetManifest:
+        """Register the features and publish the manifest of freshly written ``files``."""
+        stats = self.sets.stats(files, list(definitions), spec.data.event_time)
+        author = spec.owner or _user()
+        refs = []
+        for name, (kind, definition, description) in definitions.items():
+            registered = self._ensure_feature(name, definition, FeatureMetadata(
+                author=author, description=description, tags={"feature_set": spec.name}))
+            refs.append(FeatureRef(name=name, version=registered.version, kind=kind,
+                                   expr=definition.expr, dtype=definition.dtype,
+                                   content_hash=registered.content_hash,
+                                   null_share=stats["null_shares"][name]))
+        manifest = FeatureSetManifest(
+            feature_set=spec.name, version=0, id=str(uuid.uuid4()), fingerprint=fingerprint,
+            source=spec.data.source, source_fingerprint=source_hash, row_count=stats["rows"],
+            columns={n: dtype_name(t) for n, t in stats["schema"].items()},
+            entity_id=spec.data.entity_id, event_time=spec.data.event_time,
+            target=spec.data.target, features=refs, time_range=stats["time_range"], files=files,
+            validation=validation, created_at=datetime.now(UTC).isoformat(), created_by=author,
+            loopline_version=loopline.__version__,
+        )
+        return self.sets.publish(manifest)
+
+    def training_set(self, feature_set: str, entities: pl.DataFrame,
+                     version: int | None = None) -> pl.DataFrame:
+        """``entities`` (entity id, event time, labels...) with every feature of the set as it
+        was at each row's event time, never later (a point-in-time join).
+        """
+        manifest = self.sets.manifest(feature_set, version)
+        if manifest.event_time is None:
+            raise ValueError(f"feature set {feature_set!r} has no event time: a point-in-time "
+                             "join needs one (set data.event_time in the spec)")
+        features = self.sets.scan(manifest).select(
+            [manifest.entity_id, manifest.event_time, *manifest.feature_names]).collect()
+        return point_in_time_join(entities, features, entity_id=manifest.entity_id,
+                                  event_time=manifest.event_time)
+
+    def _ensure_feature(self, name: str, definition: FeatureDefinition,
+                        metadata: FeatureMetadata) -> FeatureVersion:
+        """The latest version of ``name`` if it has this definition, else a new version."""
+        try:
+            latest = self.registry.get_feature(name)
+        except FeatureNotFound:
+            try:
+                return self.registry.create_feature(name, definition, metadata)
+            except DuplicateFeature:
+                latest = self.registry.get_feature(name)  # a concurrent writer registered it
+        if latest.content_hash == definition_hash(name, definition):
+            return latest
+        return self.registry.update_feature(name, definition, metadata)
+
+
+def _definitions(spec: Spec, schema: pl.Schema) -> dict[str, tuple[str, FeatureDefinition, str]]:
+    """``{name: (kind, definition, description)}`` for every feature, in declaration order."""
+    found: dict[str, tuple[str, FeatureDefinition, str]] = {}
+    for entry in spec.features:
+        if isinstance(entry, ComputedFeature):
+            found[entry.name] = ("computed", FeatureDefinition(expr=entry.expr, dtype=entry.dtype),
+                                 entry.description)
+        else:
+            for column in entry.passthrough:
+                found[column] = ("passthrough", FeatureDefinition(
+                    expr=column, dtype=dtype_name(schema[column])), f"source column {column}")
+    return found
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

@@ -1,0 +1,65 @@
+"""Computing a spec's features from its source with polars SQL expressions (never ``eval``)."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from loopline.spec.model import Spec
+from loopline.spec.sections.data import ComputedFeature
+
+_DTYPES: dict[str, pl.DataType] = {
+    "float32": pl.Float32(), "float64": pl.Float64(), "int8": pl.Int8(), "int16": pl.Int16(),
+    "int32": pl.Int32(), "int64": pl.Int64(), "uint8": pl.UInt8(), "uint16": pl.UInt16(),
+    "uint32": pl.UInt32(), "uint64": pl.UInt64(), "bool": pl.Boolean(), "string": pl.String(),
+    "date": pl.Date(), "datetime": pl.Datetime(),
+}
+
+
+def polars_dtype(name: str) -> pl.DataType:
+    """The polars dtype for a spec dtype name (``float64``, ``int8``, ``string``...)."""
+    return _DTYPES[name]
+
+
+def dtype_name(dtype: pl.DataType) -> str:
+    """The spec dtype name of a polars dtype (``Float64`` → ``float64``)."""
+    if isinstance(dtype, pl.Datetime):
+        return "datetime"
+    for name, candidate in _DTYPES.items():
+        if dtype == candidate:
+            return name
+    return str(dtype).lower()
+
+
+def cast_problem(source: pl.DataType, declared: str) -> str | None:
+    """Why casting ``source`` to the declared dtype would change values silently, or None.
+
+    polars' strict cast refuses overflow and unparsable text, but turns any non-zero number
+    into ``true`` and truncates floats to integers; a spec has to ask for those explicitly.
+    """
+    target = polars_dtype(declared)
+    if source == pl.Null() or source == target:
+        return None
+    if target == pl.Boolean() and not (source == pl.Boolean() or source.is_integer()):
+        return f"casting {source} to bool makes every non-zero value true"
+    if target.is_integer() and source.is_float():
+        return f"casting {source} to {declared} drops the fraction"
+    return None
+
+
+def feature_expression(feature: ComputedFeature) -> pl.Expr:
+    """The polars expression for a computed feature, cast strictly to its declared dtype.
+
+    Raises:
+        polars.exceptions.PolarsError: the SQL expression does not parse.
+    """
+    return pl.sql_expr(feature.expr).cast(polars_dtype(feature.dtype), strict=True).alias(feature.name)
+
+
+def feature_frame(source: pl.LazyFrame, spec: Spec) -> pl.LazyFrame:
+    """Entity id, event time (if any), target and every feature, one row per source row."""
+    data = spec.data
+    keys = [data.entity_id] + ([data.event_time] if data.event_time else []) + [data.target]
+    computed = [feature_expression(feature) for feature in spec.computed_features]
+    return source.select([pl.col(key) for key in keys] + computed + [
+        pl.col(column) for column in spec.passthrough_columns
+    ])

@@ -1,0 +1,42 @@
+"""Dividing a feature set into train / validation / test, as the spec's ``data.split`` says."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from loopline.spec.sections.data import DataSpec, RandomSplit
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The three parts of a feature set."""
+
+    train: pl.DataFrame
+    validation: pl.DataFrame
+    test: pl.DataFrame
+
+
+def split_frame(frame: pl.DataFrame, data: DataSpec) -> Splits:
+    """Split ``frame`` randomly (seeded) or by time (oldest trains, newest tests).
+
+    Every row lands in exactly one part; the same frame and spec always give the same parts.
+    """
+    split = data.split
+    n = frame.height
+    n_test = round(n * split.test)
+    n_val = round(n * split.validation)
+    if isinstance(split, RandomSplit):
+        order = np.random.default_rng(split.seed).permutation(n)
+        ordered = frame[order]
+    else:
+        assert data.event_time is not None  # enforced by the spec's consistency checks
+        ordered = frame.sort([data.event_time, data.entity_id])
+    n_train = n - n_val - n_test
+    return Splits(
+        train=ordered.slice(0, n_train),
+        validation=ordered.slice(n_train, n_val),
+        test=ordered.slice(n_train + n_val, n_test),
+    )

@@ -1,0 +1,1 @@
+"""Monitoring: drift, performance once labels arrive, retraining guardrails and alerting."""

@@ -1,0 +1,95 @@
+"""What the registry records, in loopline's vocabulary: stages and their transitions, the tags
+that hold them on MLflow, a version as loopline sees it, and the history of stage changes and
+retraining runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from loopline.release.lineage import Lineage
+from loopline.release.model_card import ModelCard
+from loopline.spec.sections.operations import Trigger
+
+Stage = Literal["NONE", "STAGING", "PRODUCTION", "ARCHIVED"]
+STAGES: tuple[Stage, ...] = ("NONE", "STAGING", "PRODUCTION", "ARCHIVED")
+STAGE_TAG = "loopline.stage"
+CARD_TAG = "loopline.model_card"
+DEPLOYMENTS_TAG = "loopline.deployments"
+HISTORY_PREFIX = "loopline.history."
+RETRAINING_PREFIX = "loopline.retraining."
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+#: Which stage a version may move to from each stage.
+TRANSITIONS: dict[Stage, frozenset[Stage]] = {
+    "NONE": frozenset({"STAGING", "ARCHIVED"}),
+    "STAGING": frozenset({"PRODUCTION", "ARCHIVED"}),
+    "PRODUCTION": frozenset({"STAGING", "ARCHIVED"}),
+    "ARCHIVED": frozenset({"STAGING", "PRODUCTION"}),
+}
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    """A registered version as loopline sees it: stage, aliases, card, lineage, deployments."""
+
+    name: str
+    version: int
+    stage: Stage
+    aliases: tuple[str, ...]
+    run_id: str | None
+    source: str
+    model_card: ModelCard | None
+    lineage: Lineage | None
+    deployments: tuple[str, ...]
+    tags: dict[str, str]
+
+    @property
+    def uri(self) -> str:
+        """``models:/<name>/<version>``: loads this exact version."""
+        return f"models:/{self.name}/{self.version}"
+
+
+class HistoryEvent(BaseModel):
+    """One recorded change of a version's stage or of an alias."""
+
+    model_config = ConfigDict(frozen=True)
+
+    at: str
+    actor: str
+    version: int
+    from_stage: Stage
+    to_stage: Stage
+    reason: str
+
+
+Outcome = Literal["started", "registered", "promoted", "rejected", "failed", "refused"]
+
+
+class RetrainingRecord(BaseModel):
+    """One retraining run as the registry remembers it.
+
+    Attributes:
+        at: when it started (aware, UTC).
+        trigger: drift, performance, schedule or manual.
+        cause: what caused it: the Prefect event (name and id), the schedule, or who ran it.
+        outcome: started, then registered / promoted / rejected (gates failed) / failed;
+            refused when a guardrail stopped it.
+        run: the Prefect flow run.
+        version: the model version it registered, if any.
+        reason: why it ended as it did.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    trigger: Trigger
+    cause: str
+    outcome: Outcome
+    run: str = ""
+    version: int | None = None
+    reason: str = ""

@@ -1,1 +1,0 @@
-"""The sections of a loopline spec, one module per noun; :mod:`loopline.spec` assembles them."""

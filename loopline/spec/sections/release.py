@@ -1,0 +1,212 @@
+"""The ``gates`` and ``serving`` sections: what a candidate must prove, and how it is served."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from loopline.spec.sections.base import (
+    COLUMN_PATTERN,
+    ComparisonText,
+    Duration,
+    Fraction,
+    MarginText,
+    StrictModel,
+    spec_error,
+)
+
+Text = Annotated[str, Field(min_length=1)]
+
+
+class ModelCardSpec(StrictModel):
+    """The human part of every model version's card; loopline adds data, metrics and lineage.
+
+    Attributes:
+        intended_use: what the model is for (and what it is not for). Required.
+        limitations: known limitations.
+        ethical_considerations: what was considered about fairness and harm.
+        approved: whether a person approved the card; PRODUCTION requires it.
+        approved_by: who approved it.
+    """
+
+    intended_use: Text
+    limitations: str = ""
+    ethical_considerations: str = ""
+    approved: bool = False
+    approved_by: str | None = None
+
+
+class GatesSpec(StrictModel):
+    """What a candidate must reach on the test split before it is registered.
+
+    Attributes:
+        thresholds: absolute bounds per metric, e.g. ``accuracy: ">= 0.85"``.
+        champion_margin: required improvement over the current champion on the same test data,
+            relative (``"+1%"``) or absolute (``"+0.01"``), in the metric's direction.
+        on_pass: the stage a passing candidate enters: ``staging`` (challenger) or
+            ``production`` (champion, needs an approved model card). The very first model of a
+            name becomes champion when it passes, so there is something to serve.
+        model_card: the card every registered version carries.
+    """
+
+    thresholds: dict[str, ComparisonText] = Field(default_factory=dict)
+    champion_margin: dict[str, MarginText] = Field(default_factory=dict)
+    on_pass: Literal["staging", "production"] = "staging"
+    model_card: ModelCardSpec
+
+
+class SingleRouting(StrictModel):
+    """Only the champion answers.
+
+    Attributes:
+        kind: `single`.
+    """
+
+    kind: Literal["single"] = "single"
+
+
+class ABRouting(StrictModel):
+    """A fixed share of traffic goes to the challenger; sticky by ``sticky_by`` when given.
+
+    Attributes:
+        kind: `ab`.
+        challenger_share: share of requests routed to the challenger (0 to 1).
+        sticky_by: a request field (the entity id or a feature) that keeps an entity on one variant.
+    """
+
+    kind: Literal["ab"]
+    challenger_share: Fraction = 0.5
+    sticky_by: Annotated[str, Field(pattern=COLUMN_PATTERN)] | None = None
+
+
+class CanaryBounds(StrictModel):
+    """When a canary step rolls back instead of advancing.
+
+    Attributes:
+        error_rate: roll back when the challenger's error rate meets this, e.g. `> 0.01`.
+        p95_latency_ms: roll back when the challenger's p95 latency meets this, e.g. `> 100`.
+    """
+
+    error_rate: ComparisonText = "> 0.01"
+    p95_latency_ms: ComparisonText = "> 100"
+
+
+class CanaryRouting(StrictModel):
+    """The challenger's share climbs through ``steps``; each step is held for ``hold`` (a
+    duration) or ``hold_requests`` and rolled back when ``rollback_if`` holds.
+
+    Attributes:
+        kind: `canary`.
+        steps: the challenger's share at each step, increasing, e.g. `[0.01, 0.05, 0.25, 0.5, 1.0]`.
+        hold: how long each step is held, e.g. `5m`.
+        hold_requests: requests each step is held for (instead of `hold`).
+        rollback_if: when a step rolls back to the champion.
+        sticky_by: a request field that keeps an entity on one variant.
+    """
+
+    kind: Literal["canary"]
+    steps: Annotated[list[Fraction], Field(min_length=1)] = Field(
+        default_factory=lambda: [0.01, 0.05, 0.25, 0.5, 1.0]
+    )
+    hold: Duration | None = "5m"
+    hold_requests: Annotated[int, Field(ge=1)] | None = None
+    rollback_if: CanaryBounds = Field(default_factory=CanaryBounds)
+    sticky_by: Annotated[str, Field(pattern=COLUMN_PATTERN)] | None = None
+
+    @model_validator(mode="after")
+    def _steps_climb(self) -> CanaryRouting:
+        if any(later <= earlier for earlier, later in zip(self.steps, self.steps[1:], strict=False)):
+            raise spec_error(f"canary steps {self.steps} do not increase",
+                             "list growing shares, e.g. [0.01, 0.05, 0.25, 0.5, 1.0]")
+        if (self.hold is None) == (self.hold_requests is None):
+            raise spec_error("a canary step is held by exactly one of `hold` and `hold_requests`",
+                             "write `hold: 5m` or `hold_requests: 1000` (and `hold: null`)")
+        return self
+
+
+class ShadowRouting(StrictModel):
+    """The champion answers; the challenger's answer is computed and logged, never returned.
+
+    Attributes:
+        kind: `shadow`.
+        sample: share of requests also sent to the challenger.
+    """
+
+    kind: Literal["shadow"]
+    sample: Fraction = 1.0
+
+
+class BanditRouting(StrictModel):
+    """Thompson sampling over the variants, on rewards posted to ``/feedback``.
+
+    Attributes:
+        kind: `bandit`.
+        prior_alpha: Beta prior's alpha for each variant's reward rate.
+        prior_beta: Beta prior's beta for each variant's reward rate.
+    """
+
+    kind: Literal["bandit"]
+    prior_alpha: Annotated[float, Field(gt=0.0)] = 1.0
+    prior_beta: Annotated[float, Field(gt=0.0)] = 1.0
+
+
+Routing = Annotated[
+    SingleRouting | ABRouting | CanaryRouting | ShadowRouting | BanditRouting,
+    Field(discriminator="kind"),
+]
+
+
+class AuthSpec(StrictModel):
+    """Where the service's API keys come from (a Prefect Secret block or an env variable).
+
+    Attributes:
+        api_keys_secret: the name of a Prefect Secret block holding the keys.
+        api_keys_env: an environment variable holding the keys (comma-separated).
+    """
+
+    api_keys_secret: str | None = None
+    api_keys_env: str | None = None
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> AuthSpec:
+        if self.api_keys_secret is None and self.api_keys_env is None:
+            raise spec_error("auth needs a source of API keys",
+                             "set `api_keys_secret` (a Prefect Secret block) or `api_keys_env`")
+        return self
+
+
+class PredictionLogSpec(StrictModel):
+    """Where every prediction and every feedback label is appended (parquet), for monitoring.
+
+    Attributes:
+        uri: a folder, local or ``s3://``; `predictions/<model name>` under the state folder
+            when left out.
+        flush_rows: a batch is written once it holds this many records...
+        flush_seconds: ...or this many seconds after its first record.
+    """
+
+    uri: Annotated[str, Field(min_length=1)] | None = None
+    flush_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    flush_seconds: Annotated[float, Field(gt=0.0, le=3600.0)] = 5.0
+
+
+class ServingSpec(StrictModel):
+    """How the champion (and challenger) are served over HTTP.
+
+    Attributes:
+        routing: single, ab, canary, shadow or bandit (the strategy ``POST /predict/ab`` follows;
+            ``POST /predict`` always answers from the champion).
+        auth: API keys; without it the endpoints are open.
+        workers: BentoML worker processes.
+        port: the port ``bentoml serve`` listens on.
+        max_batch: records one ``POST /predict/batch`` request may hold.
+        prediction_log: where predictions and feedback are logged.
+    """
+
+    routing: Routing = Field(default_factory=SingleRouting)
+    auth: AuthSpec | None = None
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    port: Annotated[int, Field(ge=1, le=65535)] = 3000
+    max_batch: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    prediction_log: PredictionLogSpec = Field(default_factory=PredictionLogSpec)

@@ -1,0 +1,90 @@
+"""A trained model as loopline serves and scores it: preprocessing plus a predictor, working on
+columns (a dict of lists, a pandas or polars frame) without per-row Python loops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from loopline.spec.sections.training import Task
+from loopline.training.modeling.preprocess import Columns, TabularPreprocessor
+
+
+class Predictor(Protocol):
+    """Maps a float32 matrix to class probabilities (n x classes) or predicted values (n)."""
+
+    def scores(self, matrix: np.ndarray) -> np.ndarray:
+        """Probabilities or values for every row of ``matrix``."""
+        ...
+
+
+@dataclass
+class SklearnPredictor:
+    """A fitted scikit-learn estimator."""
+
+    estimator: Any
+
+    def scores(self, matrix: np.ndarray) -> np.ndarray:
+        """``predict_proba`` for classifiers, ``predict`` for regressors."""
+        if hasattr(self.estimator, "predict_proba"):
+            return np.asarray(self.estimator.predict_proba(matrix))
+        return np.asarray(self.estimator.predict(matrix), dtype=np.float64)
+
+
+@dataclass
+class TorchPredictor:
+    """A trained torch network (the inner network of the Lightning module)."""
+
+    network: Any
+    task: Task
+
+    def scores(self, matrix: np.ndarray) -> np.ndarray:
+        """Softmax probabilities for classification, the output for regression."""
+        import torch
+
+        self.network.eval()
+        with torch.inference_mode():
+            output = self.network(torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32)))
+            if self.task == "classification":
+                output = torch.softmax(output.float(), dim=1)
+            else:
+                output = output.float().squeeze(-1)
+        scores: np.ndarray = output.numpy().astype(np.float64)
+        return scores
+
+
+@dataclass
+class TabularModel:
+    """Preprocessing and a predictor, with what serving needs to know about the inputs.
+
+    Attributes:
+        feature_names: the input columns, in order.
+        feature_dtypes: each input's dtype name (``float64``, ``int64``, ``string``...).
+        classes: class labels in score order (classification), else None.
+    """
+
+    task: Task
+    feature_names: list[str]
+    feature_dtypes: dict[str, str]
+    preprocessor: TabularPreprocessor
+    predictor: Predictor
+    classes: list[Any] | None = None
+
+    def scores(self, columns: Columns) -> np.ndarray:
+        """Class probabilities (n x classes) or predicted values (n)."""
+        scores: np.ndarray = self.predictor.scores(self.preprocessor.transform(columns))
+        return scores
+
+    def predict(self, columns: Columns) -> dict[str, np.ndarray]:
+        """``prediction`` for every record, plus ``probability`` (of the predicted class) for
+        classification.
+        """
+        scores = self.scores(columns)
+        if self.task == "regression":
+            return {"prediction": scores}
+        assert self.classes is not None
+        best = scores.argmax(axis=1)
+        return {"prediction": np.asarray(self.classes)[best], "probability": scores.max(axis=1)}
