@@ -5,6 +5,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Every package of the environment at the exact version CI verified; `make lock` regenerates it.
+CONSTRAINTS := constraints.txt
+LOCK_VENV := .venv-lock
 
 export LOOPLINE_HOME ?= $(CURDIR)/.loopline
 export PREFECT_HOME ?= $(LOOPLINE_HOME)/prefect
@@ -15,19 +18,32 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: venv demo test test-fast lint system-deps bench prefect-ui mlflow-ui clean
+.PHONY: venv lock demo test test-fast lint system-deps bench prefect-ui mlflow-ui clean
 
 venv: $(STAMP)
 
 # torch first and alone: `torch==2.13.0` is a local CPU build on these machines; letting pip
-# resolve torch through Lightning would fetch the newest CUDA build (several GB).
-$(STAMP): pyproject.toml
+# resolve torch through Lightning would fetch the newest CUDA build (several GB). Everything is
+# installed at the versions in constraints.txt, so a fresh clone gets the set CI verified.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) --upgrade pip
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) torch==2.13.0
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	$(PY) -m pip check
 	touch $(STAMP)
+
+# Upgrading is this one command: resolve pyproject.toml's ranges afresh in a throwaway
+# environment and write what was installed to constraints.txt; then `make test` decides.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(LOCK_VENV)/bin/python -m pip check
+	$(LOCK_VENV)/bin/python scripts/write_constraints.py $(LOCK_VENV)/bin/python $(CONSTRAINTS)
+	rm -rf $(LOCK_VENV)
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
