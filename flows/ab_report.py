@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from prefect import flow
 
-from loopline.serving.ab_analysis import DEFAULT_MIN_SAMPLES, ABReport
+from loopline.serving.ab.report import DEFAULT_MIN_SAMPLES, ABReport
 from loopline.spec.sections.base import parse_duration
 from tasks.serving import analyze_ab_test, read_ab_traffic
 from tasks.spec import load_and_validate_spec

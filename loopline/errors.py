@@ -153,6 +153,16 @@ class InvalidFeatureValue(LooplineError):
     http_status = 400
 
 
+class ModelCallFailed(LooplineError):
+    """The served model failed to answer (no other variant could answer instead)."""
+
+
+class InvalidRoutingChange(LooplineError):
+    """A routing change the served Bento cannot make (a challenger share without a challenger)."""
+
+    http_status = 400
+
+
 class PackagingError(LooplineError):
     """Building the Bento for a model version failed."""
 

@@ -12,7 +12,8 @@ from prefect.logging import get_run_logger
 
 from loopline.release.records import CHALLENGER
 from loopline.release.registry import ModelRegistry
-from loopline.serving.ab_analysis import ABReport, analyze, render_markdown
+from loopline.serving.ab.analysis import analyze
+from loopline.serving.ab.report import ABReport, render_markdown
 from loopline.serving.prediction_log import join_feedback, read_feedback, read_predictions
 from loopline.settings import current_settings
 from loopline.spec.model import Spec

@@ -17,8 +17,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from loopline import ab_statistics as abstat
-from loopline import ab_testing as ab
+from loopline.serving.ab import fixed_horizon, msprt
+from loopline.serving.ab.analysis import SEQUENTIAL_BURN_IN, analyze
+from loopline.serving.ab.fixed_horizon import SampleSummary
+from loopline.serving.ab.report import ABReport, Task, render_markdown
 
 ALPHAS = st.sampled_from([0.01, 0.05, 0.1])
 SEEDS = st.integers(0, 2**32 - 1)
@@ -86,7 +88,7 @@ def regression_log(errors_a: Any, errors_b: Any, seed: int) -> pl.DataFrame:
 def test_z_test_matches_the_chi_square_test_and_the_wald_interval(
         n_a: int, n_b: int, frac_a: float, frac_b: float, alpha: float) -> None:
     s_a, s_b = round(frac_a * n_a), round(frac_b * n_b)
-    result = abstat.two_proportion_z_test(s_a, n_a, s_b, n_b, alpha=alpha)
+    result = fixed_horizon.two_proportion_z_test(s_a, n_a, s_b, n_b, alpha=alpha)
     effect = s_b / n_b - s_a / n_a
     assert result.effect == pytest.approx(effect, abs=1e-12)
     if 0 < s_a + s_b < n_a + n_b:
@@ -110,7 +112,7 @@ def test_z_test_matches_the_chi_square_test_and_the_wald_interval(
     (0, 0, 0, 0), (0, 0, 5, 10), (5, 10, 0, 0), (10, 10, 20, 20), (0, 10, 0, 20), (1, 1, 1, 1),
 ])
 def test_z_test_on_degenerate_counts_gives_p_one_without_nan(s_a: int, n_a: int, s_b: int, n_b: int) -> None:
-    result = abstat.two_proportion_z_test(s_a, n_a, s_b, n_b)
+    result = fixed_horizon.two_proportion_z_test(s_a, n_a, s_b, n_b)
     assert result.p_value == 1.0 and not result.significant
     values = [result.statistic, result.p_value, result.effect, result.ci_low, result.ci_high]
     assert all(math.isfinite(v) for v in values)
@@ -119,9 +121,9 @@ def test_z_test_on_degenerate_counts_gives_p_one_without_nan(s_a: int, n_a: int,
 def test_z_test_rejects_impossible_counts() -> None:
     for args in [(5, 4, 0, 1), (-1, 4, 0, 1), (0, -1, 0, 1)]:
         with pytest.raises(ValueError):
-            abstat.two_proportion_z_test(*args)
+            fixed_horizon.two_proportion_z_test(*args)
     with pytest.raises(ValueError):
-        abstat.two_proportion_z_test(1, 2, 1, 2, alpha=1.0)
+        fixed_horizon.two_proportion_z_test(1, 2, 1, 2, alpha=1.0)
 
 
 # --- Welch's t-test ---------------------------------------------------------------------------
@@ -133,7 +135,7 @@ SAMPLES = st.lists(st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False),
 @given(a=SAMPLES, b=SAMPLES, alpha=ALPHAS)
 def test_welch_matches_scipy(a: list[float], b: list[float], alpha: float) -> None:
     assume(np.var(a) > 1e-6 and np.var(b) > 1e-6)
-    result = abstat.welch_t_test(a, b, alpha=alpha)
+    result = fixed_horizon.welch_t_test(a, b, alpha=alpha)
     reference = stats.ttest_ind(b, a, equal_var=False)
     interval = reference.confidence_interval(1 - alpha)
     assert result.effect == pytest.approx(np.mean(b) - np.mean(a), rel=1e-9, abs=1e-9)
@@ -141,7 +143,7 @@ def test_welch_matches_scipy(a: list[float], b: list[float], alpha: float) -> No
     assert result.p_value == pytest.approx(reference.pvalue, rel=1e-6, abs=1e-12)
     assert result.df == pytest.approx(reference.df, rel=1e-6)
     assert (result.ci_low, result.ci_high) == pytest.approx((interval.low, interval.high), rel=1e-6, abs=1e-9)
-    swapped = abstat.welch_t_test(b, a, alpha=alpha)
+    swapped = fixed_horizon.welch_t_test(b, a, alpha=alpha)
     assert swapped.p_value == pytest.approx(result.p_value, rel=1e-9, abs=1e-15)
     assert swapped.effect == pytest.approx(-result.effect, rel=1e-9, abs=1e-9)
 
@@ -151,22 +153,22 @@ def test_welch_matches_scipy(a: list[float], b: list[float], alpha: float) -> No
        mean_b=st.floats(-100, 100), sd_a=st.floats(0.01, 50), sd_b=st.floats(0.01, 50))
 def test_welch_from_summaries_matches_scipy_from_stats(n_a: int, n_b: int, mean_a: float, mean_b: float,
                                                        sd_a: float, sd_b: float) -> None:
-    result = abstat.welch_t_test_from_summaries(abstat.SampleSummary(n=n_a, mean=mean_a, variance=sd_a**2),
-                                            abstat.SampleSummary(n=n_b, mean=mean_b, variance=sd_b**2))
+    result = fixed_horizon.welch_t_test_from_summaries(SampleSummary(n=n_a, mean=mean_a, variance=sd_a**2),
+                                                       SampleSummary(n=n_b, mean=mean_b, variance=sd_b**2))
     reference = stats.ttest_ind_from_stats(mean_b, sd_b, n_b, mean_a, sd_a, n_a, equal_var=False)
     assert result.statistic == pytest.approx(reference.statistic, rel=1e-9, abs=1e-12)
     assert result.p_value == pytest.approx(reference.pvalue, rel=1e-6, abs=1e-300)
 
 
 def test_welch_degenerate_samples() -> None:
-    too_few = abstat.welch_t_test([1.0], [1.0, 2.0, 3.0])
+    too_few = fixed_horizon.welch_t_test([1.0], [1.0, 2.0, 3.0])
     assert too_few.p_value == 1.0 and math.isinf(too_few.ci_low) and math.isinf(too_few.ci_high)
-    assert abstat.welch_t_test([], []).effect == 0.0
-    same = abstat.welch_t_test([2.0, 2.0, 2.0], [2.0, 2.0])
+    assert fixed_horizon.welch_t_test([], []).effect == 0.0
+    same = fixed_horizon.welch_t_test([2.0, 2.0, 2.0], [2.0, 2.0])
     assert (same.statistic, same.p_value, same.effect) == (0.0, 1.0, 0.0)
-    apart = abstat.welch_t_test([1.0, 1.0, 1.0], [2.0, 2.0, 2.0])  # scipy: t = inf, p = 0
+    apart = fixed_horizon.welch_t_test([1.0, 1.0, 1.0], [2.0, 2.0, 2.0])  # scipy: t = inf, p = 0
     assert apart.p_value == 0.0 and apart.statistic == math.inf and apart.effect == 1.0
-    dropped = abstat.welch_t_test([1.0, 2.0, float("nan"), float("inf")], [3.0, 4.0])
+    dropped = fixed_horizon.welch_t_test([1.0, 2.0, float("nan"), float("inf")], [3.0, 4.0])
     assert dropped.n_a == 2 and not math.isnan(dropped.p_value)
 
 
@@ -184,10 +186,10 @@ def test_mixture_likelihood_ratio_is_the_papers_formula(n: int, sigma: float, ta
     effect = z * math.sqrt(2 * s2 / n)
     log_paper = (0.5 * math.log(2 * s2 / (2 * s2 + n * t2))
                  + n**2 * t2 * effect**2 / (4 * s2 * (2 * s2 + n * t2)))
-    p = float(abstat.msprt_p_values(effect, 2 * s2 / n, t2, running=False))
+    p = float(msprt.msprt_p_values(effect, 2 * s2 / n, t2, running=False))
     assert p == pytest.approx(min(1.0, math.exp(-log_paper)), rel=1e-9, abs=1e-300)
-    summary = abstat.msprt_test(abstat.SampleSummary(n=n, mean=0.0, variance=s2),
-                            abstat.SampleSummary(n=n, mean=effect, variance=s2), tau2=t2)
+    summary = msprt.msprt_test(SampleSummary(n=n, mean=0.0, variance=s2),
+                               SampleSummary(n=n, mean=effect, variance=s2), tau2=t2)
     assert summary.statistic == pytest.approx(log_paper, rel=1e-9, abs=1e-9)
 
 
@@ -195,25 +197,25 @@ def test_mixture_likelihood_ratio_is_the_papers_formula(n: int, sigma: float, ta
 @given(variance=st.floats(1e-6, 10), tau2=st.floats(1e-6, 10), alpha=ALPHAS)
 def test_always_valid_interval_is_where_the_likelihood_ratio_stays_below_one_over_alpha(
         variance: float, tau2: float, alpha: float) -> None:
-    half = float(abstat.msprt_half_width(variance, tau2, alpha))
+    half = float(msprt.msprt_half_width(variance, tau2, alpha))
     # Testing θ0 = θ̂ ± half shifts the estimate by half: there Λ(θ0) is exactly 1/alpha.
-    at_edge = abstat.msprt_p_values(np.array([half, -half]), variance, tau2, running=False)
+    at_edge = msprt.msprt_p_values(np.array([half, -half]), variance, tau2, running=False)
     assert at_edge == pytest.approx([alpha, alpha], rel=1e-6)
-    inside = float(abstat.msprt_p_values(0.99 * half, variance, tau2, running=False))
+    inside = float(msprt.msprt_p_values(0.99 * half, variance, tau2, running=False))
     assert inside > alpha
 
 
 def test_sequential_p_values_never_increase_and_match_single_looks() -> None:
     rng = np.random.default_rng(7)
     a, b = rng.normal(0.0, 1.0, 1000), rng.normal(0.15, 1.0, 1000)
-    looks = [(abstat.SampleSummary.of(a[:n]), abstat.SampleSummary.of(b[:n])) for n in range(50, 1001, 50)]
-    running = abstat.sequential_p_values(looks)
+    looks = [(SampleSummary.of(a[:n]), SampleSummary.of(b[:n])) for n in range(50, 1001, 50)]
+    running = msprt.sequential_p_values(looks)
     assert all(later <= earlier for earlier, later in itertools.pairwise(running))
-    single = [abstat.msprt_test(x, y).p_value for x, y in looks]
+    single = [msprt.msprt_test(x, y).p_value for x, y in looks]
     assert running == pytest.approx(np.minimum.accumulate(single).tolist())
-    per_look = abstat.msprt_p_values([0.0, 0.4, 0.25], 0.01, 0.01, running=False)
+    per_look = msprt.msprt_p_values([0.0, 0.4, 0.25], 0.01, 0.01, running=False)
     assert per_look[1] < per_look[2] < per_look[0] == 1.0
-    running_2d = abstat.msprt_p_values([[0.0, 0.4, 0.25]], [[0.01, 0.01, 0.01]], 0.01)
+    running_2d = msprt.msprt_p_values([[0.0, 0.4, 0.25]], [[0.01, 0.01, 0.01]], 0.01)
     assert running_2d[0].tolist() == pytest.approx([1.0, per_look[1], per_look[1]])
 
 
@@ -222,23 +224,23 @@ def test_sequential_p_values_never_increase_and_match_single_looks() -> None:
 def test_proportion_msprt_uses_the_pooled_null_variance(n_a: int, n_b: int, frac_a: float,
                                                         frac_b: float) -> None:
     s_a, s_b = round(frac_a * n_a), round(frac_b * n_b)
-    result = abstat.two_proportion_msprt(s_a, n_a, s_b, n_b)
+    result = msprt.two_proportion_msprt(s_a, n_a, s_b, n_b)
     pooled = (s_a + s_b) / (n_a + n_b)
-    expected = abstat.msprt_p_values(s_b / n_b - s_a / n_a, pooled * (1 - pooled) * (1 / n_a + 1 / n_b),
+    expected = msprt.msprt_p_values(s_b / n_b - s_a / n_a, pooled * (1 - pooled) * (1 / n_a + 1 / n_b),
                                  0.01 * pooled * (1 - pooled), running=False)
     assert result.p_value == pytest.approx(float(expected), rel=1e-9, abs=1e-300)
     assert result.ci_low <= result.effect <= result.ci_high
 
 
 def test_msprt_degenerate_inputs() -> None:
-    assert abstat.msprt_test(abstat.SampleSummary(n=1), abstat.SampleSummary(n=5, mean=1.0)).p_value == 1.0
-    assert abstat.two_proportion_msprt(0, 0, 3, 5).p_value == 1.0
-    assert abstat.two_proportion_msprt(20, 20, 30, 30).p_value == 1.0  # all successes in both
-    assert abstat.two_proportion_msprt(0, 200, 200, 200).p_value < 1e-6  # pooled variance is not zero
-    assert abstat.msprt_p_values([np.nan, 1.0], [1.0, np.nan], 1.0, running=False).tolist() == [1.0, 1.0]
-    assert float(abstat.msprt_p_values(0.3, 0.0, 0.1)) == 0.0  # no variance: a certain difference
+    assert msprt.msprt_test(SampleSummary(n=1), SampleSummary(n=5, mean=1.0)).p_value == 1.0
+    assert msprt.two_proportion_msprt(0, 0, 3, 5).p_value == 1.0
+    assert msprt.two_proportion_msprt(20, 20, 30, 30).p_value == 1.0  # all successes in both
+    assert msprt.two_proportion_msprt(0, 200, 200, 200).p_value < 1e-6  # pooled variance is not zero
+    assert msprt.msprt_p_values([np.nan, 1.0], [1.0, np.nan], 1.0, running=False).tolist() == [1.0, 1.0]
+    assert float(msprt.msprt_p_values(0.3, 0.0, 0.1)) == 0.0  # no variance: a certain difference
     with pytest.raises(ValueError):
-        abstat.msprt_p_values(0.1, 0.1, -1.0)
+        msprt.msprt_p_values(0.1, 0.1, -1.0)
 
 
 def _null_false_positive_rates(binary: bool, sims: int = 2000, horizon: int = 2000, every: int = 50,
@@ -265,7 +267,7 @@ def _null_false_positive_rates(binary: bool, sims: int = 2000, horizon: int = 20
             variances = [(q - s * s / n) / (n - 1) for s, q in zip(sums, squares, strict=True)]
             sigma2 = (variances[0] + variances[1]) / 2
             variance = (variances[0] + variances[1]) / n
-        p_sequential = abstat.msprt_p_values(effect, variance, abstat.default_tau2(sigma2))
+        p_sequential = msprt.msprt_p_values(effect, variance, msprt.default_tau2(sigma2))
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.where(variance > 0, effect / np.sqrt(variance), 0.0)
         p_fixed = 2 * stats.norm.sf(np.abs(z))
@@ -294,7 +296,7 @@ def test_analyze_under_the_null_rarely_leaves_continue() -> None:
         r = np.random.default_rng(seed)
         n_a, n_b = 500, 500
         frame = classification_log(int(r.binomial(n_a, 0.8)), n_a, int(r.binomial(n_b, 0.8)), n_b, int(seed))
-        decided += ab.analyze(frame, "classification", min_samples=50).recommendation != "continue"
+        decided += analyze(frame, "classification", min_samples=50).recommendation != "continue"
     assert decided / sims <= 0.05 + 0.035
 
 
@@ -306,12 +308,12 @@ def test_analyze_under_the_null_rarely_leaves_continue() -> None:
        delta=st.floats(0.1, 0.15), seed=SEEDS)
 def test_clearly_better_and_clearly_worse_classifiers(n_a: int, n_b: int, base: float, delta: float,
                                                       seed: int) -> None:
-    better = ab.analyze(classification_log(round(base * n_a), n_a, round((base + delta) * n_b), n_b, seed),
-                        "classification")
+    better = analyze(classification_log(round(base * n_a), n_a, round((base + delta) * n_b), n_b, seed),
+                     "classification")
     assert better.recommendation == "promote", better.reason
     assert better.quality is not None and better.quality.verdict == "better"
-    worse = ab.analyze(classification_log(round((base + delta) * n_a), n_a, round(base * n_b), n_b, seed),
-                       "classification")
+    worse = analyze(classification_log(round((base + delta) * n_a), n_a, round(base * n_b), n_b, seed),
+                    "classification")
     assert worse.recommendation == "keep_champion", worse.reason
     assert "significantly worse" in worse.reason
 
@@ -319,8 +321,8 @@ def test_clearly_better_and_clearly_worse_classifiers(n_a: int, n_b: int, base: 
 @settings(max_examples=100)
 @given(n=st.integers(200, 3000), accuracy=st.floats(0.5, 0.95), seed=SEEDS)
 def test_equal_classifiers_continue(n: int, accuracy: float, seed: int) -> None:
-    report = ab.analyze(classification_log(round(accuracy * n), n, round(accuracy * n), n, seed),
-                        "classification")
+    report = analyze(classification_log(round(accuracy * n), n, round(accuracy * n), n, seed),
+                     "classification")
     assert report.recommendation == "continue"
     assert "No significant difference" in report.reason
 
@@ -330,15 +332,15 @@ def test_equal_classifiers_continue(n: int, accuracy: float, seed: int) -> None:
 def test_regression_lower_absolute_error_wins(n_a: int, n_b: int, scale: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
     big, small = np.abs(rng.normal(0, scale, n_a)), np.abs(rng.normal(0, scale / 2, n_b))
-    report = ab.analyze(regression_log(big, small, seed), "regression")
+    report = analyze(regression_log(big, small, seed), "regression")
     assert report.metric == "mean_absolute_error"
     assert report.recommendation == "promote", report.reason
     assert report.quality is not None and report.quality.fixed.test == "welch_t"
     assert report.quality.fixed.effect < 0
-    fixed_tau = ab.analyze(regression_log(big, small, seed), "regression", tau2=(0.1 * scale) ** 2)
+    fixed_tau = analyze(regression_log(big, small, seed), "regression", tau2=(0.1 * scale) ** 2)
     assert fixed_tau.recommendation == "promote", fixed_tau.reason
-    report = ab.analyze(regression_log(np.abs(rng.normal(0, scale / 2, n_a)),
-                                       np.abs(rng.normal(0, scale, n_b)), seed), "regression")
+    report = analyze(regression_log(np.abs(rng.normal(0, scale / 2, n_a)),
+                                    np.abs(rng.normal(0, scale, n_b)), seed), "regression")
     assert report.recommendation == "keep_champion", report.reason
 
 
@@ -349,11 +351,11 @@ def test_a_better_challenger_is_promoted_only_when_significant(
         n_a: int, n_b: int, rate_a: float, lift: float, min_samples: int, alpha: float, seed: int) -> None:
     correct_a = round(rate_a * n_a)
     correct_b = min(n_b, round((rate_a + lift) * n_b))
-    report = ab.analyze(classification_log(correct_a, n_a, correct_b, n_b, seed), "classification",
-                        alpha=alpha, min_samples=min_samples)
-    fixed = abstat.two_proportion_z_test(correct_a, n_a, correct_b, n_b, alpha=alpha)
-    single_look = abstat.two_proportion_msprt(correct_a, n_a, correct_b, n_b, alpha=alpha)
-    if report.quality is not None and min(n_a, n_b) >= max(min_samples, ab.SEQUENTIAL_BURN_IN):
+    report = analyze(classification_log(correct_a, n_a, correct_b, n_b, seed), "classification",
+                     alpha=alpha, min_samples=min_samples)
+    fixed = fixed_horizon.two_proportion_z_test(correct_a, n_a, correct_b, n_b, alpha=alpha)
+    single_look = msprt.two_proportion_msprt(correct_a, n_a, correct_b, n_b, alpha=alpha)
+    if report.quality is not None and min(n_a, n_b) >= max(min_samples, SEQUENTIAL_BURN_IN):
         # The report's sequential p-value is a minimum over looks that include this last one.
         assert report.quality.sequential.p_value <= single_look.p_value * (1 + 1e-9) or fixed.effect == 0
     if report.recommendation == "promote":
@@ -367,7 +369,7 @@ def test_a_better_challenger_is_promoted_only_when_significant(
 
 def test_significant_at_a_fixed_horizon_only_is_not_promoted() -> None:
     # z ≈ 2.4 (p ≈ 0.015) but the mSPRT needs more: keep collecting.
-    report = ab.analyze(classification_log(800, 1000, 840, 1000, seed=3), "classification")
+    report = analyze(classification_log(800, 1000, 840, 1000, seed=3), "classification")
     assert report.quality is not None
     assert report.quality.fixed.significant and not report.quality.sequential.significant
     assert report.recommendation == "continue"
@@ -376,7 +378,7 @@ def test_significant_at_a_fixed_horizon_only_is_not_promoted() -> None:
 
 def test_a_challenger_that_fails_more_often_is_not_promoted() -> None:
     frame = classification_log(1400, 2000, 1800, 2000, seed=5, errors_b=300)
-    report = ab.analyze(frame, "classification")
+    report = analyze(frame, "classification")
     assert report.errors is not None and report.errors.verdict == "worse"
     assert report.recommendation == "keep_champion"
     assert "fails significantly more often" in report.reason
@@ -386,7 +388,7 @@ def test_a_challenger_that_fails_more_often_is_not_promoted() -> None:
 def test_rewards_are_reported_per_variant() -> None:
     frame = classification_log(700, 1000, 700, 1000, seed=11)
     rewards = (frame["variant"] == "challenger").cast(pl.Float64) * (frame["label"] == 1).cast(pl.Float64)
-    report = ab.analyze(frame.with_columns(rewards.alias("reward")), "classification")
+    report = analyze(frame.with_columns(rewards.alias("reward")), "classification")
     assert report.champion.rewards == 1000 and report.champion.reward_mean == 0.0
     assert report.challenger.reward_mean is not None and 0.3 < report.challenger.reward_mean < 0.7
     assert report.reward is not None and report.reward.fixed.test == "two_proportion_z"
@@ -400,7 +402,7 @@ def test_rewards_are_reported_per_variant() -> None:
 @given(n_champion=st.integers(0, 300), n_challenger=st.integers(0, 300), n_other=st.integers(0, 100),
        task=st.sampled_from(["classification", "regression"]), seed=SEEDS)
 def test_rows_of_one_variant_never_change_the_others_stats(n_champion: int, n_challenger: int, n_other: int,
-                                                            task: ab.Task, seed: int) -> None:
+                                                            task: Task, seed: int) -> None:
     rng = np.random.default_rng(seed)
 
     def rows(variant: str, n: int) -> pl.DataFrame:
@@ -413,44 +415,44 @@ def test_rows_of_one_variant_never_change_the_others_stats(n_champion: int, n_ch
     champion = rows("champion", n_champion)
     challenger, other_challenger = rows("challenger", n_challenger), rows("challenger", n_challenger + 17)
     others = rows("shadow", n_other)
-    alone = ab.analyze(champion, task).champion
+    alone = analyze(champion, task).champion
     for mixed in ([champion, challenger], [other_challenger, champion, others]):
-        assert ab.analyze(pl.concat(mixed, how="vertical_relaxed"), task).champion == alone
-    with_others = ab.analyze(pl.concat([others, challenger, champion], how="vertical_relaxed"), task)
-    assert with_others.challenger == ab.analyze(challenger, task).challenger
+        assert analyze(pl.concat(mixed, how="vertical_relaxed"), task).champion == alone
+    with_others = analyze(pl.concat([others, challenger, champion], how="vertical_relaxed"), task)
+    assert with_others.challenger == analyze(challenger, task).challenger
     assert alone.requests == n_champion and with_others.challenger.requests == n_challenger
 
 
 # --- degenerate input -------------------------------------------------------------------------
 
 
-def _assert_continues(report: ab.ABReport, *words: str) -> None:
+def _assert_continues(report: ABReport, *words: str) -> None:
     assert report.recommendation == "continue"
     assert report.reason and all(word in report.reason for word in words), report.reason
-    markdown = ab.render_markdown(report)
+    markdown = render_markdown(report)
     assert "continue the test" in markdown
-    assert ab.ABReport.model_validate_json(report.model_dump_json()) == report
+    assert ABReport.model_validate_json(report.model_dump_json()) == report
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
-def test_degenerate_frames_continue_with_a_reason(task: ab.Task) -> None:
-    _assert_continues(ab.analyze(pl.DataFrame(), task), "No requests", "champion", "challenger")
+def test_degenerate_frames_continue_with_a_reason(task: Task) -> None:
+    _assert_continues(analyze(pl.DataFrame(), task), "No requests", "champion", "challenger")
     empty = log_frame([], [], [])
-    _assert_continues(ab.analyze(empty, task), "No requests")
+    _assert_continues(analyze(empty, task), "No requests")
     full = classification_log(300, 400, 350, 400, seed=1)
-    _assert_continues(ab.analyze(full.filter(pl.col("variant") == "champion"), task),
+    _assert_continues(analyze(full.filter(pl.col("variant") == "champion"), task),
                       "No requests logged for the challenger")
-    _assert_continues(ab.analyze(full.filter(pl.col("variant") == "challenger"), task),
+    _assert_continues(analyze(full.filter(pl.col("variant") == "challenger"), task),
                       "No requests logged for the champion")
     unlabelled = full.with_columns(pl.lit(None).alias("label"))
-    report = ab.analyze(unlabelled, task)
+    report = analyze(unlabelled, task)
     _assert_continues(report, "Only 0 champion and 0 challenger labelled")
     assert report.quality is None and report.champion.labelled == 0
-    _assert_continues(ab.analyze(full.drop("label", "timestamp", "latency_ms"), task), "labelled")
-    assert "absent columns" in ab.analyze(full.drop("label"), task).notes[0]
-    _assert_continues(ab.analyze(full.head(120), task, min_samples=100), "at least 100 per variant")
+    _assert_continues(analyze(full.drop("label", "timestamp", "latency_ms"), task), "labelled")
+    assert "absent columns" in analyze(full.drop("label"), task).notes[0]
+    _assert_continues(analyze(full.head(120), task, min_samples=100), "at least 100 per variant")
     failed = full.with_columns(pl.lit(True).alias("error"), pl.lit(None).alias("prediction"))
-    report = ab.analyze(failed, task)
+    report = analyze(failed, task)
     assert report.recommendation in {"continue", "keep_champion"}
     assert report.champion.error_rate == 1.0
 
@@ -458,17 +460,17 @@ def test_degenerate_frames_continue_with_a_reason(task: ab.Task) -> None:
 def test_string_labels_nan_predictions_and_other_variants() -> None:
     frame = log_frame(["champion", "challenger", "canary", "champion", "challenger"],
                       ["cat", "dog", "cat", "dog", None], ["cat", "cat", "cat", None, "dog"])
-    report = ab.analyze(frame, "classification", min_samples=1)
+    report = analyze(frame, "classification", min_samples=1)
     assert (report.champion.labelled, report.challenger.labelled) == (1, 1)
     assert (report.champion.metric_value, report.challenger.metric_value) == (1.0, 0.0)
     assert "1 rows of other variants ignored" in report.notes
     regression = log_frame(["champion", "challenger"] * 3, [1.0, float("nan"), 2.0, 3.0, float("inf"), 5.0],
                            [1.5, 2.0, None, 3.5, 1.0, 4.0])
-    report = ab.analyze(regression, "regression", min_samples=1)
+    report = analyze(regression, "regression", min_samples=1)
     assert (report.champion.labelled, report.challenger.labelled) == (1, 2)
     assert report.champion.metric_value == 0.5 and report.challenger.metric_value == 0.75
     versions = log_frame(["champion", "champion"], [1, 1], [1, 1], versions=[1, 2])
-    assert "mix model versions [1, 2]" in ab.analyze(versions, "classification").notes[-1]
+    assert "mix model versions [1, 2]" in analyze(versions, "classification").notes[-1]
 
 
 @settings(max_examples=100)
@@ -476,26 +478,26 @@ def test_string_labels_nan_predictions_and_other_variants() -> None:
                                st.none() | st.integers(0, 2), st.none() | st.integers(0, 2), st.booleans()),
                      max_size=80),
        task=st.sampled_from(["classification", "regression"]), min_samples=st.integers(1, 5))
-def test_analyze_never_raises(data: list[tuple[str, int | None, int | None, bool]], task: ab.Task,
+def test_analyze_never_raises(data: list[tuple[str, int | None, int | None, bool]], task: Task,
                               min_samples: int) -> None:
     variants = [row[0] for row in data]
     frame = log_frame(variants, [row[1] for row in data], [row[2] for row in data],
                       errors=[row[3] for row in data])
-    report = ab.analyze(frame, task, min_samples=min_samples)
+    report = analyze(frame, task, min_samples=min_samples)
     assert report.recommendation in {"promote", "keep_champion", "continue"}
     assert report.reason
     for comparison in (report.quality, report.errors, report.reward):
         if comparison is not None:
             for test in (comparison.fixed, comparison.sequential):
                 assert not math.isnan(test.p_value) and 0.0 <= test.p_value <= 1.0
-    assert ab.render_markdown(report)
+    assert render_markdown(report)
 
 
 def test_error_messages_count_as_errors_and_shadow_answers_are_noted() -> None:
     frame = log_frame(["champion", "challenger", "challenger", "champion"], [1, 1, None, 0], [1, 1, 0, 0])
     messages = pl.Series("error", [None, "", "timeout", None], dtype=pl.String)
     frame = frame.with_columns(messages, pl.Series("shadow", [False, True, True, False]))
-    report = ab.analyze(frame, "classification", min_samples=1)
+    report = analyze(frame, "classification", min_samples=1)
     assert (report.champion.errors, report.challenger.errors) == (0, 1)
     assert report.challenger.error_rate == 0.5
     assert any("2 shadow answers" in note for note in report.notes)
@@ -503,19 +505,19 @@ def test_error_messages_count_as_errors_and_shadow_answers_are_noted() -> None:
 
 def test_invalid_arguments_raise() -> None:
     with pytest.raises(ValueError):
-        ab.analyze(pl.DataFrame(), "classification", alpha=0.0)
+        analyze(pl.DataFrame(), "classification", alpha=0.0)
     with pytest.raises(ValueError):
-        ab.analyze(pl.DataFrame(), "classification", min_samples=0)
+        analyze(pl.DataFrame(), "classification", min_samples=0)
     with pytest.raises(ValueError):
-        ab.analyze(pl.DataFrame(), "regression", tau2=0.0)
+        analyze(pl.DataFrame(), "regression", tau2=0.0)
 
 
 # --- Markdown ---------------------------------------------------------------------------------
 
 
 def test_markdown_summary_has_the_variants_tests_and_recommendation() -> None:
-    report = ab.analyze(classification_log(1400, 2000, 1700, 2000, seed=2), "classification")
-    markdown = ab.render_markdown(report, title="A/B test for `tumor-malignancy`")
+    report = analyze(classification_log(1400, 2000, 1700, 2000, seed=2), "classification")
+    markdown = render_markdown(report, title="A/B test for `tumor-malignancy`")
     assert markdown.startswith("# A/B test for `tumor-malignancy`: **promote the challenger**")
     assert report.reason in markdown
     assert "| champion | 1 | 2000 | 0 |" in markdown and "| challenger | 2 | 2000 | 0 |" in markdown

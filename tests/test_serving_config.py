@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from loopline.errors import InvalidFeatureValue, MissingCredentials
-from loopline.serving.bento_config import BentoConfig, ServedVersion, api_keys, request_model
+from loopline.serving.auth import api_keys
+from loopline.serving.bento_config import BentoConfig, ServedVersion, request_model
 from loopline.spec.sections.release import AuthSpec
 from loopline.training.modeling.preprocess import TabularPreprocessor
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import loopline
 from loopline.data.feature_store import FeatureStore
 from loopline.state import state_paths
 from tests.servers import serve_bento
@@ -98,4 +99,9 @@ def test_bento_is_self_contained(demo_pipeline) -> None:
     config = json.loads((src / "loopline_bento.json").read_text())
     assert config["champion"]["version"] == 1 and config["challenger"] is None
     assert "mean_radius" in config["feature_names"]
-    assert (src / "loopline" / "serving.py").is_file()
+    # The service only wires: the Bento must carry every core module it (and they) import.
+    package = Path(loopline.__file__).parent
+    shipped = {path.relative_to(src / "loopline") for path in (src / "loopline").rglob("*.py")}
+    assert {path.relative_to(package) for path in package.rglob("*.py")} <= shipped
+    assert {Path("serving/responder.py"), Path("serving/auth.py"), Path("serving/answers.py"),
+            Path("serving/live_updates.py"), Path("serving/ab/analysis.py")} <= shipped

@@ -4,12 +4,10 @@ schema derived from the feature set.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from loopline.errors import MissingCredentials
 from loopline.spec.sections.release import AuthSpec, PredictionLogSpec, Routing, SingleRouting
 
 #: The file a Bento's service reads its configuration from (beside the service module).
@@ -27,32 +25,6 @@ _PYTHON_TYPES: dict[str, Any] = {
     "bool": bool,
     "string": Annotated[str, Field(max_length=10_000)],
 }
-
-
-def api_keys(auth: AuthSpec, environ: Mapping[str, str],
-             read_secret: Callable[[str], Any] | None = None) -> frozenset[str]:
-    """The valid API keys: the environment variable's (comma-separated) and the secret's (a
-    string, comma-separated, or a list), read through ``read_secret`` (a Prefect Secret block in
-    the service).
-
-    Raises:
-        MissingCredentials: auth is configured but no key was found: the service must not run
-            open by mistake.
-    """
-    keys: set[str] = set()
-    if auth.api_keys_env:
-        keys |= {key.strip() for key in environ.get(auth.api_keys_env, "").split(",")}
-    if auth.api_keys_secret and read_secret is not None:
-        value = read_secret(auth.api_keys_secret)
-        items = value if isinstance(value, list) else str(value).split(",")
-        keys |= {str(key).strip() for key in items}
-    keys.discard("")
-    if not keys:
-        raise MissingCredentials(
-            f"serving.auth is configured but no API key was found (environment variable "
-            f"{auth.api_keys_env!r}, secret block {auth.api_keys_secret!r}); set one, or remove "
-            f"serving.auth to serve without keys")
-    return frozenset(keys)
 
 
 class ServedVersion(BaseModel):

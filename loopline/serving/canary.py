@@ -4,20 +4,24 @@
 latencies) in one worker and :func:`judge` decides from those counts; the decision is written to
 the shared :class:`~loopline.serving.routing.RoutingStore` (compare-and-set on the revision, so when
 several workers judge at once exactly one change wins). Each worker judges the traffic it saw,
-which is a sample of the whole when there are several.
+which is a sample of the whole when there are several. A rollback is also recorded in the
+registry (:func:`registry_rollback_recorder`).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 import time
 from collections import deque
-from collections.abc import MutableSequence
+from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
+from loopline.serving.bento_config import BentoConfig
 from loopline.serving.routing import RoutingState
 from loopline.spec.sections.base import parse_comparison, parse_duration
 from loopline.spec.sections.release import CanaryRouting
@@ -27,6 +31,8 @@ from loopline.spec.sections.release import CanaryRouting
 MIN_JUDGED_REQUESTS = 20
 
 Verdict = Literal["hold", "advance", "complete", "rollback"]
+
+logger = logging.getLogger("loopline.serving")
 
 
 @dataclass
@@ -165,3 +171,31 @@ class CanaryWatch:
                 return None
             self._last_judged = now
             return judge(spec, state, window, now)
+
+
+def archive_rolled_back_challenger(tracking_uri: str, model_name: str, version: int,
+                                   decision: Decision) -> None:
+    """Move the rolled-back challenger to ARCHIVED in the registry at ``tracking_uri``, with
+    ``canary rollback: <reason>`` in the model's history. A registry that cannot be reached is
+    logged, not raised: the rollback itself has happened already.
+    """
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from loopline.release.registry import ModelRegistry
+
+        registry = ModelRegistry(MlflowClient(tracking_uri, tracking_uri))
+        registry.transition_stage(model_name, version, "ARCHIVED", actor="loopline-canary",
+                                  reason=f"canary rollback: {decision.reason}")
+    except Exception:
+        logger.exception("could not record the canary rollback in the registry")
+
+
+def registry_rollback_recorder(config: BentoConfig) -> Callable[[Decision], None] | None:
+    """What records a Bento's canary rollback in the registry: its challenger archived at its
+    ``tracking_uri``; None when it has no challenger or no tracking URI.
+    """
+    if config.challenger is None or config.tracking_uri is None:
+        return None
+    return functools.partial(archive_rolled_back_challenger, config.tracking_uri,
+                             config.model_name, config.challenger.version)

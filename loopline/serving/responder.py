@@ -1,0 +1,198 @@
+"""Answering prediction requests: which variant answers (the live routing), the champion's answer
+when the challenger fails, the canary's step decisions, shadow copies for the challenger, and
+every answer in the prediction log.
+
+:class:`Responder` is what the Bento's prediction endpoints call; it knows nothing of BentoML.
+Errors reach the caller as loopline errors carrying their HTTP status: a feature value the model
+cannot take is :class:`~loopline.errors.InvalidFeatureValue` (400), a model call no variant could
+answer is :class:`~loopline.errors.ModelCallFailed` (500).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from loopline.errors import InvalidFeatureValue, ModelCallFailed
+from loopline.serving.answers import Answer, model_outputs, prediction_record, prediction_response
+from loopline.serving.bento_config import BentoConfig, PredictBatchResponse, PredictResponse
+from loopline.serving.canary import CanaryWatch, Decision, next_state
+from loopline.serving.prediction_log import PredictionLogWriter
+from loopline.serving.routing import Assignment, Router, RoutingState, Variant
+from loopline.spec.sections.release import CanaryRouting
+from loopline.training.modeling.tabular_model import TabularModel
+
+logger = logging.getLogger("loopline.serving")
+
+#: Told of every model call: endpoint, variant, seconds, and whether it failed (the metrics).
+CallObserver = Callable[[str, Variant, float, bool], None]
+
+
+def _ignore(endpoint: str, variant: Variant, seconds: float, failed: bool) -> None:
+    """The observer of a responder nobody watches."""
+
+
+def sticky_key(record: Mapping[str, Any], request_id: str, state: RoutingState) -> str:
+    """What a request is routed by: its ``sticky_by`` field when it has one, else its id."""
+    if state.sticky_by and record.get(state.sticky_by) is not None:
+        return f"{state.sticky_by}={record[state.sticky_by]}"
+    return request_id
+
+
+def split_request(request: BaseModel) -> tuple[dict[str, Any], str]:
+    """A request's fields and its id (generated when it has none)."""
+    record = request.model_dump()
+    return record, record.pop("request_id", None) or uuid.uuid4().hex
+
+
+class Responder:
+    """Answers prediction requests with the served models, by the live routing.
+
+    Args:
+        config: the Bento's configuration (model name, features, versions, routing).
+        models: the loaded models by variant: the champion, and the challenger when served.
+        router: assigns requests to variants by the routing store it holds.
+        prediction_log: every answer (and shadow answer) is appended to it.
+        observe: told of every model call (the service's metrics).
+        on_rollback: called with a canary's rollback decision once this worker stored it, in a
+            background thread (so a slow registry never delays the request).
+    """
+
+    def __init__(self, config: BentoConfig, models: Mapping[Variant, TabularModel], router: Router,
+                 prediction_log: PredictionLogWriter, *, observe: CallObserver = _ignore,
+                 on_rollback: Callable[[Decision], None] | None = None) -> None:
+        self.config = config
+        self.models = dict(models)
+        self.versions: dict[Variant, int] = {"champion": config.champion.version}
+        if config.challenger is not None:
+            self.versions["challenger"] = config.challenger.version
+        self.router, self.store = router, router.store
+        self.prediction_log = prediction_log
+        self.observe = observe
+        self.on_rollback = on_rollback
+        self.canary = CanaryWatch()
+
+    # --- the endpoints ------------------------------------------------------------------------
+
+    def predict(self, request: BaseModel) -> PredictResponse:
+        """The champion's answer to one record; under ``shadow`` routing the challenger also
+        scores the records the routing samples (logged, never returned).
+        """
+        record, request_id = split_request(request)
+        state = self.store.read()
+        shadow = state.kind == "shadow" and self.router.assign(
+            sticky_key(record, request_id, state), state)[0].shadow
+        return self._answer(record, request_id, Assignment("champion", shadow=shadow), "predict")
+
+    def predict_ab(self, request: BaseModel) -> PredictResponse:
+        """The answer of the variant the live routing picks; the response says which."""
+        record, request_id = split_request(request)
+        state = self.store.read()
+        assignment, state = self.router.assign(sticky_key(record, request_id, state), state)
+        if state.kind == "bandit":
+            self.store.remember(request_id, assignment.variant)
+        return self._answer(record, request_id, assignment, "predict_ab", state)
+
+    def predict_batch(self, request: BaseModel) -> PredictBatchResponse:
+        """The champion's answers to ``request.records``, in one model call, in request order.
+
+        Raises:
+            InvalidFeatureValue: a record's value the model cannot take.
+            ModelCallFailed: the champion failed.
+        """
+        records, request_ids = [], []
+        for item in request.records:  # type: ignore[attr-defined]
+            record, request_id = split_request(item)
+            records.append(record)
+            request_ids.append(request_id)
+        columns = {name: [record[name] for record in records] for name in self.config.feature_names}
+        started = time.perf_counter()
+        try:
+            outputs = model_outputs(self.models["champion"].predict(columns))
+        except InvalidFeatureValue:
+            raise
+        except Exception as exc:
+            self.observe("predict_batch", "champion", time.perf_counter() - started, True)
+            raise ModelCallFailed(f"the champion failed: {exc}") from exc
+        elapsed = time.perf_counter() - started
+        self.observe("predict_batch", "champion", elapsed, False)
+        now = datetime.now(UTC)
+        answers = []
+        for request_id, record, (prediction, probability) in zip(request_ids, records, outputs,
+                                                                 strict=True):
+            answer = Answer("champion", self.versions["champion"], prediction, probability,
+                            elapsed * 1000 / len(records))
+            self.prediction_log.append(prediction_record(
+                self.config.model_name, request_id, self._features(record), answer, timestamp=now))
+            answers.append(prediction_response(self.config.model_name, request_id, answer, now))
+        return PredictBatchResponse(predictions=answers)
+
+    # --- one record -----------------------------------------------------------------------------
+
+    def _features(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        return {name: record[name] for name in self.config.feature_names}
+
+    def _call(self, variant: Variant, features: dict[str, Any], request_id: str, endpoint: str,
+              shadow: bool = False) -> Answer:
+        """Score one record with one variant and log the answer; a failing model gives an
+        answer with its error, never an exception (but a value the model cannot take raises
+        :class:`~loopline.errors.InvalidFeatureValue`: the request's fault).
+        """
+        started = time.perf_counter()
+        prediction: Any = None
+        probability: float | None = None
+        error: str | None = None
+        try:
+            [(prediction, probability)] = model_outputs(
+                self.models[variant].predict({name: [value] for name, value in features.items()}))
+        except InvalidFeatureValue:
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        elapsed = time.perf_counter() - started
+        self.observe(endpoint, variant, elapsed, error is not None)
+        answer = Answer(variant, self.versions[variant], prediction, probability, elapsed * 1000,
+                        error)
+        self.prediction_log.append(prediction_record(self.config.model_name, request_id, features,
+                                                     answer, shadow=shadow))
+        return answer
+
+    def _answer(self, record: dict[str, Any], request_id: str, assignment: Assignment,
+                endpoint: str, state: RoutingState | None = None) -> PredictResponse:
+        features = self._features(record)
+        answer = self._call(assignment.variant, features, request_id, endpoint)
+        if state is not None and state.kind == "canary":
+            self._watch_canary(state, answer)
+        if answer.error is not None and answer.variant == "challenger":
+            # The client still gets an answer: the champion's.
+            answer = self._call("champion", features, request_id, endpoint)
+        if answer.error is not None:
+            raise ModelCallFailed(f"the model failed: {answer.error}")
+        if assignment.shadow and "challenger" in self.models:
+            self._call("challenger", features, request_id, endpoint, shadow=True)
+        return prediction_response(self.config.model_name, request_id, answer, datetime.now(UTC))
+
+    def _watch_canary(self, state: RoutingState, answer: Answer) -> None:
+        """Count the answer in the canary's step; store the step's decision when it is judged."""
+        spec = self.config.routing
+        if not isinstance(spec, CanaryRouting):
+            return
+        decision = self.canary.observe(spec, state, challenger=answer.variant == "challenger",
+                                       error=answer.error is not None,
+                                       latency_ms=answer.latency_ms)
+        if decision is None or decision.verdict == "hold":
+            return
+        stored = self.store.replace(next_state(spec, state, decision),
+                                    expected_revision=state.revision)
+        if stored is None:
+            return  # another worker decided first
+        logger.warning("canary %s: %s", decision.verdict, decision.reason)
+        if decision.verdict == "rollback" and self.on_rollback is not None:
+            threading.Thread(target=self.on_rollback, args=(decision,), daemon=True).start()
