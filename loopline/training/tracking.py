@@ -91,7 +91,7 @@ def model_signature(model: TabularModel) -> ModelSignature:
 
 def log_model(run_id: str, model: TabularModel) -> str:
     """Log ``model`` as an MLflow pyfunc model in run ``run_id``; returns its model URI."""
-    entry = Path(loopline.__file__).parent / "modeling" / "pyfunc_entry.py"
+    entry = Path(loopline.__file__).parent / "training" / "modeling" / "pyfunc_entry.py"
     requirements = [f"{name}=={metadata.version(name)}" for name in MODEL_REQUIREMENTS]
     with tempfile.TemporaryDirectory(prefix="loopline-model-") as workdir:
         weights = Path(workdir) / "tabular_model.pkl"
