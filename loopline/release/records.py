@@ -5,10 +5,12 @@ retraining runs.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from mlflow.entities.model_registry import ModelVersion
 from pydantic import BaseModel, ConfigDict
 
 from loopline.release.lineage import Lineage
@@ -52,6 +54,33 @@ class ModelVersionInfo:
     def uri(self) -> str:
         """``models:/<name>/<version>``: loads this exact version."""
         return f"models:/{self.name}/{self.version}"
+
+    @classmethod
+    def from_mlflow(cls, found: ModelVersion, aliases: tuple[str, ...] | None = None
+                    ) -> ModelVersionInfo:
+        """Read an MLflow model version; ``aliases`` when the caller has them (a search's
+        versions come without theirs).
+
+        The stage is the champion alias's when the version holds it; a version whose tag still
+        says PRODUCTION without the alias reads as ARCHIVED (displaced by a promotion that has
+        not settled its tags yet).
+        """
+        tags = dict(found.tags or {})
+        aliases = tuple(found.aliases or ()) if aliases is None else aliases
+        tagged = tags.get(STAGE_TAG, "NONE")
+        stage: Stage = tagged if tagged in STAGES else "NONE"
+        if CHAMPION in aliases:
+            stage = "PRODUCTION"
+        elif stage == "PRODUCTION":
+            stage = "ARCHIVED"
+        card = tags.get(CARD_TAG)
+        return cls(
+            name=str(found.name), version=int(found.version), stage=stage, aliases=aliases,
+            run_id=found.run_id, source=str(found.source),
+            model_card=ModelCard.model_validate(json.loads(card)) if card else None,
+            lineage=Lineage.from_tags(tags),
+            deployments=tuple(json.loads(tags.get(DEPLOYMENTS_TAG, "[]"))), tags=tags,
+        )
 
 
 class HistoryEvent(BaseModel):

@@ -10,8 +10,8 @@ newest STAGING version.
 
 Every version carries its model card (as the version's Markdown description and as JSON in a
 tag) and its lineage (as tags). Every stage or alias change is recorded in the model's history
-(who, when, from, to, why), which :meth:`ModelRegistry.rollback` reads to restore the previous
-champion.
+(:mod:`loopline.release.history`: who, when, from, to, why), which
+:meth:`ModelRegistry.rollback` reads to restore the previous champion.
 """
 
 from __future__ import annotations
@@ -19,15 +19,12 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
-import time
-import uuid
-from datetime import UTC, datetime
 
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from loopline.errors import InvalidStageTransition, ModelCardNotApproved, ModelNotFound
+from loopline.release.history import ModelHistory
 from loopline.release.lineage import Lineage
 from loopline.release.model_card import ModelCard
 from loopline.release.records import (
@@ -35,10 +32,7 @@ from loopline.release.records import (
     CHALLENGER,
     CHAMPION,
     DEPLOYMENTS_TAG,
-    HISTORY_PREFIX,
-    RETRAINING_PREFIX,
     STAGE_TAG,
-    STAGES,
     TRANSITIONS,
     HistoryEvent,
     ModelVersionInfo,
@@ -61,6 +55,7 @@ class ModelRegistry:
 
     def __init__(self, client: MlflowClient | None = None) -> None:
         self.client = client or MlflowClient()
+        self.model_history = ModelHistory(self.client)
 
     # --- registration and queries ---------------------------------------------------------
 
@@ -99,7 +94,7 @@ class ModelRegistry:
         """
         if version is not None:
             try:
-                return self._info(self.client.get_model_version(name, str(version)))
+                return ModelVersionInfo.from_mlflow(self.client.get_model_version(name, str(version)))
             except MlflowException as exc:
                 raise ModelNotFound(f"model {name!r} has no version {version}") from exc
         if stage == "PRODUCTION":
@@ -129,7 +124,7 @@ class ModelRegistry:
         by_version: dict[int, list[str]] = {}
         for alias, version in aliases.items():
             by_version.setdefault(int(version), []).append(alias)
-        infos = [self._info(v, tuple(by_version.get(int(v.version), ()))) for v in found]
+        infos = [ModelVersionInfo.from_mlflow(v, tuple(by_version.get(int(v.version), ()))) for v in found]
         return sorted((i for i in infos if stage is None or i.stage == stage),
                       key=lambda i: i.version, reverse=True)
 
@@ -139,7 +134,7 @@ class ModelRegistry:
             found = self.client.get_model_version_by_alias(name, alias)
         except MlflowException:
             return None
-        return self._info(found)
+        return ModelVersionInfo.from_mlflow(found)
 
     def champion(self, name: str) -> ModelVersionInfo | None:
         """The version in PRODUCTION (alias ``champion``), or None."""
@@ -211,14 +206,12 @@ class ModelRegistry:
         raise ModelNotFound(f"model {name!r} has no earlier champion to roll back to")
 
     def history(self, name: str) -> list[HistoryEvent]:
-        """Every recorded stage change of ``name``'s versions, oldest first."""
-        try:
-            tags = self.client.get_registered_model(name).tags
-        except MlflowException as exc:
-            raise ModelNotFound(f"no model named {name!r}") from exc
-        events = [HistoryEvent.model_validate_json(v) for k, v in tags.items()
-                  if k.startswith(HISTORY_PREFIX)]
-        return sorted(events, key=lambda e: e.at)
+        """Every recorded stage change of ``name``'s versions, oldest first.
+
+        Raises:
+            ModelNotFound: no model named ``name``.
+        """
+        return self.model_history.stage_changes(name)
 
     def record_deployment(self, name: str, version: int, target: str) -> ModelVersionInfo:
         """Note where a version is deployed (a Bento tag, an endpoint) for its lineage."""
@@ -237,22 +230,11 @@ class ModelRegistry:
         Raises:
             ModelNotFound: no model named ``name``.
         """
-        key = key or f"{RETRAINING_PREFIX}{time.time_ns()}.{uuid.uuid4().hex[:8]}"
-        try:
-            self.client.set_registered_model_tag(name, key, record.model_dump_json())
-        except MlflowException as exc:
-            raise ModelNotFound(f"no model named {name!r}") from exc
-        return key
+        return self.model_history.record_retraining(name, record, key)
 
     def retraining_history(self, name: str) -> list[RetrainingRecord]:
         """Every recorded retraining run of ``name``, oldest first (empty for an unknown name)."""
-        try:
-            tags = self.client.get_registered_model(name).tags
-        except MlflowException:
-            return []
-        records = [RetrainingRecord.model_validate_json(v) for k, v in tags.items()
-                   if k.startswith(RETRAINING_PREFIX)]
-        return sorted(records, key=lambda r: (r.at, r.run))
+        return self.model_history.retraining_runs(name)
 
     # --- internals --------------------------------------------------------------------------
 
@@ -267,11 +249,7 @@ class ModelRegistry:
     def _set_stage(self, name: str, version: int, from_stage: Stage, to_stage: Stage, actor: str,
                    reason: str) -> None:
         self.client.set_model_version_tag(name, str(version), STAGE_TAG, to_stage)
-        event = HistoryEvent(at=datetime.now(UTC).isoformat(timespec="microseconds"),
-                             actor=actor, version=version, from_stage=from_stage,
-                             to_stage=to_stage, reason=reason)
-        key = f"{HISTORY_PREFIX}{time.time_ns()}.{uuid.uuid4().hex[:8]}"
-        self.client.set_registered_model_tag(name, key, event.model_dump_json())
+        self.model_history.record_stage_change(name, version, from_stage, to_stage, actor, reason)
 
     def _settle(self, name: str, actor: str) -> None:
         """Archive every version whose tag says PRODUCTION but which no longer holds the
@@ -283,22 +261,3 @@ class ModelRegistry:
             if stale and (champion is None or int(version.version) != champion.version):
                 self._set_stage(name, int(version.version), "PRODUCTION", "ARCHIVED", actor,
                                 "replaced by a concurrent promotion")
-
-    def _info(self, found: ModelVersion, aliases: tuple[str, ...] | None = None
-              ) -> ModelVersionInfo:
-        tags = dict(found.tags or {})
-        aliases = tuple(found.aliases or ()) if aliases is None else aliases
-        tagged = tags.get(STAGE_TAG, "NONE")
-        stage: Stage = tagged if tagged in STAGES else "NONE"
-        if CHAMPION in aliases:
-            stage = "PRODUCTION"
-        elif stage == "PRODUCTION":
-            stage = "ARCHIVED"  # displaced by a promotion that has not settled its tags yet
-        card = tags.get(CARD_TAG)
-        return ModelVersionInfo(
-            name=str(found.name), version=int(found.version), stage=stage, aliases=aliases,
-            run_id=found.run_id, source=str(found.source),
-            model_card=ModelCard.model_validate(json.loads(card)) if card else None,
-            lineage=Lineage.from_tags(tags),
-            deployments=tuple(json.loads(tags.get(DEPLOYMENTS_TAG, "[]"))), tags=tags,
-        )

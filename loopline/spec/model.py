@@ -19,18 +19,13 @@ from typing import Annotated
 from pydantic import Field, model_validator
 
 from loopline.errors import InvalidSpec, SpecProblem
+from loopline.spec.sections.algorithms import search_space_problems
 from loopline.spec.sections.base import NAME_PATTERN, StrictModel
 from loopline.spec.sections.data import ComputedFeature, DataSpec, FeatureEntry, PassthroughFeatures
 from loopline.spec.sections.operations import LogChannel, MonitoringSpec, Notification, RetrainingSpec
 from loopline.spec.sections.release import ABRouting, CanaryRouting, GatesSpec, ServingSpec
-from loopline.spec.sections.training import (
-    COST_OBJECTIVES,
-    LogUniformSearch,
-    TrainingSpec,
-    UniformSearch,
-    metrics_for,
-    search_space_problems,
-)
+from loopline.spec.sections.search import LogUniformSearch, UniformSearch
+from loopline.spec.sections.training import COST_OBJECTIVES, TrainingSpec, metrics_for
 
 #: Written into JSON Schema so editors know which document this is.
 SCHEMA_ID = "https://loopline.dev/schemas/spec.schema.json"

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from loopline.errors import InvalidRunPolicy
 from loopline.spec.sections.base import parse_duration
 from loopline.spec.sections.queue import PRIORITIES, Priority, TrainingQueue
+
+N = TypeVar("N", int, float)
 
 #: The work pool of every run that trains (train, sweep, pipeline, retrain).
 TRAINING_POOL = "loopline-training"
@@ -135,12 +138,12 @@ class RunPolicy:
         environ = os.environ if environ is None else environ
         defaults = cls()
         policy = cls(
-            retries=_int(environ, RETRIES_ENV, defaults.retries),
-            retry_backoff_s=_float(environ, BACKOFF_ENV, defaults.retry_backoff_s),
-            retry_backoff_max_s=_float(environ, BACKOFF_MAX_ENV, defaults.retry_backoff_max_s),
+            retries=_number(environ, RETRIES_ENV, defaults.retries, int),
+            retry_backoff_s=_number(environ, BACKOFF_ENV, defaults.retry_backoff_s, float),
+            retry_backoff_max_s=_number(environ, BACKOFF_MAX_ENV, defaults.retry_backoff_max_s, float),
             timeout_s=run_timeout_seconds(environ),
         )
-        attempt = _int(environ, ATTEMPT_ENV, 1)
+        attempt = _number(environ, ATTEMPT_ENV, 1, int)
         if attempt < 1:
             raise InvalidRunPolicy(f"{ATTEMPT_ENV} must be 1 or more, not {attempt}")
         return policy, attempt
@@ -156,27 +159,19 @@ def run_timeout_seconds(environ: Mapping[str, str] | None = None) -> float | Non
     environ = os.environ if environ is None else environ
     if not environ.get(TIMEOUT_ENV):
         return None
-    value = _float(environ, TIMEOUT_ENV, 0.0)
+    value = _number(environ, TIMEOUT_ENV, 0.0, float)
     if not 0 < value < math.inf:
         raise InvalidRunPolicy(f"{TIMEOUT_ENV} must be a positive number of seconds, not {value}")
     return value
 
 
-def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+def _number(environ: Mapping[str, str], name: str, default: N, parse: Callable[[str], N]) -> N:
+    """``environ[name]`` read by ``parse`` (``int`` or ``float``); ``default`` when unset."""
     text = environ.get(name)
     if not text:
         return default
     try:
-        return int(text)
+        return parse(text)
     except ValueError as exc:
-        raise InvalidRunPolicy(f"{name}={text!r} is not an integer") from exc
-
-
-def _float(environ: Mapping[str, str], name: str, default: float) -> float:
-    text = environ.get(name)
-    if not text:
-        return default
-    try:
-        return float(text)
-    except ValueError as exc:
-        raise InvalidRunPolicy(f"{name}={text!r} is not a number") from exc
+        kind = "an integer" if parse is int else "a number"
+        raise InvalidRunPolicy(f"{name}={text!r} is not {kind}") from exc

@@ -9,7 +9,7 @@ import platform
 
 from loopline.errors import SpecProblem
 from loopline.spec.model import Spec
-from loopline.spec.sections.training import LightningMLP
+from loopline.spec.sections.algorithms import LightningMLP
 
 
 def available_devices(accelerator: str) -> int:

@@ -7,6 +7,7 @@ model, so a spec dumps back to exactly what was written; the parsers here turn t
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -99,15 +100,23 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def _check_duration(text: str) -> str:
-    try:
-        parse_duration(text)
-    except ValueError as exc:
-        raise spec_error(str(exc), "write a number and a unit, e.g. 90s, 30m, 6h, 1d, 2w") from exc
-    return text
+def parsed_by(parse: Callable[[str], object], fix: str) -> AfterValidator:
+    """A validator of text that ``parse`` must accept: the text stays as written; when ``parse``
+    raises ValueError its message is the problem and ``fix`` says how to write the value.
+    """
+
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except ValueError as exc:
+            raise spec_error(str(exc), fix) from exc
+        return text
+
+    return AfterValidator(check)
 
 
-Duration = Annotated[str, AfterValidator(_check_duration)]
+Duration = Annotated[str, parsed_by(parse_duration,
+                                    "write a number and a unit, e.g. 90s, 30m, 6h, 1d, 2w")]
 
 
 @dataclass(frozen=True)
@@ -144,15 +153,8 @@ def parse_comparison(text: str) -> Comparison:
     return Comparison(op=op, value=float(value))  # type: ignore[arg-type]
 
 
-def _check_comparison(text: str) -> str:
-    try:
-        parse_comparison(text)
-    except ValueError as exc:
-        raise spec_error(str(exc), 'write an operator and a number, e.g. ">= 0.85"') from exc
-    return text
-
-
-ComparisonText = Annotated[str, AfterValidator(_check_comparison)]
+ComparisonText = Annotated[str, parsed_by(parse_comparison,
+                                          'write an operator and a number, e.g. ">= 0.85"')]
 
 
 @dataclass(frozen=True)
@@ -183,32 +185,30 @@ def parse_margin(text: str) -> Margin:
     return Margin(amount=float(amount), relative=False)
 
 
-def _check_margin(text: str) -> str:
-    try:
-        parse_margin(text)
-    except ValueError as exc:
-        raise spec_error(str(exc), 'write a relative margin such as "+1%" or an absolute one '
-                         'such as "+0.01"') from exc
-    return text
+MarginText = Annotated[str, parsed_by(parse_margin, 'write a relative margin such as "+1%" or '
+                                      'an absolute one such as "+0.01"')]
 
 
-MarginText = Annotated[str, AfterValidator(_check_margin)]
+def check_cron(text: str) -> None:
+    """Check a cron expression with cronsim, the parser Prefect's own cron schedules use (so
+    what passes here deploys).
 
-
-def _check_cron(text: str) -> str:
-    # cronsim is the parser Prefect's own cron schedules use, so what passes here deploys.
+    Raises:
+        ValueError: the text is not a cron expression.
+    """
     from cronsim import CronSim, CronSimError
 
     try:
         CronSim(text, datetime.now(UTC))
     except CronSimError as exc:
-        raise spec_error(f"{text!r} is not a cron expression ({exc})",
-                         'write five fields: minute hour day month weekday, e.g. "0 3 * * 0"') from exc
-    return text
+        raise ValueError(f"{text!r} is not a cron expression ({exc})") from exc
 
 
-CronText = Annotated[str, AfterValidator(_check_cron)]
+CronText = Annotated[str, parsed_by(check_cron, 'write five fields: minute hour day month '
+                                    'weekday, e.g. "0 3 * * 0"')]
 
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+PositiveInt = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 OpenFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 

@@ -11,7 +11,8 @@ import polars as pl
 
 from loopline.data.splits import Splits
 from loopline.errors import TrainingError
-from loopline.spec.sections.training import Algorithm, LightningMLP, TrainingSpec
+from loopline.spec.sections.algorithms import Algorithm, LightningMLP
+from loopline.spec.sections.training import TrainingSpec
 from loopline.training.modeling.estimators import build_estimator, fit_estimator
 from loopline.training.modeling.metrics import compute_metrics
 from loopline.training.modeling.preprocess import TabularPreprocessor

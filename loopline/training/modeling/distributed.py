@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from loopline.errors import TrainingError
-from loopline.spec.sections.training import Task, TrainerSettings
+from loopline.spec.sections.algorithms import TrainerSettings
+from loopline.spec.sections.training import Task
 
 #: How long the parent waits for every rank's report after the launcher exits.
 RANK_REPORT_WAIT_S = 30.0

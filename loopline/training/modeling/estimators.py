@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from loopline.spec.sections.training import GradientBoosting, LogisticRegression, RandomForest, Task
+from loopline.spec.sections.algorithms import GradientBoosting, LogisticRegression, RandomForest
+from loopline.spec.sections.training import Task
 
 
 def build_estimator(algorithm: LogisticRegression | RandomForest | GradientBoosting,

@@ -23,12 +23,8 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from loopline.spec.sections.training import (
-    CLASSIFICATION_METRICS,
-    REGRESSION_METRICS,
-    Task,
-    TrainerSettings,
-)
+from loopline.spec.sections.algorithms import TrainerSettings
+from loopline.spec.sections.training import CLASSIFICATION_METRICS, REGRESSION_METRICS, Task
 from loopline.training.modeling.metrics import compute_metrics
 from loopline.training.modeling.networks import Rescale, build_mlp
 
