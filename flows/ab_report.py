@@ -17,6 +17,7 @@ from loopline.serving.ab.report import DEFAULT_MIN_SAMPLES, ABReport
 from loopline.spec.sections.base import parse_duration
 from tasks.serving import analyze_ab_test, read_ab_traffic
 from tasks.spec import load_and_validate_spec
+from tasks.tracking import configure_mlflow_tracking
 
 
 @flow(name="loopline-ab-report", log_prints=True)
@@ -32,12 +33,14 @@ def ab_report(spec_path: str = "configs/demo.yaml", window: str | None = None, a
             than ``continue``.
 
     Steps:
-        1. Validate the spec.
+        1. Validate the spec; point MLflow at the tracking store (the registry knows the
+           champion and challenger versions).
         2. Read the window's predictions of the current champion and challenger versions, with
            their feedback.
         3. Compare them and publish the report (markdown artifact ``<model>-ab-report``).
     """
     spec = load_and_validate_spec(spec_path)
+    configure_mlflow_tracking()
     since = datetime.now(UTC) - parse_duration(window or spec.monitoring.window)
     traffic = read_ab_traffic(spec, since)
     return analyze_ab_test(spec, traffic, alpha, min_samples)

@@ -14,6 +14,7 @@ from prefect import flow
 
 from loopline.batch.scoring import BatchResult
 from tasks.batch import publish_batch_summary, resolve_model_version, score_in_chunks
+from tasks.tracking import configure_mlflow_tracking
 
 
 @flow(name="loopline-batch-predict", log_prints=True)
@@ -37,12 +38,14 @@ def batch_predict(model_name: str, input_uri: str, output_uri: str, version: int
             same job's output is resumed either way).
 
     Steps:
-        1. Resolve the model version (by number, else by alias).
+        1. Point MLflow at the tracking store; resolve the model version (by number, else by
+           alias).
         2. Score the input chunk by chunk, checkpointing after each part; a progress artifact
            follows. A rerun with the same input, version and ``chunk_rows`` resumes after the
            last checkpointed chunk; a failure is logged with the chunk and how to resume.
         3. Publish a Markdown summary of the output.
     """
+    configure_mlflow_tracking()
     model_version = resolve_model_version(model_name, version, alias)
     result = score_in_chunks(model_version, input_uri, output_uri, chunk_rows, id_column,
                              storage_block, overwrite)

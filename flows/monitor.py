@@ -29,6 +29,7 @@ from tasks.monitoring import (
     send_alert,
 )
 from tasks.spec import load_and_validate_spec
+from tasks.tracking import configure_mlflow_tracking
 
 DRIFT_EVENT = "loopline.drift.detected"
 PERFORMANCE_EVENT = "loopline.performance.degraded"
@@ -68,7 +69,8 @@ def monitor(spec_path: str = "configs/demo.yaml", window: str | None = None,
         storage_block: a saved FeatureStoreStorage block; the local state folder when None.
 
     Steps:
-        1. Validate the spec; read the champion's training feature set version (the reference).
+        1. Validate the spec; point MLflow at the tracking store; read the champion's training
+           feature set version (the reference).
         2. Read the window's served traffic from the prediction log (or ``current_uri``) and
            test every feature for drift; publish the report, Evidently's HTML report on a
            sample, and the scores to MLflow. Too little data gives no verdict.
@@ -80,6 +82,7 @@ def monitor(spec_path: str = "configs/demo.yaml", window: str | None = None,
            repeated); on dataset drift, emit the event that starts retraining.
     """
     spec = load_and_validate_spec(spec_path)
+    configure_mlflow_tracking()
     since = datetime.now(UTC) - parse_duration(window or spec.monitoring.window)
     champion, reference, categorical = load_reference(spec, storage_block)
     logged = load_window(spec, since) if current_uri is None else None

@@ -15,11 +15,13 @@ from prefect.logging import get_run_logger
 from flows.promote import promote
 from flows.sweep import sweep
 from flows.train import train
+from loopline.spec.model import Spec
 from tasks.evaluation import evaluate_candidate
 from tasks.features import materialize_features, validate_source_data
 from tasks.packaging import build_bento
 from tasks.registry import record_deployment, register_candidate
 from tasks.spec import load_and_validate_spec
+from tasks.tracking import configure_mlflow_tracking
 from tasks.training import finish_training_run, start_training_run
 
 
@@ -38,7 +40,7 @@ class PipelineResult:
 
 @flow(name="loopline-pipeline", log_prints=True)
 def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = None,
-             trigger: str = "manual") -> PipelineResult:
+             trigger: str = "manual", spec: Spec | None = None) -> PipelineResult:
     """Carry a spec from data to a served model.
 
     Args:
@@ -46,30 +48,36 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
         storage_block: a saved FeatureStoreStorage block; the local state folder when None.
         trigger: what started this run, recorded in the new version's lineage (``manual``,
             ``schedule``, or the monitoring event that asked for a retraining).
+        spec: the spec at ``spec_path``, already validated with its source by the flow that
+            runs this one (the retrain flow); read from ``spec_path`` when None.
 
     Steps:
-        1. Validate the spec and its data source (nothing is written if it is invalid).
-        2. Run the spec's data checks; a failing batch is quarantined, alerted, and stops here.
-        3. Materialize the feature set (a new version, or the identical existing one).
-        4. Train: with a ``training.sweep`` section the sweep flow (Optuna trials, the best
+        1. Validate the spec and its data source, once (nothing is written if it is invalid);
+           the subflows get the validated spec.
+        2. Point MLflow at the tracking store.
+        3. Run the spec's data checks; a failing batch is quarantined, alerted, and stops here.
+        4. Materialize the feature set (a new version, or the identical existing one).
+        5. Train: with a ``training.sweep`` section the sweep flow (Optuna trials, the best
            retrained on train+validation), else the train flow (each candidate once); every
            run is nested under the pipeline's MLflow run.
-        5. The best candidate on the validation split goes forward.
-        6. Score it and the champion on the test split; decide the gates.
-        7. If it passes: log and register the model with its card and lineage, in STAGING.
-        8. If the gates say ``on_pass: production`` (or there is no champion yet) and its card
+        6. The best candidate on the validation split goes forward.
+        7. Score it and the champion on the test split; decide the gates.
+        8. If it passes: log and register the model with its card and lineage, in STAGING.
+        9. If the gates say ``on_pass: production`` (or there is no champion yet) and its card
            is approved: run the promote flow (champion, Bento). A new challenger that stays in
            STAGING is served beside the champion when the spec routes between them (a Bento
            with both, routed ab / canary / shadow / bandit).
     """
-    spec = load_and_validate_spec(spec_path)
+    if spec is None:
+        spec = load_and_validate_spec(spec_path)
+    configure_mlflow_tracking()
     validation = validate_source_data(spec, storage_block)
     manifest = materialize_features(spec, validation, storage_block)
     parent_run_id = start_training_run(spec, manifest, str(runtime.flow_run.id or ""))
     if spec.training.sweep is not None:
-        best = sweep(spec_path, storage_block, manifest.version, parent_run_id).best
+        best = sweep(spec_path, storage_block, manifest.version, parent_run_id, spec).best
     else:
-        best = train(spec_path, storage_block, manifest.version, parent_run_id).best
+        best = train(spec_path, storage_block, manifest.version, parent_run_id, spec).best
     evaluation = evaluate_candidate(spec, manifest, best, storage_block)
     finish_training_run(spec, parent_run_id, best)
     version, stage, bento_tag = None, None, None
@@ -80,7 +88,7 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
         if automatic and spec.gates.model_card.approved:
             reason = ("first model of its name" if evaluation.champion is None
                       else "passed its gates; on_pass: production")
-            promotion = promote(spec_path, version, reason)
+            promotion = promote(spec_path, version, reason, spec)
             stage, bento_tag = "PRODUCTION", promotion.bento_tag
         elif automatic:
             get_run_logger().warning("%s v%d stays in STAGING: its model card is not approved",

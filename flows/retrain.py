@@ -17,6 +17,7 @@ from loopline.release.records import Outcome
 from loopline.spec.sections.operations import Trigger
 from tasks.retraining import claim_retraining, record_outcome
 from tasks.spec import load_and_validate_spec
+from tasks.tracking import configure_mlflow_tracking
 
 
 class RetrainingResult(BaseModel):
@@ -51,23 +52,25 @@ def retrain(spec_path: str = "configs/demo.yaml", trigger: Trigger = "manual",
         storage_block: a saved FeatureStoreStorage block; the local state folder when None.
 
     Steps:
-        1. Validate the spec; check ``retraining.on``, the cooldown, the daily maximum and the
-           minimum samples against the model's retraining record; record the claim.
-        2. Run the pipeline: re-materialize the features from the source (with its recent
-           rows), train or sweep per the spec, evaluate against the current champion on the
-           most recent (test) data, register a better model in STAGING (served as challenger,
-           e.g. canary, where the routing says so) or promote it per the gates; a worse one is
-           rejected and nothing changes.
-        3. Record the outcome (registry and a markdown artifact).
+        1. Validate the spec and its source; point MLflow at the tracking store.
+        2. Check ``retraining.on``, the cooldown, the daily maximum and the minimum samples
+           against the model's retraining record; record the claim.
+        3. Run the pipeline with the validated spec: re-materialize the features from the
+           source (with its recent rows), train or sweep per the spec, evaluate against the
+           current champion on the most recent (test) data, register a better model in STAGING
+           (served as challenger, e.g. canary, where the routing says so) or promote it per the
+           gates; a worse one is rejected and nothing changes.
+        4. Record the outcome (registry and a markdown artifact).
     """
     spec = load_and_validate_spec(spec_path)
+    configure_mlflow_tracking()
     cause = cause or trigger
     decision, key = claim_retraining(spec, trigger, cause, samples)
     if not decision.allowed:
         record_outcome(spec, key, trigger, cause, "refused", decision.reason)
         return RetrainingResult(model_name=spec.name, outcome="refused", reason=decision.reason)
     try:
-        result = pipeline(spec_path, storage_block, trigger=cause)
+        result = pipeline(spec_path, storage_block, trigger=cause, spec=spec)
     except Exception as exc:
         record_outcome(spec, key, trigger, cause, "failed", f"{type(exc).__name__}: {exc}")
         raise

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from prefect import flow, runtime
 
 from loopline.settings import current_settings
+from loopline.spec.model import Spec
 from loopline.training.queueing import run_timeout_seconds
-from loopline.training.sweep import SweepSummary
+from loopline.training.sweep.leaderboard import SweepSummary
 from tasks.features import read_manifest
 from tasks.spec import check_resources, load_and_validate_spec
 from tasks.sweep import (
@@ -22,6 +23,7 @@ from tasks.sweep import (
     run_sweep_worker,
     summarize_sweep,
 )
+from tasks.tracking import configure_mlflow_tracking
 from tasks.training import CandidateRun, finish_training_run, start_training_run
 from tasks.training_queue import requeue_with_backoff
 
@@ -38,18 +40,22 @@ class SweepOutcome:
 @flow(name="loopline-sweep", log_prints=True, timeout_seconds=run_timeout_seconds(),
       on_failure=[requeue_with_backoff])
 def sweep(spec_path: str = "configs/demo.yaml", storage_block: str | None = None,
-          feature_set_version: int | None = None, parent_run_id: str | None = None
-          ) -> SweepOutcome:
+          feature_set_version: int | None = None, parent_run_id: str | None = None,
+          spec: Spec | None = None) -> SweepOutcome:
     """Sweep the spec's search spaces with Optuna.
 
     Args:
-        spec_path: the spec file (its ``training.sweep`` section says how).
+        spec_path: the spec file (its ``training.sweep`` section says how); worker processes
+            and trial runs read it.
         storage_block: a saved FeatureStoreStorage block; the local state folder when None.
         feature_set_version: the version to train on; the latest when None.
         parent_run_id: an MLflow run to nest under (the pipeline's); a new one when None.
+        spec: the spec at ``spec_path``, already validated (the pipeline's); read from
+            ``spec_path`` when None.
 
     Steps:
-        1. Validate the spec; check its trainer settings against this machine.
+        1. Validate the spec (unless the pipeline handed it over); point MLflow at the tracking
+           store; check the trainer settings against this machine.
         2. Open the study in its storage, or resume it (finished trials are kept; ones a killed
            sweep left running are marked failed).
         3. Run trials until ``n_trials`` have finished or ``timeout`` passes: in this process,
@@ -60,9 +66,11 @@ def sweep(spec_path: str = "configs/demo.yaml", storage_block: str | None = None
         4. Publish the leaderboard and best trial (or Pareto front) and Optuna's plots.
         5. Retrain the best configuration on train+validation.
     """
-    spec = load_and_validate_spec(spec_path)
+    if spec is None:
+        spec = load_and_validate_spec(spec_path)
     if spec.training.sweep is None:
         raise ValueError(f"{spec_path} has no training.sweep section: run the train flow")
+    configure_mlflow_tracking()
     check_resources(spec)
     manifest = read_manifest(spec, feature_set_version, storage_block)
     owned = parent_run_id is None

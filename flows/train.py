@@ -9,10 +9,12 @@ from dataclasses import dataclass
 
 from prefect import flow, runtime
 
+from loopline.spec.model import Spec
 from loopline.training.modeling.candidates import best_index
 from loopline.training.queueing import run_timeout_seconds
 from tasks.features import read_manifest
 from tasks.spec import check_resources, load_and_validate_spec
+from tasks.tracking import configure_mlflow_tracking
 from tasks.training import (
     CandidateRun,
     finish_training_run,
@@ -35,8 +37,8 @@ class TrainingOutcome:
 @flow(name="loopline-train", log_prints=True, timeout_seconds=run_timeout_seconds(),
       on_failure=[requeue_with_backoff])
 def train(spec_path: str = "configs/demo.yaml", storage_block: str | None = None,
-          feature_set_version: int | None = None, parent_run_id: str | None = None
-          ) -> TrainingOutcome:
+          feature_set_version: int | None = None, parent_run_id: str | None = None,
+          spec: Spec | None = None) -> TrainingOutcome:
     """Train every candidate once on a feature set version.
 
     Args:
@@ -44,14 +46,19 @@ def train(spec_path: str = "configs/demo.yaml", storage_block: str | None = None
         storage_block: a saved FeatureStoreStorage block; the local state folder when None.
         feature_set_version: the version to train on; the latest when None.
         parent_run_id: an MLflow run to nest under (the pipeline's); a new one when None.
+        spec: the spec at ``spec_path``, already validated (the pipeline's); read from
+            ``spec_path`` when None.
 
     Steps:
-        1. Validate the spec; check its trainer settings against this machine.
+        1. Validate the spec (unless the pipeline handed it over); point MLflow at the tracking
+           store; check the trainer settings against this machine.
         2. Train each candidate in a nested MLflow run (params, metrics, per-epoch history).
         3. Pick the best on the validation split (the spec's metric and direction) and publish
            every candidate's metrics as an artifact.
     """
-    spec = load_and_validate_spec(spec_path)
+    if spec is None:
+        spec = load_and_validate_spec(spec_path)
+    configure_mlflow_tracking()
     check_resources(spec)
     manifest = read_manifest(spec, feature_set_version, storage_block)
     owned = parent_run_id is None

@@ -27,9 +27,7 @@ from loopline.batch.scoring import (
 from loopline.errors import BatchCheckpointMismatch, BatchChunkFailed, ModelNotFound
 from loopline.release.records import ModelVersionInfo
 from loopline.release.registry import ModelRegistry
-from loopline.state import state_paths
 from loopline.storage import S3Credentials
-from loopline.training.tracking import configure_tracking
 from tasks.options import loopline_task
 
 #: The progress artifact is updated after a chunk at most this often: each update is an API call,
@@ -60,7 +58,6 @@ def resolve_model_version(model_name: str, version: int | None = None, alias: st
     Raises:
         ModelNotFound: no such version, or no version carries the alias.
     """
-    configure_tracking(state_paths())
     registry = ModelRegistry()
     if version is not None:
         return registry.get_model(model_name, version=version)
@@ -84,7 +81,6 @@ def score_in_chunks(model_version: ModelVersionInfo, input_uri: str, output_uri:
         BatchCheckpointMismatch: the output folder holds another job's output.
     """
     logger = get_run_logger()
-    configure_tracking(state_paths())
     model = mlflow.pyfunc.load_model(model_version.uri).unwrap_python_model().model
     job = BatchJob(input_uri=input_uri, output_uri=output_uri, model_name=model_version.name,
                    model_version=model_version.version, chunk_rows=chunk_rows, id_column=id_column,

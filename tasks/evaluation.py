@@ -9,13 +9,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from loopline.data.feature_store import FeatureSetManifest
-from loopline.data.splits import split_frame
 from loopline.release.gates import GateDecision, evaluate_gates
 from loopline.release.records import ModelVersionInfo
 from loopline.release.registry import ModelRegistry
 from loopline.spec.model import Spec
 from loopline.training.modeling.candidates import evaluate
-from tasks.features import open_store
+from tasks.features import read_splits
 from tasks.options import loopline_task
 from tasks.training import CandidateRun, tracker_for
 
@@ -37,8 +36,7 @@ def evaluate_candidate(spec: Spec, manifest: FeatureSetManifest, best: Candidate
     decision is logged to the candidate's run and published as a Prefect artifact.
     """
     logger = get_run_logger()
-    frame = open_store(storage_block).read(manifest.feature_set, manifest.version)
-    test = split_frame(frame, spec.data).test
+    test = read_splits(spec, manifest, storage_block).test
     test_metrics = evaluate(best.candidate.model, test, spec.data.target)
     champion = ModelRegistry().champion(spec.name)
     champion_metrics = None

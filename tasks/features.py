@@ -10,6 +10,7 @@ from prefect.logging import get_run_logger
 
 from blocks.storage import FeatureStoreStorage
 from loopline.data.feature_store import FeatureSetManifest, FeatureStore
+from loopline.data.splits import Splits
 from loopline.data.validation import ValidationReport
 from loopline.errors import DataValidationFailed
 from loopline.monitoring.alerting.alert import Alert
@@ -29,6 +30,11 @@ def open_store(storage_block: str | None) -> FeatureStore:
         block = cast(FeatureStoreStorage, FeatureStoreStorage.load(storage_block))
         return FeatureStore(block.storage())
     return FeatureStore(state_paths().features)
+
+
+def read_splits(spec: Spec, manifest: FeatureSetManifest, storage_block: str | None) -> Splits:
+    """The feature set version's train / validation / test rows, as the spec splits them."""
+    return open_store(storage_block).splits(manifest, spec.data)
 
 
 def read_secret(name: str) -> str:

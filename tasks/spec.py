@@ -7,24 +7,21 @@ from prefect.logging import get_run_logger
 from loopline.data.source_check import load_spec_with_source
 from loopline.errors import InvalidSpec
 from loopline.spec.model import Spec
-from loopline.state import state_paths
 from loopline.training.resources import resource_problems
-from loopline.training.tracking import configure_tracking
 from tasks.options import loopline_task
 
 
 @loopline_task(name="load-spec")
 def load_and_validate_spec(spec_path: str) -> Spec:
     """Validate the spec file and its data source; every problem is reported at once and
-    nothing is written when one is found. Every flow starts here, so this also points MLflow at
-    the project's tracking store (MLFLOW_TRACKING_URI, else the state folder's), whichever
-    process the flow runs in.
+    nothing is written when one is found.
+
+    A flow run does this once: the pipeline hands the validated spec to its subflows.
 
     Raises:
         InvalidSpec: the spec or its source has problems.
     """
     spec = load_spec_with_source(spec_path)
-    configure_tracking(state_paths())
     get_run_logger().info("spec %s is valid: model %r, %d features, %d candidates", spec_path,
                           spec.name, len(spec.feature_names), len(spec.training.algorithms))
     return spec

@@ -21,34 +21,25 @@ from prefect.logging import get_run_logger
 from prefect.settings import PREFECT_API_URL
 
 from loopline.data.feature_store import FeatureSetManifest
-from loopline.data.splits import Splits, split_frame
+from loopline.data.splits import Splits
 from loopline.errors import InvalidSettings
 from loopline.spec.model import Spec
 from loopline.spec.sections.base import parse_duration
 from loopline.state import state_paths
 from loopline.training.modeling.candidates import train_candidate
-from loopline.training.sweep import (
-    Objective,
-    SweepSummary,
+from loopline.training.sweep.leaderboard import SweepSummary, save_plots, summarize
+from loopline.training.sweep.study import (
     finished_trials,
     open_study,
     recover_interrupted,
-    run_trials,
-    save_plots,
     storage_for,
     study_name,
-    summarize,
 )
+from loopline.training.sweep.trials import Objective, run_trials
 from loopline.training.tracking import log_candidate, run_url
-from tasks.features import open_store
+from tasks.features import read_splits
 from tasks.options import loopline_task
 from tasks.training import CandidateRun, tracker_for
-
-
-def sweep_splits(spec: Spec, manifest: FeatureSetManifest, storage_block: str | None) -> Splits:
-    """The feature set version's train / validation / test rows."""
-    frame = open_store(storage_block).read(manifest.feature_set, manifest.version)
-    return split_frame(frame, spec.data)
 
 
 @loopline_task(name="prepare-sweep")
@@ -76,9 +67,8 @@ def run_sweep_trials(spec: Spec, manifest: FeatureSetManifest, name: str, parent
     sweep = spec.training.sweep
     assert sweep is not None
     study = open_study(spec, name, storage_for(sweep, state_paths(), name), worker=worker)
-    dtypes = {n: manifest.columns[n] for n in spec.feature_names}
-    objective = Objective(spec, sweep_splits(spec, manifest, storage_block), dtypes,
-                          tracker_for(spec), parent_run_id)
+    objective = Objective(spec, read_splits(spec, manifest, storage_block),
+                          manifest.feature_dtypes, tracker_for(spec), parent_run_id)
     timeout = parse_duration(sweep.timeout).total_seconds() if sweep.timeout else None
     run_trials(study, objective, sweep.n_trials, timeout)
     return finished_trials(study)
@@ -204,14 +194,13 @@ def retrain_best(spec: Spec, manifest: FeatureSetManifest, summary: SweepSummary
     best = summary.best[0]
     names = [a.candidate_name for a in spec.training.algorithms]
     algorithm = spec.training.algorithms[names.index(best.candidate)]
-    splits = sweep_splits(spec, manifest, storage_block)
+    splits = read_splits(spec, manifest, storage_block)
     # Validation rows join training; they also stay the validation set, so early stopping and
     # the logged validation metrics still have data (the gates judge the untouched test rows).
     combined = Splits(train=pl.concat([splits.train, splits.validation]),
                       validation=splits.validation, test=splits.test)
-    dtypes = {n: manifest.columns[n] for n in spec.feature_names}
-    candidate = train_candidate(algorithm, spec.training, combined, spec.feature_names, dtypes,
-                                spec.data.target, best.params)
+    candidate = train_candidate(algorithm, spec.training, combined, spec.feature_names,
+                                manifest.feature_dtypes, spec.data.target, best.params)
     tracker = tracker_for(spec)
     run_id = tracker.start_run(f"best-{candidate.name}", parent_run_id=parent_run_id,
                                tags={"loopline.algorithm": candidate.kind,

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from loopline.data.splits import split_frame
 from loopline.spec.loader import load_spec
 from loopline.spec.sections.base import parse_duration
 from loopline.state import state_paths
-from loopline.training.sweep import Objective, open_study, run_trials, storage_for
-from tasks.features import open_store
+from loopline.training.sweep.study import open_study, storage_for
+from loopline.training.sweep.trials import Objective, run_trials
+from loopline.training.tracking import configure_tracking
+from tasks.features import open_store, read_splits
 from tasks.training import tracker_for
 
 
@@ -27,18 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-block")
     parser.add_argument("--worker", type=int, default=0, help="which parallel worker this is")
     args = parser.parse_args(argv)
+    # The sweep flow validated the spec and its source; its structure is all this needs.
     spec = load_spec(args.spec)
     sweep = spec.training.sweep
     assert sweep is not None
-    store = open_store(args.storage_block)
-    manifest = store.manifest(spec.name, args.feature_set_version)
-    splits = split_frame(store.read(spec.name, manifest.version), spec.data)
-    dtypes = {n: manifest.columns[n] for n in spec.feature_names}
+    configure_tracking(state_paths())  # a process of its own: the same store as the flow's
+    manifest = open_store(args.storage_block).manifest(spec.name, args.feature_set_version)
     study = open_study(spec, args.study, storage_for(sweep, state_paths(), args.study),
                        worker=args.worker)
+    objective = Objective(spec, read_splits(spec, manifest, args.storage_block),
+                          manifest.feature_dtypes, tracker_for(spec), args.parent_run_id)
     timeout = parse_duration(sweep.timeout).total_seconds() if sweep.timeout else None
-    run_trials(study, Objective(spec, splits, dtypes, tracker_for(spec), args.parent_run_id),
-               sweep.n_trials, timeout)
+    run_trials(study, objective, sweep.n_trials, timeout)
     return 0
 
 

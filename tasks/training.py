@@ -8,14 +8,13 @@ from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
 from loopline.data.feature_store import FeatureSetManifest
-from loopline.data.splits import split_frame
 from loopline.spec.model import Spec
-from loopline.spec.sections.training import LightningMLP
+from loopline.spec.sections.algorithms import LightningMLP
 from loopline.state import state_paths
 from loopline.training.experiments import ExperimentTracker
 from loopline.training.modeling.candidates import TrainedCandidate, train_candidate
-from loopline.training.tracking import configure_tracking, experiment_tracker, log_candidate
-from tasks.features import open_store
+from loopline.training.tracking import experiment_tracker, log_candidate
+from tasks.features import read_splits
 from tasks.options import loopline_task
 
 
@@ -28,10 +27,10 @@ class CandidateRun:
 
 
 def tracker_for(spec: Spec) -> ExperimentTracker:
-    """The tracker of the spec's experiment (named like the model)."""
-    paths = state_paths()
-    configure_tracking(paths)
-    return experiment_tracker(spec.name, paths)
+    """The tracker of the spec's experiment (named like the model), in the tracking store the
+    flow's ``configure-tracking`` step chose.
+    """
+    return experiment_tracker(spec.name, state_paths())
 
 
 @loopline_task(name="start-training-run")
@@ -52,11 +51,9 @@ def train_one_candidate(spec: Spec, manifest: FeatureSetManifest, algorithm_inde
     """
     tracker = tracker_for(spec)
     algorithm = spec.training.algorithms[algorithm_index]
-    frame = open_store(storage_block).read(manifest.feature_set, manifest.version)
-    splits = split_frame(frame, spec.data)
-    dtypes = {name: manifest.columns[name] for name in spec.feature_names}
-    candidate = train_candidate(algorithm, spec.training, splits, spec.feature_names, dtypes,
-                                spec.data.target)
+    candidate = train_candidate(algorithm, spec.training,
+                                read_splits(spec, manifest, storage_block), spec.feature_names,
+                                manifest.feature_dtypes, spec.data.target)
     run_id = tracker.start_run(candidate.name, parent_run_id=parent_run_id,
                                tags={"loopline.algorithm": candidate.kind})
     trainer = algorithm.trainer.model_dump() if isinstance(algorithm, LightningMLP) else {}

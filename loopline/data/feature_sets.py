@@ -22,6 +22,7 @@ import polars as pl
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
+from loopline.data.parquet_parts import sink_parts
 from loopline.data.validation import ValidationReport
 from loopline.errors import FeatureSetNotFound
 from loopline.storage import Storage
@@ -73,6 +74,13 @@ class FeatureSetManifest(BaseModel):
     def feature_names(self) -> list[str]:
         """The features in this version, in declaration order."""
         return [feature.name for feature in self.features]
+
+    @property
+    def feature_dtypes(self) -> dict[str, str]:
+        """``{feature: dtype name}`` as written, in declaration order: what a model trained on
+        this version takes.
+        """
+        return {feature.name: self.columns[feature.name] for feature in self.features}
 
     @property
     def feature_versions(self) -> dict[str, str]:
@@ -128,17 +136,15 @@ class FeatureSets:
         relative = f"{FOLDER}/{feature_set}/data/{write_id}"
         try:
             if not self.storage.is_s3:
-                target = Path(self.storage.path(relative))
-                target.mkdir(parents=True, exist_ok=True)
-                rows.sink_parquet(pl.PartitionBy(target, max_rows_per_file=ROWS_PER_FILE))
+                sink_parts(rows, Path(self.storage.path(relative)), ROWS_PER_FILE)
                 return self.storage.list_files(relative)
+            # Nothing reaches S3 before every part is written: a failed query uploads nothing.
             with tempfile.TemporaryDirectory(prefix="loopline-set-") as workdir:
-                rows.sink_parquet(pl.PartitionBy(workdir, max_rows_per_file=ROWS_PER_FILE))
-                for local in sorted(Path(workdir).rglob("*.parquet")):
-                    self.storage.put_file(str(local), relative, str(local.relative_to(workdir)))
+                for local in sink_parts(rows, Path(workdir) / "parts", ROWS_PER_FILE):
+                    self.storage.put_file(str(local), relative, local.name)
             return self.storage.list_files(relative)
         except BaseException:
-            self.storage.remove(relative)  # a failed write leaves nothing behind
+            self.storage.remove(relative)  # a failed write (or upload) leaves nothing behind
             raise
 
     def stats(self, files: list[str], features: list[str], event_time: str | None

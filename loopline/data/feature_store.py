@@ -30,10 +30,11 @@ from loopline.data.feature_sets import FeatureRef, FeatureSetManifest, FeatureSe
 from loopline.data.features import dtype_name, feature_frame
 from loopline.data.point_in_time import point_in_time_join
 from loopline.data.sources import scan_source, source_fingerprint, source_schema
+from loopline.data.splits import Splits, split_frame
 from loopline.data.validation import ValidationReport, validate_batch
 from loopline.errors import DuplicateFeature, FeatureComputationError, FeatureNotFound
 from loopline.spec.model import Spec
-from loopline.spec.sections.data import ComputedFeature
+from loopline.spec.sections.data import ComputedFeature, DataSpec
 from loopline.storage import S3Credentials, Storage
 
 __all__ = ["FeatureSetManifest", "FeatureStore"]
@@ -89,6 +90,10 @@ class FeatureStore:
     def read(self, feature_set: str, version: int | None = None) -> pl.DataFrame:
         """A version's rows."""
         return self.scan(feature_set, version).collect()
+
+    def splits(self, manifest: FeatureSetManifest, data: DataSpec) -> Splits:
+        """A committed version's train / validation / test rows, as ``data.split`` divides them."""
+        return split_frame(self.sets.scan(manifest).collect(), data)
 
     def validate_source(self, spec: Spec, credentials: S3Credentials | None = None
                         ) -> ValidationReport | None:
