@@ -1,9 +1,10 @@
 """``python -m bench [NAME ...] [--quick] [--results PATH]``: run benchmarks and record them.
 
-Each benchmark module has ``run(quick: bool, command: str) -> {workload id: entry}``. The entries
-are merged into the results file (other workloads' entries are kept) and the Markdown table is
-rendered beside it. ``--quick`` runs a small size into ``bench/results.quick.json`` by default,
-so quick runs never overwrite real figures.
+Each benchmark module has ``run(quick: bool, command: str) -> {workload id: entry}``, entries
+made by :func:`bench.results.entry` (each side's median, best and runs). The entries are merged
+into the results file (other workloads' entries are kept) and the Markdown table is rendered
+beside it. ``--quick`` runs a small size into ``bench/results.quick.json`` by default, so quick
+runs never overwrite real figures.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         table = record(results, entries)
         for workload, item in entries.items():
             print(f"{workload}: loopline {number(item['loopline'])} vs {item['peer_name']} "
-                  f"{number(item['peer'])} {item['unit']} -> advantage {item['advantage']:.2f}x")
+                  f"{number(item['peer'])} {item['unit']} (medians of {item['repeats']}) "
+                  f"-> advantage {item['advantage']:.2f}x")
         print(f"recorded in {results} and {table}")
     return 0
 

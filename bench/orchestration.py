@@ -6,7 +6,7 @@ Everything runs in one child process with a throwaway state folder (``LOOPLINE_H
 ``PREFECT_API_URL`` is passed down. Prefect's defaults otherwise (logging level INFO: every task
 run logs its final state to the API, as in a deployment).
 
-Flows of N sequential task calls (``N`` = 100 and 1,000; quick: 10 and 50):
+Flows of N sequential task calls (``N`` = 100 and 1,000; quick: 5 and 10):
 
 - bare: a trivial ``@task`` with Prefect's defaults (``def noop(i: int) -> int: return i``);
 - loopline: loopline's own tasks from ``tasks/``, called as the flows call them, round robin:
@@ -29,7 +29,8 @@ client-side and the server records them from events afterwards, so before every 
 benchmark waits until the server has recorded every task run of the previous one as COMPLETED:
 each side starts on an idle server. How long the server took to record a flow's task runs (from
 the loop's start) is reported as ``*_settled_ms_per_task``. At full size each N runs three
-times, the order of the sides rotating; the best run of each side counts (all are recorded).
+times, the order of the sides rotating; each side's figure is the median of its runs (the best
+beside it, all recorded).
 
 Workload ids:
 
@@ -42,10 +43,13 @@ Workload ids:
     calls in a plain Python loop, at N = 1,000 (the bare no-op task vs a plain call beside, and
     N = 100). A task should be a unit of meaningful work, many times this overhead.
 ``orchestration.frame_argument_vs_bare_prefect``
-    ms per task run when the argument is a frame (1M rows x 20 float columns; quick 20k): loopline's
+    ms per task run when the argument is a frame (1M rows x 20 float columns; quick 5k): loopline's
     ``check_performance(spec, frame)`` (trivial work, as above) vs a bare Prefect task taking the
-    same frame and returning None, 10 calls each (quick 3). Prefect's default cache policy hashes
-    every input on every call, and a frame is pickled whole to be hashed; goal as above.
+    same frame and returning None, 10 calls each (quick 2). Prefect's default cache policy hashes
+    every input on every call, and a frame is pickled whole to be hashed; goal as above. The
+    same bare task with ``cache_policy=NO_CACHE`` (what anyone passing frames to a Prefect task
+    should write) runs beside it, and the entry compares loopline with it too
+    (``advantage_vs_bare_no_cache``).
 
 Run as a script, ``python -m bench.orchestration child WORK SIZES REPEATS FRAME_ROWS FRAME_CALLS``
 is the child process: it prints one JSON line with every measurement.
@@ -55,6 +59,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,14 +69,14 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench.results import code_commit, entry
+from bench.results import best, entry, load_average
 
 PER_TASK = "orchestration.task_vs_bare_prefect"
 PLAIN = "orchestration.prefect_vs_plain_python_per_task"
 FRAME = "orchestration.frame_argument_vs_bare_prefect"
 REPO = Path(__file__).resolve().parent.parent
 #: (task counts, repeats, frame rows, frame task calls) at full and quick size.
-SIZES = {"full": ((100, 1000), 3, 1_000_000, 10), "quick": ((10, 50), 1, 20_000, 3)}
+SIZES = {"full": ((100, 1000), 3, 1_000_000, 10), "quick": ((5, 10), 1, 5_000, 2)}
 #: Rows of the labelled window ``check_performance`` gets in the loopline flow.
 WINDOW_ROWS = 1_000
 FRAME_COLUMNS = 20
@@ -83,6 +88,8 @@ BACKEND = ("Prefect's ephemeral API server (SQLite in a throwaway PREFECT_HOME),
            "first flow call; the same server for every side")
 #: The flows timed at every N (see the module's notes).
 FLOW_SIDES = ("bare", "bare_no_cache", "loopline", "loopline_as_plain_tasks")
+#: The flows timed with a frame argument.
+FRAME_SIDES = ("bare_frame", "bare_frame_no_cache", "loopline_frame")
 LOOPLINE_CALLS = ["check_resources(spec)", "read_manifest(spec, version)",
                   f"check_performance(spec, labelled: {WINDOW_ROWS:,} rows)"]
 
@@ -171,6 +178,8 @@ def _child(work: Path, sizes: list[int], repeats: int, frame_rows: int, frame_ca
     def take_frame(frame: Any) -> None:
         return None
 
+    take_frame_no_cache = take_frame.with_options(cache_policy=NO_CACHE)
+
     # The same functions under a plain @task: how tasks/ declared them before tasks/options.py
     # (Prefect's default cache policy, every argument walked), for the before/after in one run.
     as_plain_tasks = [task(name=t.name)(t.fn) for t in (check_resources, read_manifest,
@@ -193,6 +202,7 @@ def _child(work: Path, sizes: list[int], repeats: int, frame_rows: int, frame_ca
         "loopline": round_robin(check_resources, read_manifest, check_performance),
         "loopline_as_plain_tasks": round_robin(*as_plain_tasks),
         "bare_frame": lambda i: take_frame(frame),
+        "bare_frame_no_cache": lambda i: take_frame_no_cache(frame),
         "loopline_frame": lambda i: check_performance(spec, frame),
     }
     plain_calls = {"bare": noop.fn, "loopline": round_robin(
@@ -218,14 +228,14 @@ def _child(work: Path, sizes: list[int], repeats: int, frame_rows: int, frame_ca
                 "settled_ms_per_task": (None if settled is None
                                         else (settled - loop_start) / n * 1000)}
 
-    def plain(function: Any, n: int) -> float:
-        best = float("inf")
-        for _ in range(3):
+    def plain(function: Any, n: int) -> list[float]:
+        runs = []
+        for _ in range(repeats):
             started = time.perf_counter()
             for i in range(n):
                 function(i)
-            best = min(best, time.perf_counter() - started)
-        return best / n * 1000
+            runs.append((time.perf_counter() - started) / n * 1000)
+        return runs
 
     def alternate(sides: tuple[str, ...], n: int, label: str) -> dict[str, list[dict[str, Any]]]:
         """Every side ``repeats`` times, the order rotating (and reversing) between rounds."""
@@ -251,10 +261,13 @@ def _child(work: Path, sizes: list[int], repeats: int, frame_rows: int, frame_ca
     runs = {str(n): alternate(FLOW_SIDES, n, f"N={n}") for n in sizes}
     plain_ms = {str(n): {side: plain(function, n) for side, function in plain_calls.items()}
                 for n in sizes}
-    frame_runs = alternate(("bare_frame", "loopline_frame"), frame_calls, "frame")
+    frame_runs = alternate(FRAME_SIDES, frame_calls, "frame")
     frame_plain = plain(lambda i: check_performance.fn(spec, frame), frame_calls)
+    policies = {side: "NO_CACHE" if t.cache_policy is NO_CACHE else type(t.cache_policy).__name__
+                for side, t in (("bare_frame", take_frame), ("bare_frame_no_cache", take_frame_no_cache))}
     return {"runs": runs, "plain_ms": plain_ms, "frame_runs": frame_runs,
-            "frame_plain_ms": frame_plain, "prefect_version": prefect.__version__,
+            "frame_plain_ms": frame_plain, "frame_cache_policies": policies,
+            "prefect_version": prefect.__version__,
             "frame_mb": round(frame.estimated_size() / 2**20, 1)}
 
 
@@ -299,14 +312,6 @@ def _run_child(work: Path, sizes: tuple[int, ...], repeats: int, frame_rows: int
     return measured
 
 
-def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return min(runs, key=lambda run: float(run["ms_per_task"]))
-
-
-def _least_cpu(runs: list[dict[str, Any]]) -> float:
-    return min(float(run["cpu_ms_per_task"]) for run in runs)
-
-
 def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
@@ -315,65 +320,84 @@ def _every(runs: list[dict[str, Any]], key: str = "ms_per_task") -> list[float |
     return [_ms(run[key]) for run in runs]
 
 
+def _settled(runs: list[dict[str, Any]]) -> float | None:
+    """The median of the runs' settling time (None when the server never settled one)."""
+    values = [run["settled_ms_per_task"] for run in runs]
+    return None if None in values else float(statistics.median(values))
+
+
+def _cpu(runs: list[dict[str, Any]]) -> float:
+    """The median of the runs' client CPU time per task run."""
+    return float(statistics.median(float(run["cpu_ms_per_task"]) for run in runs))
+
+
+def _figures(side: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A side's median, best and every run (ms per task run)."""
+    ms = [float(run["ms_per_task"]) for run in runs]
+    return {f"{side}_ms_per_task": _ms(statistics.median(ms)),
+            f"{side}_ms_per_task_best": _ms(best(ms, higher_is_better=False)),
+            f"{side}_ms_per_task_every_run": _every(runs)}
+
+
 def run(quick: bool = False, command: str = "python -m bench orchestration"
         ) -> dict[str, dict[str, Any]]:
     """Run the orchestration benchmarks; returns ``{workload id: entry}``."""
     sizes, repeats, frame_rows, frame_calls = SIZES["quick" if quick else "full"]
-    load_at_start = round(os.getloadavg()[0], 2)
+    load_at_start = load_average()
     with tempfile.TemporaryDirectory(prefix="loopline-bench-orchestration-") as tmp:
         work = Path(tmp)
         (work / "home" / "prefect").mkdir(parents=True)
         measured = _run_child(work, sizes, repeats, frame_rows, frame_calls)
-    load_at_end = round(os.getloadavg()[0], 2)
+    load_at_end = load_average()
+
+    def ms_runs(runs: list[dict[str, Any]]) -> list[float]:
+        return [float(run["ms_per_task"]) for run in runs]
 
     by_n: dict[str, dict[str, Any]] = {}
     for n in map(str, sizes):
         runs = measured["runs"][n]
         figures: dict[str, Any] = {}
         for side in FLOW_SIDES:
-            figures[f"{side}_ms_per_task"] = _ms(_best(runs[side])["ms_per_task"])
-        for side in FLOW_SIDES:
-            figures[f"{side}_cpu_ms_per_task"] = _ms(_least_cpu(runs[side]))
+            figures.update(_figures(side, runs[side]))
+            figures[f"{side}_cpu_ms_per_task"] = _ms(_cpu(runs[side]))
         for side in FLOW_SIDES:
             figures[f"ratio_{side}_to_bare"] = round(
-                _best(runs[side])["ms_per_task"] / _best(runs["bare"])["ms_per_task"], 3)
+                statistics.median(ms_runs(runs[side])) / statistics.median(ms_runs(runs["bare"])), 3)
             figures[f"cpu_ratio_{side}_to_bare"] = round(
-                _least_cpu(runs[side]) / _least_cpu(runs["bare"]), 3)
+                _cpu(runs[side]) / _cpu(runs["bare"]), 3)
         for side in FLOW_SIDES:
-            figures[f"{side}_ms_per_task_every_run"] = _every(runs[side])
             figures[f"{side}_cpu_ms_per_task_every_run"] = _every(runs[side], "cpu_ms_per_task")
             figures[f"{side}_settled_ms_per_task_every_run"] = _every(runs[side],
                                                                       "settled_ms_per_task")
             figures[f"{side}_flow_call_seconds_every_run"] = _every(runs[side],
                                                                     "flow_call_seconds")
-        figures["plain_loopline_ms_per_call"] = _ms(measured["plain_ms"][n]["loopline"])
-        figures["plain_noop_ms_per_call"] = round(measured["plain_ms"][n]["bare"], 6)
+        figures["plain_loopline_ms_per_call"] = _ms(statistics.median(
+            measured["plain_ms"][n]["loopline"]))
+        figures["plain_noop_ms_per_call"] = round(statistics.median(measured["plain_ms"][n]["bare"]), 6)
         by_n[n] = figures
     headline = str(max(sizes))
-    top = by_n[headline]
+    top, top_runs = by_n[headline], measured["runs"][headline]
     common = {
         "backend": BACKEND, "prefect_version": measured["prefect_version"],
         "prefect_logging_level": "INFO (Prefect's default)", "n_tasks": list(sizes),
-        "headline_n_tasks": int(headline), "repeats": repeats, "by_n_tasks": by_n,
+        "headline_n_tasks": int(headline), "by_n_tasks": by_n,
         "loopline_calls": LOOPLINE_CALLS, "timing": "the flow's own loop (perf_counter inside "
-        "the flow), each side on an idle server; best run of each side. *_cpu_ms_per_task: the "
-        "client process's CPU time over the same loop (all its threads; the server is another "
-        "process), least of the runs: less moved by other load on the machine",
-        "load_avg_1m_at_start": load_at_start, "load_avg_1m_at_end": load_at_end,
-        "loopline_version": version("loopline"), "loopline_commit": code_commit(),
+        "the flow), each side on an idle server; median of each side's runs. "
+        "*_cpu_ms_per_task: the client process's CPU time over the same loop (all its threads; "
+        "the server is another process), median of the runs: less moved by other load on the "
+        "machine",
+        "load_avg_1m_at_end": load_at_end, "loopline_version": version("loopline"),
     }
     goal = (f"advantage >= {1 / GOAL_RATIO:.2f} (a loopline task costs at most {GOAL_RATIO}x a "
             "bare Prefect task)")
     per_task = entry(
-        loopline=top["loopline_ms_per_task"], peer=top["bare_ms_per_task"], unit="ms/task run",
-        higher_is_better=False,
+        loopline_runs=ms_runs(top_runs["loopline"]), peer_runs=ms_runs(top_runs["bare"]),
+        digits=4, unit="ms/task run", higher_is_better=False,
         peer_name=f"a bare Prefect {measured['prefect_version']} task (@task defaults, one int "
                   "argument)",
-        rows=int(headline), command=command, **common,
-        loopline_settled_ms_per_task=_ms(_best(measured["runs"][headline]["loopline"])
-                                         ["settled_ms_per_task"]),
-        peer_settled_ms_per_task=_ms(_best(measured["runs"][headline]["bare"])
-                                     ["settled_ms_per_task"]),
+        rows=int(headline), command=command, load_avg_1m_at_start=load_at_start, **common,
+        loopline_settled_ms_per_task=_ms(_settled(top_runs["loopline"])),
+        peer_settled_ms_per_task=_ms(_settled(top_runs["bare"])),
         loopline_cpu_ms_per_task=top["loopline_cpu_ms_per_task"],
         peer_cpu_ms_per_task=top["bare_cpu_ms_per_task"],
         bare_no_cache_ms_per_task=top["bare_no_cache_ms_per_task"],
@@ -385,40 +409,48 @@ def run(quick: bool = False, command: str = "python -m bench orchestration"
     )
     per_task["meets_goal"] = per_task["advantage"] >= round(1 / GOAL_RATIO, 2)
     plain_entry = entry(
-        loopline=top["loopline_ms_per_task"], peer=top["plain_loopline_ms_per_call"],
+        loopline_runs=ms_runs(top_runs["loopline"]),
+        peer_runs=measured["plain_ms"][headline]["loopline"], digits=4,
         unit="ms/task run", higher_is_better=False,
         peer_name="the same calls in a plain Python loop (task.fn)",
-        rows=int(headline), command=command, **common,
+        rows=int(headline), command=command, load_avg_1m_at_start=load_at_start, **common,
         prefect_added_ms_per_task=round(top["loopline_ms_per_task"]
                                         - top["plain_loopline_ms_per_call"], 3),
         bare_prefect_ms_per_task=top["bare_ms_per_task"],
         plain_noop_ms_per_call=top["plain_noop_ms_per_call"],
         note="what orchestration costs per task: a task must be a unit of work many times this",
     )
-    bare_frame = _best(measured["frame_runs"]["bare_frame"])
-    our_frame = _best(measured["frame_runs"]["loopline_frame"])
+    frame_runs = measured["frame_runs"]
+    no_cache = ms_runs(frame_runs["bare_frame_no_cache"])
+    ours = ms_runs(frame_runs["loopline_frame"])
     frame_entry = entry(
-        loopline=round(our_frame["ms_per_task"], 3), peer=round(bare_frame["ms_per_task"], 3),
-        unit="ms/task run", higher_is_better=False,
+        loopline_runs=ours, peer_runs=ms_runs(frame_runs["bare_frame"]),
+        digits=4, unit="ms/task run", higher_is_better=False,
         peer_name=f"a bare Prefect {measured['prefect_version']} task taking the same frame "
                   "(@task defaults: the inputs are hashed for the cache key)",
-        rows=frame_rows, command=command,
+        rows=frame_rows, command=command, load_avg_1m_at_start=load_at_start,
         frame=f"polars, {frame_rows:,} rows x {FRAME_COLUMNS} float64 columns "
               f"({measured['frame_mb']} MB)",
-        task_calls=frame_calls, repeats=repeats,
+        task_calls=frame_calls,
         loopline_call="check_performance(spec, frame)",
-        loopline_ms_per_task_every_run=_every(measured["frame_runs"]["loopline_frame"]),
-        peer_ms_per_task_every_run=_every(measured["frame_runs"]["bare_frame"]),
-        loopline_cpu_ms_per_task=_ms(_least_cpu(measured["frame_runs"]["loopline_frame"])),
-        peer_cpu_ms_per_task=_ms(_least_cpu(measured["frame_runs"]["bare_frame"])),
-        plain_loopline_ms_per_call=_ms(measured["frame_plain_ms"]),
+        bare_no_cache_ms_per_task=_ms(statistics.median(no_cache)),
+        bare_no_cache_ms_per_task_best=_ms(best(no_cache, higher_is_better=False)),
+        bare_no_cache_ms_per_task_every_run=[_ms(x) for x in no_cache],
+        advantage_vs_bare_no_cache=round(statistics.median(no_cache) / statistics.median(ours), 2),
+        cache_policies={"peer": measured["frame_cache_policies"]["bare_frame"],
+                        "bare_no_cache": measured["frame_cache_policies"]["bare_frame_no_cache"]},
+        bare_no_cache_note="the same bare task with cache_policy=NO_CACHE: no input hashing, "
+                           "what a Prefect task taking a frame should declare; "
+                           "advantage_vs_bare_no_cache = its median / loopline's",
+        loopline_cpu_ms_per_task=_ms(_cpu(frame_runs["loopline_frame"])),
+        peer_cpu_ms_per_task=_ms(_cpu(frame_runs["bare_frame"])),
+        bare_no_cache_cpu_ms_per_task=_ms(_cpu(frame_runs["bare_frame_no_cache"])),
+        plain_loopline_ms_per_call=_ms(statistics.median(measured["frame_plain_ms"])),
         backend=BACKEND, prefect_version=measured["prefect_version"],
-        load_avg_1m_at_start=load_at_start, load_avg_1m_at_end=load_at_end,
-        loopline_version=version("loopline"), loopline_commit=code_commit(), goal=goal,
+        load_avg_1m_at_end=load_at_end, loopline_version=version("loopline"), goal=goal,
     )
     frame_entry["meets_goal"] = frame_entry["advantage"] >= round(1 / GOAL_RATIO, 2)
     return {PER_TASK: per_task, PLAIN: plain_entry, FRAME: frame_entry}
-
 
 if __name__ == "__main__":
     if len(sys.argv) != 7 or sys.argv[1] != "child":

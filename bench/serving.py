@@ -20,18 +20,18 @@ all three for the champion) and warmed up; never two at the same time:
   ``POST /invocations`` with the same record as ``{"dataframe_records": [record]}``.
 
 Load comes from ``bench.loadgen`` in its own process: closed loop, the same one-record body over
-HTTP/1.1 keep-alive, at concurrency 1, 2, 4, ... 64 for 4 s each (quick: 1, 4, 16 for 1 s), after
-an unrecorded warm-up (``SIZES``).
-A side's maximum is the highest 2xx throughput among the levels with no error (no non-2xx
-status, no transport error, no request left unanswered). A one-worker server is saturated by a
-few connections: past that, closed-loop throughput stays flat (within noise) and latency only
-grows with the queue, so which flat level happens to be highest would decide the p95. The
-latencies reported "at the maximum" are therefore those of the lowest error-free concurrency
-that sustains at least 95% of it (``PLATEAU``); every level's figures are recorded too.
+HTTP/1.1 keep-alive, at concurrency 1, 2, 4, ... 64 for 4 s each (quick: 1, 4, 16 for 0.5 s), after
+an unrecorded warm-up (``SIZES``). A level is error-free when it had no non-2xx status, no
+transport error and no request left unanswered.
 
-At full size every side runs twice, in alternating order (L S M, then M S L), each time on a
-fresh server; per concurrency level the run with the higher throughput counts (best of two, the
-same rule for every side: it discounts other work on this shared machine).
+A run's maximum is its highest 2xx throughput among its error-free levels. The load a side
+sustains is the highest concurrency at which none of its runs had an error: its latencies
+(p50/p95/p99) are reported there, under the most load the side carried cleanly, not at the
+calm of a low concurrency. The whole curve is recorded for every side: each level's throughput,
+latencies and errors, per run and as medians over the runs.
+
+At full size every side runs three times, in alternating order (L S M, then M S L, ...), each
+time on a fresh server; each side's figure is the median of its runs (the best beside it).
 
 Workload ids:
 
@@ -45,8 +45,8 @@ Workload ids:
     single Bento (peer); ``advantage`` = peer median / loopline median, as for every lower-is-
     better entry, and ``added_median_ms`` = loopline median - peer median (goal: < 1 ms).
 ``serving.p95_ms_at_max_load``
-    p95 latency (ms, lower is better) of ``/predict/ab`` at the load sustaining its maximum
-    error-free throughput vs the single Bento's p95 at its own (goal: loopline < 100 ms).
+    p95 latency (ms, lower is better) of ``/predict/ab`` at its highest error-free concurrency
+    vs the single Bento's p95 at its own (goal: loopline < 100 ms).
 
 Run as a script, ``python -m bench.serving setup WORK`` is the set-up child process: it runs the
 pipeline flows with the state folder under ``WORK`` and prints one JSON line describing what was
@@ -60,6 +60,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,7 +72,7 @@ from typing import Any
 
 import httpx
 
-from bench.results import code_commit, entry
+from bench.results import entry, load_average
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_SPEC = REPO / "configs" / "demo.yaml"
@@ -85,15 +86,13 @@ P95_AT_MAX = "serving.p95_ms_at_max_load"
 
 #: Concurrency levels, seconds per level, unrecorded warm-up seconds, runs per side.
 SIZES: dict[str, dict[str, Any]] = {
-    "full": {"levels": [1, 2, 4, 8, 16, 32, 64], "duration": 4.0, "warmup": 3.0, "repeats": 2},
-    "quick": {"levels": [1, 4, 16], "duration": 1.0, "warmup": 1.0, "repeats": 1},
+    "full": {"levels": [1, 2, 4, 8, 16, 32, 64], "duration": 4.0, "warmup": 3.0, "repeats": 3},
+    "quick": {"levels": [1, 4, 16], "duration": 0.5, "warmup": 0.5, "repeats": 1},
 }
 SIDES = ("loopline", "single", "mlflow")
 #: The loopline side's routing: what ``/predict/ab`` follows.
 ROUTING = "{kind: ab, challenger_share: 0.5}"
 READY_SECONDS = 180.0
-#: Throughput within this share of a side's maximum counts as sustaining it (see ``sustained``).
-PLATEAU = 0.05
 
 
 def _log(message: str) -> None:
@@ -295,34 +294,17 @@ def load(url: str, payload: dict[str, Any], size: dict[str, Any], work: Path) ->
 
 # --- summaries ------------------------------------------------------------------------------------
 
-def best_per_level(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per concurrency level, the run with no error and the highest throughput (else the run
-    with the fewest errors).
-    """
-    merged = []
-    for lines in zip(*runs, strict=True):
-        merged.append(max(lines, key=lambda line: (line["errors"] == 0, -line["errors"],
-                                                   line["throughput"])))
-    return merged
+def error_free(line: dict[str, Any]) -> bool:
+    """Whether a level answered requests and had no error."""
+    return bool(line["errors"] == 0 and line["ok"] > 0)
 
 
 def maximum(levels: list[dict[str, Any]]) -> dict[str, Any]:
-    """The error-free level with the highest throughput."""
-    clean = [line for line in levels if line["errors"] == 0 and line["ok"] > 0]
+    """A run's error-free level with the highest throughput."""
+    clean = [line for line in levels if error_free(line)]
     if not clean:
         raise RuntimeError(f"no level ran without errors: {levels}")
     return max(clean, key=lambda line: line["throughput"])
-
-
-def sustained(levels: list[dict[str, Any]]) -> dict[str, Any]:
-    """The load a side sustains at its maximum: the lowest error-free concurrency whose
-    throughput is within ``PLATEAU`` of the maximum (beyond it, closed-loop connections only
-    queue: latency grows with concurrency while throughput stays flat).
-    """
-    best = maximum(levels)["throughput"]
-    return min((line for line in levels if line["errors"] == 0 and line["ok"] > 0
-                and line["throughput"] >= (1 - PLATEAU) * best),
-               key=lambda line: line["concurrency"])
 
 
 def at_concurrency(levels: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
@@ -330,68 +312,105 @@ def at_concurrency(levels: list[dict[str, Any]], concurrency: int) -> dict[str, 
     return next(line for line in levels if line["concurrency"] == concurrency)
 
 
+def highest_clean_concurrency(runs: list[list[dict[str, Any]]]) -> int:
+    """The highest concurrency at which no run had an error: the load a side sustains."""
+    levels = [int(line["concurrency"]) for line in runs[0]]
+    sustained = [concurrency for concurrency in levels
+                 if all(error_free(at_concurrency(run_, concurrency)) for run_ in runs)]
+    if not sustained:
+        raise RuntimeError(f"every concurrency level had errors in some run: {runs}")
+    return max(sustained)
+
+
+#: The figures of a level that an entry records.
+CURVE_KEYS = ("throughput", "p50_ms", "p95_ms", "p99_ms")
+
+
 def curve(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The compact per-level figures recorded in an entry."""
-    return [{key: line[key] for key in ("concurrency", "throughput", "p50_ms", "p95_ms", "p99_ms",
-                                        "errors")} for line in levels]
+    """The compact per-level figures of one run."""
+    return [{key: line[key] for key in ("concurrency", *CURVE_KEYS, "errors")} for line in levels]
 
 
-def figures(prefix: str, line: dict[str, Any]) -> dict[str, Any]:
-    """``<prefix>_concurrency``, ``_req_per_s``, ``_p50_ms``, ``_p95_ms``, ``_p99_ms`` of a line."""
-    return {f"{prefix}_concurrency": line["concurrency"], f"{prefix}_req_per_s": line["throughput"],
-            f"{prefix}_p50_ms": line["p50_ms"], f"{prefix}_p95_ms": line["p95_ms"],
-            f"{prefix}_p99_ms": line["p99_ms"]}
+def median_curve(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per level, the median of each figure over the runs and the errors of all runs."""
+    merged = []
+    for lines in zip(*runs, strict=True):
+        merged.append({"concurrency": lines[0]["concurrency"],
+                       **{key: round(statistics.median(line[key] for line in lines), 3)
+                          for key in CURVE_KEYS},
+                       "errors": sum(line["errors"] for line in lines)})
+    return merged
 
 
-def at_max(prefix: str, levels: list[dict[str, Any]]) -> dict[str, Any]:
-    """A side's maximum (its level) and its figures at the load sustaining it."""
-    return {f"{prefix}_max_req_per_s": maximum(levels)["throughput"],
-            f"{prefix}_max_at_concurrency": maximum(levels)["concurrency"],
-            **figures(prefix, sustained(levels))}
+def at_load(prefix: str, runs: list[list[dict[str, Any]]], concurrency: int) -> dict[str, Any]:
+    """``<prefix>_concurrency``, and the medians over the runs of ``_req_per_s``, ``_p50_ms``,
+    ``_p95_ms``, ``_p99_ms`` at that concurrency.
+    """
+    lines = [at_concurrency(levels, concurrency) for levels in runs]
+
+    def median(key: str) -> float:
+        return round(float(statistics.median(line[key] for line in lines)), 3)
+
+    return {f"{prefix}_concurrency": concurrency, f"{prefix}_req_per_s": median("throughput"),
+            f"{prefix}_p50_ms": median("p50_ms"), f"{prefix}_p95_ms": median("p95_ms"),
+            f"{prefix}_p99_ms": median("p99_ms")}
 
 
-LOAD_RULE = (f"max = the highest 2xx req/s among levels with no error; latencies are those at the "
-             f"lowest concurrency sustaining at least {1 - PLATEAU:.0%} of that max "
-             f"(<side>_concurrency, <side>_req_per_s); every level is in <side>_levels")
+def side_figures(prefix: str, runs: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """A side's maximum of every run, its latencies at its highest error-free concurrency and
+    its whole curve.
+    """
+    return {f"{prefix}_max_req_per_s_every_run": [maximum(levels)["throughput"] for levels in runs],
+            f"{prefix}_max_at_concurrency_every_run": [maximum(levels)["concurrency"]
+                                                       for levels in runs],
+            **at_load(prefix, runs, highest_clean_concurrency(runs)),
+            f"{prefix}_levels": median_curve(runs),
+            f"{prefix}_levels_every_run": [curve(levels) for levels in runs]}
 
 
-def entries(levels: dict[str, list[dict[str, Any]]], common: dict[str, Any], command: str
+LOAD_RULE = ("a run's max = its highest 2xx req/s among levels with no error; each side's figure "
+             "is the median of its runs' max. Latencies (<side>_p50_ms, _p95_ms, _p99_ms) are "
+             "medians over the runs at the highest concurrency at which no run of the side had "
+             "an error (<side>_concurrency). <side>_levels: every level's medians over the runs "
+             "(errors: all runs'); <side>_levels_every_run: each run's levels")
+
+
+def entries(runs: dict[str, list[list[dict[str, Any]]]], common: dict[str, Any], command: str
             ) -> dict[str, dict[str, Any]]:
-    """The four workload entries from every side's per-level figures."""
-    best = {side: maximum(levels[side]) for side in SIDES}
+    """The four workload entries from every side's runs (each run: its per-level figures)."""
     single_name = f"a plain single-model BentoML {version('bentoml')} service (bench/peers/single_bento.py)"
     mlflow_name = f"mlflow models serve {version('mlflow')} (--env-manager local, 1 worker)"
-    throughput = {"unit": "req/s (max error-free)", "higher_is_better": True, "rows": 1,
-                  "load_rule": LOAD_RULE}
-    low = min(min(line["concurrency"] for line in levels[side]) for side in SIDES)
-    calm = {side: at_concurrency(levels[side], low) for side in ("loopline", "single")}
-    added = round(calm["loopline"]["p50_ms"] - calm["single"]["p50_ms"], 3)
+    peak = {side: [maximum(levels)["throughput"] for levels in runs[side]] for side in SIDES}
+    throughput: dict[str, Any] = {"unit": "req/s (max error-free)", "higher_is_better": True,
+                                  "rows": 1, "digits": 1, "load_rule": LOAD_RULE}
+    low = min(line["concurrency"] for side in SIDES for line in runs[side][0])
+    calm = {side: [at_concurrency(levels, low)["p50_ms"] for levels in runs[side]]
+            for side in ("loopline", "single")}
+    busy = {side: highest_clean_concurrency(runs[side]) for side in ("loopline", "single")}
+    p95 = {side: [at_concurrency(levels, busy[side])["p95_ms"] for levels in runs[side]]
+           for side in ("loopline", "single")}
+    ours, single = side_figures("loopline", runs["loopline"]), side_figures("peer", runs["single"])
+    added = round(statistics.median(calm["loopline"]) - statistics.median(calm["single"]), 3)
     return {
         AB_VS_SINGLE: entry(
-            loopline=best["loopline"]["throughput"], peer=best["single"]["throughput"],
-            peer_name=single_name, command=command, **throughput,
-            **at_max("loopline", levels["loopline"]), **at_max("peer", levels["single"]),
-            loopline_levels=curve(levels["loopline"]), peer_levels=curve(levels["single"]),
+            loopline_runs=peak["loopline"], peer_runs=peak["single"], peer_name=single_name,
+            command=command, **throughput, **ours, **single,
             goal="advantage >= 0.9 (A/B costs at most 10% of the single-model throughput)", **common),
         AB_VS_MLFLOW: entry(
-            loopline=best["loopline"]["throughput"], peer=best["mlflow"]["throughput"],
-            peer_name=mlflow_name, command=command, **throughput,
-            **at_max("loopline", levels["loopline"]), **at_max("peer", levels["mlflow"]),
-            loopline_levels=curve(levels["loopline"]), peer_levels=curve(levels["mlflow"]),
+            loopline_runs=peak["loopline"], peer_runs=peak["mlflow"], peer_name=mlflow_name,
+            command=command, **throughput, **ours, **side_figures("peer", runs["mlflow"]),
             goal="advantage >= 2", **common),
         ADDED_MEDIAN: entry(
-            loopline=calm["loopline"]["p50_ms"], peer=calm["single"]["p50_ms"],
+            loopline_runs=calm["loopline"], peer_runs=calm["single"],
             unit=f"ms (median latency at concurrency {low})", higher_is_better=False,
             peer_name=single_name, rows=1, command=command, added_median_ms=added,
             advantage_means="peer median / loopline median (above 1: loopline answers faster)",
-            **figures("loopline", calm["loopline"]), **figures("peer", calm["single"]),
+            **at_load("loopline", runs["loopline"], low), **at_load("peer", runs["single"], low),
             goal="added_median_ms < 1", **common),
         P95_AT_MAX: entry(
-            loopline=sustained(levels["loopline"])["p95_ms"], peer=sustained(levels["single"])["p95_ms"],
-            unit="ms (p95 latency at the max error-free throughput)", higher_is_better=False,
-            peer_name=single_name, rows=1, command=command, load_rule=LOAD_RULE,
-            **at_max("loopline", levels["loopline"]), **at_max("peer", levels["single"]),
-            loopline_levels=curve(levels["loopline"]), peer_levels=curve(levels["single"]),
+            loopline_runs=p95["loopline"], peer_runs=p95["single"],
+            unit="ms (p95 latency at the highest error-free concurrency)", higher_is_better=False,
+            peer_name=single_name, rows=1, command=command, load_rule=LOAD_RULE, **ours, **single,
             goal="loopline < 100 ms", **common),
     }
 
@@ -429,7 +448,7 @@ def run(quick: bool = False, command: str = "python -m bench serving") -> dict[s
         _log("set-up: two pipeline runs (champion v1, challenger v2) and loopline's Bento")
         built = set_up(work, env)
         _log(f"built {built['bento_tag']} in {built['setup_seconds']} s")
-        load_at_start = round(os.getloadavg()[0], 2)
+        load_at_start = load_average()
         runs: dict[str, list[list[dict[str, Any]]]] = {side: [] for side in SIDES}
         checks: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
         expected: tuple[Any, float] | None = None
@@ -445,14 +464,14 @@ def run(quick: bool = False, command: str = "python -m bench serving") -> dict[s
                     f" p95 {line['p95_ms']:.2f} ms" + (f" ({line['errors']} errors)"
                                                        if line["errors"] else "")
                     for line in levels) + (f"; max {top['throughput']:.0f}/s" if top else ""))
-        load_at_end = round(os.getloadavg()[0], 2)
-    levels = {side: best_per_level(runs[side]) for side in SIDES}
+        load_at_end = load_average()
     loopline_checks = checks["loopline"]
     if any(check["routing"] != ("ab", 0.5) for check in loopline_checks):
         raise RuntimeError(f"loopline's routing was not ab 0.5: {loopline_checks}")
     cpu = [line["loadgen_cpu_ms_per_request"] for side in SIDES for run_ in runs[side]
            for line in run_ if line["loadgen_cpu_ms_per_request"] is not None]
     common = {
+        "load_avg_1m_at_start": load_at_start,
         "model": (f"scikit-learn {version('scikit-learn')} LogisticRegression behind loopline's "
                   f"preprocessing ({len(built['feature_dtypes'])} features), champion v1 and "
                   "challenger v2"),
@@ -462,17 +481,15 @@ def run(quick: bool = False, command: str = "python -m bench serving") -> dict[s
         "loopline_prediction_log_rows": [check["prediction_log_rows"] for check in loopline_checks],
         "loopline_variants_seen": loopline_checks[-1]["variants_seen"],
         "concurrency_levels": size["levels"], "seconds_per_level": size["duration"],
-        "warmup_seconds": size["warmup"], "repeats": size["repeats"],
-        "repeat_rule": "per level, the run with the higher error-free throughput",
+        "warmup_seconds": size["warmup"],
         "load_generator": "bench.loadgen (raw asyncio HTTP/1.1 keep-alive, uvloop), own process, "
                           "closed loop, on the same cores",
-        "loadgen_cpu_ms_per_request": round(sorted(cpu)[len(cpu) // 2], 4) if cpu else None,
-        "setup_seconds": built["setup_seconds"],
-        "load_avg_1m_at_start": load_at_start, "load_avg_1m_at_end": load_at_end,
-        "loopline_version": version("loopline"), "loopline_commit": code_commit(),
-        "bentoml_version": version("bentoml"), "mlflow_version": version("mlflow"),
+        "loadgen_cpu_ms_per_request": round(statistics.median(cpu), 4) if cpu else None,
+        "setup_seconds": built["setup_seconds"], "load_avg_1m_at_end": load_at_end,
+        "loopline_version": version("loopline"), "bentoml_version": version("bentoml"),
+        "mlflow_version": version("mlflow"),
     }
-    return entries(levels, common, command)
+    return entries(runs, common, command)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ The trials are short (4,000 rows, two epochs), so that what the storage costs pe
 the trial, its parameters, one report per epoch, its end state, and the workers' reads of the
 study) is a visible share. Each configuration (storage x workers) runs on a fresh study and a
 fresh state folder; the clock starts when every worker is ready and stops when the last one
-finishes (start-up reported beside). At full size every configuration runs twice, the order
-reversed the second time; the best run of each counts (all recorded).
+finishes (start-up reported beside). At full size every configuration runs three times, the
+order reversed every other time; each side's figure is the median of its runs (all recorded).
 
 Workload ids (trials per minute, higher is better):
 
@@ -47,8 +47,16 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench.results import code_commit, entry
-from bench.sweep import PARALLEL_SEARCH, _check, _train_seconds, run_sweep, spec_text, write_data
+from bench.results import entry, load_average
+from bench.sweep import (
+    PARALLEL_SEARCH,
+    REPEATS,
+    _check,
+    _train_seconds,
+    run_sweep,
+    spec_text,
+    write_data,
+)
 
 TWO_WORKERS = "sweep.postgresql_vs_sqlite_two_workers"
 JOURNAL = "sweep.postgresql_vs_journal_two_workers"
@@ -56,7 +64,7 @@ SCALING = "sweep.postgresql_two_workers_vs_one"
 ONE_WORKER = "sweep.postgresql_vs_sqlite_one_worker"
 WORKLOADS = (TWO_WORKERS, JOURNAL, SCALING, ONE_WORKER)
 #: (rows, trials, epochs) at full and quick size.
-SIZES = {"full": (4_000, 60, 2), "quick": (2_000, 4, 1)}
+SIZES = {"full": (4_000, 60, 2), "quick": (1_000, 4, 1)}
 #: The environment's scale-out switches would override the spec's storage (or the feature
 #: store): each side must use exactly its own.
 SETTINGS = ("LOOPLINE_OPTUNA_STORAGE", "LOOPLINE_SWEEP_WORKERS", "LOOPLINE_STORAGE_BLOCK",
@@ -67,17 +75,14 @@ def _log(message: str) -> None:
     print(f"[sweep-storage] {message}", file=sys.stderr, flush=True)
 
 
-def _measure(work: Path, server: Any, quick: bool) -> dict[tuple[str, int], dict[str, Any]]:
-    """Every configuration, alternating; returns the best run of each, with every run's rate
-    under ``"every"``.
-    """
+def _measure(work: Path, server: Any, quick: bool) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """Every configuration, alternating; returns every run of each, with its ``rate``."""
     rows, n_trials, epochs = SIZES["quick" if quick else "full"]
     data = work / "data.parquet"
     write_data(data, rows)
-    repeats = 1 if quick else 2
+    repeats = 1 if quick else REPEATS
     configs = [("sqlite", 1), ("postgresql", 1), ("journal", 2), ("sqlite", 2), ("postgresql", 2)]
-    best: dict[tuple[str, int], dict[str, Any]] = {}
-    every: dict[tuple[str, int], list[float]] = {config: [] for config in configs}
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {config: [] for config in configs}
     for attempt in range(repeats):
         for storage, workers in configs if attempt % 2 == 0 else configs[::-1]:
             label = f"{storage}-{workers}"
@@ -100,48 +105,46 @@ def _measure(work: Path, server: Any, quick: bool) -> dict[tuple[str, int], dict
                     server.drop(database)
             _check(result, n_trials, label)
             rate = result["finished"] / result["seconds"] * 60
-            every[(storage, workers)].append(rate)
-            if rate >= max(every[(storage, workers)]):  # the best run of each counts
-                best[(storage, workers)] = {**result, "rate": rate}
+            runs[(storage, workers)].append({**result, "rate": rate})
             _log(f"run {attempt + 1}/{repeats}, {workers} worker(s) on {storage}: "
                  f"{result['finished']} trials in {result['seconds']:.1f} s "
                  f"(+{result['startup_seconds']:.1f} s start-up), {rate:.1f} trials/min, "
                  f"states {result['states']}, load {os.getloadavg()[0]:.2f}")
-    for config, result in best.items():
-        result["every"], result["repeats"] = every[config], repeats
-    return best
+    return runs
 
 
-def _side(prefix: str, result: dict[str, Any]) -> dict[str, Any]:
-    trials = len(result["trials"])
+def _side(prefix: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        f"{prefix}_trials": result["finished"], f"{prefix}_states": result["states"],
-        f"{prefix}_seconds": round(result["seconds"], 2),
-        f"{prefix}_startup_seconds": round(result["startup_seconds"], 2),
-        f"{prefix}_trials_per_min_every_run": [round(rate, 2) for rate in result["every"]],
-        f"{prefix}_train_seconds_per_trial": round(_train_seconds(result) / trials, 3),
+        f"{prefix}_trials": [r["finished"] for r in runs],
+        f"{prefix}_states": [r["states"] for r in runs],
+        f"{prefix}_seconds": [round(r["seconds"], 2) for r in runs],
+        f"{prefix}_startup_seconds": [round(r["startup_seconds"], 2) for r in runs],
+        f"{prefix}_train_seconds_per_trial": [round(_train_seconds(r) / len(r["trials"]), 3)
+                                              for r in runs],
     }
 
 
-def _entries(best: dict[tuple[str, int], dict[str, Any]], server_version: str, quick: bool,
+def _entries(runs: dict[tuple[str, int], list[dict[str, Any]]], server_version: str, quick: bool,
              command: str, load_at_start: float) -> dict[str, dict[str, Any]]:
     rows, n_trials, epochs = SIZES["quick" if quick else "full"]
-    common = {
+    common: dict[str, Any] = {
         "n_trials": n_trials, "epochs": epochs, "candidate": "lightning_mlp", "sampler": "random",
-        "tracking": "MLflow, SQLite store (one per run)", "repeats": best[("sqlite", 1)]["repeats"],
+        "tracking": "MLflow, SQLite store (one per run)",
+        "timing": "from every worker ready to the end of the last one's trials (start-up beside)",
         "postgresql_version": server_version, "optuna_version": version("optuna"),
         "sqlalchemy_version": version("sqlalchemy"), "psycopg2_version": _psycopg2_version(),
-        "load_avg_1m_at_start": load_at_start, "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
-        "loopline_version": version("loopline"), "loopline_commit": code_commit(),
+        "load_avg_1m_at_start": load_at_start, "load_avg_1m_at_end": load_average(),
+        "loopline_version": version("loopline"),
     }
 
     def compare(ours: tuple[str, int], theirs: tuple[str, int], peer_name: str, goal: str
                 ) -> dict[str, Any]:
-        return entry(loopline=round(best[ours]["rate"], 2), peer=round(best[theirs]["rate"], 2),
+        return entry(loopline_runs=[r["rate"] for r in runs[ours]],
+                     peer_runs=[r["rate"] for r in runs[theirs]], digits=2,
                      unit="trials/min", higher_is_better=True, peer_name=peer_name, rows=rows,
                      command=command, loopline_storage=f"{ours[0]}, {ours[1]} worker(s)",
                      peer_storage=f"{theirs[0]}, {theirs[1]} worker(s)", **common,
-                     **_side("loopline", best[ours]), **_side("peer", best[theirs]), goal=goal)
+                     **_side("loopline", runs[ours]), **_side("peer", runs[theirs]), goal=goal)
 
     two_workers = compare(("postgresql", 2), ("sqlite", 2),
                           "the same sweep with 2 workers on SQLite storage",
@@ -160,7 +163,7 @@ def _entries(best: dict[tuple[str, int], dict[str, Any]], server_version: str, q
                          "many-machine one"),
         SCALING: compare(("postgresql", 2), ("postgresql", 1),
                          "the same sweep with 1 worker on PostgreSQL",
-                         "advantage >= 1.7 (as sweep.two_workers_vs_one)"),
+                         "advantage >= 1.7 (as sweep.two_workers_vs_one_without_startup)"),
         ONE_WORKER: compare(("postgresql", 1), ("sqlite", 1),
                             "the same sweep with 1 worker on SQLite storage",
                             "none set: the storages' per-trial cost without contention"),
@@ -183,14 +186,14 @@ def run(quick: bool = False, command: str = "python -m bench sweep-storage"
         os.environ.setdefault(key, value)  # the workers inherit it
     for key in SETTINGS:
         os.environ.pop(key, None)
-    load_at_start = round(os.getloadavg()[0], 2)
+    load_at_start = load_average()
     try:
         with running_postgres() as server, tempfile.TemporaryDirectory(
                 prefix="loopline-bench-sweep-storage-") as tmp:
             server_version = server.query("postgres", "SHOW server_version")
-            best = _measure(Path(tmp), server, quick)
+            runs = _measure(Path(tmp), server, quick)
     except PostgresUnavailable as exc:
         _log(f"PostgreSQL is unavailable, so {', '.join(WORKLOADS)} are skipped (nothing "
              f"recorded): {exc}")
         return {}
-    return _entries(best, server_version, quick, command, load_at_start)
+    return _entries(runs, server_version, quick, command, load_at_start)
