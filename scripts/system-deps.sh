@@ -19,7 +19,9 @@ elif command -v sudo > /dev/null && sudo -n true 2> /dev/null; then
 else
   echo "system-deps: missing ${missing[*]}; install them with:" >&2
   echo "  sudo apt-get install -y ${missing[*]}" >&2
-  [ "${CI:-}" = "true" ] && exit 1
+  # CI as tests/ci.py reads it: "true" in any case, or 1.
+  ci="${CI:-}"
+  [[ "${ci,,}" == "true" || "$ci" == "1" ]] && exit 1
   exit 0
 fi
 echo "system-deps: installing ${missing[*]} from Debian's archive"

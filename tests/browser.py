@@ -3,14 +3,13 @@ screenshot.
 
 Playwright is only the protocol client here: the browser is the system's Chromium (Debian's
 package, which ``scripts/system-deps.sh`` installs), never one Playwright downloads. Without
-them the UI tests skip, saying so; under CI (``CI=true``) they fail instead.
+them the UI tests skip, saying so; under CI they fail instead.
 
 Screenshots go into each test's tmp folder; with ``LOOPLINE_UPDATE_SCREENSHOTS=1`` they also
 replace the user guide's images in ``docs/images/``, so an ordinary run never changes the tree.
 
-Use the fixtures by importing them into the test module::
-
-    from tests.browser import browser, page  # noqa: F401
+The fixtures are registered for the whole session (``pytest_plugins`` in tests/conftest.py):
+tests ask for ``browser`` and ``page`` by name.
 """
 
 from __future__ import annotations
@@ -19,11 +18,11 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import IN_CI, REPO
+from tests.conftest import REPO
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, ViewportSize
@@ -37,13 +36,6 @@ VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
 #: How long to wait for a page to show something (generous: the machine may be busy).
 WAIT_MS = 90_000
 INSTALL_HINT = "run `bash scripts/system-deps.sh` (or `make system-deps`), which installs chromium"
-
-
-def unavailable(reason: str) -> NoReturn:
-    """Skip with ``reason``; under CI a missing browser is a failure, never a skip."""
-    if IN_CI:
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def chromium_executable() -> Path | None:
@@ -60,15 +52,18 @@ def chromium_executable() -> Path | None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """The system's Chromium, headless, driven through Playwright's protocol client."""
+    """The system's Chromium, headless, driven through Playwright's protocol client; one per
+    module that asks for it (only while that module runs: Playwright's sync API keeps an event
+    loop of its own, which should not outlive the tests that use it).
+    """
     try:
         from playwright.sync_api import Error, sync_playwright
     except ImportError:
-        unavailable("the UI tests need the Python package playwright (pip install -e '.[dev]') "
+        pytest.skip("the UI tests need the Python package playwright (pip install -e '.[dev]') "
                     f"and chromium: {INSTALL_HINT}")
     executable = chromium_executable()
     if executable is None:
-        unavailable(f"chromium is not installed (nor named by LOOPLINE_CHROMIUM): {INSTALL_HINT}")
+        pytest.skip(f"chromium is not installed (nor named by LOOPLINE_CHROMIUM): {INSTALL_HINT}")
     with sync_playwright() as playwright:
         try:
             # --no-sandbox: Chromium refuses its sandbox as root (containers, CI); the pages are
@@ -77,7 +72,7 @@ def browser() -> Iterator[Browser]:
                 executable_path=str(executable), headless=True,
                 args=["--no-sandbox", "--disable-dev-shm-usage"])
         except Error as exc:
-            unavailable(f"chromium at {executable} does not start ({exc}): {INSTALL_HINT}")
+            pytest.skip(f"chromium at {executable} does not start ({exc}): {INSTALL_HINT}")
         try:
             yield launched
         finally:

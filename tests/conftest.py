@@ -10,11 +10,26 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+from tests.ci import IN_CI
+
+# The server fixtures, registered once for the session: a session-scoped fixture imported into
+# each test module would be one instance per module (a server started again for every module).
+pytest_plugins = [
+    "tests.browser",
+    "tests.demo_state",
+    "tests.mlflow_server",
+    "tests.mlflow_store",
+    "tests.postgres",
+    "tests.prefect_server",
+    "tests.s3",
+    "tests.scale_out",
+]
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="loopline-test-"))
 os.environ["LOOPLINE_HOME"] = str(_SESSION_HOME)
@@ -33,8 +48,6 @@ for _key, _value in {
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_SPEC = REPO / "configs" / "demo.yaml"
-#: Under CI a missing server or package is a failure, never a skip.
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 # No example of a property may fail for taking long (Hypothesis' default deadline is 200 ms): on
@@ -45,6 +58,35 @@ settings.load_profile("loopline")
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
+def _failed_under_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Under CI, turn a skip into a failure that gives the skip's reason: a missing server,
+    package, tool or core must not let CI pass without running what needs it.
+    """
+    if not (IN_CI and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    report.outcome = "failed"
+    report.longrepr = (f"CI (CI={os.environ.get('CI')}) must not skip, and this would have: "
+                       f"{str(reason).removeprefix('Skipped: ')}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
+                                                                        pytest.TestReport]:
+    report = yield
+    _failed_under_ci(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector
+                               ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    _failed_under_ci(report)
+    return report
 
 
 @pytest.fixture(scope="session")

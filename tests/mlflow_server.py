@@ -1,54 +1,33 @@
 """A real ``mlflow server`` (SQLite store, proxied artifacts) as a subprocess, for the tracking
 and registry tests.
 
-Use it by importing the fixtures into the test module (not through conftest)::
-
-    from tests.mlflow_server import mlflow_client, mlflow_server  # noqa: F401
-
-Under CI (``CI=true``) a server that cannot start is a failure; elsewhere the tests are skipped.
+The fixtures are registered for the whole session (``pytest_plugins`` in tests/conftest.py):
+tests ask for them by name, and every module shares the one server. A server that cannot start
+skips its tests, except under CI, where they fail.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
-from typing import NoReturn
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.servers import VENV_BIN, free_port, http_ok, start, stop, wait_for
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 #: The server needs 5-30 s to create its tables and start uvicorn on a busy 2-core machine.
 STARTUP_TIMEOUT_S = 180
 
 
-def _unavailable(reason: str) -> NoReturn:
-    _Shared.failure = reason
-    if IN_CI:
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-class _Shared:
-    """The one server of the session. Each module that imports the fixture gets its own
-    session-scoped fixture instance; they share this server, which the last one stops.
-    """
-
-    server: subprocess.Popen[bytes] | None = None
-    uri = ""
-    users = 0
-    failure: str | None = None  # why it could not start: the next module does not try again
-
-
-def _start_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A tracking + registry server on loopback, started once per session; yields its URI."""
     executable = VENV_BIN / "mlflow"
     if not executable.exists():
-        _unavailable(f"{executable} is missing: install mlflow into the test environment")
+        pytest.skip(f"{executable} is missing: install mlflow into the test environment")
+    folder = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     log = folder / "server.log"
     command = [str(executable), "server",
@@ -62,29 +41,14 @@ def _start_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     server = start(command, log, env=env, cwd=folder)
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_for(http_ok(f"{uri}/health"), server, log, STARTUP_TIMEOUT_S, "mlflow server")
-    except AssertionError as exc:
-        stop(server, timeout=5)
-        _unavailable(str(exc))
-    return server, uri
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A tracking + registry server on loopback, started once per session; yields its URI."""
-    if _Shared.failure is not None:
-        _unavailable(_Shared.failure)
-    if _Shared.server is None or _Shared.server.poll() is not None:
-        _Shared.server, _Shared.uri = _start_server(tmp_path_factory.mktemp("mlflow-server"))
-    _Shared.users += 1
-    try:
-        yield _Shared.uri
+        try:
+            wait_for(http_ok(f"{uri}/health"), server, log, STARTUP_TIMEOUT_S, "mlflow server")
+        except AssertionError as exc:
+            pytest.skip(str(exc))
+        yield uri
     finally:
-        _Shared.users -= 1
-        if _Shared.users == 0 and _Shared.server is not None:
-            # a throwaway SQLite store: no need to wait for a slow graceful shutdown
-            stop(_Shared.server, timeout=5)
-            _Shared.server = None
+        # a throwaway SQLite store: no need to wait for a slow graceful shutdown
+        stop(server, timeout=5)
 
 
 @pytest.fixture(scope="session")

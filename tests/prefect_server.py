@@ -1,13 +1,16 @@
-"""A real ``prefect server start`` (SQLite, its own home, a free port), a ``process`` worker,
-and helpers to deploy ``prefect.yaml`` and follow flow runs, for end-to-end tests.
+"""A real ``prefect server start`` (SQLite, its own home, a free port), ``process`` workers, and
+helpers to deploy ``prefect.yaml`` and follow flow runs, for end-to-end tests.
 
-Use the fixture by importing it into the test module::
-
-    from tests.prefect_server import prefect_server  # noqa: F401
+``prefect_server`` is the session's one server with every work pool and deployment of
+``prefect.yaml`` (registered for the whole session through ``pytest_plugins`` in
+tests/conftest.py; tests ask for it by name). The modules that use it start workers of their own
+and keep apart by their model names, and find their runs by the spec they were given, not by
+what else the server holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -31,10 +34,12 @@ FINISHED = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 API_PATIENCE_S = 120
 
 
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A real Prefect server with its own home and database; yields the env to talk to it."""
-    home = tmp_path_factory.mktemp("prefect-server")
+@contextlib.contextmanager
+def running_prefect_server(home: Path, **settings: str) -> Iterator[dict[str, str]]:
+    """``prefect server start`` on a free loopback port with PREFECT_HOME ``home`` (so its
+    database is ``home/prefect.db``, and its log ``home/server.log``) and ``settings`` added to
+    its environment, until the block ends; yields the env to talk to it.
+    """
     port = free_port()
     env = {
         "PREFECT_HOME": str(home),
@@ -45,14 +50,30 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         "PREFECT_LOGGING_LEVEL": "INFO",
     }
     log = home / "server.log"
+    home.mkdir(parents=True, exist_ok=True)
     server = start([str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                    "--port", str(port)], log, env)
+                    "--port", str(port)], log, {**env, **settings})
     try:
         wait_for(http_ok(f"http://127.0.0.1:{port}/api/health"), server, log, 120,
                  "prefect server")
         yield env
     finally:
         stop(server)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The session's Prefect server, with every work pool ``prefect.yaml`` names (the training
+    pool's limit 1) and every deployment; yields the env to talk to it.
+
+    Its scheduler is off: no test waits for a schedule, and the scheduled runs it would create
+    (``monitor`` every hour, on ``configs/demo.yaml``) would be taken by whichever module's
+    workers run when they fall due.
+    """
+    with running_prefect_server(tmp_path_factory.mktemp("prefect-server"),
+                                PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false") as env:
+        deploy_all(env, max_trainings=1)
+        yield env
 
 
 def _cli(command: str, env: dict[str, str], *args: str) -> str:
@@ -112,12 +133,19 @@ def wait_for_run(env: dict[str, str], flow_run_id: str, timeout: float, log: Pat
                          f"{log.read_text()[-6000:]}")
 
 
-def deployment_runs(env: dict[str, str], flow_name: str, deployment: str) -> list[dict[str, object]]:
-    """Every flow run of the deployment ``flow_name/deployment``, oldest first."""
+def deployment_runs(env: dict[str, str], flow_name: str, deployment: str,
+                    spec_path: Path | None = None) -> list[dict[str, Any]]:
+    """Every flow run of the deployment ``flow_name/deployment`` (only those on ``spec_path``
+    when given), oldest first.
+    """
     found = prefect_api(env, "GET", f"/deployments/name/{flow_name}/{deployment}")
     runs = prefect_api(env, "POST", "/flow_runs/filter", json={
         "deployments": {"id": {"any_": [found["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"})
-    return list(runs)
+    if spec_path is None:
+        return list(runs)
+    # A run that an event started has the spec's path as the event named it: resolved.
+    return [run for run in runs
+            if Path(run["parameters"].get("spec_path") or "").resolve() == spec_path.resolve()]
 
 
 class Worker:

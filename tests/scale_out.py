@@ -3,11 +3,9 @@ an S3 server (moto), a Prefect server on PostgreSQL and an MLflow tracking serve
 with its artifacts on S3. Flows reach it through the settings of ``loopline/settings.py`` only;
 the specs are the same as on a laptop.
 
-Use the fixture by importing it (and the fixtures it needs) into the test module::
-
-    from tests.postgres import postgres  # noqa: F401
-    from tests.s3 import s3_server  # noqa: F401
-    from tests.scale_out import scale_out_stack  # noqa: F401
+The ``scale_out_stack`` fixture is built once per session (registered through ``pytest_plugins``
+in tests/conftest.py; tests ask for it by name). The modules that use it keep apart by their
+model names, and so by their MLflow experiments, Optuna studies and feature sets.
 """
 
 from __future__ import annotations
@@ -84,11 +82,11 @@ def _mlflow_server(stack_env: dict[str, str], backend: str, url: str,
                  logs / "mlflow.log", env=env)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def scale_out_stack(postgres: Postgres, s3_server: S3Server,
                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """PostgreSQL databases, an S3 bucket, Prefect and MLflow servers on them, for one test
-    module; everything is stopped and the databases dropped afterwards.
+    """PostgreSQL databases, an S3 bucket, Prefect and MLflow servers on them, for the session;
+    everything is stopped and the databases dropped afterwards.
     """
     logs = tmp_path_factory.mktemp("scale-out")
     home = logs / "state"
@@ -119,8 +117,11 @@ def scale_out_stack(postgres: Postgres, s3_server: S3Server,
         "LOOPLINE_HOME": str(home),
         "BENTOML_HOME": str(home / "bentoml"),
     }
+    # No scheduler: no test waits for a schedule, and a scheduled run falling due (``monitor``
+    # every hour, on configs/demo.yaml) would be taken by the workers of whichever test runs.
     server_env = {**env, "PREFECT_API_DATABASE_CONNECTION_URL":
-                  postgres.url(databases["prefect"], "asyncpg")}
+                  postgres.url(databases["prefect"], "asyncpg"),
+                  "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}
     servers = []
     try:
         prefect_server = start([str(VENV_BIN / "prefect"), "server", "start", "--host",

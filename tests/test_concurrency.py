@@ -19,9 +19,7 @@ from loopline.release.registry import ModelRegistry
 from loopline.storage import Storage
 from tests.conftest import DEMO_MLP, REPO, demo_spec_text, logistic_spec_text, write_spec
 from tests.mlflow_server import mlflow_pointed_at
-from tests.postgres import postgres  # noqa: F401
-from tests.s3 import s3_server  # noqa: F401
-from tests.scale_out import BUCKET, Stack, scale_out_stack  # noqa: F401
+from tests.scale_out import BUCKET, Stack
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +48,7 @@ def run_pipelines(stack: Stack, spec_paths: list[Path], env: dict[str, str] | No
 
 
 def test_many_trial_processes_on_one_study_lose_and_duplicate_nothing(
-    scale_out_stack: Stack, demo_csv: Path, tmp_path: Path  # noqa: F811
+    scale_out_stack: Stack, demo_csv: Path, tmp_path: Path
 ) -> None:
     stack = scale_out_stack
     n_trials, streams = 24, 4
@@ -88,7 +86,7 @@ def test_many_trial_processes_on_one_study_lose_and_duplicate_nothing(
 
 
 def test_concurrent_pipelines_register_every_version_once(
-    scale_out_stack: Stack, demo_csv: Path, tmp_path: Path  # noqa: F811
+    scale_out_stack: Stack, demo_csv: Path, tmp_path: Path
 ) -> None:
     """Five pipeline runs at once, each with its own feature definition, against one feature
     set (on S3) and one registered model (in MLflow on PostgreSQL).

@@ -1,48 +1,44 @@
-"""``make demo`` end to end: ``scripts/demo.py`` in a fresh state folder, on embedded defaults.
+"""``make demo`` end to end: ``scripts/demo.py`` in a fresh state folder, on embedded defaults
+(run once per session by the ``made_demo`` fixture, whose state the UI tier opens afterwards).
 It trains, promotes and serves the champion, answers real requests, and leaves the Prefect
 database with the demo's runs and the project's deployments, which ``make prefect-ui`` shows.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
+import sqlite3
 
 import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.servers import VENV_BIN
+from tests.demo_state import Demo
 
 pytestmark = pytest.mark.slow
 
 
 def test_the_demo_serves_the_champion_and_leaves_runs_and_deployments_to_look_at(
-        tmp_path: Path) -> None:
-    home = tmp_path / "state"
-    env = {**os.environ, "LOOPLINE_HOME": str(home), "PREFECT_HOME": str(home / "prefect"),
-           "BENTOML_HOME": str(home / "bentoml"), "PWD": str(REPO)}
-    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        env.pop(key, None)
-    done = subprocess.run([sys.executable, "scripts/demo.py"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900, check=False)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-6000:]
+        made_demo: Demo) -> None:
+    stdout = made_demo.stdout
     answers = re.findall(r"prediction=[01]\s+probability=[01]\.\d+\s+\(actual [01]\)\s+"
-                         r"model v1 \[champion\]", done.stdout)
-    assert len(answers) == 5, done.stdout[-3000:]
-    assert "make prefect-ui" in done.stdout and "make mlflow-ui" in done.stdout
-    assert "deployments)" in done.stdout, output[-3000:]  # the deployments were registered
+                         r"model v1 \[champion\]", stdout)
+    assert len(answers) == 5, stdout[-3000:]
+    assert "make prefect-ui" in stdout and "make mlflow-ui" in stdout
+    assert "deployments)" in stdout, stdout[-3000:]  # the deployments were registered
 
-    # What `make prefect-ui` shows: the same database has the deployments, schedules paused.
-    listed = subprocess.run([str(VENV_BIN / "prefect"), "deployment", "ls"], cwd=REPO,
-                            env={**env, "COLUMNS": "300"},  # no truncated names
-                            capture_output=True, text=True, timeout=300, check=True).stdout
-    expected = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
-    for deployment in expected:
-        assert f"/{deployment['name']} " in listed, listed
-    assert (home / "mlflow" / "mlflow.db").exists()
+    # What `make prefect-ui` shows (tests/test_ui_e2e.py opens it): the demo's Prefect database
+    # has every deployment, each schedule paused. Read from the database itself, so that no
+    # server is started only to list them.
+    with sqlite3.connect(made_demo.prefect_home / "prefect.db") as database:
+        deployments = dict(database.execute(
+            "SELECT deployment.name, max(deployment_schedule.active) FROM deployment"
+            " LEFT JOIN deployment_schedule ON deployment_schedule.deployment_id = deployment.id"
+            " GROUP BY deployment.name").fetchall())
+    declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    assert sorted(deployments) == sorted(d["name"] for d in declared)
+    scheduled = {d["name"] for d in declared if d.get("schedules")}
+    assert scheduled and {name: deployments[name] for name in scheduled} == dict.fromkeys(
+        scheduled, 0), deployments  # paused: not active
+    assert (made_demo.home / "mlflow" / "mlflow.db").exists()
     assert not list(REPO.glob("mlflow.db")), "MLflow fell back to a store in the project root"

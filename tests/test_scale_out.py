@@ -23,7 +23,6 @@ from loopline.release.registry import ModelRegistry
 from loopline.storage import Storage
 from tests.conftest import DEMO_MLP, REPO, demo_spec_text, write_spec
 from tests.mlflow_server import mlflow_pointed_at
-from tests.postgres import postgres  # noqa: F401
 from tests.prefect_server import (
     Worker,
     deploy_all,
@@ -31,8 +30,7 @@ from tests.prefect_server import (
     run_deployment,
     wait_for_run,
 )
-from tests.s3 import s3_server  # noqa: F401
-from tests.scale_out import BUCKET, Stack, scale_out_stack  # noqa: F401
+from tests.scale_out import BUCKET, Stack
 from tests.servers import VENV_BIN, serve_bento
 
 pytestmark = pytest.mark.slow
@@ -58,7 +56,7 @@ def spec_text(demo_csv: Path) -> str:
 
 
 @pytest.fixture
-def workers(scale_out_stack: Stack, tmp_path: Path) -> Iterator[dict[str, Worker]]:  # noqa: F811
+def workers(scale_out_stack: Stack, tmp_path: Path) -> Iterator[dict[str, Worker]]:
     """One worker for every pool, and two for the sweep's trial streams."""
     stack = scale_out_stack
     deploy_all(stack.env, max_trainings=2)
@@ -93,7 +91,7 @@ def drifted_requests(stack: Stack, url: str, rows: int) -> None:
 
 
 def test_the_demo_loop_runs_on_postgresql_s3_and_two_workers(
-    scale_out_stack: Stack, workers: dict[str, Worker], demo_csv: Path,  # noqa: F811
+    scale_out_stack: Stack, workers: dict[str, Worker], demo_csv: Path,
     tmp_path: Path,
 ) -> None:
     stack = scale_out_stack

@@ -34,15 +34,7 @@ from loopline.training.queueing import (
     run_timeout_seconds,
 )
 from tests.conftest import DEMO_MLP, REPO, demo_spec_text, logistic_spec_text, write_spec
-from tests.prefect_server import (  # noqa: F401
-    Worker,
-    deploy_all,
-    deployment_runs,
-    loopline,
-    prefect_api,
-    prefect_server,
-    wait_for_run,
-)
+from tests.prefect_server import Worker, deployment_runs, loopline, prefect_api, wait_for_run
 from tests.servers import VENV_BIN
 
 PROPERTIES = settings(max_examples=200, database=None)
@@ -145,16 +137,15 @@ _RUN_ID = re.compile(r"\(([0-9a-f-]{36})\)")
 
 
 @pytest.fixture(scope="module")
-def queue_server(prefect_server: dict[str, str], demo_csv: Path,  # noqa: F811
+def queue_server(prefect_server: dict[str, str], demo_csv: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """The server with every pool and deployment (training pool limit 1) and the feature set of
-    ``MODEL`` materialized, so that a train run has something to train on.
+    """The session's server (every pool and deployment, training pool limit 1) with the feature
+    set of ``MODEL`` materialized, so that a train run has something to train on.
     """
     from loopline.data.feature_store import FeatureStore
     from loopline.data.source_check import load_spec_with_source
     from loopline.state import state_paths
 
-    deploy_all(prefect_server, max_trainings=1)
     spec = write_spec(tmp_path_factory.mktemp("features"),
                       logistic_spec_text(demo_csv, MODEL, 1.0))
     FeatureStore(state_paths().features).materialize(load_spec_with_source(spec))

@@ -1,13 +1,15 @@
-"""What people see, in a real browser (headless Chromium) against real servers: the pipeline's
-flow run in the Prefect UI (Completed, with its feature table, gate decision and model card),
-the project's deployments, drift found by the ``monitor`` deployment (its report, the
-``loopline.drift.detected`` event, the retraining that event started), Evidently's HTML report
+"""What people see, in a real browser (headless Chromium) against real servers: the state
+``make demo`` left, opened as its last lines say (``make prefect-ui``: a Prefect server on the
+demo's database; ``make mlflow-ui``: MLflow's UI on its tracking store), and the loop carried on
+from there through the deployments the demo registered. The pipeline's flow run in the Prefect
+UI (Completed, with its feature table, gate decision and model card), the project's deployments,
+drift found by the ``monitor`` deployment (its report, the ``loopline.drift.detected`` event,
+the retraining that event started on a worker of the training pool), Evidently's HTML report
 rendered, and the MLflow UI showing the runs, that report and the registered model with its
 champion.
 
-One Prefect server and ``process`` worker serve the module. The runs keep their state in a
-folder of their own, so the model is ``tumor-malignancy`` v1 whatever other tests of the session
-registered. ``LOOPLINE_UPDATE_SCREENSHOTS=1`` rewrites docs/images/ from the screenshots.
+The demo (the ``made_demo`` fixture) runs once per session, for tests/test_demo.py and this
+module. ``LOOPLINE_UPDATE_SCREENSHOTS=1`` rewrites docs/images/ from the screenshots.
 """
 
 from __future__ import annotations
@@ -27,15 +29,16 @@ import yaml
 
 from loopline.serving.prediction_log import PredictionLogWriter, PredictionRecord
 from loopline.storage import Storage
-from tests.browser import browser, page, screenshot, visible_text, wait_for_text  # noqa: F401
-from tests.conftest import REPO, demo_spec_text, write_spec
-from tests.prefect_server import (  # noqa: F401
+from loopline.training.queueing import TRAINING_POOL
+from tests.browser import screenshot, visible_text, wait_for_text
+from tests.conftest import REPO
+from tests.demo_state import Demo
+from tests.prefect_server import (
     Worker,
-    deploy_all,
     deployment_runs,
     prefect_api,
-    prefect_server,
     run_deployment,
+    running_prefect_server,
     wait_for_run,
 )
 from tests.servers import VENV_BIN, free_port, http_ok, start, stop, wait_for
@@ -55,7 +58,9 @@ DRIFTED_ROWS = 200
 
 @dataclass(frozen=True)
 class Loop:
-    """The runs the module looks at: pipeline → monitor (drift) → retrain (from the event)."""
+    """The runs the module looks at: the demo's pipeline → monitor (drift) → retrain (from the
+    event).
+    """
 
     env: dict[str, str]
     home: Path
@@ -117,49 +122,48 @@ def completed(env: dict[str, str], flow_run_id: str, what: str, logs: tuple[Path
 
 
 @pytest.fixture(scope="module")
-def loop(browser: Browser, prefect_server: dict[str, str], demo_csv: Path,  # noqa: F811
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
-    """The demo's loop through the deployments, as a person would start it: the pipeline, then
-    drifted traffic and the monitor, whose event starts the retrain deployment.
+def loop(browser: Browser, made_demo: Demo, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[Loop]:
+    """The demo's state opened in a Prefect server on its database (``make prefect-ui``), and
+    its loop carried on through the deployments, as a person would: drifted traffic and the
+    ``monitor`` deployment, whose event starts the ``retrain`` deployment.
 
     It asks for the browser first, so that a missing one skips (or fails, under CI) before any
     server work.
     """
-    env = prefect_server
+    home = made_demo.home
     folder = tmp_path_factory.mktemp("ui-loop")
-    home = folder / "state"
-    deploy_all(env)
-    # A worker for every pool prefect.yaml names, so that every deployment shows as ready.
-    pools = tuple(sorted({d["work_pool"]["name"] for d in prefect_yaml()["deployments"]}))
-    # Empty tracking URIs: MLflow's store under this state folder, whatever an earlier test of
-    # the session left in os.environ (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI).
-    worker = Worker({**env, "LOOPLINE_HOME": str(home), "BENTOML_HOME": str(home / "bentoml"),
-                     "MLFLOW_TRACKING_URI": "", "MLFLOW_REGISTRY_URI": ""},
-                    folder / "worker.log", pool=pools)
-    logs = (Path(env["PREFECT_HOME"]) / "server.log", worker.log)
-    try:
-        # The demo spec as it is: its Lightning candidate trains in the worker's flow-run
-        # process, as a deployment run trains it on any work pool.
-        spec_path = write_spec(folder, demo_spec_text(demo_csv))
-        pipeline_run = run_deployment(env, "loopline-pipeline/pipeline", spec_path=str(spec_path))
-        completed(env, pipeline_run, "pipeline", logs)
-        drifted_traffic(home, DRIFTED_ROWS)
-        monitor_run = run_deployment(env, "loopline-monitor/monitor", spec_path=str(spec_path))
-        completed(env, monitor_run, "monitor", logs)
-        deadline = time.monotonic() + TRIGGER_TIMEOUT_S
-        while not (runs := deployment_runs(env, "loopline-retrain", "retrain")):
-            assert time.monotonic() < deadline, (
-                "the drift event did not start the retrain deployment:\n"
-                + "\n".join(log.read_text(errors="replace")[-4000:] for log in logs))
-            time.sleep(1)
-        retrain_run = str(runs[0]["id"])
-        completed(env, retrain_run, "retrain", logs)
-        yield Loop(env, home, pipeline_run, monitor_run, retrain_run, logs)
-    finally:
-        worker.stop()
+    with running_prefect_server(made_demo.prefect_home) as env:
+        (pipeline,) = prefect_api(env, "POST", "/flow_runs/filter", json={
+            "flows": {"name": {"any_": ["loopline-pipeline"]}}})  # the demo's own run
+        # A worker for every pool prefect.yaml names, so that every deployment shows as ready.
+        pools = tuple(sorted({d["work_pool"]["name"] for d in prefect_yaml()["deployments"]}))
+        # Empty tracking URIs: MLflow's store under the demo's state folder, whatever an earlier
+        # test of the session left in os.environ (mlflow.set_tracking_uri exports it).
+        worker = Worker({**env, "LOOPLINE_HOME": str(home), "BENTOML_HOME": str(home / "bentoml"),
+                         "MLFLOW_TRACKING_URI": "", "MLFLOW_REGISTRY_URI": ""},
+                        folder / "worker.log", pool=pools)
+        logs = (made_demo.prefect_home / "server.log", worker.log)
+        try:
+            drifted_traffic(home, DRIFTED_ROWS)
+            monitor_run = run_deployment(env, "loopline-monitor/monitor",
+                                         spec_path=str(made_demo.spec_path))
+            completed(env, monitor_run, "monitor", logs)
+            deadline = time.monotonic() + TRIGGER_TIMEOUT_S
+            while not (runs := deployment_runs(env, "loopline-retrain", "retrain",
+                                               made_demo.spec_path)):
+                assert time.monotonic() < deadline, (
+                    "the drift event did not start the retrain deployment:\n"
+                    + "\n".join(log.read_text(errors="replace")[-4000:] for log in logs))
+                time.sleep(1)
+            retrain_run = str(runs[0]["id"])
+            completed(env, retrain_run, "retrain", logs)
+            yield Loop(env, home, str(pipeline["id"]), monitor_run, retrain_run, logs)
+        finally:
+            worker.stop()
 
 
-def open_artifacts_tab(page: Page, loop: Loop) -> None:  # noqa: F811
+def open_artifacts_tab(page: Page, loop: Loop) -> None:
     """Show the flow run page's Artifacts tab with every artifact card rendered."""
     page.get_by_text("Artifacts", exact=True).click()
     wait_for_text(page, "Task runs", loop.log_tails(), exact=True)
@@ -168,18 +172,18 @@ def open_artifacts_tab(page: Page, loop: Loop) -> None:  # noqa: F811
         scroller.scroll_into_view_if_needed()
 
 
-def show_artifacts(page: Page) -> None:  # noqa: F811
+def show_artifacts(page: Page) -> None:
     """Scroll so that the tab bar and the artifact cards fill the window."""
     page.locator("#artifacts-content").evaluate("e => e.scrollIntoView({block: 'end'})")
 
 
-def settle(page: Page) -> None:  # noqa: F811
+def settle(page: Page) -> None:
     """Let the flow run graph draw: it paints a canvas, with no text to wait for."""
     page.wait_for_timeout(1500)
 
 
 def test_the_pipeline_run_page_shows_it_completed_with_its_artifacts(
-    loop: Loop, page: Page, tmp_path: Path  # noqa: F811
+    loop: Loop, page: Page, tmp_path: Path
 ) -> None:
     published = loop.artifacts(loop.pipeline_run)
     # The keys the pipeline's tasks publish (tasks/features.py, evaluation.py, registry.py).
@@ -189,8 +193,6 @@ def test_the_pipeline_run_page_shows_it_completed_with_its_artifacts(
     page.goto(f"{loop.ui}/runs/flow-run/{loop.pipeline_run}")
     wait_for_text(page, "loopline-pipeline", loop.log_tails())
     wait_for_text(page, "Completed", loop.log_tails(), exact=True)
-    pool = loop.api("GET", f"/flow_runs/{loop.pipeline_run}")["work_pool_name"]
-    wait_for_text(page, pool, loop.log_tails(), exact=True)  # the work pool that ran it
     settle(page)
     screenshot(page, tmp_path, "prefect-flow-run.png")
 
@@ -208,7 +210,7 @@ def test_the_pipeline_run_page_shows_it_completed_with_its_artifacts(
     ("model-card", f"Model card: {MODEL} v1", "prefect-model-card.png"),
 ])
 def test_each_pipeline_artifact_page_shows_its_content(
-    loop: Loop, page: Page, tmp_path: Path, key: str, shown: str, image: str  # noqa: F811
+    loop: Loop, page: Page, tmp_path: Path, key: str, shown: str, image: str
 ) -> None:
     artifact = loop.artifacts(loop.pipeline_run)[f"{MODEL}-{key}"]
     page.goto(f"{loop.ui}/artifacts/artifact/{artifact['id']}")
@@ -219,7 +221,7 @@ def test_each_pipeline_artifact_page_shows_its_content(
 
 
 def test_the_deployments_page_lists_every_deployment_of_prefect_yaml(
-    loop: Loop, page: Page, tmp_path: Path  # noqa: F811
+    loop: Loop, page: Page, tmp_path: Path
 ) -> None:
     names = [d["name"] for d in prefect_yaml()["deployments"]]
     page.goto(f"{loop.ui}/deployments")
@@ -230,7 +232,7 @@ def test_the_deployments_page_lists_every_deployment_of_prefect_yaml(
     screenshot(page, tmp_path, "prefect-deployments.png")
 
 
-def test_the_monitor_run_shows_the_drift_report(loop: Loop, page: Page,  # noqa: F811
+def test_the_monitor_run_shows_the_drift_report(loop: Loop, page: Page,
                                                 tmp_path: Path) -> None:
     drift = loop.artifacts(loop.monitor_run).get(f"{MODEL}-drift")
     assert drift is not None, f"no drift artifact: {sorted(loop.artifacts(loop.monitor_run))}"
@@ -255,7 +257,7 @@ def test_the_monitor_run_shows_the_drift_report(loop: Loop, page: Page,  # noqa:
 
 
 def test_the_drift_event_and_the_retraining_it_started_show_in_the_ui(
-    loop: Loop, page: Page, tmp_path: Path  # noqa: F811
+    loop: Loop, page: Page, tmp_path: Path
 ) -> None:
     parameters = loop.api("GET", f"/flow_runs/{loop.retrain_run}")["parameters"]
     assert parameters["trigger"] == "drift", parameters
@@ -273,6 +275,9 @@ def test_the_drift_event_and_the_retraining_it_started_show_in_the_ui(
     page.goto(f"{loop.ui}/runs/flow-run/{loop.retrain_run}")
     wait_for_text(page, "loopline-retrain", loop.log_tails())
     wait_for_text(page, "Completed", loop.log_tails(), exact=True)
+    pool = loop.api("GET", f"/flow_runs/{loop.retrain_run}")["work_pool_name"]
+    assert pool == TRAINING_POOL, pool
+    wait_for_text(page, pool, loop.log_tails(), exact=True)  # the work pool that ran it
     open_artifacts_tab(page, loop)
     wait_for_text(page, f"{MODEL}-retraining", loop.log_tails(), exact=True)
     retraining = loop.artifacts(loop.retrain_run)[f"{MODEL}-retraining"]
@@ -283,7 +288,7 @@ def test_the_drift_event_and_the_retraining_it_started_show_in_the_ui(
     screenshot(page, tmp_path, "prefect-retraining.png")
 
 
-def test_evidentlys_drift_report_renders_in_the_browser(loop: Loop, page: Page,  # noqa: F811
+def test_evidentlys_drift_report_renders_in_the_browser(loop: Loop, page: Page,
                                                         tmp_path: Path) -> None:
     (report,) = (loop.home / "reports" / MODEL).glob("drift-*.html")
     errors: list[str] = []
@@ -321,7 +326,7 @@ def mlflow_ui(loop: Loop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def test_the_mlflow_ui_shows_the_runs_and_the_drift_report(
-    loop: Loop, mlflow_ui: tuple[str, Path], page: Page, tmp_path: Path  # noqa: F811
+    loop: Loop, mlflow_ui: tuple[str, Path], page: Page, tmp_path: Path
 ) -> None:
     url, log = mlflow_ui
     api = f"{url}/api/2.0/mlflow"
@@ -352,7 +357,7 @@ def test_the_mlflow_ui_shows_the_runs_and_the_drift_report(
 
 
 def test_the_mlflow_ui_shows_the_registered_model_and_its_champion(
-    loop: Loop, mlflow_ui: tuple[str, Path], page: Page, tmp_path: Path  # noqa: F811
+    loop: Loop, mlflow_ui: tuple[str, Path], page: Page, tmp_path: Path
 ) -> None:
     url, log = mlflow_ui
     model = httpx.get(f"{url}/api/2.0/mlflow/registered-models/get", params={"name": MODEL},
@@ -372,7 +377,7 @@ def test_the_mlflow_ui_shows_the_registered_model_and_its_champion(
     screenshot(page, tmp_path, "mlflow-registered-model.png")
 
 
-def tidy_mlflow_ui(page: Page) -> None:  # noqa: F811
+def tidy_mlflow_ui(page: Page) -> None:
     """Switch MLflow's UI to its "Model training" view (runs and models, not GenAI traces) and
     close its assistant panel when it opens: the panel covers a third of the window.
     """
@@ -385,7 +390,7 @@ def tidy_mlflow_ui(page: Page) -> None:  # noqa: F811
             control.first.click(timeout=10_000)
 
 
-def expand_parent_runs(page: Page) -> None:  # noqa: F811
+def expand_parent_runs(page: Page) -> None:
     """Unfold the pipeline runs so that their candidates' nested runs show (for the screenshot
     only: the expander is a button of MLflow's own, named by its build).
     """
