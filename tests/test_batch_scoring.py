@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import pickle
+import multiprocessing
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from loopline.batch.scoring import (
 from loopline.errors import BatchCheckpointMismatch, BatchChunkFailed, DataSourceError
 from loopline.training.modeling.preprocess import TabularPreprocessor
 from loopline.training.modeling.tabular_model import SklearnPredictor, TabularModel
-from tests.s3 import S3Server, s3_server  # noqa: F401
+from tests.s3 import S3Server
 
 REPO = Path(__file__).resolve().parent.parent
 FEATURES = ["height", "count", "colour"]
@@ -191,50 +191,141 @@ def test_the_input_starts_at_any_row(rows: int, start: int, row_group: int, kind
 
 # --- killed and resumed -------------------------------------------------------------------------
 
-KILLED_SCRIPT = """
-import pickle, sys, time
+# What a child process runs (as exec's code, so it needs no importable module): score the job
+# with a model that needs nothing but numpy, counting in shared memory the chunks it starts, which
+# the parent times its kills by; each chunk takes at least 5 ms. `progress` is -1 until it runs.
+KILLABLE_SCORING = """
+import threading, time
+from tqdm import tqdm
 from loopline.batch.scoring import BatchJob, score_dataset
 
-class Slow:
-    def __init__(self, model):
-        self.model, self.feature_names = model, model.feature_names
-    def predict(self, columns):
-        time.sleep(0.02)
-        return self.model.predict(columns)
+tqdm.set_lock(threading.RLock())  # not its default, a semaphore a killed child would leak
 
-model = pickle.load(open(sys.argv[1], "rb"))
-score_dataset(Slow(model), BatchJob(sys.argv[2], sys.argv[3], "tumours", 3, int(sys.argv[4]), "id"))
+class Counting:
+    feature_names = ["height", "count", "colour"]
+    feature_dtypes = {"height": "float64", "count": "int64", "colour": "string"}
+
+    def predict(self, columns):
+        progress.value += 1
+        time.sleep(0.005)
+        return {"prediction": columns["count"].to_numpy() * 2.0 + (columns["colour"] == "red").to_numpy()}
+
+progress.value = 0
+score_dataset(Counting(), BatchJob(input_uri, output_uri, "tumours", 3, chunk_rows, "id"),
+              progress_bar=False)
 """
 
 
-def test_a_run_killed_mid_way_resumes_with_every_row_once(tmp_path: Path) -> None:
-    rows, chunk_rows = 30_000, 150
-    data = frame(rows, seed=9)
-    source = write_input(data, tmp_path / "in", "parquet", row_group=1_000)
-    output = tmp_path / "out"
-    model_file = tmp_path / "model.pkl"
-    model_file.write_bytes(pickle.dumps(MODEL))
-    script = tmp_path / "score.py"
-    script.write_text(KILLED_SCRIPT)
-    process = subprocess.Popen([sys.executable, str(script), str(model_file), source, str(output),
-                                str(chunk_rows)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                               stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(output.glob("part-*.parquet"))) < 8:
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            assert time.monotonic() < deadline, "no parts written in time"
-            time.sleep(0.01)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    checkpoint = json.loads((output / CHECKPOINT).read_text())
-    done = checkpoint["completed_chunks"]
-    assert 0 < done < rows // chunk_rows and not (output / SUCCESS).exists()
+def forked_children() -> Any:
+    """Children forked from a server that imported batch scoring once: a start costs
+    milliseconds instead of a Python start-up and its imports, so an example can kill several.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", "loopline.batch.scoring"])
+    return context
 
-    result = score_dataset(MODEL, job(source, output, chunk_rows), progress_bar=False)
-    assert result.resumed_from_chunk == done and result.rows == rows
-    assert_scored_once(data, output, chunk_rows)
+
+class ScoringChild:
+    """A child process scoring the job (KILLABLE_SCORING)."""
+
+    def __init__(self, context: Any, source: str, output: Path, chunk_rows: int) -> None:
+        self.progress = context.Value("i", -1, lock=False)
+        self.process = context.Process(target=exec, args=(KILLABLE_SCORING, {
+            "progress": self.progress, "input_uri": source, "output_uri": str(output),
+            "chunk_rows": chunk_rows}))
+        self.process.start()
+
+    @property
+    def chunks_started(self) -> int:
+        return max(0, int(self.progress.value))
+
+    def until(self, chunks: int) -> bool:
+        """Wait until the child has started ``chunks`` chunks; False if it ended first."""
+        deadline = time.monotonic() + 120
+        while self.progress.value < chunks:
+            if not self.process.is_alive():
+                return False
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"the scoring child is stuck before chunk {chunks}")
+            time.sleep(0.0005)
+        return True
+
+    def kill(self) -> bool:
+        """SIGKILL the child; whether it was still running."""
+        self.process.kill()
+        self.process.join(60)
+        assert self.process.exitcode in (0, -signal.SIGKILL), self.process.exitcode
+        return self.process.exitcode == -signal.SIGKILL
+
+    def finish(self) -> None:
+        """Let the child run to its end."""
+        self.process.join(120)
+        if self.process.exitcode is None:
+            self.kill()
+            raise AssertionError("the scoring child did not finish")
+        assert self.process.exitcode == 0, self.process.exitcode
+
+
+def checkpointed(output: Path) -> int:
+    path = output / CHECKPOINT
+    return json.loads(path.read_text())["completed_chunks"] if path.exists() else 0
+
+
+# The kill moments: once the child has started its 1st-6th chunk (of those left), then 0-30 ms
+# more (the 5 ms it scores a chunk, the part's write and rename, the checkpoint's, the next read).
+moments = st.lists(st.tuples(st.integers(1, 6), st.integers(0, 30)), min_size=2, max_size=4)
+KILL_EXAMPLES = 20
+
+
+def test_sigkill_at_any_moment_then_resuming_scores_every_row_exactly_once(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """SIGKILL a child process that is scoring, at Hypothesis-chosen moments, several times per
+    example; then resume until done: every input id is in the output once, in input order.
+
+    Each kill costs a process, so this runs KILL_EXAMPLES examples and checks that at least 20
+    kills landed on a child in the middle of scoring over them.
+    """
+    kills: list[int] = []
+    folder = tmp_path_factory.mktemp("killed")
+    context = forked_children()
+
+    @settings(max_examples=KILL_EXAMPLES, suppress_health_check=[HealthCheck.too_slow])
+    @given(chunk_rows=st.integers(1, 50), chunks=st.integers(2, 24), data=st.data(),
+           kind=st.sampled_from(["parquet", "csv"]), row_group=st.integers(1, 200), when=moments)
+    def killed_and_resumed(chunk_rows: int, chunks: int, data: st.DataObject, kind: str,
+                           row_group: int, when: list[tuple[int, int]]) -> None:
+        rows = (chunks - 1) * chunk_rows + data.draw(st.integers(1, chunk_rows), label="last_chunk_rows")
+        records = frame(rows, seed=rows)
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            source, output = write_input(records, Path(tmp) / "in", kind, row_group), Path(tmp) / "out"
+            for started, delay_ms in when:
+                left = chunks - checkpointed(output)
+                if not left:
+                    break
+                child = ScoringChild(context, source, output, chunk_rows)
+                if child.until(min(started, left)):
+                    time.sleep(delay_ms / 1000)
+                if child.kill():
+                    kills.append(child.chunks_started)
+            resume_at = checkpointed(output)
+            child = ScoringChild(context, source, output, chunk_rows)
+            child.finish()
+            assert child.chunks_started == chunks - resume_at  # no checkpointed chunk scored again
+            success = json.loads((output / SUCCESS).read_text())["result"]
+            assert (success["rows"], success["chunks"]) == (rows, chunks)
+            scored = pl.read_parquet(sorted(output.glob("part-*.parquet")))
+            ids = scored["id"].to_list()
+            assert Counter(ids) == Counter(records["id"].to_list())  # none missing, none doubled
+            assert ids == records["id"].to_list()  # and in input order
+            expected = records["count"].to_numpy() * 2.0 + (records["colour"] == "red").to_numpy()
+            assert scored["prediction"].to_list() == expected.tolist()
+            assert sorted(p.name for p in output.iterdir()) == sorted(
+                [CHECKPOINT, SUCCESS, *(part_name(i) for i in range(chunks))])
+
+    killed_and_resumed()
+    assert len(kills) >= 20, f"only {len(kills)} kills landed on a child while it was scoring"
+    print(f"{len(kills)} kills landed, after 1-{max(kills)} chunks started")
 
 
 def test_a_failed_write_is_not_covered_by_a_later_checkpoint(tmp_path: Path,
@@ -465,7 +556,7 @@ def test_a_regression_model_writes_values_without_probability(tmp_path: Path) ->
 # --- S3 ------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_s3_input_and_output_resume_after_a_failure(s3_server: S3Server, tmp_path: Path) -> None:  # noqa: F811
+def test_s3_input_and_output_resume_after_a_failure(s3_server: S3Server, tmp_path: Path) -> None:
     bucket = s3_server.bucket(f"batch-{uuid.uuid4().hex[:8]}")
     data = frame(250, seed=21)
     s3_server.client().upload_file(write_input(data, tmp_path / "in", row_group=64), bucket,

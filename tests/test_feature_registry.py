@@ -30,6 +30,17 @@ from loopline.errors import (
     InvalidFeatureDefinition,
 )
 from loopline.spec.sections.data import FeatureDtype
+from tests.test_feature_store import (
+    EXPRESSIONS as SET_EXPRESSIONS,
+)
+from tests.test_feature_store import (
+    SET_NAME,
+    SourceRow,
+    assert_holds_exactly,
+    property_spec,
+    sources,
+    write_source,
+)
 
 DTYPES: list[str] = list(get_args(FeatureDtype))
 EXPRESSIONS = ["a", "b", "a + 1", "a * b", "b - 2", "a / (b + 1)", "CASE WHEN a > 1 THEN 1 ELSE 0 END"]
@@ -302,3 +313,46 @@ def test_property_every_version_has_complete_metadata(
             assert re.fullmatch(r"[0-9a-f]{64}", feature.content_hash)
             assert isinstance(feature.tags, dict)
             assert str(uuid.UUID(feature.id)) == feature.id
+
+
+@PROPERTY
+@given(sources, st.integers(1, 30),
+       st.lists(st.tuples(st.sampled_from(sorted(SET_EXPRESSIONS)), st.booleans()), min_size=1,
+                max_size=6))
+def test_property_a_materialized_set_names_the_registered_version_of_each_feature(
+        rows: list[SourceRow], first_rows: int, steps: list[tuple[str, bool]]) -> None:
+    """Materialize a source that sometimes grows by a row, with a sequence of definitions of its
+    computed feature. A (definition, data) pair seen before is its set version again, untouched;
+    a new one is the next set version, and registers the definition as the feature's next version
+    only when it differs from the latest registered one (new data alone registers nothing). Every
+    manifest names registered versions with exactly the definitions the set was computed with.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        store = FeatureStore(Path(folder) / "store")
+        used = rows[:first_rows]
+        registered: list[str] = []  # the computed feature's versions, oldest first
+        sets: dict[tuple[str, int], tuple[int, int]] = {}  # -> (set version, feature version)
+        for index, (expr, grow) in enumerate(steps):
+            if grow and len(used) < len(rows):
+                used = rows[:len(used) + 1]
+            source = write_source(Path(folder) / "data", used, "parquet")
+            manifest = store.materialize(property_spec(Path(folder) / str(index), source, expr))
+            if (expr, len(used)) not in sets:
+                if not registered or registered[-1] != expr:
+                    registered.append(expr)
+                sets[expr, len(used)] = (len(sets) + 1, len(registered))
+            set_version, feature_version = sets[expr, len(used)]
+            assert manifest.version == set_version
+            assert manifest.feature_versions == {"derived": str(feature_version), "amount": "1",
+                                                 "visits": "1"}
+            assert_holds_exactly(store, manifest.version, used, expr)
+            for ref in manifest.features:
+                found = store.get_feature(ref.name, ref.version)
+                assert (found.expr, found.dtype, found.content_hash) == (ref.expr, ref.dtype,
+                                                                         ref.content_hash)
+            assert (store.get_feature("derived", feature_version).expr,
+                    store.get_feature("derived", feature_version).dtype) == (expr, SET_EXPRESSIONS[expr][0])
+        assert [store.get_feature("derived", version).expr
+                for version in store.registry.versions("derived")] == registered
+        assert store.registry.versions("amount") == store.registry.versions("visits") == [1]
+        assert store.versions(SET_NAME) == list(range(1, len(sets) + 1))

@@ -1,19 +1,27 @@
 """Materialized feature sets on a local folder: versioned, immutable, deduplicated, committed by
-their manifest only, and safe under concurrent writers; point-in-time training sets.
+their manifest only, and safe under concurrent writers; point-in-time training sets; and the
+same as Hypothesis properties over generated sources (run on S3 by test_feature_store_s3.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 import loopline.data.feature_sets
 from loopline.data.feature_store import FeatureSetManifest, FeatureStore
@@ -423,3 +431,200 @@ def test_training_set_uses_only_values_observed_by_each_rows_time(
     unknown = pl.DataFrame({"patient_id": [1], "observed_on": [seen[0]]})
     assert store.training_set(spec.name, unknown).select(spec.feature_names).null_count().row(0) \
         == (1,) * len(spec.feature_names)
+
+
+# --- properties of materialized sets ------------------------------------------------------------
+#
+# Hypothesis writes a small source (entities observed on days, two numbers and a label) as CSV or
+# parquet and a spec with one computed feature over it; the expected rows are computed here in
+# Python, never by the store. tests/test_feature_store_s3.py runs the same checks on moto's S3.
+
+PROPERTY = settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+FIRST_DAY = date(2026, 1, 1)
+SET_NAME = "fs-property"
+# (SQL expression, dtype, the same in Python): what the computed feature may be.
+EXPRESSIONS: dict[str, tuple[str, Callable[[float, int], Any]]] = {
+    "amount * 2": ("float64", lambda amount, visits: amount * 2),
+    "amount + visits": ("float64", lambda amount, visits: amount + visits),
+    "visits * 3": ("int64", lambda amount, visits: visits * 3),
+    "CASE WHEN amount > 0 THEN 1 ELSE 0 END": ("int8", lambda amount, visits: int(amount > 0)),
+}
+FEATURES = ["derived", "amount", "visits"]
+PROPERTY_SPEC = """name: fs-property
+description: A feature set over data Hypothesis wrote.
+data:
+  source: {source}
+  target: label
+  entity_id: entity
+  event_time: seen_on
+  split: {{kind: random}}
+features:
+  - name: derived
+    expr: "{expr}"
+    dtype: {dtype}
+  - passthrough: [amount, visits]
+training:
+  metric: {{name: accuracy}}
+  algorithms:
+    - kind: logistic_regression
+gates:
+  model_card: {{intended_use: Testing.}}
+"""
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One row of a generated source: an entity as it was observed on a day."""
+
+    entity: int
+    day: int
+    amount: float
+    visits: int
+    label: int
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.entity, self.day
+
+
+source_rows = st.builds(SourceRow, entity=st.integers(1, 6), day=st.integers(0, 40),
+                        amount=st.floats(-1e6, 1e6, allow_nan=False, allow_subnormal=False),
+                        visits=st.integers(0, 10_000), label=st.integers(0, 1))
+# One row per entity and day: a point-in-time read of two rows at the same instant is ambiguous.
+sources = st.lists(source_rows, min_size=1, max_size=30, unique_by=lambda row: row.key)
+formats = st.sampled_from(["csv", "parquet"])
+expressions = st.sampled_from(sorted(EXPRESSIONS))
+
+
+def write_source(folder: Path, rows: list[SourceRow], fmt: str) -> Path:
+    """The rows as a CSV or parquet file in ``folder`` (replacing an earlier one)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = pl.DataFrame({
+        "entity": [row.entity for row in rows],
+        "seen_on": [FIRST_DAY + timedelta(days=row.day) for row in rows],
+        "amount": pl.Series([row.amount for row in rows], dtype=pl.Float64),
+        "visits": [row.visits for row in rows],
+        "label": [row.label for row in rows],
+    })
+    path = folder / f"source.{fmt}"
+    if fmt == "csv":
+        frame.write_csv(path)
+    else:
+        frame.write_parquet(path)
+    return path
+
+
+def property_spec(folder: Path, source: Path | str, expr: str = "amount * 2",
+                  name: str = "spec.yaml") -> Spec:
+    """The spec of the set over ``source`` whose computed feature is ``expr``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = PROPERTY_SPEC.format(source=source, expr=expr, dtype=EXPRESSIONS[expr][0])
+    return load_spec_with_source(write_spec(folder, text, name))
+
+
+def expected_rows(rows: list[SourceRow], expr: str = "amount * 2") -> pl.DataFrame:
+    """The set's rows as the spec defines them, computed without the store, by entity and day."""
+    dtype, compute = EXPRESSIONS[expr]
+    return pl.DataFrame({
+        "entity": [row.entity for row in rows],
+        "seen_on": [FIRST_DAY + timedelta(days=row.day) for row in rows],
+        "label": [row.label for row in rows],
+        "derived": pl.Series([compute(row.amount, row.visits) for row in rows],
+                             dtype={"float64": pl.Float64, "int64": pl.Int64, "int8": pl.Int8}[dtype]),
+        "amount": pl.Series([row.amount for row in rows], dtype=pl.Float64),
+        "visits": [row.visits for row in rows],
+    }).sort("entity", "seen_on")
+
+
+def assert_holds_exactly(store: FeatureStore, version: int, rows: list[SourceRow],
+                         expr: str = "amount * 2") -> None:
+    """Version ``version`` of the set reads back as exactly the rows of ``rows``, no more."""
+    manifest = store.manifest(SET_NAME, version)
+    assert manifest.row_count == len(rows)
+    read = store.read(SET_NAME, version)
+    assert read.columns == ["entity", "seen_on", "label", *FEATURES]
+    assert_frame_equal(read.sort("entity", "seen_on"), expected_rows(rows, expr), check_exact=True)
+
+
+def stored_bytes(store: FeatureStore, manifest: FeatureSetManifest) -> list[bytes]:
+    """The contents of a version's data files, in the manifest's order."""
+    return [store.storage.read_bytes(file) for file in manifest.files]
+
+
+def point_in_time_expected(rows: list[SourceRow], entity: int, day: int,
+                           expr: str = "amount * 2") -> tuple[Any, ...]:
+    """The features of ``entity``'s latest row observed on or before ``day`` (all None when it
+    has none), found by looking at every row.
+    """
+    seen = [row for row in rows if row.entity == entity and row.day <= day]
+    if not seen:
+        return (None,) * len(FEATURES)
+    latest = max(seen, key=lambda row: row.day)
+    return EXPRESSIONS[expr][1](latest.amount, latest.visits), latest.amount, latest.visits
+
+
+def check_materialized_sets(make_store: Callable[[str], FeatureStore], folder: Path,
+                            rows: list[SourceRow], new_row: SourceRow, fmt: str, expr: str,
+                            queries: list[tuple[int, int]]) -> None:
+    """Every property of materialized sets, on stores ``make_store(prefix)`` gives (distinct
+    prefixes are distinct, empty stores): exact read-back, the same data as the same version
+    with the same bytes, a new source row as a new version beside an unchanged old one, and
+    point-in-time reads.
+    """
+    store = make_store("first")
+    source = write_source(folder / "data", rows, fmt)
+    spec = property_spec(folder, source, expr)
+    v1 = store.materialize(spec)
+    assert (v1.version, store.versions(SET_NAME)) == (1, [1])
+    assert_holds_exactly(store, 1, rows, expr)
+    v1_bytes = stored_bytes(store, v1)
+
+    # The same data again, here or in another store: the same version, the same bytes.
+    assert store.materialize(spec) == v1
+    assert store.versions(SET_NAME) == [1]
+    elsewhere = make_store("second")
+    twin = elsewhere.materialize(property_spec(folder / "again", source, expr))
+    assert (twin.version, twin.fingerprint, twin.row_count) == (1, v1.fingerprint, v1.row_count)
+    assert stored_bytes(elsewhere, twin) == v1_bytes
+
+    # Point in time: each query sees the latest row of its entity observed by then, never later.
+    entities = pl.DataFrame({"entity": [entity for entity, _ in queries],
+                             "seen_on": [FIRST_DAY + timedelta(days=day) for _, day in queries]})
+    joined = store.training_set(SET_NAME, entities)
+    assert joined.select("entity", "seen_on").equals(entities)
+    assert joined.select(FEATURES).rows() == [point_in_time_expected(rows, entity, day, expr)
+                                              for entity, day in queries]
+
+    # A new source row: a new version with it, and the old version exactly as it was.
+    grown = write_source(folder / "data", [*rows, new_row], fmt)
+    v2 = store.materialize(property_spec(folder / "grown", grown, expr))
+    assert (v2.version, store.versions(SET_NAME)) == (2, [1, 2])
+    assert v2.fingerprint != v1.fingerprint and not set(v2.files) & set(v1.files)
+    assert_holds_exactly(store, 2, [*rows, new_row], expr)
+    assert store.manifest(SET_NAME, 1) == v1
+    assert stored_bytes(store, v1) == v1_bytes
+    assert_holds_exactly(store, 1, rows, expr)
+
+    # The old data once more is the old version again.
+    write_source(folder / "data", rows, fmt)
+    assert store.materialize(property_spec(folder / "back", source, expr)) == v1
+    assert store.versions(SET_NAME) == [1, 2]
+
+
+@st.composite
+def materialized_cases(draw: st.DrawFn) -> dict[str, Any]:
+    rows = draw(sources)
+    taken = {row.key for row in rows}
+    new_row = draw(source_rows.filter(lambda row: row.key not in taken), label="new_row")
+    queries = draw(st.lists(st.tuples(st.integers(0, 7), st.integers(-3, 45)), min_size=1,
+                            max_size=20), label="queries")  # entities 0 and 7 are unknown
+    return {"rows": rows, "new_row": new_row, "fmt": draw(formats), "expr": draw(expressions),
+            "queries": queries}
+
+
+@PROPERTY
+@given(case=materialized_cases())
+def test_property_materialized_sets_read_back_exactly_and_stay_immutable(case: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        check_materialized_sets(lambda prefix: FeatureStore(folder / prefix), folder, **case)

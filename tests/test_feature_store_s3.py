@@ -1,18 +1,22 @@
-"""The feature store on S3, against moto's real S3 server: materialization, the registry,
-atomic commits, concurrent writers, missing credentials, and bad input that writes nothing.
+"""The feature store on S3, against moto's real S3 server: materialization (and the properties of
+materialized sets over generated sources), the registry, atomic commits, concurrent writers,
+missing credentials, and bad input that writes nothing.
 
 Every test uses its own bucket.
 """
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
 from polars.testing import assert_frame_equal
 
 from blocks.storage import FeatureStoreStorage
@@ -28,7 +32,8 @@ from loopline.errors import DuplicateFeature, InvalidSpec, MissingCredentials
 from loopline.spec.model import Spec
 from loopline.storage import Storage
 from tests.conftest import demo_spec_text, write_spec
-from tests.s3 import S3Server, s3_server  # noqa: F401
+from tests.s3 import S3Server
+from tests.test_feature_store import check_materialized_sets, materialized_cases
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +43,7 @@ RATIO = "mean_area / (mean_perimeter + 1)"
 
 
 @pytest.fixture
-def bucket(s3_server: S3Server, request: pytest.FixtureRequest) -> str:  # noqa: F811
+def bucket(s3_server: S3Server, request: pytest.FixtureRequest) -> str:
     """A fresh, empty bucket named after the test."""
     stem = request.node.name.lower().replace("_", "-")
     stem = "".join(c for c in stem if c.isalnum() or c == "-")[:40].strip("-")
@@ -46,7 +51,7 @@ def bucket(s3_server: S3Server, request: pytest.FixtureRequest) -> str:  # noqa:
 
 
 @pytest.fixture
-def store(s3_server: S3Server, bucket: str) -> FeatureStore:  # noqa: F811
+def store(s3_server: S3Server, bucket: str) -> FeatureStore:
     """A feature store under ``s3://<bucket>/store``."""
     return FeatureStore(Storage(f"s3://{bucket}/store", s3_server.credentials()))
 
@@ -68,7 +73,7 @@ def _sorted(frame: pl.DataFrame) -> pl.DataFrame:
 # --- materialization ----------------------------------------------------------------------------
 
 
-def test_materialize_on_s3_matches_local(store: FeatureStore, s3_server: S3Server,  # noqa: F811
+def test_materialize_on_s3_matches_local(store: FeatureStore, s3_server: S3Server,
                                          bucket: str, make_spec: Callable[..., Spec],
                                          tmp_path: Path) -> None:
     spec = make_spec()
@@ -107,6 +112,31 @@ def test_materialize_on_s3_matches_local(store: FeatureStore, s3_server: S3Serve
     assert fresh.manifest(SET) == changed
 
 
+# Each example talks to moto over HTTP some 60 times (listings, conditional PUTs, parquet reads),
+# so the S3 run of the properties is smaller than the local one (100 examples there).
+S3_EXAMPLES = 30
+
+
+@settings(max_examples=S3_EXAMPLES, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                           HealthCheck.too_slow])
+@given(case=materialized_cases())
+def test_property_materialized_sets_on_s3(s3_server: S3Server, bucket: str,
+                                          case: dict[str, Any]) -> None:
+    """tests/test_feature_store.py's properties of materialized sets, with the stores on S3 (one
+    fresh prefix per example): exact read-back, the same data as the same version with the same
+    bytes, a new source row as a new version beside an unchanged old one, point-in-time reads.
+    """
+    example = uuid.uuid4().hex[:8]
+
+    def make_store(prefix: str) -> FeatureStore:
+        return FeatureStore(Storage(f"s3://{bucket}/{example}/{prefix}", s3_server.credentials()))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        check_materialized_sets(make_store, Path(tmp), **case)
+    keys = s3_server.keys(bucket, f"{example}/")
+    assert keys and all(key.startswith((f"{example}/first/", f"{example}/second/")) for key in keys)
+
+
 # --- the registry -------------------------------------------------------------------------------
 
 
@@ -141,7 +171,7 @@ def test_registry_on_s3(store: FeatureStore) -> None:
 # --- atomicity ----------------------------------------------------------------------------------
 
 
-def test_unpublished_data_is_invisible(store: FeatureStore, s3_server: S3Server,  # noqa: F811
+def test_unpublished_data_is_invisible(store: FeatureStore, s3_server: S3Server,
                                        bucket: str, make_spec: Callable[..., Spec]) -> None:
     committed = store.materialize(make_spec())
     # A writer that crashes after writing its data but before publishing the manifest.
@@ -155,7 +185,7 @@ def test_unpublished_data_is_invisible(store: FeatureStore, s3_server: S3Server,
     assert store.read(SET).height == 569
 
 
-def test_publish_is_one_conditional_put(store: FeatureStore, s3_server: S3Server,  # noqa: F811
+def test_publish_is_one_conditional_put(store: FeatureStore, s3_server: S3Server,
                                         bucket: str) -> None:
     storage = store.storage
     first = b'{"whole": true}'
@@ -170,7 +200,7 @@ def test_publish_is_one_conditional_put(store: FeatureStore, s3_server: S3Server
 # --- concurrent writers -------------------------------------------------------------------------
 
 
-def test_concurrent_feature_updates(store: FeatureStore, s3_server: S3Server,  # noqa: F811
+def test_concurrent_feature_updates(store: FeatureStore, s3_server: S3Server,
                                     bucket: str) -> None:
     store.create_feature("ratio", FeatureDefinition(expr="mean_area / 2", dtype="float64"),
                          FeatureMetadata(author="seed"))
@@ -195,7 +225,7 @@ def test_concurrent_feature_updates(store: FeatureStore, s3_server: S3Server,  #
                     **{f"writer-{i}": f"mean_area / {i + 3}" for i in range(6)}}
 
 
-def test_concurrent_materializations(store: FeatureStore, s3_server: S3Server,  # noqa: F811
+def test_concurrent_materializations(store: FeatureStore, s3_server: S3Server,
                                      bucket: str, make_spec: Callable[..., Spec]) -> None:
     # v1 first, so every feature is registered: the race under test is the manifest's. (Racing
     # first registrations of a feature is test_concurrent_first_materializations, below.)
@@ -232,7 +262,7 @@ def test_concurrent_materializations(store: FeatureStore, s3_server: S3Server,  
     assert len(registered) == 4
 
 
-def test_concurrent_first_materializations(store: FeatureStore, s3_server: S3Server,  # noqa: F811
+def test_concurrent_first_materializations(store: FeatureStore, s3_server: S3Server,
                                            bucket: str, make_spec: Callable[..., Spec],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     # Two writers materialize different specs into an empty store. B looks its features up
@@ -263,7 +293,7 @@ def test_concurrent_first_materializations(store: FeatureStore, s3_server: S3Ser
 # --- missing credentials ------------------------------------------------------------------------
 
 
-def test_missing_credentials(s3_server: S3Server, bucket: str,  # noqa: F811
+def test_missing_credentials(s3_server: S3Server, bucket: str,
                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
@@ -289,13 +319,13 @@ def test_missing_credentials(s3_server: S3Server, bucket: str,  # noqa: F811
 # --- through the flow ---------------------------------------------------------------------------
 
 
-def _save_block(s3_server: S3Server, bucket: str) -> None:  # noqa: F811
+def _save_block(s3_server: S3Server, bucket: str) -> None:
     FeatureStoreStorage(root_uri=f"s3://{bucket}/store", endpoint_url=s3_server.endpoint_url,
                         access_key_id="testing", secret_access_key="testing",
                         ).save(BLOCK, overwrite=True)
 
 
-def test_bad_input_writes_nothing(prefect_harness: None, s3_server: S3Server,  # noqa: F811
+def test_bad_input_writes_nothing(prefect_harness: None, s3_server: S3Server,
                                   bucket: str, demo_csv: Path, tmp_path: Path) -> None:
     from flows.materialize_features import materialize_features
 
@@ -318,7 +348,7 @@ def test_bad_input_writes_nothing(prefect_harness: None, s3_server: S3Server,  #
         assert s3_server.keys(bucket) == []
 
 
-def test_flow_materializes_to_s3(prefect_harness: None, s3_server: S3Server,  # noqa: F811
+def test_flow_materializes_to_s3(prefect_harness: None, s3_server: S3Server,
                                  bucket: str, demo_csv: Path, tmp_path: Path) -> None:
     from flows.materialize_features import materialize_features
 

@@ -1,12 +1,17 @@
-"""The live routing state and the canary's steps, without a server: split ratios hold, entities
-stick, changes reach other workers' connections, the bandit learns, and the canary advances or
-rolls back by its bounds.
+"""The live routing state and the canary's steps, without a server: split ratios hold, a request
+keeps its variant across calls, routers and processes, changes reach other workers' connections,
+the bandit learns, and the canary advances or rolls back by its bounds.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loopline.serving.canary import MIN_JUDGED_REQUESTS, CanaryWatch, StepWindow, judge, next_state
-from loopline.serving.routing import Router, RoutingStore, initial_state, unit_point
+from loopline.serving.routing import Router, RoutingStore, initial_state
 from loopline.spec.sections.release import (
     ABRouting,
     BanditRouting,
@@ -24,6 +29,7 @@ from loopline.spec.sections.release import (
     SingleRouting,
 )
 
+REPO = Path(__file__).resolve().parent.parent
 SHARES = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0, allow_nan=False))
 
 
@@ -54,19 +60,99 @@ def test_the_challenger_gets_its_share_of_requests_within_binomial_bounds(
     store.close()
 
 
+# Each worker hashes with its own seed (PYTHONHASHSEED): an assignment that leaned on Python's
+# salted hash() would differ between them, as it does between a service's workers.
+WORKER = """
+import json, sys
+from loopline.serving.routing import Router, RoutingStore
+for line in sys.stdin:
+    request = json.loads(line)
+    store = RoutingStore(request["store"])
+    print(json.dumps([Router(store).assign(key)[0].variant for key in request["keys"]]), flush=True)
+    store.close()
+"""
+
+
+class Workers:
+    """Child Python processes, each assigning keys with its own Router on a shared store."""
+
+    def __init__(self, folder: Path, hash_seeds: list[str]) -> None:
+        self.folder = folder
+        self.logs = [(folder / f"worker-{seed}.log").open("w") for seed in hash_seeds]
+        self.processes = [
+            subprocess.Popen([sys.executable, "-c", WORKER], cwd=REPO, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                             env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": seed})
+            for seed, log in zip(hash_seeds, self.logs, strict=True)]
+
+    def assign(self, store: Path, keys: list[str]) -> list[list[str]]:
+        """Each worker's variants for ``keys``, in order."""
+        request = json.dumps({"store": str(store), "keys": keys}) + "\n"
+        for process in self.processes:
+            assert process.stdin is not None
+            process.stdin.write(request)
+            process.stdin.flush()
+        answers = []
+        for process in self.processes:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            if not line:
+                logs = "".join(log.read_text() for log in self.folder.glob("worker-*.log"))
+                raise AssertionError(f"a worker exited ({process.poll()}):\n{logs[-4000:]}")
+            answers.append(json.loads(line))
+        return answers
+
+    def close(self) -> None:
+        for process, log in zip(self.processes, self.logs, strict=True):
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.close()
+            process.wait(timeout=60)
+            process.stdout.close()
+            log.close()
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    started = Workers(tmp_path_factory.mktemp("workers"), hash_seeds=["1", "2"])
+    yield started
+    started.close()
+
+
 @settings(max_examples=100)
-@given(keys=st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=30),
+@given(keys=st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=30, unique=True),
+       share=SHARES)
+def test_a_request_keeps_its_variant_across_calls_routers_and_processes(
+    tmp_path_factory: pytest.TempPathFactory, workers: Workers, keys: list[str], share: float
+) -> None:
+    folder = tmp_path_factory.mktemp("sticky")
+    store = store_at(folder, ABRouting(kind="ab", challenger_share=share))
+    router = Router(store)
+    first = [router.assign(key)[0].variant for key in keys]
+    assert [router.assign(key)[0].variant for key in reversed(keys)] == first[::-1]
+    other = RoutingStore(folder / "routing.sqlite")  # another worker's connection and Router
+    assert [Router(other).assign(key)[0].variant for key in keys] == first
+    for variants in workers.assign(folder / "routing.sqlite", keys):
+        assert variants == first
+    if share in (0.0, 1.0):  # the children read the share from the shared file, too
+        assert set(first) == {"challenger" if share == 1.0 else "champion"}
+    other.close()
+    store.close()
+
+
+@settings(max_examples=100)
+@given(keys=st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=30, unique=True),
        low=SHARES, high=SHARES)
-def test_a_key_keeps_its_variant_and_a_growing_share_never_moves_challengers_back(
-    keys: list[str], low: float, high: float
+def test_a_growing_share_never_moves_a_challenger_back(
+    tmp_path_factory: pytest.TempPathFactory, keys: list[str], low: float, high: float
 ) -> None:
     low, high = sorted((low, high))
-    for key in keys:
-        point = unit_point(key)
-        assert 0.0 <= point < 1.0 and point == unit_point(key)
-        on_low = point < low
-        on_high = point < high
-        assert not on_low or on_high
+    store = store_at(tmp_path_factory.mktemp("grow"), ABRouting(kind="ab", challenger_share=low))
+    router = Router(store)
+    on_low = {key for key in keys if router.assign(key)[0].variant == "challenger"}
+    store.replace(store.read().model_copy(update={"challenger_share": high}))
+    on_high = {key for key in keys if router.assign(key)[0].variant == "challenger"}
+    assert on_low <= on_high
+    store.close()
 
 
 def test_a_change_by_one_connection_reaches_the_next_read_of_another(tmp_path: Path) -> None:

@@ -17,14 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loopline.spec.loader import (
-    dump_spec,
-    dump_yaml,
-    parse_path,
-    parse_yaml,
-    render_path,
-    validate_data,
-)
+from loopline.spec.loader import dump_spec, validate_data
 from loopline.spec.model import Spec
 from loopline.spec.sections.base import (
     COLUMN_PATTERN,
@@ -36,6 +29,7 @@ from loopline.spec.sections.base import (
     parse_margin,
 )
 from loopline.spec.sections.training import COST_OBJECTIVES, metrics_for
+from loopline.spec.yaml_io import dump_yaml, parse_path, parse_yaml, render_path
 
 PROPERTY_SETTINGS = settings(
     max_examples=100, database=None, suppress_health_check=[HealthCheck.too_slow]
@@ -464,19 +458,13 @@ def test_next_line_character_survives_a_dump() -> None:
     assert _valid(parsed.data).description == "first\x85second"
 
 
-def _tagged_by_a_key(path: tuple[str | int, ...], mapping: dict[str, Any]) -> bool:
-    """A union member whose tag is one of its own keys: a passthrough entry or a search
-    distribution. Stray keys there are reported at the wrong path (a known bug, pinned by the
-    golden files passthrough_stray_key.yaml and search_option_typo.yaml)."""
-    return "passthrough" in mapping or (len(path) >= 2 and path[-2] == "search")
-
-
 def _mappings(data: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
-    """The path of every mapping in ``data`` (but those tagged by a key)."""
+    """The path of every mapping in ``data``, those tagged by one of their own keys included (a
+    passthrough entry, a search distribution: see the golden files passthrough_stray_key.yaml and
+    search_option_typo.yaml)."""
     found: list[tuple[str | int, ...]] = []
     if isinstance(data, dict):
-        if not _tagged_by_a_key(path, data):
-            found.append(path)
+        found.append(path)
         for key, value in data.items():
             found += _mappings(value, (*path, key))
     elif isinstance(data, list):
