@@ -94,23 +94,19 @@ def test_absolute_margin_on_a_maximized_metric(candidate: float, passed: bool) -
     assert check.required == ">= 0.9100"
 
 
-@pytest.mark.parametrize(("candidate", "passed"), [(0.26, True), (0.28, False), (0.35, False)])
-def test_relative_margin_on_a_minimized_metric(candidate: float, passed: bool) -> None:
-    # log_loss improves downwards: +10% of 0.3 means at most 0.27.
-    decision = evaluate_gates(gates(champion_margin={"log_loss": "+10%"}),
+# log_loss improves downwards: +10% of 0.3 means at most 0.27, +0.05 at most 0.25.
+@pytest.mark.parametrize(("margin", "candidate", "passed", "required"), [
+    ("+10%", 0.26, True, "<= 0.2700"), ("+10%", 0.28, False, "<= 0.2700"),
+    ("+10%", 0.35, False, "<= 0.2700"), ("+0.05", 0.24, True, "<= 0.2500"),
+    ("+0.05", 0.26, False, "<= 0.2500"),
+])
+def test_margins_on_a_minimized_metric(margin: str, candidate: float, passed: bool,
+                                       required: str) -> None:
+    decision = evaluate_gates(gates(champion_margin={"log_loss": margin}),
                               {"log_loss": candidate}, champion={"log_loss": 0.3})
     check = only_check(decision, "log_loss", "champion_margin")
     assert check.passed is passed
-    assert check.required == "<= 0.2700"
-
-
-@pytest.mark.parametrize(("candidate", "passed"), [(0.24, True), (0.26, False)])
-def test_absolute_margin_on_a_minimized_metric(candidate: float, passed: bool) -> None:
-    decision = evaluate_gates(gates(champion_margin={"log_loss": "+0.05"}),
-                              {"log_loss": candidate}, champion={"log_loss": 0.3})
-    check = only_check(decision, "log_loss", "champion_margin")
-    assert check.passed is passed
-    assert check.required == "<= 0.2500"
+    assert check.required == required
 
 
 def test_regression_metrics_follow_their_direction() -> None:

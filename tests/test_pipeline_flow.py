@@ -4,12 +4,27 @@ should in the feature store, MLflow and BentoML; bad input leaves nothing."""
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
 from pathlib import Path
 
 import mlflow
 import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
+from prefect import get_client
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+    FlowRunFilterParentTaskRunId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
 
 from loopline.data.feature_store import FeatureStore
 from loopline.errors import DataValidationFailed, InvalidSpec
@@ -111,6 +126,55 @@ def test_a_worse_candidate_is_not_registered(first_and_second_run, tmp_path: Pat
     assert not result.gate_passed
     assert result.model_version is None and result.bento_tag is None
     assert ModelRegistry().champion("tumor-malignancy").version == 2
+
+
+def flow_run_tree(client: SyncPrefectClient, root: FlowRun) -> list[FlowRun]:
+    """``root`` and every subflow run below it, as the Prefect server recorded them."""
+    tree, frontier = [root], [root.id]
+    while frontier:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)))
+        tree += children
+        frontier = [child.id for child in children]
+    return tree
+
+
+def task_runs_per_flow_run(client: SyncPrefectClient, tree: list[FlowRun], task: str
+                           ) -> Counter[str]:
+    """How many runs of the task named ``task`` each flow run of ``tree`` recorded."""
+    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+        id=FlowRunFilterId(any_=[run.id for run in tree])))
+    # A task run is named after its task, with a random suffix.
+    return Counter(str(run.flow_run_id) for run in runs if run.name.rsplit("-", 1)[0] == task)
+
+
+def test_a_pipeline_run_reads_its_spec_once_and_configures_tracking_once_per_flow_run(
+        first_and_second_run) -> None:
+    """Counted on the server: ``load-spec`` (which parses the spec and opens its source) runs
+    once in a pipeline run with its train and promote subflows, and every one of those flow
+    runs points MLflow at the store exactly once, in a ``configure-tracking`` step.
+    """
+    with get_client(sync_client=True) as client:
+        roots = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["loopline-pipeline"])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])),
+                parent_task_run_id=FlowRunFilterParentTaskRunId(is_null_=True)))
+        assert len(roots) >= 2  # this module's first and second runs, at least
+        for root in roots:
+            tree = flow_run_tree(client, root)
+            names = sorted(client.read_flow(run.flow_id).name for run in tree)
+            assert len(tree) > 1, names  # a train or sweep subflow, at least
+            # Task runs reach the server as events, a moment after they ran: wait for them.
+            deadline = time.monotonic() + 60
+            while True:
+                loads = task_runs_per_flow_run(client, tree, "load-spec")
+                tracking = task_runs_per_flow_run(client, tree, "configure-tracking")
+                if (loads and len(tracking) == len(tree)) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert loads == Counter({str(root.id): 1}), (names, loads)
+            assert tracking == Counter({str(run.id): 1 for run in tree}), (names, tracking)
 
 
 @pytest.mark.parametrize(

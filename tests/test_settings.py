@@ -16,7 +16,7 @@ from loopline.settings import current_settings, worker_name
 from loopline.spec.sections.training import Sweep
 from loopline.state import StatePaths
 from loopline.storage import S3Credentials, Storage
-from loopline.training.sweep import storage_for
+from loopline.training.sweep.study import storage_for
 from tasks.serving import prediction_log_uri
 from tests.conftest import demo_spec_text, write_spec
 

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from loopline.errors import InvalidSpec, SpecProblem
-from loopline.spec.loader import dump_spec, load_spec, parse_path, parse_yaml, validate_data
+from loopline.spec.loader import dump_spec, load_spec, validate_data
 from loopline.spec.model import Spec
+from loopline.spec.yaml_io import parse_path, parse_yaml
 
 SPECS = Path(__file__).parent / "specs"
 VALID = sorted((SPECS / "valid").glob("*.yaml"))

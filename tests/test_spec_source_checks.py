@@ -13,7 +13,8 @@ import pytest
 
 from loopline.data.source_check import load_spec_with_source
 from loopline.errors import InvalidSpec, SpecProblem
-from loopline.spec.loader import dump_yaml, load_spec, parse_path, parse_yaml
+from loopline.spec.loader import load_spec
+from loopline.spec.yaml_io import dump_yaml, parse_path, parse_yaml
 
 DEMO_SPEC = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 

@@ -19,7 +19,7 @@ from loopline.errors import InvalidSpec
 from loopline.release.registry import ModelRegistry
 from loopline.spec.loader import load_spec
 from loopline.state import state_paths
-from loopline.training.sweep import FINISHED, open_study, storage_for, study_name
+from loopline.training.sweep.study import FINISHED, open_study, storage_for, study_name
 from loopline.training.tracking import configure_tracking
 from tests.conftest import demo_spec_text, write_spec
 
