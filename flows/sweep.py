@@ -14,6 +14,7 @@ from loopline.spec.model import Spec
 from loopline.training.queueing import run_timeout_seconds
 from loopline.training.sweep.leaderboard import SweepSummary
 from tasks.features import read_manifest
+from tasks.run_timeout import repeat_timeout_alarm
 from tasks.spec import check_resources, load_and_validate_spec
 from tasks.sweep import (
     prepare_sweep,
@@ -38,7 +39,7 @@ class SweepOutcome:
 
 
 @flow(name="loopline-sweep", log_prints=True, timeout_seconds=run_timeout_seconds(),
-      on_failure=[requeue_with_backoff])
+      on_failure=[requeue_with_backoff], on_running=[repeat_timeout_alarm])
 def sweep(spec_path: str = "configs/demo.yaml", storage_block: str | None = None,
           feature_set_version: int | None = None, parent_run_id: str | None = None,
           spec: Spec | None = None) -> SweepOutcome:

@@ -13,6 +13,7 @@ from loopline.spec.model import Spec
 from loopline.training.modeling.candidates import best_index
 from loopline.training.queueing import run_timeout_seconds
 from tasks.features import read_manifest
+from tasks.run_timeout import repeat_timeout_alarm
 from tasks.spec import check_resources, load_and_validate_spec
 from tasks.tracking import configure_mlflow_tracking
 from tasks.training import (
@@ -35,7 +36,7 @@ class TrainingOutcome:
 
 
 @flow(name="loopline-train", log_prints=True, timeout_seconds=run_timeout_seconds(),
-      on_failure=[requeue_with_backoff])
+      on_failure=[requeue_with_backoff], on_running=[repeat_timeout_alarm])
 def train(spec_path: str = "configs/demo.yaml", storage_block: str | None = None,
           feature_set_version: int | None = None, parent_run_id: str | None = None,
           spec: Spec | None = None) -> TrainingOutcome:
