@@ -24,7 +24,7 @@ import pytest
 
 from loopline.training.queueing import PROCESS_POOL, TRAINING_POOL
 from tests.conftest import REPO
-from tests.servers import VENV_BIN, free_port, http_ok, start, stop, wait_for
+from tests.servers import VENV_BIN, default_signals, free_port, http_ok, start, stop, wait_for
 
 POOL = PROCESS_POOL
 FINISHED = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
@@ -169,7 +169,7 @@ class Worker:
                        "--limit", str(limit), *(["--name", name] if name else [])]
             self.processes.append(subprocess.Popen(
                 command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **env},
-                cwd=REPO, start_new_session=True))
+                cwd=REPO, start_new_session=True, preexec_fn=default_signals))
         self.process = self.processes[0]
 
     def stop(self) -> None:

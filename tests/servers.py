@@ -28,12 +28,25 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def default_signals() -> None:
+    """``preexec_fn`` of every server and worker: SIGINT and SIGTERM do what they normally do.
+
+    A child inherits an ignored signal, and a Prefect worker stops by sending itself SIGINT: with
+    SIGINT ignored in the test process (some libraries do that for good, Lightning after a
+    KeyboardInterrupt in a fit), every worker ignored its SIGTERM and each stop waited out its
+    timeout, 20 s a process.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def start(command: list[str], log: Path, env: dict[str, str] | None = None,
           cwd: Path | None = None) -> subprocess.Popen[bytes]:
     """Start ``command`` in a new process group, its output going to ``log``."""
     handle = log.open("wb")
     return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+                            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+                            preexec_fn=default_signals)
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
