@@ -391,7 +391,7 @@ def _pruning(work: Path, quick: bool, command: str) -> dict[str, Any]:
     best_f1 = {side: statistics.median(r["best"] for r in runs[side]) for side in runs}
     best_difference = best_f1["median"] - best_f1["none"]
     return entry(
-        loopline_runs=ours, peer_runs=theirs, digits=2, unit="s (training, all trials)",
+        loopline_runs=ours, peer_runs=theirs, digits=3, unit="s (training, all trials)",
         higher_is_better=False,
         peer_name="the same sweep without pruning",
         rows=rows, command=command, load_avg_1m_at_start=load_at_start,

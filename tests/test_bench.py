@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,20 @@ def assert_well_formed(item: dict[str, Any], command: str, repeats: int = 1) -> 
         assert item[side] == item[f"{side}_median"]
         assert item[side] == pytest.approx(statistics.median(runs), rel=1e-3)
         assert item[f"{side}_best"] == (max(runs) if item["higher_is_better"] else min(runs))
-    ratio = (item["loopline"] / item["peer"] if item["higher_is_better"]
-             else item["peer"] / item["loopline"])
-    assert item["advantage"] == pytest.approx(ratio, rel=0.01, abs=0.01)
+    # The advantage comes from the exact medians, the recorded medians are rounded: it must lie
+    # between the ratios at the ends of the rounding intervals (widened by its own rounding).
+    half = 0.5 * 10 ** -max(decimals(value) for side in ("loopline", "peer")
+                            for value in (item[side], *item[f"{side}_runs"]))
+    top, bottom = ((item["loopline"], item["peer"]) if item["higher_is_better"]
+                   else (item["peer"], item["loopline"]))
+    low, high = (top - half) / (bottom + half), (top + half) / max(bottom - half, 1e-12)
+    assert low - 0.005 <= item["advantage"] <= high + 0.005, (item["advantage"], low, high)
+
+
+def decimals(value: float) -> int:
+    """The decimals a recorded figure shows (at most the digits it was rounded to)."""
+    exponent = Decimal(repr(float(value))).normalize().as_tuple().exponent
+    return max(0, -int(exponent))
 
 
 def run_quick(names: list[str], results: Path) -> dict[str, dict[str, Any]]:
@@ -75,6 +87,16 @@ def test_an_entry_reports_the_medians_and_compares_them() -> None:
                    load_avg_1m_at_start=0.5, digits=0)
     assert (faster["loopline"], faster["loopline_best"], faster["peer_best"]) == (950, 1001, 300)
     assert faster["advantage"] == 4.75 and faster["loopline_runs"] == [900, 1001]
+
+
+def test_the_advantage_of_rounded_figures_is_checked_within_their_rounding() -> None:
+    # The exact medians give 0.99x; rounded to two decimals both sides read 0.62 (CI saw this).
+    close = entry(loopline_runs=[0.6249], peer_runs=[0.6151], unit="s", higher_is_better=False,
+                  peer_name="p", rows=1, command="c", load_avg_1m_at_start=0.0, digits=2)
+    assert (close["loopline"], close["peer"], close["advantage"]) == (0.62, 0.62, 0.98)
+    assert_well_formed(close, "c")
+    with pytest.raises(AssertionError):
+        assert_well_formed({**close, "advantage": 1.05}, "c")
 
 
 def test_an_entry_refuses_figures_it_computes_itself() -> None:
