@@ -190,6 +190,22 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_table(results: dict[str, dict[str, Any]]) -> str:
+    """The table the top-level README quotes: each workload's medians, advantage, the commit
+    and the load it ran at (tests/test_docs.py holds the README to it).
+    """
+    lines = ["| workload | loopline | peer | unit | advantage | commit | load | date |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for workload, item in sorted(results.items()):
+        better = "higher is better" if item["higher_is_better"] else "lower is better"
+        lines.append(
+            f"| `{workload}` | {number(item['loopline'])} | {number(item['peer'])} "
+            f"({item['peer_name']}) | {item['unit']} ({better}) | {item['advantage']:.2f}x "
+            f"| {item.get('commit', '?')} | {item.get('load_avg_1m_at_start', '?')} "
+            f"| {item['date']} |")
+    return "\n".join(lines) + "\n"
+
+
 def record(path: Path, entries: dict[str, dict[str, Any]]) -> Path:
     """Merge ``entries`` into the results file and re-render its Markdown table; returns the
     table's path.

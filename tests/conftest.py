@@ -22,10 +22,11 @@ from tests.ci import IN_CI
 # each test module would be one instance per module (a server started again for every module).
 pytest_plugins = [
     "tests.browser",
+    "tests.postgres",  # before tests.head_start, which imports it
+    "tests.head_start",  # before tests.demo_state, which imports it
     "tests.demo_state",
     "tests.mlflow_server",
     "tests.mlflow_store",
-    "tests.postgres",
     "tests.prefect_server",
     "tests.s3",
     "tests.scale_out",

@@ -1,5 +1,6 @@
 """``make demo`` (``scripts/demo.py``) run once per session, in a fresh state folder on embedded
-defaults. ``tests/test_demo.py`` checks what it printed and left behind; the UI tier
+defaults, in the background from the start of the session (tests/head_start.py).
+``tests/test_demo.py`` checks what it printed and left behind; the UI tier
 (``tests/test_ui_e2e.py``) opens what it left in the Prefect and MLflow UIs, as its last lines
 tell a person to, and carries the loop on from there (drift, retraining).
 
@@ -9,18 +10,12 @@ tests/conftest.py): tests ask for it by name.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-
-#: The demo trains the demo spec's two candidates, builds and serves a Bento, and deploys.
-DEMO_TIMEOUT_S = 900
+from tests.head_start import finished
 
 
 @dataclass(frozen=True)
@@ -49,16 +44,10 @@ class Demo:
 
 
 @pytest.fixture(scope="session")
-def made_demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
+def made_demo() -> Demo:
     """``scripts/demo.py`` run to its end, as ``make demo`` runs it, in a state folder of its
-    own; fails with its output unless it succeeded.
+    own (ahead of the tests, by tests/head_start.py); fails with its output unless it succeeded.
     """
-    home = tmp_path_factory.mktemp("demo") / "state"
-    env = {**os.environ, "LOOPLINE_HOME": str(home), "PREFECT_HOME": str(home / "prefect"),
-           "BENTOML_HOME": str(home / "bentoml"), "PWD": str(REPO)}
-    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        env.pop(key, None)
-    done = subprocess.run([sys.executable, "scripts/demo.py"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=DEMO_TIMEOUT_S, check=False)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
-    return Demo(home=home, env=env, stdout=done.stdout)
+    run = finished("demo")
+    assert run.returncode == 0, run.output_tail()
+    return Demo(home=run.home, env=run.env, stdout=run.stdout)

@@ -8,8 +8,6 @@ import json
 import math
 import multiprocessing
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -36,9 +34,9 @@ from loopline.batch.scoring import (
 from loopline.errors import BatchCheckpointMismatch, BatchChunkFailed, DataSourceError
 from loopline.training.modeling.preprocess import TabularPreprocessor
 from loopline.training.modeling.tabular_model import SklearnPredictor, TabularModel
+from tests.head_start import Finished
 from tests.s3 import S3Server
 
-REPO = Path(__file__).resolve().parent.parent
 FEATURES = ["height", "count", "colour"]
 COLOURS = ["red", "green", "blue", "teal"]
 
@@ -580,12 +578,10 @@ def test_s3_input_and_output_resume_after_a_failure(s3_server: S3Server, tmp_pat
 
 # --- the benchmark ---------------------------------------------------------------------------------
 
-def test_the_benchmark_runs_at_its_quick_size(tmp_path: Path) -> None:
-    results = tmp_path / "results.json"
-    done = subprocess.run([sys.executable, "-m", "bench", "batch", "--quick", "--results", str(results)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-4000:]
-    item = json.loads(results.read_text())["batch.vs_direct_predict"]
+@pytest.mark.head_start("bench-batch")
+def test_the_benchmark_runs_at_its_quick_size(head_start: Finished) -> None:
+    assert head_start.returncode == 0, head_start.output_tail(4000)
+    item = json.loads(head_start.results.read_text())["batch.vs_direct_predict"]
     assert item["unit"] == "rows/s" and item["higher_is_better"] is True and item["rows"] == 100_000
     assert item["loopline"] > 0 and item["peer"] > 0 and item["loopline_peak_mb"] > 0
     assert item["command"] == "python -m bench batch --quick"

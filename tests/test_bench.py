@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import re
 import statistics
-import subprocess
-import sys
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -20,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from bench.results import REQUIRED, entry, render
+from bench.results import REQUIRED, entry, record, render
+from tests.head_start import Finished
 from tests.postgres import Postgres
 
-REPO = Path(__file__).resolve().parent.parent
 COMMIT = re.compile(r"[0-9a-f]{7,40}(-dirty)?")
 
 
@@ -59,11 +57,10 @@ def decimals(value: float) -> int:
     return max(0, -int(exponent))
 
 
-def run_quick(names: list[str], results: Path) -> dict[str, dict[str, Any]]:
-    done = subprocess.run([sys.executable, "-m", "bench", *names, "--quick", "--results", str(results)],
-                          cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
-    assert done.returncode == 0, done.stderr[-4000:]
-    data: dict[str, dict[str, Any]] = json.loads(results.read_text())
+def quick_results(run: Finished) -> dict[str, dict[str, Any]]:
+    """The entries a ``python -m bench NAME --quick`` run (tests/head_start.py) recorded."""
+    assert run.returncode == 0, run.output_tail(4000)
+    data: dict[str, dict[str, Any]] = json.loads(run.results.read_text())
     return data
 
 
@@ -181,34 +178,47 @@ def test_the_plain_torch_peer_collates_as_loopline_and_must_learn_as_well() -> N
 
 # --- every benchmark end to end at its quick size ----------------------------------------------------
 
-def test_features_quick_records_an_entry_and_a_table(tmp_path: Path) -> None:
-    workload = "features.materialize_10m_vs_pandas"
+def test_recording_keeps_the_other_entries_and_renders_the_table(tmp_path: Path) -> None:
     results = tmp_path / "results.json"
     other = {"loopline": 4.2, "peer": 61.0, "unit": "s", "higher_is_better": False,
              "peer_name": "a peer 1.0", "advantage": 14.52, "rows": 10, "machine": "2 cores, 24 GiB",
              "date": "2026-11-23", "command": "python -m bench other"}
     results.write_text(json.dumps({"other.workload": other}))
-    data = run_quick(["features"], results)
+    item = entry(loopline_runs=[2.0], peer_runs=[3.0], unit="s", higher_is_better=False,
+                 peer_name="a peer 2.0", rows=5, command="python -m bench w",
+                 load_avg_1m_at_start=0.1)
+    table = record(results, {"w.workload": item}).read_text()
 
-    assert data["other.workload"] == other  # other entries are kept
+    data = json.loads(results.read_text())
+    assert data == {"other.workload": other, "w.workload": item}  # other entries are kept
+    assert "| `other.workload` |" in table and "python -m bench other" in table
+    row = next(line for line in table.splitlines() if line.startswith("| `w.workload`"))
+    assert "a peer 2.0" in row and "1.50x" in row and item["commit"] in row
+
+
+@pytest.mark.head_start("bench-features")
+def test_features_quick_records_an_entry_and_a_table(head_start: Finished) -> None:
+    workload = "features.materialize_10m_vs_pandas"
+    data = quick_results(head_start)
+
     item = data[workload]
     assert_well_formed(item, "python -m bench features --quick")
     assert item["unit"] == "rows/s" and item["higher_is_better"] is True
     assert item["rows"] == 20_000 and item["peer_name"].startswith("pandas ")
     assert item["loopline_peak_mb"] > 0 and item["peer_peak_mb"] > 0
 
-    table = (tmp_path / "results.md").read_text()
+    table = (head_start.folder / "results.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith(f"| `{workload}`"))
     assert item["peer_name"] in row and f"{item['advantage']:.2f}x" in row
     assert item["commit"] in row
     assert "python -m bench features --quick" in table
-    assert "| `other.workload` |" in table and "python -m bench other" in table
 
 
+@pytest.mark.head_start("bench-sweep")
 @pytest.mark.slow  # four short sweeps, each with its own worker processes
 def test_sweep_quick_records_parallelism_with_and_without_startup_and_pruning(
-        tmp_path: Path) -> None:
-    data = run_quick(["sweep"], tmp_path / "results.json")
+        head_start: Finished) -> None:
+    data = quick_results(head_start)
 
     with_startup = data["sweep.two_workers_vs_one"]
     without = data["sweep.two_workers_vs_one_without_startup"]
@@ -235,9 +245,10 @@ def test_sweep_quick_records_parallelism_with_and_without_startup_and_pruning(
         assert key in pruning
 
 
+@pytest.mark.head_start("bench-training")
 @pytest.mark.slow  # two short trainings, each in its own process
-def test_training_quick_records_a_fair_peer(tmp_path: Path) -> None:
-    data = run_quick(["training"], tmp_path / "results.json")
+def test_training_quick_records_a_fair_peer(head_start: Finished) -> None:
+    data = quick_results(head_start)
 
     item = data["training.lightning_vs_plain_torch"]
     assert_well_formed(item, "python -m bench training --quick")
@@ -251,9 +262,10 @@ def test_training_quick_records_a_fair_peer(tmp_path: Path) -> None:
     assert item["val_f1_difference"] == 0 and item["f1_tolerance"] == 0.01
 
 
+@pytest.mark.head_start("bench-serving")
 @pytest.mark.slow  # two pipeline runs, then three servers under load in turn
-def test_serving_quick_records_all_four_workloads(tmp_path: Path) -> None:
-    data = run_quick(["serving"], tmp_path / "results.json")
+def test_serving_quick_records_all_four_workloads(head_start: Finished) -> None:
+    data = quick_results(head_start)
 
     workloads = ("serving.ab_vs_single_bento", "serving.ab_vs_mlflow_serve",
                  "serving.ab_added_median_ms", "serving.p95_ms_at_max_load")
@@ -288,11 +300,12 @@ def test_serving_quick_records_all_four_workloads(tmp_path: Path) -> None:
     assert p95["loopline_concurrency"] == max(clean)
 
 
+@pytest.mark.head_start("bench-orchestration")
 @pytest.mark.slow  # the ephemeral Prefect server, then short flows of tasks
-def test_orchestration_quick_records_three_workloads(tmp_path: Path) -> None:
+def test_orchestration_quick_records_three_workloads(head_start: Finished) -> None:
     from bench.orchestration import FLOW_SIDES
 
-    data = run_quick(["orchestration"], tmp_path / "results.json")
+    data = quick_results(head_start)
 
     per_task = data["orchestration.task_vs_bare_prefect"]
     plain = data["orchestration.prefect_vs_plain_python_per_task"]
@@ -324,10 +337,11 @@ def test_orchestration_quick_records_three_workloads(tmp_path: Path) -> None:
         frame["bare_no_cache_ms_per_task"] / frame["loopline"], rel=0.01, abs=0.01)
 
 
+@pytest.mark.head_start("bench-sweep-storage")
 @pytest.mark.slow  # five short sweeps, each with its own worker processes
 def test_sweep_storage_quick_records_the_postgresql_workloads(
-        tmp_path: Path, postgres: Postgres) -> None:
-    data = run_quick(["sweep-storage"], tmp_path / "results.json")
+        head_start: Finished, postgres: Postgres) -> None:
+    data = quick_results(head_start)
 
     sides = {"sweep.postgresql_vs_sqlite_two_workers": ("postgresql, 2", "sqlite, 2"),
              "sweep.postgresql_vs_journal_two_workers": ("postgresql, 2", "journal, 2"),

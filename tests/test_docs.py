@@ -5,6 +5,7 @@ deployments, parameters, work pools and screenshots.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shlex
 from pathlib import Path
@@ -38,6 +39,16 @@ def test_readme_quick_start_matches_the_makefile() -> None:
         assert f"make {target}" in readme
         assert f"\n{target}:" in makefile
     assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_readme_quotes_the_recorded_benchmarks() -> None:
+    from bench.results import readme_table
+
+    results = json.loads((REPO / "bench" / "results.json").read_text())
+    assert readme_table(results) in (REPO / "README.md").read_text(), (
+        "README.md's benchmark table differs from bench/results.json: paste "
+        "`python -c 'import json; from bench.results import readme_table; "
+        "print(readme_table(json.load(open(\"bench/results.json\"))))'`")
 
 
 def test_example_specs_validate() -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,8 +23,8 @@ from bench.results import REQUIRED
 from loopline.monitoring.drift import STATTESTS, DriftReport, detect_drift, evidently_html
 from loopline.monitoring.drift.evidently_report import data_definition, evidently_results, preset_options
 from loopline.spec.sections.operations import DriftSpec
+from tests.head_start import Finished
 
-REPO = Path(__file__).resolve().parent.parent
 SCORE_RTOL = 1e-9
 
 
@@ -163,12 +161,10 @@ def test_samples_are_seeded_and_without_replacement() -> None:
 
 
 # About 15 s: 20k rows x 50 features a side, Evidently included (under 30 s: not marked slow).
-def test_bench_drift_quick_records_an_entry_with_matching_verdicts(tmp_path: Path) -> None:
-    results = tmp_path / "results.json"
-    done = subprocess.run([sys.executable, "-m", "bench", "drift", "--quick", "--results", str(results)],
-                          cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
-    assert done.returncode == 0, done.stderr[-4000:]
-    item = json.loads(results.read_text())["drift.vs_evidently_1m_x50"]
+@pytest.mark.head_start("bench-drift")
+def test_bench_drift_quick_records_an_entry_with_matching_verdicts(head_start: Finished) -> None:
+    assert head_start.returncode == 0, head_start.output_tail(4000)
+    item = json.loads(head_start.results.read_text())["drift.vs_evidently_1m_x50"]
     assert set(REQUIRED) <= set(item)
     assert item["rows"] == 20_000 and item["features"] == 50
     assert item["unit"] == "s" and item["higher_is_better"] is False

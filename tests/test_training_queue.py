@@ -244,9 +244,9 @@ def test_a_failing_run_is_retried_with_growing_delays(queue_server: dict[str, st
     spec = write_spec(tmp_path, logistic_spec_text(demo_csv, "never-materialized", 1.0, {
         "  metric: {name: f1, direction: maximize}\n":
             "  metric: {name: f1, direction: maximize}\n"
-            "  queue: {retries: 2, retry_backoff: 5s, retry_backoff_max: 1h}\n"}), "failing.yaml")
-    schedule = RunPolicy(retries=2, retry_backoff_s=5.0).schedule()
-    assert schedule == [5.0, 10.0]
+            "  queue: {retries: 2, retry_backoff: 3s, retry_backoff_max: 1h}\n"}), "failing.yaml")
+    schedule = RunPolicy(retries=2, retry_backoff_s=3.0).schedule()
+    assert schedule == [3.0, 6.0]
     worker = Worker(env, tmp_path / "worker.log", pool=TRAINING_POOL, limit=4)
     try:
         first = submit(env, spec)
@@ -267,7 +267,7 @@ def test_a_failing_run_is_retried_with_growing_delays(queue_server: dict[str, st
     waits = []
     for (failed, retry), delay in zip(pairwise(runs), schedule, strict=True):
         # Queued at least the backoff after the failure (plus the hook's own latency, far
-        # below the 5 s between the two delays), and not started before its time.
+        # below the 3 s between the two delays), and not started before its time.
         wait = (at(retry["expected_start_time"]) - at(failed["end_time"])).total_seconds()
         assert wait >= delay, (wait, delay, tail(worker))
         assert at(retry["start_time"]) >= at(retry["expected_start_time"])
