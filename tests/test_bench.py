@@ -2,8 +2,9 @@
 what an entry reports, and every benchmark run end to end at its quick size, which proves its
 code path and the shape of its entries; no timing is asserted.
 
-``batch`` and ``drift`` run at their quick size in tests/test_batch_scoring.py and
-tests/test_drift_vs_evidently.py.
+The quick runs start in the background when the tests are collected (tests/head_start.py);
+the tests here read what each recorded. ``batch`` and ``drift`` are read in
+tests/test_batch_scoring.py and tests/test_drift_vs_evidently.py.
 """
 
 from __future__ import annotations
