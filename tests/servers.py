@@ -32,9 +32,9 @@ def default_signals() -> None:
     """``preexec_fn`` of every server and worker: SIGINT and SIGTERM do what they normally do.
 
     A child inherits an ignored signal, and a Prefect worker stops by sending itself SIGINT: with
-    SIGINT ignored in the test process (some libraries do that for good, Lightning after a
-    KeyboardInterrupt in a fit), every worker ignored its SIGTERM and each stop waited out its
-    timeout, 20 s a process.
+    SIGINT ignored in the test process (a shell does that for the jobs it starts in the
+    background; Lightning does it for good after a KeyboardInterrupt in a fit), every worker
+    ignored its SIGTERM and each stop waited out its timeout, 20 s a process.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
