@@ -221,16 +221,18 @@ def finished(name: str) -> Finished:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Move the tests that need a run to the end, keeping their order (and the others')."""
-    for item in items:
-        unknown = [name for name in jobs_of(item) if name not in JOBS]
+    needs = {item: jobs_of(item) for item in items}
+    for item, names in needs.items():
+        unknown = [name for name in names if name not in JOBS]
         if unknown:
             raise pytest.UsageError(f"{item.nodeid}: no head-start run {unknown}; known: {list(JOBS)}")
-    items[:] = ([item for item in items if not jobs_of(item)]
-                + [item for item in items if jobs_of(item)])
+    items.sort(key=lambda item: bool(needs[item]))  # a stable sort: both groups keep their order
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the runs the selected tests need, in the order those tests run."""
+    if session.config.option.collectonly:
+        return
     names = list(dict.fromkeys(name for item in session.items for name in jobs_of(item)))
     if any(JOBS[name].needs_postgres for name in names):
         # Started here, before any test: a benchmark that found the cluster down would start it
