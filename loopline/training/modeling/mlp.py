@@ -282,7 +282,10 @@ def train_mlp(params: dict[str, Any], trainer: TrainerSettings, task: Task,
             fit.fit(module, datamodule=data)
         finally:
             gc.unfreeze()
-        if checkpoint is not None and checkpoint.best_model_path:
+        # Lightning broadcasts rank 0's checkpoint folder to every rank, and rank 0 removes it
+        # when it leaves this block: another rank reading it raced rank 0 (and lost under
+        # load). Only rank 0's network is the result; the others only report their batches.
+        if checkpoint is not None and checkpoint.best_model_path and fit.global_rank == 0:
             state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
             module.load_state_dict(state["state_dict"])
     network: nn.Module = module.network.cpu().float().eval()
