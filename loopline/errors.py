@@ -261,3 +261,11 @@ class PrefectApiUnreachable(LooplineError):
     """The Prefect API (``PREFECT_API_URL``) did not answer."""
 
     http_status = 503
+
+
+class LiveStateUnavailable(LooplineError):
+    """The shared live state (``LOOPLINE_SERVING_STATE``'s PostgreSQL) could not be reached, even
+    after reconnecting once.
+    """
+
+    http_status = 503

@@ -12,6 +12,9 @@ variables, a compose file or a Kubernetes ConfigMap sets it for every flow run a
                                    PostgreSQL with artifacts on S3) instead of SQLite
 ``LOOPLINE_OPTUNA_STORAGE``        a ``postgresql://`` URL: every sweep's study lives there,
                                    whatever ``training.sweep.storage`` says
+``LOOPLINE_SERVING_STATE``         a ``postgresql://`` URL: served models keep their live state
+                                   (routing split, canary step, nudges, bandit rewards) there,
+                                   shared by every replica (unset: a SQLite file per model)
 ``LOOPLINE_SWEEP_WORKERS``         ``processes`` (default: ``parallelism`` local processes) or
                                    ``work-pool`` (``parallelism`` runs of the ``sweep-trials``
                                    deployment, picked up by any worker of its pool)
@@ -39,6 +42,7 @@ from typing import Literal
 from loopline.errors import InvalidSettings
 
 OPTUNA_STORAGE = "LOOPLINE_OPTUNA_STORAGE"
+SERVING_STATE = "LOOPLINE_SERVING_STATE"
 SWEEP_WORKERS = "LOOPLINE_SWEEP_WORKERS"
 STORAGE_BLOCK = "LOOPLINE_STORAGE_BLOCK"
 PREDICTION_LOG_ROOT = "LOOPLINE_PREDICTION_LOG_ROOT"
@@ -59,12 +63,15 @@ class Settings:
         sweep_workers: where a sweep's ``parallelism`` trial streams run.
         storage_block: the default FeatureStoreStorage block; None: the local feature store.
         prediction_log_root: the default prediction log root; None: the state folder.
+        serving_state: the PostgreSQL URL served models share their live state in; None: a
+            SQLite file per model, on the machine that serves it.
     """
 
     optuna_storage: str | None = None
     sweep_workers: SweepWorkers = "processes"
     storage_block: str | None = None
     prediction_log_root: str | None = None
+    serving_state: str | None = None
 
 
 def current_settings() -> Settings:
@@ -79,6 +86,12 @@ def current_settings() -> Settings:
         raise InvalidSettings(f"{OPTUNA_STORAGE}={storage!r}: must be a postgresql:// URL "
                               "(e.g. postgresql://user:password@host:5432/optuna), or unset "
                               "to use the spec's training.sweep.storage")
+    serving_state = os.environ.get(SERVING_STATE) or None
+    if serving_state is not None and not _POSTGRES_URL.match(serving_state):
+        raise InvalidSettings(f"{SERVING_STATE}={redacted(serving_state)!r}: must be a "
+                              "postgresql:// URL (e.g. postgresql://user:password@host:5432/serving) "
+                              "shared by every replica, or unset to keep each served model's live "
+                              "state in a SQLite file on its machine")
     workers = os.environ.get(SWEEP_WORKERS) or "processes"
     if workers not in _SWEEP_WORKERS:
         raise InvalidSettings(f"{SWEEP_WORKERS}={workers!r}: must be one of "
@@ -86,7 +99,13 @@ def current_settings() -> Settings:
     root = os.environ.get(PREDICTION_LOG_ROOT) or None
     return Settings(optuna_storage=storage, sweep_workers=workers,
                     storage_block=os.environ.get(STORAGE_BLOCK) or None,
-                    prediction_log_root=root.rstrip("/") if root else None)
+                    prediction_log_root=root.rstrip("/") if root else None,
+                    serving_state=serving_state)
+
+
+def redacted(value: str) -> str:
+    """``value`` with a URL's password replaced by ``***``, so an error message keeps no secret."""
+    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", value)
 
 
 def worker_name() -> str:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from loopline.data.source_check import load_spec_with_source
 from loopline.errors import InvalidSettings
+from loopline.serving.live_state import live_state_location
 from loopline.settings import current_settings, worker_name
 from loopline.spec.sections.training import Sweep
 from loopline.state import StatePaths
@@ -21,7 +22,7 @@ from tasks.serving import prediction_log_uri
 from tests.conftest import demo_spec_text, write_spec
 
 SWITCHES = ("LOOPLINE_OPTUNA_STORAGE", "LOOPLINE_SWEEP_WORKERS", "LOOPLINE_STORAGE_BLOCK",
-            "LOOPLINE_PREDICTION_LOG_ROOT", "LOOPLINE_WORKER_NAME")
+            "LOOPLINE_PREDICTION_LOG_ROOT", "LOOPLINE_WORKER_NAME", "LOOPLINE_SERVING_STATE")
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +34,7 @@ def no_switches(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unset_means_the_laptop_defaults(tmp_path: Path) -> None:
     found = current_settings()
     assert (found.optuna_storage, found.sweep_workers, found.storage_block,
-            found.prediction_log_root) == (None, "processes", None, None)
+            found.prediction_log_root, found.serving_state) == (None, "processes", None, None, None)
     paths = StatePaths(tmp_path)
     assert storage_for(Sweep(), paths, "study") == f"sqlite:///{tmp_path / 'optuna' / 'study.db'}"
 
@@ -55,6 +56,35 @@ def test_an_optuna_storage_that_is_not_postgresql_is_refused(value: str) -> None
         patch.setenv("LOOPLINE_OPTUNA_STORAGE", value)
         with pytest.raises(InvalidSettings, match=r"LOOPLINE_OPTUNA_STORAGE=.*postgresql://"):
             current_settings()
+
+
+def test_the_serving_state_setting_moves_every_models_live_state(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert live_state_location("churn", tmp_path) == str(tmp_path / "churn" / "live-state.sqlite")
+    for url in ("postgresql://user:secret@db:5432/serving",
+                "postgresql+psycopg2://user:secret@db:5432/serving"):
+        monkeypatch.setenv("LOOPLINE_SERVING_STATE", url)
+        assert current_settings().serving_state == url
+        assert live_state_location("churn", tmp_path) == live_state_location("fraud", tmp_path) == url
+
+
+@settings(max_examples=100)
+@given(value=st.text(min_size=1, max_size=40).filter(
+    lambda v: "\x00" not in v and not v.startswith("postgresql")))
+def test_a_serving_state_that_is_not_postgresql_is_refused(value: str) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LOOPLINE_SERVING_STATE", value)
+        with pytest.raises(InvalidSettings,
+                           match=r"LOOPLINE_SERVING_STATE=.*postgresql://.*or unset") as refused:
+            current_settings()
+    assert ":secret@" not in str(refused.value)
+
+
+def test_a_refused_serving_state_does_not_show_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOOPLINE_SERVING_STATE", "postgres://user:hunter2@db:5432/serving")
+    with pytest.raises(InvalidSettings, match=r"'postgres://user:\*\*\*@db:5432/serving'") as refused:
+        current_settings()
+    assert "hunter2" not in str(refused.value)
 
 
 @settings(max_examples=100)

@@ -1,6 +1,6 @@
 """What a running service is told while it serves: feedback on earlier predictions (labels, and
 rewards the bandit counts) and changes of the live routing. Both apply to the next request of
-every worker, through the shared :class:`~loopline.serving.routing.RoutingStore`.
+every worker and replica, through the shared :class:`~loopline.serving.live_state.LiveStateStore`.
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import logging
 
 from loopline.errors import InvalidRoutingChange
 from loopline.serving.bento_config import FeedbackRequest, FeedbackResponse, RoutingUpdate
+from loopline.serving.live_state import LiveStateStore, RoutingState
 from loopline.serving.prediction_log import FeedbackLogWriter, FeedbackRecord
-from loopline.serving.routing import RoutingState, RoutingStore
 
 logger = logging.getLogger("loopline.serving")
 
 
 def record_feedback(feedback: FeedbackRequest, feedback_log: FeedbackLogWriter,
-                    store: RoutingStore) -> FeedbackResponse:
+                    store: LiveStateStore) -> FeedbackResponse:
     """Log a label and/or reward for an earlier prediction; a reward counts for the variant that
     answered (the one named, else the one the store remembers for the request id).
     """
@@ -31,7 +31,7 @@ def record_feedback(feedback: FeedbackRequest, feedback_log: FeedbackLogWriter,
     return FeedbackResponse(request_id=feedback.request_id, logged=True, bandit_updated=updated)
 
 
-def change_routing(store: RoutingStore, update: RoutingUpdate, *, has_challenger: bool
+def change_routing(store: LiveStateStore, update: RoutingUpdate, *, has_challenger: bool
                    ) -> RoutingState:
     """Set the challenger's share (a ``single`` routing given a share becomes ``ab``; a canary
     runs again with a share, and is rolled back with none); returns the stored state.
