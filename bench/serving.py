@@ -48,6 +48,10 @@ Workload ids:
     p95 latency (ms, lower is better) of ``/predict/ab`` at its highest error-free concurrency
     vs the single Bento's p95 at its own (goal: loopline < 100 ms).
 
+Then the swap benchmark (``bench/swaps.py``: ``serving.swap_errors_under_load``,
+``serving.swap_p99_ms``, ``serving.promotion_to_full_traffic_s``) runs on the same registry and
+Bento: promotions and rollbacks under steady load against a restart of the plain Bento.
+
 Run as a script, ``python -m bench.serving setup WORK`` is the set-up child process: it runs the
 pipeline flows with the state folder under ``WORK`` and prints one JSON line describing what was
 built.
@@ -72,6 +76,7 @@ from typing import Any
 
 import httpx
 
+from bench import swaps
 from bench.results import entry, load_average
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,9 +91,14 @@ P95_AT_MAX = "serving.p95_ms_at_max_load"
 
 #: Concurrency levels, seconds per level, unrecorded warm-up seconds, runs per side.
 SIZES: dict[str, dict[str, Any]] = {
-    "full": {"levels": [1, 2, 4, 8, 16, 32, 64], "duration": 4.0, "warmup": 3.0, "repeats": 3},
-    "quick": {"levels": [1, 4, 16], "duration": 0.5, "warmup": 0.5, "repeats": 1},
+    "full": {"levels": [1, 2, 4, 8, 16, 32, 64], "duration": 4.0, "warmup": 3.0, "repeats": 3,
+             "swaps": 20, "restarts": 3, "steady": 8.0},
+    "quick": {"levels": [1, 4, 16], "duration": 0.5, "warmup": 0.5, "repeats": 1,
+              "swaps": 2, "restarts": 1, "steady": 2.0},
 }
+#: The most client threads the swap benchmark's load uses (threads, unlike bench.loadgen's
+#: asyncio, cost the shared cores more per request).
+SWAP_CONCURRENCY_CAP = 16
 SIDES = ("loopline", "single", "mlflow")
 #: The loopline side's routing: what ``/predict/ab`` follows.
 ROUTING = "{kind: ab, challenger_share: 0.5}"
@@ -464,6 +474,8 @@ def run(quick: bool = False, command: str = "python -m bench serving") -> dict[s
                     f" p95 {line['p95_ms']:.2f} ms" + (f" ({line['errors']} errors)"
                                                        if line["errors"] else "")
                     for line in levels) + (f"; max {top['throughput']:.0f}/s" if top else ""))
+        swap_concurrency = min(highest_clean_concurrency(runs["loopline"]), SWAP_CONCURRENCY_CAP)
+        ours, peers = measure_swaps(built, env, size, work, swap_concurrency)
         load_at_end = load_average()
     loopline_checks = checks["loopline"]
     if any(check["routing"] != ("ab", 0.5) for check in loopline_checks):
@@ -489,7 +501,65 @@ def run(quick: bool = False, command: str = "python -m bench serving") -> dict[s
         "loopline_version": version("loopline"), "bentoml_version": version("bentoml"),
         "mlflow_version": version("mlflow"),
     }
-    return entries(runs, common, command)
+    swap_common = {
+        "load_avg_1m_at_start": load_at_start, "swaps": size["swaps"],
+        "restarts": size["restarts"], "concurrency": swap_concurrency,
+        "steady_seconds": size["steady"], "follow_interval_s": 10.0,
+        "request": "one record, JSON, POST /predict",
+        "load_generator": "bench.swaps (httpx threads, keep-alive), own process, closed loop, "
+                          "on the same cores",
+        "how": "loopline: the champion alias alternates v2/v1 (transition_stage + nudge, as the "
+               "promote flow and `loopline rollback` do); the peer restarts `bentoml serve` of "
+               "the plain single-model Bento with the other version on the same port",
+        "model": common["model"], "load_avg_1m_at_end": load_at_end,
+    }
+    return {**entries(runs, common, command),
+            **swaps.entries(ours, peers, swap_common, command)}
+
+
+def measure_swaps(built: dict[str, Any], env: dict[str, str], size: dict[str, Any], work: Path,
+                  concurrency: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The swap benchmark's runs (``bench/swaps.py``), alternating loopline and the restart peer
+    ``repeats`` times; the registry ends each loopline run with v1 champion (an even number of
+    swaps), as it began.
+    """
+    ours: list[dict[str, Any]] = []
+    peers: list[dict[str, Any]] = []
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    def start(version: int) -> subprocess.Popen[bytes]:
+        tag = built["champion_tag"] if version == 1 else built["challenger_tag"]
+        command, extra = side_command("single", {**built, "champion_tag": tag}, port)
+        log = work / f"restart-{port}-v{version}.log"
+        with log.open("ab") as handle:
+            process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
+                                       cwd=REPO, env={**env, **extra}, start_new_session=True)
+        deadline = time.monotonic() + READY_SECONDS
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    return process
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the single Bento v{version} did not start:\n"
+                                   f"{log.read_text()[-4000:]}")
+            time.sleep(0.1)
+
+    for attempt in range(size["repeats"]):
+        for side in ("loopline", "peer") if attempt % 2 == 0 else ("peer", "loopline"):
+            if side == "loopline":
+                with serve("loopline", built, env, work) as served, \
+                        swaps.promoter(MODEL, env) as promote:
+                    ours.append(swaps.measure_loopline(
+                        served + "/predict", built["record"], concurrency, size["swaps"],
+                        size["steady"], work, promote))
+            else:
+                peers.append(swaps.measure_restarts(start, _stop, url + "/predict",
+                                                    built["record"], concurrency,
+                                                    size["restarts"], work))
+            _log(f"swaps {attempt + 1}/{size['repeats']} {side}: "
+                 f"{(ours if side == 'loopline' else peers)[-1]}")
+    return ours, peers
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """The BentoML service that serves a loopline model: the champion, and the challenger when one is
 registered, routed by the spec's strategy.
 
-Its configuration (which versions, which features, routing, auth, prediction log) is read from
+Its configuration (features, routing, auth, prediction log, the registry it follows) is read from
 ``loopline_bento.json`` beside this file, written when the Bento is built from the spec and the
-registry. This file only wires: routing, fallback, canary decisions, shadow copies and the
-prediction log are :class:`loopline.serving.responder.Responder`'s, the API keys
-:class:`loopline.serving.auth.ApiKeyAuth`'s. Endpoints:
+registry. Each worker follows the registry's ``champion`` and ``challenger`` aliases while it
+serves (:class:`loopline.serving.following.RegistryFollower`): a new version is loaded in the
+background, warmed up and swapped in with no restart; with ``serving.follow.enabled: false`` it
+serves the versions copied into the Bento. This file only wires: routing, fallback, canary
+decisions, shadow copies and the prediction log are :class:`loopline.serving.responder.Responder`'s,
+the API keys :class:`loopline.serving.auth.ApiKeyAuth`'s. Endpoints:
 
 - ``POST /predict``: one record, answered by the champion (with a shadow copy to the
   challenger when the routing is ``shadow``).
@@ -13,8 +16,10 @@ prediction log are :class:`loopline.serving.responder.Responder`'s, the API keys
 - ``POST /predict/ab``: one record routed by the live strategy (ab, canary, shadow, bandit).
 - ``POST /feedback``: a label and/or reward for an earlier request id.
 - ``POST /admin/routing``: change the challenger's share while serving.
-- ``GET /health``: open to all, 200 with the loaded versions and the routing.
-- ``GET /metrics``: Prometheus (BentoML's own, plus loopline's per-variant series).
+- ``GET /health``: open to all, 200 with the served versions, the routing, and how following
+  the registry goes (``status: degraded`` while a version the registry names cannot be served).
+- ``GET /metrics``: Prometheus (BentoML's own, plus loopline's per-variant series, the served
+  versions and the background answers dropped).
 
 A request that does not match the schema gets HTTP 400 with pydantic's field-level ``detail``
 (BentoML's code for bad input; documented in docs/serving.md); a missing or wrong API key 401.
@@ -33,7 +38,10 @@ import bentoml
 from fastapi import FastAPI
 
 from loopline.errors import LooplineError
+from loopline.monitoring.alerting.alert import Alert
+from loopline.monitoring.alerting.delivery import deliver
 from loopline.serving.auth import ApiKeyAuth
+from loopline.serving.background import BackgroundScorer
 from loopline.serving.bento_config import (
     CONFIG_FILE,
     BentoConfig,
@@ -45,17 +53,24 @@ from loopline.serving.bento_config import (
     batch_request_model,
     request_model,
 )
-from loopline.serving.canary import registry_rollback_recorder
+from loopline.serving.canary import Decision, registry_rollback_recorder
+from loopline.serving.following import RegistryFollower, ServedModels
+from loopline.serving.live_state import open_live_state
 from loopline.serving.live_updates import change_routing, record_feedback
 from loopline.serving.prediction_log import FeedbackLogWriter, PredictionLogWriter
+from loopline.serving.registry_models import alias_resolver, version_loader
 from loopline.serving.responder import Responder
-from loopline.serving.routing import Router, RoutingState, RoutingStore, Variant, initial_state
+from loopline.serving.rollout import align_routing, routing_scope
+from loopline.serving.routing import Router, RoutingState, Variant
+from loopline.settings import current_settings
+from loopline.spec.sections.base import parse_duration
 from loopline.spec.sections.release import BanditRouting
 from loopline.storage import Storage
 
 CONFIG = BentoConfig.model_validate(json.loads((Path(__file__).parent / CONFIG_FILE).read_text()))
 PredictRequest = request_model(CONFIG)
 PredictBatchRequest = batch_request_model(CONFIG, PredictRequest)
+RECORD_ROLLBACK = registry_rollback_recorder(CONFIG)
 
 # BentoML logs every rejected request (400) with a traceback at ERROR; a bad request is the
 # client's problem, answered with field-level details, not a server error.
@@ -67,6 +82,11 @@ def _prefect_secret(name: str) -> Any:
     from prefect.blocks.system import Secret
 
     return Secret.load(name).get()  # type: ignore[union-attr]
+
+
+def _alert(alert: Alert) -> None:
+    """Send ``alert`` to the spec's notification channels (failures are logged, never raised)."""
+    deliver(alert, CONFIG.notifications, secret=_prefect_secret)
 
 
 @contextmanager
@@ -95,10 +115,13 @@ class TabularService:
     def __init__(self) -> None:
         # Score through the TabularModel directly: no per-request pandas frame.
         refs: dict[Variant, Any] = {"champion": self.champion_ref}
+        versions: dict[Variant, int] = {"champion": CONFIG.champion.version}
         if CONFIG.challenger is not None:
             refs["challenger"] = self.challenger_ref
-        models = {variant: bentoml.mlflow.load_model(ref).unwrap_python_model().model
-                  for variant, ref in refs.items()}
+            versions["challenger"] = CONFIG.challenger.version
+        built_in = ServedModels(
+            models={variant: bentoml.mlflow.load_model(ref).unwrap_python_model().model
+                    for variant, ref in refs.items()}, versions=versions)
         # Created here, in the worker, not at import: building a Bento imports this module, and
         # a second import in one process must not register the same metrics twice.
         labels = ["endpoint", "variant"]
@@ -112,21 +135,78 @@ class TabularService:
         self.errors = bentoml.metrics.Counter(
             name="loopline_prediction_errors_total",
             documentation="Failed model calls by endpoint and variant", labelnames=labels)
-        self.store = RoutingStore(CONFIG.routing_db)
-        self.store.initialize(initial_state(CONFIG.routing, CONFIG.challenger is not None))
+        self.dropped = bentoml.metrics.Counter(
+            name="loopline_background_dropped_total",
+            documentation="Background answers (shadow) dropped because the queue was full",
+            labelnames=["kind"])
+        self.served_version = bentoml.metrics.Gauge(
+            name="loopline_served_version", documentation="The registry version each variant "
+            "answers with in this worker (0: none)", labelnames=["variant"])
+        # LOOPLINE_SERVING_STATE where the service runs (replicas sharing PostgreSQL) wins.
+        location = current_settings().serving_state or CONFIG.live_state
+        self.store = open_live_state(location, routing_scope(CONFIG.model_name, CONFIG.routing))
+        self.nudges = open_live_state(location, CONFIG.model_name)
         bandit = CONFIG.routing if isinstance(CONFIG.routing, BanditRouting) else None
         storage, settings = Storage(CONFIG.prediction_log_uri), CONFIG.prediction_log
         self.prediction_log = PredictionLogWriter(storage, flush_rows=settings.flush_rows,
                                                   flush_seconds=settings.flush_seconds)
         self.feedback_log = FeedbackLogWriter(storage, flush_rows=settings.flush_rows,
                                               flush_seconds=settings.flush_seconds)
-        self.responder = Responder(CONFIG, models, Router(self.store, bandit), self.prediction_log,
-                                   observe=self._count,
-                                   on_rollback=registry_rollback_recorder(CONFIG))
+        self.background = BackgroundScorer(CONFIG.background_capacity,
+                                           on_drop=lambda kind: self.dropped.labels(kind=kind).inc())
+        self.follower: RegistryFollower | None = None
+        self.responder = Responder(CONFIG, lambda: self._served(), Router(self.store, bandit),
+                                   self.prediction_log, observe=self._count,
+                                   on_rollback=self._rolled_back,
+                                   background=self.background)
+        if CONFIG.follow.enabled and CONFIG.tracking_uri is not None:
+            self.follower = RegistryFollower(
+                built_in, resolve=alias_resolver(CONFIG.tracking_uri, CONFIG.model_name),
+                load=version_loader(CONFIG.tracking_uri, CONFIG.model_name),
+                warm_up=self.responder.warm_up,
+                interval_s=parse_duration(CONFIG.follow.interval).total_seconds(),
+                nudges=self.nudges.nudges, on_swap=self._swapped, on_problem=self._problem)
+            self.follower.check()  # the aliases of the moment, before the first request
+            self.follower.start()
+        else:
+            self._pinned = built_in
+        self._swapped(None, self._served())
+
+    def _served(self) -> ServedModels:
+        return self.follower.served if self.follower is not None else self._pinned
+
+    def _swapped(self, old: ServedModels | None, new: ServedModels) -> None:
+        """Start the spec's routing afresh for a new challenger; show the served versions."""
+        align_routing(self.store, CONFIG.routing, new)
+        for variant in ("champion", "challenger"):
+            self.served_version.labels(variant=variant).set(new.versions.get(variant, 0))
+
+    def _rolled_back(self, decision: Decision, version: int) -> None:
+        """A canary this worker rolled back: the challenger archived in the registry (which takes
+        its alias away), then every worker and replica nudged to stop serving it.
+        """
+        if RECORD_ROLLBACK is not None:
+            RECORD_ROLLBACK(decision, version)
+        self.nudges.nudge()
+        _alert(Alert(kind="canary_rolled_back", severity="high", model=CONFIG.model_name,
+                     title=f"the canary of v{version} rolled back",
+                     details={"version": version, "reason": decision.reason},
+                     subject=("canary", str(version))))
+
+    def _problem(self, problem: str) -> None:
+        """Tell the spec's channels that a version the registry names cannot be served."""
+        _alert(Alert(kind="serving_follow_failed", severity="high", model=CONFIG.model_name,
+                     title="the live service cannot serve what the registry names",
+                     details={"problem": problem}, subject=("follow",)))
 
     @bentoml.on_shutdown
     def close_logs(self) -> None:
-        """Write what the prediction and feedback logs still buffer before the worker exits."""
+        """Stop following; write what the background queue, the prediction and feedback logs
+        still hold before the worker exits.
+        """
+        if self.follower is not None:
+            self.follower.stop()
+        self.background.close()
         self.prediction_log.close()
         self.feedback_log.close()
 
@@ -156,20 +236,30 @@ class TabularService:
 
     @bentoml.api
     def feedback(self, req: FeedbackRequest, /) -> FeedbackResponse:
-        """Log a label and/or reward for an earlier prediction; a reward counts for the bandit."""
+        """Log a label and/or reward for an earlier prediction; a reward counts for the bandit, a
+        label for the challenger's paired answers (a canary's or a shadow's quality).
+        """
+        if req.label is not None:
+            self.responder.record_label(req.request_id, req.label)
         return record_feedback(req, self.feedback_log, self.store)
 
     @bentoml.api(route="/admin/routing")
     def set_routing(self, req: RoutingUpdate, /) -> RoutingState:
         """Change the challenger's share; the next request of every worker follows it."""
         with _http_errors():
-            return change_routing(self.store, req, has_challenger=CONFIG.challenger is not None)
+            return change_routing(self.store, req, has_challenger=self._served().has_challenger)
 
     @app.get("/health")
     def health(self) -> dict[str, Any]:
-        """Open to all: the loaded versions and the live routing."""
-        return {"status": "ok", "model_name": CONFIG.model_name,
-                "versions": dict(self.responder.versions), "routing": self.store.read().model_dump(),
+        """Open to all: the served versions, the live routing, how following the registry goes
+        (``degraded`` while what it names cannot be served), the background queue.
+        """
+        follow = (self.follower.status().__dict__ if self.follower is not None
+                  else {"status": "ok", "pinned": True})
+        return {"status": follow["status"], "model_name": CONFIG.model_name,
+                "versions": dict(self._served().versions), "follow": follow,
+                "routing": self.store.read().model_dump(),
+                "background": {"done": self.background.done, "dropped": self.background.dropped},
                 "prediction_log": self.prediction_log.row_counts()}
 
 

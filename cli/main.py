@@ -131,8 +131,13 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
+    from loopline.serving.rollout import nudge_services
+    from loopline.state import state_paths
+
     restored = _registry().rollback(args.model, reason=args.reason)
-    print(f"{args.model} v{restored.version} is champion again ({args.reason})")
+    nudge_services(args.model, state_paths().serving)  # the live services swap back now
+    print(f"{args.model} v{restored.version} is champion again ({args.reason}); the services "
+          "following the registry answer with it now")
     return 0
 
 

@@ -24,6 +24,7 @@ from loopline.monitoring.performance import performance_alerts, performance_seri
 from loopline.release.records import ModelVersionInfo
 from loopline.release.registry import ModelRegistry
 from loopline.serving.prediction_log import join_feedback, read_feedback, read_predictions
+from loopline.serving.rollout import nudge_services
 from loopline.spec.model import Spec
 from loopline.spec.sections.base import parse_duration
 from loopline.state import state_paths
@@ -190,4 +191,5 @@ def rollback_champion(spec: Spec, reason: str) -> int | None:
         logger.error("could not roll back %s: %s", spec.name, exc)
         return None
     logger.warning("rolled %s back to v%d: %s", spec.name, restored.version, reason)
+    nudge_services(spec.name, state_paths().serving)  # the live services answer with it now
     return restored.version

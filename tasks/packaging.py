@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -23,9 +21,11 @@ from loopline.errors import ModelNotFound, PackagingError
 from loopline.release.records import CHALLENGER, ModelVersionInfo
 from loopline.release.registry import ModelRegistry
 from loopline.serving.bento_config import CONFIG_FILE, BentoConfig, ServedVersion
+from loopline.serving.live_state import live_state_location
 from loopline.spec.model import Spec
 from loopline.state import state_paths
 from loopline.training.tracking import MODEL_REQUIREMENTS
+from tasks.features import open_store
 from tasks.options import loopline_task
 from tasks.serving import prediction_log_uri
 
@@ -107,20 +107,32 @@ def feature_ranges(spec: Spec, feature_names: list[str]) -> dict[str, tuple[floa
             if name in feature_names}
 
 
-def routing_db_name(spec: Spec, champion: ModelVersionInfo, challenger: ModelVersionInfo | None
-                    ) -> str:
-    """The routing database of a Bento: one per routing and pair of versions, so restarting a
-    Bento keeps its live split and canary progress, and a new Bento starts from the spec.
+def warmup_records(champion: ModelVersionInfo, feature_names: list[str], rows: int = 4
+                   ) -> list[dict[str, Any]]:
+    """A few records of the feature set the champion was trained on: what a newly loaded
+    version must answer before a service swaps it in. Empty when the feature set cannot be read
+    here (the service then warms up with the first record it answers).
     """
-    identity = json.dumps([spec.serving.routing.model_dump(mode="json"), champion.version,
-                           None if challenger is None else challenger.version], sort_keys=True)
-    return f"routing-{hashlib.sha256(identity.encode()).hexdigest()[:12]}.sqlite"
+    lineage = champion.lineage
+    if lineage is None:
+        return []
+    try:
+        frame = (open_store(None).scan(lineage.feature_set, lineage.feature_set_version)
+                 .select(feature_names).head(rows).collect())
+    except Exception:
+        get_run_logger().warning("no warm-up records for the Bento: feature set %s v%d cannot "
+                                 "be read here", lineage.feature_set, lineage.feature_set_version)
+        return []
+    return list(frame.iter_rows(named=True))
 
 
 @loopline_task(name="build-bento")
 def build_bento(spec: Spec) -> str:
     """Build a Bento serving the registry's champion and, when there is one, its challenger
     (both by alias), routed by the spec; returns the Bento's tag (``bentoml serve <tag>``).
+
+    The versions are copied into the Bento, so it can serve pinned (``serving.follow.enabled:
+    false``); by default the running service follows the registry's aliases instead.
 
     Raises:
         ModelNotFound: the model has no champion yet.
@@ -147,9 +159,12 @@ def build_bento(spec: Spec) -> str:
             feature_ranges=feature_ranges(spec, tabular.feature_names),
             entity_id=spec.data.entity_id, classes=tabular.classes, workers=spec.serving.workers,
             routing=spec.serving.routing, auth=spec.serving.auth, max_batch=spec.serving.max_batch,
-            routing_db=str(paths.serving / spec.name / routing_db_name(spec, champion, challenger)),
+            live_state=live_state_location(spec.name, paths.serving),
             prediction_log_uri=prediction_log_uri(spec),
             prediction_log=spec.serving.prediction_log, tracking_uri=mlflow.get_tracking_uri(),
+            follow=spec.serving.follow,
+            warmup_records=warmup_records(champion, tabular.feature_names),
+            notifications=spec.notifications,
         )
         with tempfile.TemporaryDirectory(prefix="loopline-bento-") as workdir:
             context = Path(workdir)
@@ -173,8 +188,9 @@ def build_bento(spec: Spec) -> str:
                 description=f"{spec.description} ({versions})",
                 include=[SERVICE_FILE.name, CONFIG_FILE, "loopline/**/*.py"],
                 python={"lock_packages": False, **python_options,
+                        # psycopg2: replicas share their live state in PostgreSQL.
                         "packages": [*MODEL_REQUIREMENTS, "bentoml", "pydantic", "polars",
-                                     "fsspec", "s3fs"]},
+                                     "fsspec", "s3fs", "psycopg2-binary"]},
                 docker=docker_options or None, build_ctx=str(context),
             )
     except bentoml.exceptions.BentoMLException as exc:

@@ -264,8 +264,8 @@ def test_training_quick_records_a_fair_peer(head_start: Finished) -> None:
 
 
 @pytest.mark.head_start("bench-serving")
-@pytest.mark.slow  # two pipeline runs, then three servers under load in turn
-def test_serving_quick_records_all_four_workloads(head_start: Finished) -> None:
+@pytest.mark.slow  # two pipeline runs, three servers under load in turn, then swaps
+def test_serving_quick_records_throughput_latency_and_swaps(head_start: Finished) -> None:
     data = quick_results(head_start)
 
     workloads = ("serving.ab_vs_single_bento", "serving.ab_vs_mlflow_serve",
@@ -299,6 +299,17 @@ def test_serving_quick_records_all_four_workloads(head_start: Finished) -> None:
     assert p95["loopline"] == p95["loopline_p95_ms"]
     clean = [level["concurrency"] for level in single["loopline_levels"] if level["errors"] == 0]
     assert p95["loopline_concurrency"] == max(clean)
+
+    # The swaps: promotions under load lose no request; a restart does.
+    swaps = data["serving.swap_errors_under_load"]
+    assert_well_formed(swaps, "python -m bench serving --quick")
+    assert swaps["loopline_failed_requests"] == [0] and swaps["loopline"] == 100.0
+    assert swaps["loopline_requests"][0] > 0 and swaps["peer_failed_requests"][0] > 0
+    assert swaps["swaps"] == 2 and swaps["restarts"] == 1
+    for workload in ("serving.swap_p99_ms", "serving.promotion_to_full_traffic_s"):
+        item = data[workload]
+        assert_well_formed(item, "python -m bench serving --quick")
+        assert item["loopline"] > 0 and item["peer"] > 0
 
 
 @pytest.mark.head_start("bench-orchestration")

@@ -334,6 +334,7 @@ def test_server_urls_agree_with_the_databases_and_the_password() -> None:
         server["PREFECT_API_DATABASE_CONNECTION_URL"]: ("postgresql+asyncpg", "prefect"),
         server["MLFLOW_BACKEND_STORE_URI"]: ("postgresql", "mlflow"),
         flows["LOOPLINE_OPTUNA_STORAGE"]: ("postgresql", "optuna"),
+        flows["LOOPLINE_SERVING_STATE"]: ("postgresql", "serving"),
     }
     for url, (scheme, database) in expected.items():
         assert url == f"{scheme}://loopline:{password}@postgres:5432/{database}"
@@ -341,6 +342,27 @@ def test_server_urls_agree_with_the_databases_and_the_password() -> None:
     postgres = by_kind("StatefulSet")["postgres"]["spec"]["template"]["spec"]["containers"][0]
     assert env_of(postgres)["POSTGRES_DB"]["value"] == "prefect"
     assert env_of(postgres)["POSTGRES_USER"]["value"] == "loopline"
+
+
+def test_the_bentos_replicas_share_their_live_state_in_postgresql() -> None:
+    """Two replicas, each reading the live state (split, canary step) from the PostgreSQL the
+    Secret names, and no volume that ties a pod to one node or keeps a state of its own.
+    """
+    from loopline.settings import SERVING_STATE
+
+    deployment = by_kind("Deployment")["tumor-malignancy"]
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    source = env_of(pod["containers"][0])[SERVING_STATE]["valueFrom"]["secretKeyRef"]
+    assert source == {"name": "loopline-secrets", "key": SERVING_STATE}
+    url = by_kind("Secret")["loopline-secrets"]["stringData"][SERVING_STATE]
+    assert url.startswith("postgresql://") and url.endswith("/serving")
+    claims = by_kind("PersistentVolumeClaim")
+    for name, workload in workloads().items():
+        if workload["spec"].get("replicas", 1) > 1:
+            for volume in workload["spec"]["template"]["spec"].get("volumes", []):
+                claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+                assert claim is None or "ReadWriteOnce" not in claims[claim]["spec"]["accessModes"], name
 
 
 def test_settings_point_at_the_services_of_the_stack() -> None:
@@ -893,7 +915,7 @@ def test_the_pipeline_builds_a_bento_with_the_recipe(
         # The script runs as root, before the image switches to its unprivileged user.
         assert run_script < text.index("USER bentoml")
     config = json.loads(Path(bento.path_of("src/loopline_bento.json")).read_text())
-    assert config["routing_db"].startswith(f"{os.environ['LOOPLINE_HOME']}/serving/")
+    assert config["live_state"].startswith(f"{os.environ['LOOPLINE_HOME']}/serving/")
 
 
 # --------------------------------------------------------------------------- live checks

@@ -18,8 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loopline.serving.canary import MIN_JUDGED_REQUESTS, CanaryWatch, StepWindow, judge, next_state
-from loopline.serving.routing import Router, RoutingStore, initial_state
+from loopline.serving.canary import CanaryWatch, StepWindow, judge, next_state
+from loopline.serving.live_state import SqliteLiveStateStore
+from loopline.serving.quality import QualityWindow
+from loopline.serving.routing import Router, initial_state
 from loopline.spec.sections.release import (
     ABRouting,
     BanditRouting,
@@ -33,8 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHARES = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0, allow_nan=False))
 
 
-def store_at(tmp_path: Path, routing: object, has_challenger: bool = True) -> RoutingStore:
-    store = RoutingStore(tmp_path / "routing.sqlite")
+def store_at(tmp_path: Path, routing: object, has_challenger: bool = True) -> SqliteLiveStateStore:
+    store = SqliteLiveStateStore(tmp_path / "routing.sqlite", "m")
     store.initialize(initial_state(routing, has_challenger))  # type: ignore[arg-type]
     return store
 
@@ -64,10 +66,11 @@ def test_the_challenger_gets_its_share_of_requests_within_binomial_bounds(
 # salted hash() would differ between them, as it does between a service's workers.
 WORKER = """
 import json, sys
-from loopline.serving.routing import Router, RoutingStore
+from loopline.serving.live_state import SqliteLiveStateStore
+from loopline.serving.routing import Router
 for line in sys.stdin:
     request = json.loads(line)
-    store = RoutingStore(request["store"])
+    store = SqliteLiveStateStore(request["store"], "m")
     print(json.dumps([Router(store).assign(key)[0].variant for key in request["keys"]]), flush=True)
     store.close()
 """
@@ -129,7 +132,7 @@ def test_a_request_keeps_its_variant_across_calls_routers_and_processes(
     router = Router(store)
     first = [router.assign(key)[0].variant for key in keys]
     assert [router.assign(key)[0].variant for key in reversed(keys)] == first[::-1]
-    other = RoutingStore(folder / "routing.sqlite")  # another worker's connection and Router
+    other = SqliteLiveStateStore(folder / "routing.sqlite", "m")  # another worker's, and its Router
     assert [Router(other).assign(key)[0].variant for key in keys] == first
     for variants in workers.assign(folder / "routing.sqlite", keys):
         assert variants == first
@@ -157,7 +160,7 @@ def test_a_growing_share_never_moves_a_challenger_back(
 
 def test_a_change_by_one_connection_reaches_the_next_read_of_another(tmp_path: Path) -> None:
     first = store_at(tmp_path, ABRouting(kind="ab", challenger_share=0.5))
-    second = RoutingStore(tmp_path / "routing.sqlite")  # another worker's connection
+    second = SqliteLiveStateStore(tmp_path / "routing.sqlite", "m")  # another worker's connection
     assert second.read().challenger_share == 0.5
     state = first.read()
     stored = first.replace(state.model_copy(update={"challenger_share": 0.0}))
@@ -186,6 +189,14 @@ def test_without_a_challenger_the_champion_answers_whatever_the_spec_says(tmp_pa
     assert {Router(store).assign(str(i))[0].variant for i in range(100)} == {"champion"}
     single = store_at(tmp_path / "single", SingleRouting())
     assert Router(single).assign("x")[0].variant == "champion"
+
+
+def test_the_initial_state_records_the_versions_it_was_set_up_for() -> None:
+    state = initial_state(ABRouting(kind="ab", challenger_share=0.2), True, champion_version=3,
+                          challenger_version=4)
+    assert (state.kind, state.champion_version, state.challenger_version) == ("ab", 3, 4)
+    unrecorded = initial_state(ABRouting(kind="ab"), True)
+    assert (unrecorded.champion_version, unrecorded.challenger_version) == (None, None)
 
 
 def test_shadow_answers_with_the_champion_and_samples_the_challenger(tmp_path: Path) -> None:
@@ -218,9 +229,9 @@ def test_remembered_requests_name_their_variant(tmp_path: Path) -> None:
 
 def test_concurrent_rewards_from_many_threads_are_all_counted(tmp_path: Path) -> None:
     store = store_at(tmp_path, BanditRouting(kind="bandit"))
-    other = RoutingStore(tmp_path / "routing.sqlite")
+    other = SqliteLiveStateStore(tmp_path / "routing.sqlite", "m")
 
-    def reward(target: RoutingStore) -> None:
+    def reward(target: SqliteLiveStateStore) -> None:
         for _ in range(200):
             target.add_reward("champion", 1.0)
 
@@ -244,7 +255,7 @@ def canary_state() -> object:
 
 def test_a_step_holds_until_its_requests_then_advances_and_the_last_completes() -> None:
     state = initial_state(CANARY, True)
-    window = StepWindow(requests=99, challenger_requests=10, challenger_latencies_ms=[5.0] * 10)
+    window = StepWindow(requests=99, challenger_requests=20, challenger_latencies_ms=[5.0] * 20)
     assert judge(CANARY, state, window).verdict == "hold"
     window.requests = 100
     decision = judge(CANARY, state, window)
@@ -259,7 +270,7 @@ def test_a_step_holds_until_its_requests_then_advances_and_the_last_completes() 
 
 def test_errors_or_slowness_roll_back_to_the_champion() -> None:
     state = initial_state(CANARY, True)
-    failing = StepWindow(requests=30, challenger_requests=MIN_JUDGED_REQUESTS,
+    failing = StepWindow(requests=30, challenger_requests=CANARY.rollback_if.min_answers,
                          challenger_errors=2, challenger_latencies_ms=[5.0] * 20)
     decision = judge(CANARY, state, failing)
     assert decision.verdict == "rollback" and "error rate 0.100 > 0.05" in decision.reason
@@ -268,6 +279,29 @@ def test_errors_or_slowness_roll_back_to_the_champion() -> None:
     slow = StepWindow(requests=30, challenger_requests=20, challenger_latencies_ms=[80.0] * 20)
     assert judge(CANARY, state, slow).verdict == "rollback"
     assert judge(CANARY, rolled, slow).verdict == "hold"
+
+
+def test_a_held_step_advances_only_after_enough_challenger_answers() -> None:
+    state = initial_state(CANARY, True)
+    few = StepWindow(requests=500, challenger_requests=19, challenger_latencies_ms=[5.0] * 19)
+    decision = judge(CANARY, state, few)
+    assert decision.verdict == "hold" and "needs 20 challenger answers, has 19" in decision.reason
+    few.challenger_requests = 20
+    assert judge(CANARY, state, few).verdict == "advance"
+
+
+def test_a_challenger_that_disagrees_with_the_champion_rolls_back() -> None:
+    state = initial_state(CANARY, True)
+    window = StepWindow(requests=100, challenger_requests=25, challenger_latencies_ms=[5.0] * 25)
+    quality = QualityWindow("classification")
+    for index in range(25):
+        quality.add(f"r{index}", 1, 1 if index % 4 == 0 else 0)  # disagrees on 3 of 4
+    decision = judge(CANARY, state, window, quality=quality)
+    assert decision.verdict == "rollback" and "disagree" in decision.reason
+    agreeing = QualityWindow("classification")
+    for index in range(25):
+        agreeing.add(f"r{index}", 1, 1)
+    assert judge(CANARY, state, window, quality=agreeing).verdict == "advance"
 
 
 def test_one_early_error_is_not_yet_judged() -> None:
@@ -280,7 +314,7 @@ def test_one_early_error_is_not_yet_judged() -> None:
 def test_a_timed_hold_advances_after_its_duration() -> None:
     timed = CanaryRouting(kind="canary", steps=[0.2, 1.0], hold="10m")
     state = initial_state(timed, True)
-    window = StepWindow(requests=5, challenger_requests=1, challenger_latencies_ms=[1.0])
+    window = StepWindow(requests=50, challenger_requests=20, challenger_latencies_ms=[1.0] * 20)
     assert judge(timed, state, window, now=state.step_started + 599).verdict == "hold"
     assert judge(timed, state, window, now=state.step_started + 600).verdict == "advance"
 
@@ -300,9 +334,9 @@ def test_the_watch_never_advances_past_a_failing_window(
         window = watch.window
         breaks = window.challenger_requests and (window.error_rate > 0.05
                                                  or window.p95_latency_ms > 50)
-        judged = window.challenger_requests >= MIN_JUDGED_REQUESTS
+        judged = window.challenger_requests >= CANARY.rollback_if.min_answers
         if decision is not None and decision.verdict == "advance":
-            assert not (breaks and judged)
+            assert judged and not breaks
         if decision is not None and decision.verdict == "rollback":
             assert breaks
             break

@@ -46,7 +46,7 @@ def config() -> BentoConfig:
         model_name="m", champion=ServedVersion(version=1, bentoml_model_tag="m:1"),
         task="classification", feature_names=["x", "n", "flag", "city"],
         feature_dtypes={"x": "float64", "n": "int8", "flag": "bool", "city": "string"},
-        feature_ranges={"x": (0.0, 50.0)}, entity_id="customer_id", routing_db="r.sqlite",
+        feature_ranges={"x": (0.0, 50.0)}, entity_id="customer_id", live_state="r.sqlite",
         prediction_log_uri="log")
 
 

@@ -38,6 +38,8 @@ from loopline.serving.bento_config import (
     request_model,
 )
 from loopline.serving.canary import Decision, archive_rolled_back_challenger, registry_rollback_recorder
+from loopline.serving.following import ServedModels
+from loopline.serving.live_state import SqliteLiveStateStore
 from loopline.serving.live_updates import change_routing, record_feedback
 from loopline.serving.prediction_log import (
     FeedbackLogWriter,
@@ -46,7 +48,7 @@ from loopline.serving.prediction_log import (
     read_predictions,
 )
 from loopline.serving.responder import Responder
-from loopline.serving.routing import Router, RoutingStore, Variant, initial_state, unit_point
+from loopline.serving.routing import Router, Variant, initial_state, unit_point
 from loopline.spec.sections.release import (
     ABRouting,
     AuthSpec,
@@ -72,20 +74,23 @@ def training_columns(rows: int = 200, seed: int = 0) -> dict[str, Any]:
             "city": np.asarray(CITIES)[rng.integers(0, 3, rows)]}
 
 
-def classifier(c: float, fitted: bool = True) -> TabularModel:
-    """A logistic regression on three features; unfitted, scikit-learn refuses every call."""
+def classifier(c: float, fitted: bool = True, contrary: bool = False) -> TabularModel:
+    """A logistic regression on three features; unfitted, scikit-learn refuses every call;
+    ``contrary``, it learned the opposite labels (it disagrees with the others).
+    """
     columns = training_columns()
     prep = TabularPreprocessor.fit(columns, FEATURES)
     matrix = prep.transform(columns)
     estimator = LogisticRegression(C=c)
     if fitted:
-        estimator.fit(matrix, np.where(matrix[:, 0] > 0, "yes", "no"))
+        estimator.fit(matrix, np.where((matrix[:, 0] > 0) != contrary, "yes", "no"))
     return TabularModel(task="classification", feature_names=FEATURES, feature_dtypes=DTYPES,
                         preprocessor=prep, predictor=SklearnPredictor(estimator),
                         classes=["no", "yes"])
 
 
 CHAMPION, CHALLENGER, BROKEN = classifier(1.0), classifier(0.01), classifier(1.0, fitted=False)
+CONTRARY = classifier(1.0, contrary=True)
 
 
 def record(index: int, **changes: Any) -> dict[str, Any]:
@@ -99,7 +104,7 @@ class Served:
     """A responder over real parts, and what its observers saw."""
 
     responder: Responder
-    store: RoutingStore
+    store: SqliteLiveStateStore
     log: PredictionLogWriter
     folder: Path
     calls: list[tuple[str, Variant, bool]] = field(default_factory=list)
@@ -125,24 +130,27 @@ def serve(tmp_path: Path) -> Callable[..., Served]:
             challenger=None if challenger is None else ServedVersion(version=2,
                                                                      bentoml_model_tag="m:2"),
             task="classification", feature_names=FEATURES, feature_dtypes=DTYPES,
-            entity_id="customer_id", routing=routing, routing_db=str(tmp_path / "routing.sqlite"),
+            entity_id="customer_id", routing=routing, live_state=str(tmp_path / "routing.sqlite"),
             prediction_log_uri=str(tmp_path / "log"))
-        store = RoutingStore(config.routing_db)
+        store = SqliteLiveStateStore(config.live_state, "m")
         store.initialize(initial_state(routing, challenger is not None))
         log = PredictionLogWriter(Storage(config.prediction_log_uri), flush_rows=10_000,
                                   flush_seconds=600)
         models: dict[Variant, TabularModel] = {"champion": champion}
+        versions: dict[Variant, int] = {"champion": 1}
         if challenger is not None:
-            models["challenger"] = challenger
+            models["challenger"], versions["challenger"] = challenger, 2
+        snapshot = ServedModels(models=models, versions=versions)
         bandit = routing if isinstance(routing, BanditRouting) else None
         served = Served(responder=None, store=store, log=log, folder=tmp_path)  # type: ignore[arg-type]
 
-        def rollback(decision: Decision) -> None:
+        def rollback(decision: Decision, version: int) -> None:
+            assert version == 2
             served.rollbacks.append(decision)
             served.rolled_back.set()
 
         served.responder = Responder(
-            config, models, Router(store, bandit, seed=0), log,
+            config, lambda: snapshot, Router(store, bandit, seed=0), log,
             observe=lambda endpoint, variant, seconds, failed: served.calls.append(
                 (endpoint, variant, failed)),
             on_rollback=rollback)
@@ -269,10 +277,12 @@ def test_shadow_scores_only_the_sampled_share(serve: Callable[..., Served]) -> N
 
 # --- canary -----------------------------------------------------------------------------------
 
-def canary(hold_requests: int, **bounds: str) -> CanaryRouting:
-    # A generous latency bound: a loaded machine must not roll a healthy canary back.
+def canary(hold_requests: int, **bounds: Any) -> CanaryRouting:
+    # A generous latency bound: a loaded machine must not roll a healthy canary back; a step
+    # of 10 requests at 50% may hold with a handful of challenger answers.
     return CanaryRouting(kind="canary", steps=[0.5, 1.0], hold=None, hold_requests=hold_requests,
-                         rollback_if=CanaryBounds(**{"p95_latency_ms": "> 60000", **bounds}))
+                         rollback_if=CanaryBounds(**{"p95_latency_ms": "> 60000",
+                                                     "min_answers": 3, **bounds}))
 
 
 def test_a_canary_climbs_its_steps_while_the_challenger_behaves(serve: Callable[..., Served]) -> None:
@@ -291,7 +301,7 @@ def test_a_canary_climbs_its_steps_while_the_challenger_behaves(serve: Callable[
 def test_a_failing_canary_rolls_back_and_clients_only_see_the_champion(
     serve: Callable[..., Served],
 ) -> None:
-    served = serve(canary(hold_requests=1000), challenger=BROKEN)
+    served = serve(canary(hold_requests=1000, min_answers=20), challenger=BROKEN)
     variants = {served.responder.predict_ab(served.request(**record(i), request_id=f"f{i}")).variant
                 for i in range(100)}
     assert variants == {"champion"}
@@ -301,8 +311,24 @@ def test_a_failing_canary_rolls_back_and_clients_only_see_the_champion(
     assert served.rolled_back.wait(30)
     assert [d.verdict for d in served.rollbacks] == ["rollback"]
     challenger_calls = [c for c in served.calls if c[1] == "challenger"]
-    assert len(challenger_calls) == 20  # judged on its 20th request (MIN_JUDGED_REQUESTS)
+    assert len(challenger_calls) == 20  # judged on its 20th answer (rollback_if.min_answers)
     assert all(failed for _, _, failed in challenger_calls)
+
+
+def test_a_canary_whose_challenger_disagrees_with_the_champion_rolls_back(
+    serve: Callable[..., Served],
+) -> None:
+    served = serve(canary(hold_requests=1000, min_answers=20), challenger=CONTRARY)
+    for index in range(200):
+        served.responder.predict_ab(served.request(**record(index), request_id=f"d{index}"))
+        if served.store.read().canary_status != "running":
+            break
+    state = served.store.read()
+    assert (state.canary_status, state.challenger_share) == ("rolled_back", 0.0)
+    assert "challenger predictions" in state.reason and "disagree" in state.reason
+    assert served.rolled_back.wait(30)
+    window = served.responder.quality(served.responder.served())
+    assert window is not None and window.summary().answers >= 20
 
 
 def test_a_rollback_is_recorded_in_the_registry(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -321,13 +347,12 @@ def test_a_rollback_is_recorded_in_the_registry(tmp_path: Path, caplog: pytest.L
     config = BentoConfig(
         model_name="m", champion=ServedVersion(version=1, bentoml_model_tag="m:1"),
         challenger=ServedVersion(version=2, bentoml_model_tag="m:2"), task="classification",
-        feature_names=FEATURES, feature_dtypes=DTYPES, routing_db="r", prediction_log_uri="l",
+        feature_names=FEATURES, feature_dtypes=DTYPES, live_state="r", prediction_log_uri="l",
         tracking_uri=uri)
     assert registry_rollback_recorder(config.model_copy(update={"tracking_uri": None})) is None
-    assert registry_rollback_recorder(config.model_copy(update={"challenger": None})) is None
     recorder = registry_rollback_recorder(config)
     assert recorder is not None
-    recorder(Decision("rollback", "challenger error rate 1.000 > 0.01"))
+    recorder(Decision("rollback", "challenger error rate 1.000 > 0.01"), 2)
     registry = ModelRegistry(client)
     assert registry.get_model("m", version=2).stage == "ARCHIVED"
     assert registry.get_model("m", version=1).stage == "NONE"
@@ -335,7 +360,7 @@ def test_a_rollback_is_recorded_in_the_registry(tmp_path: Path, caplog: pytest.L
     assert (event.version, event.to_stage, event.actor) == (2, "ARCHIVED", "loopline-canary")
     assert event.reason == "canary rollback: challenger error rate 1.000 > 0.01"
     with caplog.at_level(logging.ERROR, logger="loopline.serving"):
-        archive_rolled_back_challenger(uri, "no-such-model", 2, Decision("rollback", "r"))
+        archive_rolled_back_challenger(uri, "no-such-model", Decision("rollback", "r"), 2)
     assert "could not record the canary rollback" in caplog.text
 
 
@@ -402,7 +427,7 @@ def test_model_outputs_are_plain_values_with_a_probability_only_for_classes() ->
 # --- feedback and routing changes -------------------------------------------------------------
 
 def test_feedback_is_logged_and_a_reward_counts_for_the_variant_that_answered(tmp_path: Path) -> None:
-    store = RoutingStore(tmp_path / "routing.sqlite")
+    store = SqliteLiveStateStore(tmp_path / "routing.sqlite", "m")
     store.initialize(initial_state(BanditRouting(kind="bandit"), True))
     store.remember("r1", "challenger")
     log = FeedbackLogWriter(Storage(str(tmp_path / "log")), flush_rows=100, flush_seconds=600)
@@ -420,18 +445,19 @@ def test_feedback_is_logged_and_a_reward_counts_for_the_variant_that_answered(tm
 
 
 def test_routing_changes_apply_to_the_shared_state(tmp_path: Path) -> None:
-    store = RoutingStore(tmp_path / "routing.sqlite")
+    store = SqliteLiveStateStore(tmp_path / "routing.sqlite", "m")
     store.initialize(initial_state(SingleRouting(kind="single"), True))
     changed = change_routing(store, RoutingUpdate(challenger_share=0.25, reason="try"),
                              has_challenger=True)
     assert (changed.kind, changed.challenger_share, changed.reason) == ("ab", 0.25, "try")
-    assert RoutingStore(tmp_path / "routing.sqlite").read() == changed  # what other workers read
+    # What other workers read:
+    assert SqliteLiveStateStore(tmp_path / "routing.sqlite", "m").read() == changed
     with pytest.raises(InvalidRoutingChange, match="no challenger") as caught:
         change_routing(store, RoutingUpdate(challenger_share=0.5), has_challenger=False)
     assert caught.value.http_status == 400
     assert change_routing(store, RoutingUpdate(challenger_share=0.0),
                           has_challenger=False).challenger_share == 0.0
-    canary_store = RoutingStore(tmp_path / "canary.sqlite")
+    canary_store = SqliteLiveStateStore(tmp_path / "canary.sqlite", "m")
     canary_store.initialize(initial_state(canary(10), True))
     stopped = change_routing(canary_store, RoutingUpdate(challenger_share=0.0), has_challenger=True)
     assert (stopped.kind, stopped.canary_status) == ("canary", "rolled_back")

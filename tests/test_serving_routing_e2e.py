@@ -40,7 +40,8 @@ HEADERS = {"Authorization": f"Bearer {KEY}"}
 ROUTINGS = {
     "ab": "{kind: ab, challenger_share: 0.3, sticky_by: patient_id}",
     "shadow": "{kind: shadow, sample: 1.0}",
-    "canary": "{kind: canary, steps: [0.2, 0.6, 1.0], hold: null, hold_requests: 40}",
+    "canary": ("{kind: canary, steps: [0.2, 0.6, 1.0], hold: null, hold_requests: 40, "
+               "rollback_if: {min_answers: 8}}"),
     # Any challenger is too slow for a bound of 0 ms: the canary must roll back.
     "rollback": ("{kind: canary, steps: [0.5, 1.0], hold: null, hold_requests: 1000, "
                  "rollback_if: {p95_latency_ms: '> 0'}}"),
@@ -48,9 +49,15 @@ ROUTINGS = {
 }
 
 
-def spec_text(demo_csv: Path, routing: str, c: float) -> str:
+#: Served with the versions built into its Bento (serving.follow.enabled: false): the canary
+#: rollback before it archives the challenger, which services following the registry then drop.
+PINNED = {"bandit"}
+
+
+def spec_text(demo_csv: Path, routing: str, c: float, follow: bool = True) -> str:
     serving = (f"serving:\n  routing: {routing}\n  auth: {{api_keys_env: {KEYS_ENV}}}\n"
-               f"  prediction_log: {{flush_rows: 50, flush_seconds: 0.3}}")
+               f"  prediction_log: {{flush_rows: 50, flush_seconds: 0.3}}\n"
+               f"  follow: {{enabled: {'true' if follow else 'false'}}}")
     return logistic_spec_text(demo_csv, MODEL, c, {DEMO_SERVING: serving})
 
 
@@ -74,7 +81,8 @@ def bentos(prefect_harness: None, demo_csv: Path, folder: Path) -> dict[str, str
     for name, routing in ROUTINGS.items():
         if name != "ab":
             spec = load_spec_with_source(
-                write_spec(folder, spec_text(demo_csv, routing, 0.01), f"{name}.yaml"))
+                write_spec(folder, spec_text(demo_csv, routing, 0.01, name not in PINNED),
+                           f"{name}.yaml"))
             tags[name] = build_bento(spec)
     for tag in tags.values():
         # Each Bento describes its own service and models, not a module imported by an earlier
@@ -335,20 +343,21 @@ def test_a_failing_canary_rolls_back_and_the_registry_records_it(
     bentos: dict[str, str], records: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     with serving(bentos["rollback"], tmp_path) as url:
-        for index in range(100):
-            post(url, "/predict/ab", {**records[index % len(records)], "request_id": f"rb{index}"})
-        routing = httpx.get(f"{url}/health", timeout=10).json()["routing"]
-        assert routing["canary_status"] == "rolled_back"
-        assert routing["challenger_share"] == 0.0
-        assert "p95 latency" in routing["reason"]
-        after = [post(url, "/predict/ab", {**record, "request_id": f"after{i}"}).json()["variant"]
-                 for i, record in enumerate(records[:20])]
-        assert set(after) == {"champion"}
+        variants = [post(url, "/predict/ab", {**records[index % len(records)],
+                                              "request_id": f"rb{index}"}).json()["variant"]
+                    for index in range(100)]
+        assert "challenger" in variants  # the canary's first step routed to it
         registry = ModelRegistry()
         wait_until(lambda: registry.get_model(MODEL, version=2).stage == "ARCHIVED")
         event = registry.history(MODEL)[-1]
         assert (event.version, event.to_stage) == (2, "ARCHIVED")
         assert event.reason.startswith("canary rollback: challenger p95 latency")
+        # The service archived the challenger and nudged itself: it no longer serves it.
+        wait_until(lambda: "challenger" not in httpx.get(f"{url}/health", timeout=10).json()[
+            "versions"])
+        after = [post(url, "/predict/ab", {**record, "request_id": f"after{i}"}).json()["variant"]
+                 for i, record in enumerate(records[:20])]
+        assert set(after) == {"champion"}
 
 
 def test_a_bandit_sends_more_traffic_to_the_rewarded_variant(

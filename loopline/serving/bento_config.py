@@ -8,7 +8,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from loopline.spec.sections.release import AuthSpec, PredictionLogSpec, Routing, SingleRouting
+from loopline.spec.sections.operations import Notification
+from loopline.spec.sections.release import (
+    AuthSpec,
+    FollowSpec,
+    PredictionLogSpec,
+    Routing,
+    SingleRouting,
+)
+from loopline.spec.sections.training import Task
 
 #: The file a Bento's service reads its configuration from (beside the service module).
 CONFIG_FILE = "loopline_bento.json"
@@ -45,14 +53,22 @@ class BentoConfig(BaseModel):
     """Baked into a Bento at build time (``bentoml serve`` ignores the bentofile's envs).
 
     Attributes:
-        champion: the version answering ``/predict`` (the ``champion`` alias at build time).
+        champion: the version answering ``/predict`` (the ``champion`` alias at build time; a
+            service following the registry answers with the alias's version of the moment).
         challenger: the ``challenger`` alias at build time, routed to by ``/predict/ab``.
         feature_ranges: inclusive bounds a request's numeric feature must lie in (from the
             spec's data validation ranges of passthrough features).
         entity_id: the entity id column, accepted in requests (for sticky routing).
-        routing_db: the SQLite file holding the live routing state.
+        live_state: where the live routing state is shared (a SQLite file, or a PostgreSQL
+            URL; ``LOOPLINE_SERVING_STATE`` where the service runs overrides it).
         prediction_log_uri: the folder predictions and feedback are appended to.
-        tracking_uri: MLflow, where a canary rollback is recorded in the registry history.
+        tracking_uri: MLflow: the registry the service follows, where a canary rollback is
+            recorded.
+        follow: whether (and how often) the service follows the registry's aliases.
+        warmup_records: real records (from the training data) a newly loaded version must
+            answer before it is swapped in, until the service has answered one of its own.
+        notifications: the spec's channels, told when a version cannot be served.
+        background_capacity: shadow answers that may wait for the background thread.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -60,7 +76,7 @@ class BentoConfig(BaseModel):
     model_name: str
     champion: ServedVersion
     challenger: ServedVersion | None = None
-    task: str
+    task: Task
     feature_names: list[str]
     feature_dtypes: dict[str, str]
     feature_ranges: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
@@ -70,10 +86,14 @@ class BentoConfig(BaseModel):
     routing: Routing = Field(default_factory=SingleRouting)
     auth: AuthSpec | None = None
     max_batch: int = 10_000
-    routing_db: str
+    live_state: str
     prediction_log_uri: str
     prediction_log: PredictionLogSpec = Field(default_factory=PredictionLogSpec)
     tracking_uri: str | None = None
+    follow: FollowSpec = Field(default_factory=FollowSpec)
+    warmup_records: list[dict[str, Any]] = Field(default_factory=list)
+    notifications: list[Notification] = Field(default_factory=list)
+    background_capacity: int = 1000
 
 
 def field_type(dtype: str, bounds: tuple[float | None, float | None] = (None, None)) -> Any:

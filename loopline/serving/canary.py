@@ -1,7 +1,9 @@
 """A canary's steps: hold each step, advance while the challenger behaves, roll back when not.
 
 :class:`CanaryWatch` counts what the challenger did during the current step (requests, errors,
-latencies) in one worker and :func:`judge` decides from those counts; the decision is written to
+latencies) in one worker and :func:`judge` decides from those counts and from the quality of its
+predictions against the champion's on the same requests (a
+:class:`~loopline.serving.quality.QualityWindow`); the decision is written to
 the shared :class:`~loopline.serving.routing.RoutingStore` (compare-and-set on the revision, so when
 several workers judge at once exactly one change wins). Each worker judges the traffic it saw,
 which is a sample of the whole when there are several. A rollback is also recorded in the
@@ -22,13 +24,10 @@ from typing import Literal
 import numpy as np
 
 from loopline.serving.bento_config import BentoConfig
+from loopline.serving.quality import QualityWindow, judge_quality
 from loopline.serving.routing import RoutingState
 from loopline.spec.sections.base import parse_comparison, parse_duration
 from loopline.spec.sections.release import CanaryRouting
-
-#: Challenger requests a step needs before its error rate and latency are judged (a single
-#: early error is not yet a 100% error rate); a step that ends with fewer is judged on them all.
-MIN_JUDGED_REQUESTS = 20
 
 Verdict = Literal["hold", "advance", "complete", "rollback"]
 
@@ -73,17 +72,22 @@ class Decision:
 
 
 def judge(spec: CanaryRouting, state: RoutingState, window: StepWindow,
-          now: float | None = None) -> Decision:
+          now: float | None = None, quality: QualityWindow | None = None) -> Decision:
     """Decide the canary's next move from the current step's window.
 
-    Rollback wins over everything: once the challenger answered ``MIN_JUDGED_REQUESTS``
+    Rollback wins over everything: once the challenger answered ``rollback_if.min_answers``
     requests in the step (or the step's hold is over), an error rate or p95 latency meeting
-    ``rollback_if`` rolls back. Otherwise the step advances when its hold is over (the duration
-    since it began, or ``hold_requests`` requests), and the last step completes.
+    ``rollback_if`` rolls back, and so do its predictions failing against the champion's on the
+    same requests (``quality``: disagreement, prediction drift, or the sequential test once
+    labels arrived). A step advances when its hold is over (the duration since it began, or
+    ``hold_requests`` requests) and the challenger answered at least ``min_answers`` of its
+    requests (a significantly better challenger need not wait out the hold); the last step
+    completes.
     """
     if state.canary_status != "running":
         return Decision("hold", f"the canary is {state.canary_status}")
     now = time.time() if now is None else now
+    bounds = spec.rollback_if
     if spec.hold_requests is not None:
         held = window.requests >= spec.hold_requests
         progress = f"{window.requests}/{spec.hold_requests} requests"
@@ -92,25 +96,33 @@ def judge(spec: CanaryRouting, state: RoutingState, window: StepWindow,
         hold_seconds = parse_duration(spec.hold).total_seconds()
         held = now - state.step_started >= hold_seconds
         progress = f"{now - state.step_started:.0f}/{hold_seconds:.0f} s"
-    if window.challenger_requests >= MIN_JUDGED_REQUESTS or (held and window.challenger_requests):
-        error_bound = parse_comparison(spec.rollback_if.error_rate)
-        latency_bound = parse_comparison(spec.rollback_if.p95_latency_ms)
-        share = spec.steps[state.canary_step]
+    step = f"step {state.canary_step + 1} ({spec.steps[state.canary_step]:.0%})"
+    if window.challenger_requests >= bounds.min_answers or (held and window.challenger_requests):
+        error_bound = parse_comparison(bounds.error_rate)
+        latency_bound = parse_comparison(bounds.p95_latency_ms)
         if error_bound.holds(window.error_rate):
             return Decision("rollback", f"challenger error rate {window.error_rate:.3f} "
-                            f"{error_bound} at step {state.canary_step + 1} ({share:.0%}, "
-                            f"{window.challenger_errors}/{window.challenger_requests} failed)")
+                            f"{error_bound} at {step}, {window.challenger_errors}/"
+                            f"{window.challenger_requests} failed")
         if latency_bound.holds(window.p95_latency_ms):
             return Decision("rollback", f"challenger p95 latency {window.p95_latency_ms:.1f} ms "
-                            f"{latency_bound} at step {state.canary_step + 1} ({share:.0%})")
-    if not held:
-        return Decision("hold", f"step {state.canary_step + 1}/{len(spec.steps)} held "
-                        f"{progress}")
+                            f"{latency_bound} at {step}")
+    verdict = None if quality is None else judge_quality(bounds, quality.summary(),
+                                                         min_answers=bounds.min_answers)
+    if verdict is not None and verdict.verdict == "fail":
+        return Decision("rollback", f"challenger predictions at {step}: {verdict.reason}")
+    better = verdict is not None and verdict.verdict == "better"
+    if not held and not better:
+        return Decision("hold", f"{step} held {progress}")
+    if window.challenger_requests < bounds.min_answers:
+        return Decision("hold", f"{step} needs {bounds.min_answers} challenger answers, has "
+                        f"{window.challenger_requests}")
+    if verdict is not None and verdict.verdict == "hold":
+        return Decision("hold", f"{step}: {verdict.reason}")
+    why = "significantly better on labels" if better else f"held {progress} within bounds"
     if state.canary_step + 1 >= len(spec.steps):
-        return Decision("complete", f"the last step ({spec.steps[-1]:.0%}) held {progress} "
-                        f"within bounds")
-    return Decision("advance", f"step {state.canary_step + 1} ({spec.steps[state.canary_step]:.0%}) "
-                    f"held {progress} within bounds")
+        return Decision("complete", f"the last step ({spec.steps[-1]:.0%}) {why}")
+    return Decision("advance", f"{step} {why}")
 
 
 def next_state(spec: CanaryRouting, state: RoutingState, decision: Decision,
@@ -151,13 +163,18 @@ class CanaryWatch:
         self.window = StepWindow()
 
     def observe(self, spec: CanaryRouting, state: RoutingState, *, challenger: bool, error: bool,
-                latency_ms: float, now: float | None = None) -> Decision | None:
-        """Count one request routed under ``state``; returns a decision when the step was judged."""
+                latency_ms: float, now: float | None = None,
+                quality: QualityWindow | None = None) -> Decision | None:
+        """Count one request routed under ``state``; returns a decision when the step was judged
+        (on the step's counts and, when given, the challenger's paired ``quality``).
+        """
         now = time.time() if now is None else now
         with self._lock:
             if state.revision != self._revision:
                 self._revision = state.revision
                 self.window = StepWindow(challenger_latencies_ms=deque(maxlen=self.LATENCIES_KEPT))
+                if quality is not None:
+                    quality.new_step()
             window = self.window
             window.requests += 1
             if challenger:
@@ -170,14 +187,15 @@ class CanaryWatch:
             if not due:
                 return None
             self._last_judged = now
-            return judge(spec, state, window, now)
+            return judge(spec, state, window, now, quality)
 
 
-def archive_rolled_back_challenger(tracking_uri: str, model_name: str, version: int,
-                                   decision: Decision) -> None:
-    """Move the rolled-back challenger to ARCHIVED in the registry at ``tracking_uri``, with
-    ``canary rollback: <reason>`` in the model's history. A registry that cannot be reached is
-    logged, not raised: the rollback itself has happened already.
+def archive_rolled_back_challenger(tracking_uri: str, model_name: str, decision: Decision,
+                                   version: int) -> None:
+    """Move the rolled-back challenger ``version`` to ARCHIVED in the registry at
+    ``tracking_uri``, with ``canary rollback: <reason>`` in the model's history (which also
+    takes the ``challenger`` alias off it, so every following worker stops serving it). A
+    registry that cannot be reached is logged, not raised: the rollback itself has happened.
     """
     try:
         from mlflow.tracking import MlflowClient
@@ -191,11 +209,11 @@ def archive_rolled_back_challenger(tracking_uri: str, model_name: str, version: 
         logger.exception("could not record the canary rollback in the registry")
 
 
-def registry_rollback_recorder(config: BentoConfig) -> Callable[[Decision], None] | None:
-    """What records a Bento's canary rollback in the registry: its challenger archived at its
-    ``tracking_uri``; None when it has no challenger or no tracking URI.
+def registry_rollback_recorder(config: BentoConfig) -> Callable[[Decision, int], None] | None:
+    """What records a Bento's canary rollback in the registry: the rolled-back challenger
+    version archived at the Bento's ``tracking_uri``; None without a tracking URI.
     """
-    if config.challenger is None or config.tracking_uri is None:
+    if config.tracking_uri is None:
         return None
     return functools.partial(archive_rolled_back_challenger, config.tracking_uri,
-                             config.model_name, config.challenger.version)
+                             config.model_name)

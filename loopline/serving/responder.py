@@ -1,8 +1,10 @@
 """Answering prediction requests: which variant answers (the live routing), the champion's answer
-when the challenger fails, the canary's step decisions, shadow copies for the challenger, and
-every answer in the prediction log.
+when the challenger fails, the canary's step decisions, shadow copies for the challenger (off the
+request path), and every answer in the prediction log.
 
 :class:`Responder` is what the Bento's prediction endpoints call; it knows nothing of BentoML.
+The models it answers with come from a :class:`~loopline.serving.following.ServedModels`
+snapshot, read once per request, so a swap of versions while a request runs cannot mix them.
 Errors reach the caller as loopline errors carrying their HTTP status: a feature value the model
 cannot take is :class:`~loopline.errors.InvalidFeatureValue` (400), a model call no variant could
 answer is :class:`~loopline.errors.ModelCallFailed` (500).
@@ -22,9 +24,12 @@ from pydantic import BaseModel
 
 from loopline.errors import InvalidFeatureValue, ModelCallFailed
 from loopline.serving.answers import Answer, model_outputs, prediction_record, prediction_response
+from loopline.serving.background import BackgroundScorer
 from loopline.serving.bento_config import BentoConfig, PredictBatchResponse, PredictResponse
 from loopline.serving.canary import CanaryWatch, Decision, next_state
+from loopline.serving.following import ServedModels
 from loopline.serving.prediction_log import PredictionLogWriter
+from loopline.serving.quality import QualityWindow
 from loopline.serving.routing import Assignment, Router, RoutingState, Variant
 from loopline.spec.sections.release import CanaryRouting
 from loopline.training.modeling.tabular_model import TabularModel
@@ -52,32 +57,77 @@ def split_request(request: BaseModel) -> tuple[dict[str, Any], str]:
     return record, record.pop("request_id", None) or uuid.uuid4().hex
 
 
+#: Told of a canary rollback this worker stored: the decision and the challenger's version.
+RollbackRecorder = Callable[[Decision, int], None]
+
+
 class Responder:
     """Answers prediction requests with the served models, by the live routing.
 
     Args:
-        config: the Bento's configuration (model name, features, versions, routing).
-        models: the loaded models by variant: the champion, and the challenger when served.
+        config: the Bento's configuration (model name, features, routing).
+        served: the models to answer with now (a follower's snapshot, or fixed ones).
         router: assigns requests to variants by the routing store it holds.
         prediction_log: every answer (and shadow answer) is appended to it.
         observe: told of every model call (the service's metrics).
         on_rollback: called with a canary's rollback decision once this worker stored it, in a
             background thread (so a slow registry never delays the request).
+        background: runs shadow answers off the request path; without one they run inline.
     """
 
-    def __init__(self, config: BentoConfig, models: Mapping[Variant, TabularModel], router: Router,
+    def __init__(self, config: BentoConfig, served: Callable[[], ServedModels], router: Router,
                  prediction_log: PredictionLogWriter, *, observe: CallObserver = _ignore,
-                 on_rollback: Callable[[Decision], None] | None = None) -> None:
+                 on_rollback: RollbackRecorder | None = None,
+                 background: BackgroundScorer | None = None) -> None:
         self.config = config
-        self.models = dict(models)
-        self.versions: dict[Variant, int] = {"champion": config.champion.version}
-        if config.challenger is not None:
-            self.versions["challenger"] = config.challenger.version
+        self.served = served
         self.router, self.store = router, router.store
         self.prediction_log = prediction_log
         self.observe = observe
         self.on_rollback = on_rollback
+        self.background = background
         self.canary = CanaryWatch()
+        self._quality: tuple[int, QualityWindow] | None = None
+        self._quality_lock = threading.Lock()
+        #: The latest record this worker answered: a new version's warm-up prediction uses it.
+        self.latest_features: dict[str, Any] | None = None
+
+    def quality(self, served: ServedModels) -> QualityWindow | None:
+        """The paired answers of the served challenger and the champion (a new window for a new
+        challenger); None when no challenger is served.
+        """
+        if not served.has_challenger:
+            return None
+        version = served.versions["challenger"]
+        with self._quality_lock:
+            if self._quality is None or self._quality[0] != version:
+                self._quality = (version, QualityWindow(self.config.task))
+            return self._quality[1]
+
+    def record_label(self, request_id: str, label: Any) -> bool:
+        """Score the challenger's and the champion's paired answers to ``request_id`` against its
+        true label (from ``/feedback``); False when this worker holds no such pair.
+        """
+        current = self._quality
+        return current is not None and current[1].label(request_id, label)
+
+    @property
+    def versions(self) -> dict[Variant, int]:
+        """The versions answering now, by variant."""
+        return dict(self.served().versions)
+
+    def warm_up(self, model: TabularModel) -> None:
+        """Make ``model`` answer a real record (the latest one answered, else the Bento's
+        sample records); raises when it cannot.
+        """
+        records = ([self.latest_features] if self.latest_features is not None
+                   else self.config.warmup_records)
+        if not records:
+            raise ValueError("no record to warm up with")
+        outputs = model_outputs(model.predict(
+            {name: [record[name] for record in records] for name in self.config.feature_names}))
+        if len(outputs) != len(records):
+            raise ValueError(f"{len(outputs)} predictions for {len(records)} records")
 
     # --- the endpoints ------------------------------------------------------------------------
 
@@ -113,9 +163,10 @@ class Responder:
             records.append(record)
             request_ids.append(request_id)
         columns = {name: [record[name] for record in records] for name in self.config.feature_names}
+        served = self.served()
         started = time.perf_counter()
         try:
-            outputs = model_outputs(self.models["champion"].predict(columns))
+            outputs = model_outputs(served.models["champion"].predict(columns))
         except InvalidFeatureValue:
             raise
         except Exception as exc:
@@ -127,7 +178,7 @@ class Responder:
         answers = []
         for request_id, record, (prediction, probability) in zip(request_ids, records, outputs,
                                                                  strict=True):
-            answer = Answer("champion", self.versions["champion"], prediction, probability,
+            answer = Answer("champion", served.versions["champion"], prediction, probability,
                             elapsed * 1000 / len(records))
             self.prediction_log.append(prediction_record(
                 self.config.model_name, request_id, self._features(record), answer, timestamp=now))
@@ -139,8 +190,8 @@ class Responder:
     def _features(self, record: Mapping[str, Any]) -> dict[str, Any]:
         return {name: record[name] for name in self.config.feature_names}
 
-    def _call(self, variant: Variant, features: dict[str, Any], request_id: str, endpoint: str,
-              shadow: bool = False) -> Answer:
+    def _call(self, served: ServedModels, variant: Variant, features: dict[str, Any],
+              request_id: str, endpoint: str, shadow: bool = False) -> Answer:
         """Score one record with one variant and log the answer; a failing model gives an
         answer with its error, never an exception (but a value the model cannot take raises
         :class:`~loopline.errors.InvalidFeatureValue`: the request's fault).
@@ -151,14 +202,14 @@ class Responder:
         error: str | None = None
         try:
             [(prediction, probability)] = model_outputs(
-                self.models[variant].predict({name: [value] for name, value in features.items()}))
+                served.models[variant].predict({name: [value] for name, value in features.items()}))
         except InvalidFeatureValue:
             raise
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
         elapsed = time.perf_counter() - started
         self.observe(endpoint, variant, elapsed, error is not None)
-        answer = Answer(variant, self.versions[variant], prediction, probability, elapsed * 1000,
+        answer = Answer(variant, served.versions[variant], prediction, probability, elapsed * 1000,
                         error)
         self.prediction_log.append(prediction_record(self.config.model_name, request_id, features,
                                                      answer, shadow=shadow))
@@ -167,26 +218,70 @@ class Responder:
     def _answer(self, record: dict[str, Any], request_id: str, assignment: Assignment,
                 endpoint: str, state: RoutingState | None = None) -> PredictResponse:
         features = self._features(record)
-        answer = self._call(assignment.variant, features, request_id, endpoint)
-        if state is not None and state.kind == "canary":
-            self._watch_canary(state, answer)
+        served = self.served()
+        # A routing that names the challenger while none is served (a swap in progress, a
+        # rollback) is answered by the champion.
+        variant = assignment.variant if assignment.variant in served.models else "champion"
+        answer = self._call(served, variant, features, request_id, endpoint)
+        if state is not None and state.kind == "canary" and served.has_challenger:
+            self._watch_canary(state, answer, served)
+            if answer.variant == "challenger" and answer.error is None:
+                self._pair(served, features, request_id, answer)
         if answer.error is not None and answer.variant == "challenger":
             # The client still gets an answer: the champion's.
-            answer = self._call("champion", features, request_id, endpoint)
+            answer = self._call(served, "champion", features, request_id, endpoint)
         if answer.error is not None:
             raise ModelCallFailed(f"the model failed: {answer.error}")
-        if assignment.shadow and "challenger" in self.models:
-            self._call("challenger", features, request_id, endpoint, shadow=True)
+        self.latest_features = features
+        if assignment.shadow and served.has_challenger:
+            self._shadow(served, features, request_id, endpoint, answer)
         return prediction_response(self.config.model_name, request_id, answer, datetime.now(UTC))
 
-    def _watch_canary(self, state: RoutingState, answer: Answer) -> None:
+    def _later(self, kind: str, job: Callable[[], None]) -> None:
+        """Run ``job`` off the request path when the responder has a background scorer (dropped
+        and counted when its queue is full), else now.
+        """
+        if self.background is None:
+            job()
+        else:
+            self.background.submit(kind, job)
+
+    def _shadow(self, served: ServedModels, features: dict[str, Any], request_id: str,
+                endpoint: str, champion: Answer) -> None:
+        """The challenger's answer to a record, logged as a shadow and paired with the
+        champion's for the quality of its predictions.
+        """
+        def job() -> None:
+            shadow = self._call(served, "challenger", features, request_id, endpoint, shadow=True)
+            window = self.quality(served)
+            if shadow.error is None and window is not None:
+                window.add(request_id, champion.prediction, shadow.prediction)
+
+        self._later("shadow", job)
+
+    def _pair(self, served: ServedModels, features: dict[str, Any], request_id: str,
+              challenger: Answer) -> None:
+        """The champion's answer to a record the canary's challenger answered, paired with it
+        for the quality of the challenger's predictions (not logged: the client got the
+        challenger's).
+        """
+        def job() -> None:
+            [(prediction, _)] = model_outputs(served.models["champion"].predict(
+                {name: [value] for name, value in features.items()}))
+            window = self.quality(served)
+            if window is not None:
+                window.add(request_id, prediction, challenger.prediction)
+
+        self._later("pair", job)
+
+    def _watch_canary(self, state: RoutingState, answer: Answer, served: ServedModels) -> None:
         """Count the answer in the canary's step; store the step's decision when it is judged."""
         spec = self.config.routing
         if not isinstance(spec, CanaryRouting):
             return
         decision = self.canary.observe(spec, state, challenger=answer.variant == "challenger",
                                        error=answer.error is not None,
-                                       latency_ms=answer.latency_ms)
+                                       latency_ms=answer.latency_ms, quality=self.quality(served))
         if decision is None or decision.verdict == "hold":
             return
         stored = self.store.replace(next_state(spec, state, decision),
@@ -195,4 +290,5 @@ class Responder:
             return  # another worker decided first
         logger.warning("canary %s: %s", decision.verdict, decision.reason)
         if decision.verdict == "rollback" and self.on_rollback is not None:
-            threading.Thread(target=self.on_rollback, args=(decision,), daemon=True).start()
+            threading.Thread(target=self.on_rollback,
+                             args=(decision, served.versions["challenger"]), daemon=True).start()

@@ -80,16 +80,46 @@ class ABRouting(StrictModel):
     sticky_by: Annotated[str, Field(pattern=COLUMN_PATTERN)] | None = None
 
 
-class CanaryBounds(StrictModel):
-    """When a canary step rolls back instead of advancing.
+class QualityBounds(StrictModel):
+    """When the challenger's predictions fail against the champion's on the same requests (the
+    paired answers of a canary step or a shadow period). Until enough of those requests are
+    labelled through ``/feedback``, the challenger fails when the two disagree too often or the
+    challenger's predictions are distributed too differently; from then on a sequential test of
+    the challenger's metric against the champion's decides, however often it is looked at.
+
+    Attributes:
+        disagreement_rate: fail when the share of requests on which the two predictions disagree
+            meets this, e.g. `> 0.3` (classification: different classes; regression: further
+            apart than `regression_tolerance`).
+        prediction_drift: fail when the population stability index (PSI) of the challenger's
+            predictions against the champion's meets this, e.g. `> 0.25` (classification: the
+            classes' shares; regression: bins at the champion's prediction quantiles).
+        regression_tolerance: two regression predictions disagree when they are further apart
+            than this many standard deviations of the champion's predictions.
+        alpha: significance level of the sequential test on labelled requests: the chance that
+            it ever calls an equally good challenger better or worse.
+    """
+
+    disagreement_rate: ComparisonText = "> 0.3"
+    prediction_drift: ComparisonText = "> 0.25"
+    regression_tolerance: Annotated[float, Field(gt=0.0)] = 0.5
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+
+
+class CanaryBounds(QualityBounds):
+    """When a canary step rolls back instead of advancing: the challenger's error rate and
+    latency, and its predictions against the champion's (the fields of `QualityBounds`).
 
     Attributes:
         error_rate: roll back when the challenger's error rate meets this, e.g. `> 0.01`.
         p95_latency_ms: roll back when the challenger's p95 latency meets this, e.g. `> 100`.
+        min_answers: challenger answers a step needs before it may advance and before its
+            predictions are judged (a single early disagreement is not yet a 100% rate).
     """
 
     error_rate: ComparisonText = "> 0.01"
     p95_latency_ms: ComparisonText = "> 100"
+    min_answers: Annotated[int, Field(ge=1)] = 20
 
 
 class CanaryRouting(StrictModel):
@@ -131,10 +161,15 @@ class ShadowRouting(StrictModel):
     Attributes:
         kind: `shadow`.
         sample: share of requests also sent to the challenger.
+        predictions: the challenger's shadow predictions after which it is promoted, or rejected
+            when `reject_if` holds.
+        reject_if: when the challenger's predictions fail against the champion's.
     """
 
     kind: Literal["shadow"]
     sample: Fraction = 1.0
+    predictions: Annotated[int, Field(ge=1)] = 1000
+    reject_if: QualityBounds = Field(default_factory=QualityBounds)
 
 
 class BanditRouting(StrictModel):
@@ -191,6 +226,22 @@ class PredictionLogSpec(StrictModel):
     flush_seconds: Annotated[float, Field(gt=0.0, le=3600.0)] = 5.0
 
 
+class FollowSpec(StrictModel):
+    """How the live service keeps to the registry: it resolves ``champion`` and ``challenger``
+    by alias when it starts and every ``interval`` while it runs (and at once when the promote,
+    rollback and rollout flows nudge it), loads a new version in the background, warms it up
+    with a real prediction and swaps it in, with no restart.
+
+    Attributes:
+        enabled: follow the registry; ``false`` pins the versions the Bento was built with
+            (a Bento containerized for an environment without the registry).
+        interval: how often the registry is asked, e.g. `10s`.
+    """
+
+    enabled: bool = True
+    interval: Duration = "10s"
+
+
 class ServingSpec(StrictModel):
     """How the champion (and challenger) are served over HTTP.
 
@@ -202,6 +253,7 @@ class ServingSpec(StrictModel):
         port: the port ``bentoml serve`` listens on.
         max_batch: records one ``POST /predict/batch`` request may hold.
         prediction_log: where predictions and feedback are logged.
+        follow: how the live service follows the registry's aliases (or pins its versions).
     """
 
     routing: Routing = Field(default_factory=SingleRouting)
@@ -210,3 +262,4 @@ class ServingSpec(StrictModel):
     port: Annotated[int, Field(ge=1, le=65535)] = 3000
     max_batch: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     prediction_log: PredictionLogSpec = Field(default_factory=PredictionLogSpec)
+    follow: FollowSpec = Field(default_factory=FollowSpec)
