@@ -13,6 +13,7 @@ from loopline.data.feature_store import FeatureSetManifest
 from tasks.features import materialize_features as materialize
 from tasks.features import validate_source_data
 from tasks.spec import load_and_validate_spec
+from tasks.tracking import configure_mlflow_tracking
 
 
 @flow(name="loopline-materialize-features", log_prints=True)
@@ -25,11 +26,15 @@ def materialize_features(spec_path: str = "configs/demo.yaml",
         storage_block: a saved FeatureStoreStorage block; the local state folder when None.
 
     Steps:
-        1. Validate the spec and its data source.
+        1. Validate the spec and its data source; point MLflow at the tracking store (the
+           registry says what each served version was trained on).
         2. Run the spec's data checks; a failing batch is quarantined and alerted.
-        3. Commit the feature set version (or reuse the identical one) and publish its table.
+        3. Commit the feature set version (or reuse the identical one) and publish its table;
+           with ``retraining.learn_from_production`` the labelled answers of the prediction
+           log join the source's rows.
     """
     spec = load_and_validate_spec(spec_path)
+    configure_mlflow_tracking()
     validation = validate_source_data(spec, storage_block)
     return materialize(spec, validation, storage_block)
 

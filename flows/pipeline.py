@@ -15,6 +15,7 @@ from prefect.logging import get_run_logger
 from flows.promote import promote
 from flows.sweep import sweep
 from flows.train import train
+from loopline.data.feature_store import FeatureSetManifest
 from loopline.spec.model import Spec
 from tasks.evaluation import evaluate_candidate
 from tasks.features import materialize_features, validate_source_data
@@ -40,7 +41,8 @@ class PipelineResult:
 
 @flow(name="loopline-pipeline", log_prints=True)
 def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = None,
-             trigger: str = "manual", spec: Spec | None = None) -> PipelineResult:
+             trigger: str = "manual", spec: Spec | None = None,
+             manifest: FeatureSetManifest | None = None) -> PipelineResult:
     """Carry a spec from data to a served model.
 
     Args:
@@ -50,13 +52,17 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
             ``schedule``, or the monitoring event that asked for a retraining).
         spec: the spec at ``spec_path``, already validated with its source by the flow that
             runs this one (the retrain flow); read from ``spec_path`` when None.
+        manifest: the feature set version to train on, already checked and materialized by the
+            flow that runs this one (the retrain flow); steps 3 and 4 run when None.
 
     Steps:
         1. Validate the spec and its data source, once (nothing is written if it is invalid);
            the subflows get the validated spec.
         2. Point MLflow at the tracking store.
         3. Run the spec's data checks; a failing batch is quarantined, alerted, and stops here.
-        4. Materialize the feature set (a new version, or the identical existing one).
+        4. Materialize the feature set (a new version, or the identical existing one); with
+           ``retraining.learn_from_production`` the labelled answers of the prediction log
+           join the source's rows.
         5. Train: with a ``training.sweep`` section the sweep flow (Optuna trials, the best
            retrained on train+validation), else the train flow (each candidate once); every
            run is nested under the pipeline's MLflow run.
@@ -71,8 +77,9 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
     if spec is None:
         spec = load_and_validate_spec(spec_path)
     configure_mlflow_tracking()
-    validation = validate_source_data(spec, storage_block)
-    manifest = materialize_features(spec, validation, storage_block)
+    if manifest is None:
+        validation = validate_source_data(spec, storage_block)
+        manifest = materialize_features(spec, validation, storage_block)
     parent_run_id = start_training_run(spec, manifest, str(runtime.flow_run.id or ""))
     if spec.training.sweep is not None:
         best = sweep(spec_path, storage_block, manifest.version, parent_run_id, spec).best

@@ -15,7 +15,8 @@ from pydantic import BaseModel
 from flows.pipeline import pipeline
 from loopline.release.records import Outcome
 from loopline.spec.sections.operations import Trigger
-from tasks.retraining import claim_retraining, record_outcome
+from tasks.features import materialize_features, validate_source_data
+from tasks.retraining import check_something_new, claim_retraining, record_outcome
 from tasks.spec import load_and_validate_spec
 from tasks.tracking import configure_mlflow_tracking
 
@@ -55,12 +56,17 @@ def retrain(spec_path: str = "configs/demo.yaml", trigger: Trigger = "manual",
         1. Validate the spec and its source; point MLflow at the tracking store.
         2. Check ``retraining.on``, the cooldown, the daily maximum and the minimum samples
            against the model's retraining record; record the claim.
-        3. Run the pipeline with the validated spec: re-materialize the features from the
-           source (with its recent rows), train or sweep per the spec, evaluate against the
-           current champion on the most recent (test) data, register a better model in STAGING
-           (served as challenger, e.g. canary, where the routing says so) or promote it per the
-           gates; a worse one is rejected and nothing changes.
-        4. Record the outcome (registry and a markdown artifact).
+        3. Run the data checks and re-materialize the features from the source (with its
+           recent rows and, with ``retraining.learn_from_production``, the labelled answers of
+           the prediction log, their served time as event time).
+        4. If that feature set version and the training settings are what the champion or the
+           challenger was trained on, refuse: nothing new to learn from (no candidate is
+           trained or registered).
+        5. Run the pipeline on that feature set version: train or sweep per the spec, evaluate
+           against the current champion on the most recent (test) data, register a better
+           model in STAGING (served as challenger, e.g. canary, where the routing says so) or
+           promote it per the gates; a worse one is rejected and nothing changes.
+        6. Record the outcome (registry and a markdown artifact).
     """
     spec = load_and_validate_spec(spec_path)
     configure_mlflow_tracking()
@@ -70,7 +76,13 @@ def retrain(spec_path: str = "configs/demo.yaml", trigger: Trigger = "manual",
         record_outcome(spec, key, trigger, cause, "refused", decision.reason)
         return RetrainingResult(model_name=spec.name, outcome="refused", reason=decision.reason)
     try:
-        result = pipeline(spec_path, storage_block, trigger=cause, spec=spec)
+        manifest = materialize_features(spec, validate_source_data(spec, storage_block),
+                                        storage_block)
+        unchanged = check_something_new(spec, manifest)
+        if unchanged is not None:
+            record_outcome(spec, key, trigger, cause, "refused", unchanged)
+            return RetrainingResult(model_name=spec.name, outcome="refused", reason=unchanged)
+        result = pipeline(spec_path, storage_block, trigger=cause, spec=spec, manifest=manifest)
     except Exception as exc:
         record_outcome(spec, key, trigger, cause, "failed", f"{type(exc).__name__}: {exc}")
         raise

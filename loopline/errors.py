@@ -117,6 +117,14 @@ class DataValidationFailed(LooplineError):
         self.quarantine_uri = quarantine_uri
 
 
+class ProductionDataError(LooplineError):
+    """Labelled production traffic cannot join the source's rows: a label or a served feature
+    value does not convert to the column's type, or a feature is missing from the served records.
+    """
+
+    http_status = 422
+
+
 class TrainingError(LooplineError):
     """Training a candidate failed."""
 

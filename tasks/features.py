@@ -19,6 +19,7 @@ from loopline.settings import current_settings
 from loopline.spec.model import Spec
 from loopline.state import state_paths
 from tasks.options import loopline_task
+from tasks.production import read_served_traffic
 
 
 def open_store(storage_block: str | None) -> FeatureStore:
@@ -80,17 +81,37 @@ def materialize_features(spec: Spec, validation: ValidationReport | None = None,
                          storage_block: str | None = None) -> FeatureSetManifest:
     """Compute the features from the source and commit a version (or reuse the identical one);
     publishes the feature table (features, versions, rows, null share) as a Prefect artifact.
+
+    With ``retraining.learn_from_production`` the labelled answers in the spec's prediction log
+    join the source's rows (this reads the registry: configure MLflow tracking first).
+
+    Raises:
+        ProductionDataError: a label or served value does not fit its column.
     """
-    manifest = open_store(storage_block).materialize(spec, validation)
-    get_run_logger().info("feature set %s v%d: %d rows, fingerprint %s", manifest.feature_set,
-                          manifest.version, manifest.row_count, manifest.fingerprint[:12])
+    logger = get_run_logger()
+    store = open_store(storage_block)
+    production = None
+    if spec.retraining.learn_from_production.enabled:
+        production = store.production_batch(spec, read_served_traffic(spec, store))
+        joined = production.summary
+        logger.info("%d labelled production answers join (served %s to %s) from %s",
+                    joined.rows, joined.served_from, joined.served_to, joined.log)
+        if joined.stale_rows:
+            logger.warning("%d labelled production answers were served by model versions trained "
+                           "on other feature definitions (or of unknown lineage): left out",
+                           joined.stale_rows)
+    manifest = store.materialize(spec, validation, production=production)
+    logger.info("feature set %s v%d: %d rows, fingerprint %s", manifest.feature_set,
+                manifest.version, manifest.row_count, manifest.fingerprint[:12])
     create_table_artifact(
         key=f"{spec.name}-features",
         table=[{"feature": f.name, "version": f.version, "kind": f.kind, "dtype": f.dtype,
                 "expression": f.expr, "rows": manifest.row_count,
                 "null_share": round(f.null_share, 4)} for f in manifest.features],
         description=f"Feature set `{manifest.feature_set}` v{manifest.version}: "
-                    f"{manifest.row_count} rows from `{manifest.source}`",
+                    f"{manifest.row_count} rows from `{manifest.source}`"
+                    + (f", {manifest.production.rows} of them labelled production answers"
+                       if manifest.production else ""),
     )
     return manifest
 

@@ -7,11 +7,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from loopline.data.feature_store import FeatureSetManifest
-from loopline.release.lineage import Lineage, code_version
+from loopline.release.lineage import Lineage, code_version, training_settings_hash
 from loopline.release.model_card import ModelCard
 from loopline.release.records import ModelVersionInfo
 from loopline.release.registry import ModelRegistry
+from loopline.serving.rollout import nudge_services
 from loopline.spec.model import Spec
+from loopline.state import state_paths
 from loopline.training.tracking import log_model
 from tasks.evaluation import Evaluation
 from tasks.options import loopline_task
@@ -24,6 +26,10 @@ def model_card_for(spec: Spec, manifest: FeatureSetManifest, test_metrics: dict[
     card = spec.gates.model_card
     span = manifest.time_range
     covered = f", observed {span[0]} to {span[1]}" if span else ""
+    production = manifest.production
+    if production is not None:
+        covered += (f"; {production.rows} of them labelled production answers from the "
+                    f"prediction log, served {production.served_from} to {production.served_to}")
     training_data = (f"Feature set `{manifest.feature_set}` v{manifest.version} ({manifest.row_count} "
                      f"rows{covered}) materialized from `{manifest.source}` (sha256 "
                      f"{manifest.source_fingerprint[:12]}); features: "
@@ -56,12 +62,14 @@ def register_candidate(spec: Spec, manifest: FeatureSetManifest, best: Candidate
         feature_versions=manifest.feature_versions, training_run_id=best.run_id,
         parent_model_version=evaluation.champion.version if evaluation.champion else None,
         code_version=code_version(), spec_hash=spec.content_hash(), trigger=trigger,
+        training_settings=training_settings_hash(spec),
     )
     card = model_card_for(spec, manifest, evaluation.test_metrics)
     registry = ModelRegistry()
     version = registry.register_model(spec.name, model_uri, card, lineage, run_id=best.run_id)
     version = registry.transition_stage(spec.name, version.version, "STAGING", actor=flow_actor(),
                                         reason="passed its gates")
+    nudge_services(spec.name, state_paths().serving)  # the live services start routing to it
     create_markdown_artifact(key=f"{spec.name}-model-card",
                              markdown=card.render_markdown(spec.name, version.version),
                              description=f"Model card of {spec.name} v{version.version}")
@@ -72,7 +80,8 @@ def register_candidate(spec: Spec, manifest: FeatureSetManifest, best: Candidate
 
 @loopline_task(name="promote-model")
 def promote_version(spec: Spec, version: int, reason: str) -> ModelVersionInfo:
-    """Make ``version`` champion (PRODUCTION); the previous champion is archived.
+    """Make ``version`` champion (PRODUCTION); the previous champion is archived. The running
+    services following the registry are nudged, so they swap now, not at their next interval.
 
     Raises:
         ModelCardNotApproved: its card is incomplete or not approved.
@@ -80,6 +89,7 @@ def promote_version(spec: Spec, version: int, reason: str) -> ModelVersionInfo:
     """
     promoted = ModelRegistry().transition_stage(spec.name, version, "PRODUCTION",
                                                 actor=flow_actor(), reason=reason)
+    nudge_services(spec.name, state_paths().serving)  # the live services answer with it now
     get_run_logger().info("%s v%d is champion (%s)", spec.name, version, reason)
     return promoted
 

@@ -1,4 +1,6 @@
-"""Claiming a retraining run against the spec's guardrails, and recording how it ended."""
+"""Claiming a retraining run against the spec's guardrails, refusing one with nothing new to learn
+from, and recording how it ended.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ from prefect import runtime
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
+from loopline.data.feature_sets import FeatureSetManifest
 from loopline.errors import ModelNotFound
-from loopline.monitoring.retraining import GuardDecision, check_guardrails, first_claim
-from loopline.release.records import Outcome, RetrainingRecord
+from loopline.monitoring.retraining import GuardDecision, check_guardrails, first_claim, nothing_new
+from loopline.release.lineage import training_settings_hash
+from loopline.release.records import CHALLENGER, Outcome, RetrainingRecord
 from loopline.release.registry import ModelRegistry
 from loopline.spec.model import Spec
 from loopline.spec.sections.operations import Trigger
@@ -50,6 +54,20 @@ def claim_retraining(spec: Spec, trigger: Trigger, cause: str, samples: int | No
     log("retraining %s (%s, %s): %s", "starts" if decision.allowed else "refused", trigger, cause,
         decision.reason)
     return decision, key
+
+
+@loopline_task(name="check-something-new")
+def check_something_new(spec: Spec, manifest: FeatureSetManifest) -> str | None:
+    """Why training on ``manifest`` with the spec's training settings would only copy the
+    champion or the challenger (they were trained on exactly that), or None.
+    """
+    registry = ModelRegistry()
+    live = {"champion": registry.champion(spec.name),
+            "challenger": registry.get_by_alias(spec.name, CHALLENGER)}
+    reason = nothing_new(manifest.feature_set, manifest.version, training_settings_hash(spec), live)
+    if reason is not None:
+        get_run_logger().warning("%s", reason)
+    return reason
 
 
 @loopline_task(name="record-retraining-outcome")

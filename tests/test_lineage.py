@@ -30,6 +30,7 @@ lineages = st.builds(
     # an empty code version cannot be told from none, so a present one is never empty
     code_version=st.none() | st.text(HEX, min_size=40, max_size=40),
     spec_hash=st.text(HEX, min_size=64, max_size=64),
+    training_settings=st.none() | st.text(HEX, min_size=64, max_size=64),
 )
 
 

@@ -78,16 +78,32 @@ def logs(workers: dict[str, Worker]) -> str:
     return "\n".join(f"--- {name}\n{w.log.read_text()[-3000:]}" for name, w in workers.items())
 
 
+#: Drifted requests: every row of the feature set once. Labelled, they join the source's rows
+#: as the newest, filling the time split's test part (20% of source and traffic, 228 rows) first,
+#: then its validation part (228) and the start of train (113): the sweep's best is retrained on
+#: train+validation, so it learns from 341 of them and is judged on the other 228.
+DRIFTED_ROWS = 569
+
+
 def drifted_requests(stack: Stack, url: str, rows: int) -> None:
-    """Real requests to the served model whose features moved away from the training data."""
+    """Real requests to the served model whose features moved away from the training data, each
+    followed by its true label (``POST /feedback``): the label of the row it was made from (the
+    same tumours, measured differently), so that the retraining has new rows to learn from.
+    """
     store = FeatureStore(Storage(f"s3://{BUCKET}/features", stack.s3.credentials()))
     manifest = store.manifest(MODEL)
-    for index, row in enumerate(store.read(MODEL).head(rows).iter_rows(named=True)):
-        record = {name: 1 if name == "is_large" else row[name] * 1.5 + 1
-                  for name in manifest.feature_names}
-        answer = httpx.post(f"{url}/predict", json={**record, "request_id": f"drift-{index}"},
-                            timeout=30)
-        assert answer.status_code == 200, answer.text
+    source = store.read(MODEL)
+    assert source.height >= rows, source.height
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for index, row in enumerate(source.head(rows).iter_rows(named=True)):
+            record = {name: 1 if name == "is_large" else row[name] * 1.5 + 1
+                      for name in manifest.feature_names}
+            request_id = f"drift-{index}"
+            answer = client.post("/predict", json={**record, "request_id": request_id})
+            assert answer.status_code == 200, answer.text
+            labelled = client.post("/feedback", json={"request_id": request_id,
+                                                      "label": row[manifest.target]})
+            assert labelled.status_code == 200 and labelled.json()["logged"], labelled.text
 
 
 def test_the_demo_loop_runs_on_postgresql_s3_and_two_workers(
@@ -133,16 +149,18 @@ def test_the_demo_loop_runs_on_postgresql_s3_and_two_workers(
     flow_runs = stack.postgres.query(stack.databases["prefect"], "SELECT count(*) FROM flow_run")
     assert int(flow_runs) >= 4  # pipeline, its sweep subflow, two trial runs
 
-    # 2. The champion's Bento served; drifted traffic logged to S3.
+    # 2. The champion's Bento served; drifted traffic and its labels logged to S3.
     listed = subprocess.run([str(VENV_BIN / "bentoml"), "list", "-o", "json"], check=True,
                             capture_output=True, text=True, env={**os.environ, **stack.env})
     tags = [b["tag"] for b in json.loads(listed.stdout) if b["tag"].startswith(MODEL)]
     assert len(tags) == 1, listed.stdout
     with serve_bento(tags[0], tmp_path, env=stack.env) as url:
-        drifted_requests(stack, url, 120)
-    assert stack.s3.keys(BUCKET, f"predictions/{MODEL}/"), "no prediction log on S3"
+        drifted_requests(stack, url, DRIFTED_ROWS)
+    assert stack.s3.keys(BUCKET, f"predictions/{MODEL}/predictions/"), "no prediction log on S3"
+    assert stack.s3.keys(BUCKET, f"predictions/{MODEL}/feedback/"), "no feedback log on S3"
 
-    # 3. The monitor deployment finds drift; Prefect's trigger starts retraining.
+    # 3. The monitor deployment finds drift; Prefect's trigger starts retraining, which learns
+    #    from the labelled traffic.
     monitor = run_deployment(stack.env, "loopline-monitor/monitor", spec_path=str(spec_path))
     assert wait_for_run(stack.env, monitor, RUN_TIMEOUT_S, workers["loopline-process"].log) == "COMPLETED", \
         logs(workers)
@@ -160,3 +178,6 @@ def test_the_demo_loop_runs_on_postgresql_s3_and_two_workers(
         # as good as the champion on the latest data, and on_pass: production
         assert [(r.trigger, r.outcome, r.version) for r in history] == [("drift", "promoted", 2)]
         assert registry.champion(MODEL).version == 2  # type: ignore[union-attr]
+    joined = FeatureStore(Storage(f"s3://{BUCKET}/features", stack.s3.credentials())).manifest(MODEL)
+    assert joined.version == 2 and joined.production is not None, joined
+    assert joined.production.rows == DRIFTED_ROWS, joined.production

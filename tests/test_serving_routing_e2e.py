@@ -181,7 +181,7 @@ def test_the_split_holds_over_many_requests_and_applies_to_the_next_request(
     for share in (0.3, 0.0, 1.0):
         set_share(ab, share)
         variants: Counter[str] = Counter()
-        n = 400
+        n = 400 if 0 < share < 1 else 50  # an all-or-nothing share needs no sample
         for index in range(n):
             body = {k: v for k, v in records[index % len(records)].items() if k != "patient_id"}
             answer = post(ab, "/predict/ab", {**body, "request_id": f"split-{share}-{index}"})

@@ -150,6 +150,20 @@ def test_relative_source_resolves_against_the_spec_folder() -> None:
     assert remote.data.source == "s3://bucket/x.parquet"
 
 
+def test_quality_bounds_are_read_as_written() -> None:
+    canary = load_spec(SPECS / "valid" / "canary_requests.yaml").serving.routing
+    assert canary.kind == "canary"
+    bounds = canary.rollback_if
+    assert (bounds.error_rate, bounds.p95_latency_ms, bounds.min_answers) == ("> 0.02", "> 100", 50)
+    assert (bounds.disagreement_rate, bounds.prediction_drift, bounds.regression_tolerance,
+            bounds.alpha) == ("> 0.2", ">= 0.3", 0.5, 0.01)
+    shadow = load_spec(SPECS / "valid" / "shadow_monitoring.yaml").serving.routing
+    assert shadow.kind == "shadow"
+    assert (shadow.sample, shadow.predictions) == (0.25, 2000)
+    assert (shadow.reject_if.disagreement_rate, shadow.reject_if.prediction_drift,
+            shadow.reject_if.regression_tolerance, shadow.reject_if.alpha) == ("> 0.1", "> 0.25", 0.25, 0.05)
+
+
 def test_search_spaces_are_read_as_written() -> None:
     spec = load_spec(SPECS / "valid" / "time_split_mlp.yaml")
     search = spec.training.algorithms[0].search

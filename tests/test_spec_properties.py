@@ -186,6 +186,12 @@ def _schedules() -> st.SearchStrategy[dict[str, Any]]:
                      st.sampled_from([None, "UTC", "Europe/Paris"]))
 
 
+QUALITY_BOUNDS: dict[str, st.SearchStrategy[Any]] = {
+    "disagreement_rate": comparisons, "prediction_drift": comparisons,
+    "regression_tolerance": positive_floats, "alpha": open_fractions,
+}
+
+
 @st.composite
 def routings(draw: st.DrawFn, sticky_choices: list[str]) -> dict[str, Any]:
     kind = draw(st.sampled_from(["single", "ab", "canary", "shadow", "bandit", None]))
@@ -206,10 +212,14 @@ def routings(draw: st.DrawFn, sticky_choices: list[str]) -> dict[str, Any]:
             put(routing, "hold", draw(maybe(durations)))
         if draw(st.booleans()):
             routing["rollback_if"] = draw(st.fixed_dictionaries({}, optional={
-                "error_rate": comparisons, "p95_latency_ms": comparisons}))
+                "error_rate": comparisons, "p95_latency_ms": comparisons, "min_answers": positive_ints,
+                **QUALITY_BOUNDS}))
         put(routing, "sticky_by", draw(maybe(sticky)))
     elif kind == "shadow":
         put(routing, "sample", draw(maybe(fractions)))
+        put(routing, "predictions", draw(maybe(positive_ints)))
+        if draw(st.booleans()):
+            routing["reject_if"] = draw(st.fixed_dictionaries({}, optional=QUALITY_BOUNDS))
     elif kind == "bandit":
         put(routing, "prior_alpha", draw(maybe(positive_floats)))
         put(routing, "prior_beta", draw(maybe(positive_floats)))

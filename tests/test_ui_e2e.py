@@ -27,7 +27,13 @@ import httpx
 import pytest
 import yaml
 
-from loopline.serving.prediction_log import PredictionLogWriter, PredictionRecord
+from loopline.data.feature_store import FeatureStore
+from loopline.serving.prediction_log import (
+    FeedbackLogWriter,
+    FeedbackRecord,
+    PredictionLogWriter,
+    PredictionRecord,
+)
 from loopline.storage import Storage
 from loopline.training.queueing import TRAINING_POOL
 from tests.browser import screenshot, visible_text, wait_for_text
@@ -52,8 +58,12 @@ MODEL = "tumor-malignancy"
 RUN_TIMEOUT_S = 420
 #: How long Prefect may take to start the retrain deployment after the drift event.
 TRIGGER_TIMEOUT_S = 180
-#: Rows of drifted traffic: above the demo spec's drift.min_samples (50).
-DRIFTED_ROWS = 200
+#: Rows of drifted traffic: every row of the demo's feature set once (far above its
+#: drift.min_samples, 50). Labelled, they join the source's rows as the newest, so they fill the
+#: time split's test and validation parts (40% of source and traffic) first: with as many as the
+#: source has, a fifth of them (113) reaches the training part too, and the retraining learns
+#: the drifted measurements from them.
+DRIFTED_ROWS = 569
 
 
 @dataclass(frozen=True)
@@ -98,20 +108,28 @@ def prefect_yaml() -> dict[str, Any]:
 
 def drifted_traffic(home: Path, rows: int) -> None:
     """Served traffic whose measurements are 1.5 times the training data's (as in
-    docs/tutorial.md), logged as the Bento logs it (the state folder's prediction log).
-    """
-    from loopline.data.feature_store import FeatureStore
+    docs/tutorial.md), and the label of each request posted back later (``POST /feedback``),
+    both logged as the Bento logs them (the state folder's prediction log).
 
+    The traffic is the demo's own rows as if the instruments now read 1.5 times larger: the
+    tumours, and so their true labels, are the rows' own. The champion, trained on the old
+    readings, calls most of them malignant; a retraining that learns from the labels does not.
+    """
     store = FeatureStore(home / "features")
     names = store.manifest(MODEL, 1).feature_names
-    writer = PredictionLogWriter(Storage(str(home / "predictions" / MODEL)), flush_rows=10_000)
-    for index, row in enumerate(store.read(MODEL, 1).head(rows).iter_rows(named=True)):
-        features = {name: row[name] * 1.5 if isinstance(row[name], float) else row[name]
-                    for name in names}
-        writer.append(PredictionRecord(request_id=f"ui-drift-{index}", model_name=MODEL,
-                                       model_version=1, variant="champion", prediction=1,
-                                       probability=0.9, features=features, latency_ms=2.0))
-    writer.close()
+    source = store.read(MODEL, 1)
+    assert source.height >= rows, source.height
+    log = Storage(str(home / "predictions" / MODEL))
+    with (PredictionLogWriter(log, flush_rows=10_000) as predictions,
+          FeedbackLogWriter(log, flush_rows=10_000) as feedback):
+        for index, row in enumerate(source.head(rows).iter_rows(named=True)):
+            request_id = f"ui-drift-{index}"
+            features = {name: row[name] * 1.5 if isinstance(row[name], float) else row[name]
+                        for name in names}
+            predictions.append(PredictionRecord(
+                request_id=request_id, model_name=MODEL, model_version=1, variant="champion",
+                prediction=1, probability=0.9, features=features, latency_ms=2.0))
+            feedback.append(FeedbackRecord(request_id=request_id, label=row["malignant"]))
 
 
 def completed(env: dict[str, str], flow_run_id: str, what: str, logs: tuple[Path, ...]) -> None:
@@ -282,8 +300,12 @@ def test_the_drift_event_and_the_retraining_it_started_show_in_the_ui(
     wait_for_text(page, f"{MODEL}-retraining", loop.log_tails(), exact=True)
     retraining = loop.artifacts(loop.retrain_run)[f"{MODEL}-retraining"]
     page.goto(f"{loop.ui}/artifacts/artifact/{retraining['id']}")
-    # The demo spec promotes a candidate at least as good as the champion: v2 is champion.
+    # It learned from the labelled drifted traffic (a feature set version holding it), beat
+    # the champion on it, and the demo spec promotes a candidate at least as good: v2 is champion.
     wait_for_text(page, f"Retraining of {MODEL}: promoted", loop.log_tails())
+    manifest = FeatureStore(loop.home / "features").manifest(MODEL)
+    assert manifest.version == 2 and manifest.production is not None, manifest
+    assert manifest.production.rows == DRIFTED_ROWS, manifest.production
     wait_for_text(page, match.group(1), loop.log_tails())  # the cause: the event's id
     screenshot(page, tmp_path, "prefect-retraining.png")
 

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from loopline.data.parquet_parts import sink_parts
+from loopline.data.production import ProductionRows
 from loopline.data.validation import ValidationReport
 from loopline.errors import FeatureSetNotFound
 from loopline.storage import Storage
@@ -47,7 +48,11 @@ class FeatureRef(BaseModel):
 
 
 class FeatureSetManifest(BaseModel):
-    """Everything a version of a feature set says about itself; lineage points here."""
+    """Everything a version of a feature set says about itself; lineage points here.
+
+    ``production`` says how many labelled production answers joined the source's rows (and
+    when they were served); None when none did.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -69,6 +74,7 @@ class FeatureSetManifest(BaseModel):
     created_at: str
     created_by: str
     loopline_version: str
+    production: ProductionRows | None = None
 
     @property
     def feature_names(self) -> list[str]:

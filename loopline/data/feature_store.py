@@ -29,6 +29,13 @@ from loopline.data.feature_definitions import (
 from loopline.data.feature_sets import FeatureRef, FeatureSetManifest, FeatureSets
 from loopline.data.features import dtype_name, feature_frame
 from loopline.data.point_in_time import point_in_time_join
+from loopline.data.production import (
+    ProductionBatch,
+    ProductionRows,
+    ServedTraffic,
+    current_answers,
+    production_batch,
+)
 from loopline.data.sources import scan_source, source_fingerprint, source_schema
 from loopline.data.splits import Splits, split_frame
 from loopline.data.validation import ValidationReport, validate_batch
@@ -115,8 +122,24 @@ class FeatureStore:
         self.storage.write_bytes(json.dumps(details, indent=2).encode(), folder, "report.json")
         return self.storage.uri(folder)
 
+    def production_batch(self, spec: Spec, traffic: ServedTraffic,
+                         credentials: S3Credentials | None = None) -> ProductionBatch:
+        """The labelled production answers in ``traffic`` that may join the spec's feature set
+        (served with the feature definitions the spec declares now), shaped as its rows.
+
+        Raises:
+            DataSourceError: the source cannot be read.
+            ProductionDataError: a label or served value does not fit its column.
+        """
+        definitions = _definitions(spec, source_schema(spec.data, credentials))
+        current = {name: definition_hash(name, d) for name, (_, d, _) in definitions.items()}
+        answers, stale = current_answers(traffic, current)
+        schema = feature_frame(scan_source(spec.data, credentials), spec).collect_schema()
+        return production_batch(answers, stale, spec.data, schema, traffic.log)
+
     def materialize(self, spec: Spec, validation: ValidationReport | None = None,
-                    credentials: S3Credentials | None = None) -> FeatureSetManifest:
+                    credentials: S3Credentials | None = None,
+                    production: ProductionBatch | None = None) -> FeatureSetManifest:
         """Compute the spec's features from its source and commit them as a new version of the
         feature set, or return the version with the same fingerprint.
 
@@ -124,6 +147,10 @@ class FeatureStore:
             spec: the spec (its name names the feature set).
             validation: the data checks' results, recorded in the manifest.
             credentials: for a source on S3.
+            production: labelled production rows (:meth:`production_batch`) joined after the
+                source's rows; their content is part of the fingerprint, so the same source and
+                the same labelled traffic give the same version, and one more labelled answer a
+                new one.
 
         Raises:
             DataSourceError: the source cannot be read.
@@ -132,29 +159,38 @@ class FeatureStore:
         schema = source_schema(spec.data, credentials)
         definitions = _definitions(spec, schema)
         source_hash = source_fingerprint(spec.data, credentials)
-        fingerprint = hashlib.sha256(json.dumps({
+        identity: dict[str, object] = {
             "source": source_hash,
             "roles": [spec.data.entity_id, spec.data.event_time, spec.data.target],
             "features": [definition_hash(name, d) for name, (_, d, _) in definitions.items()],
-        }).encode()).hexdigest()
+        }
+        joined = production if production is not None and production.summary.rows else None
+        if joined is not None:
+            # Only when rows join: without any, the data (and so the version) is the source's.
+            identity["production"] = joined.summary.fingerprint
+        fingerprint = hashlib.sha256(json.dumps(identity).encode()).hexdigest()
         existing = self.sets.find(spec.name, fingerprint)
         if existing is not None:
             return existing
+        rows = feature_frame(scan_source(spec.data, credentials), spec)
+        if joined is not None:
+            rows = pl.concat([rows, joined.rows.lazy()], how="vertical")
         try:
-            files = self.sets.write_data(spec.name, feature_frame(scan_source(spec.data,
-                                                                              credentials), spec))
+            files = self.sets.write_data(spec.name, rows)
         except pl.exceptions.PolarsError as exc:
             raise FeatureComputationError(f"computing the features of {spec.name!r} failed: "
                                           f"{exc}") from exc
         try:
-            return self._commit(spec, definitions, files, fingerprint, source_hash, validation)
+            return self._commit(spec, definitions, files, fingerprint, source_hash, validation,
+                                None if joined is None else joined.summary)
         except BaseException:
             self.sets.discard(files)  # nothing may reference them: leave no orphan behind
             raise
 
     def _commit(self, spec: Spec, definitions: dict[str, tuple[str, FeatureDefinition, str]],
                 files: list[str], fingerprint: str, source_hash: str,
-                validation: ValidationReport | None) -> FeatureSetManifest:
+                validation: ValidationReport | None,
+                production: ProductionRows | None = None) -> FeatureSetManifest:
         """Register the features and publish the manifest of freshly written ``files``."""
         stats = self.sets.stats(files, list(definitions), spec.data.event_time)
         author = spec.owner or _user()
@@ -173,7 +209,7 @@ class FeatureStore:
             entity_id=spec.data.entity_id, event_time=spec.data.event_time,
             target=spec.data.target, features=refs, time_range=stats["time_range"], files=files,
             validation=validation, created_at=datetime.now(UTC).isoformat(), created_by=author,
-            loopline_version=loopline.__version__,
+            loopline_version=loopline.__version__, production=production,
         )
         return self.sets.publish(manifest)
 

@@ -33,7 +33,9 @@ def split_frame(frame: pl.DataFrame, data: DataSpec) -> Splits:
         ordered = frame[order]
     else:
         assert data.event_time is not None  # enforced by the spec's consistency checks
-        ordered = frame.sort([data.event_time, data.entity_id])
+        # Stable: rows that tie on both (production rows have no entity id) keep the order
+        # they were written in, so the same frame always splits the same way.
+        ordered = frame.sort([data.event_time, data.entity_id], maintain_order=True)
     n_train = n - n_val - n_test
     return Splits(
         train=ordered.slice(0, n_train),

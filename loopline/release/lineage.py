@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
+
+from loopline.spec.model import Spec
 
 TAG_PREFIX = "loopline.lineage."
 
@@ -25,6 +29,8 @@ class Lineage(BaseModel):
         spec_hash: sha256 of the spec.
         trigger: what started the training: ``manual``, ``schedule``, or the Prefect event
             (name and id) that monitoring emitted.
+        training_settings: :func:`training_settings_hash` of the spec it was trained with (None
+            on versions registered before it was recorded).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -39,6 +45,7 @@ class Lineage(BaseModel):
     code_version: str | None = None
     spec_hash: str
     trigger: str | None = None
+    training_settings: str | None = None
 
     def to_tags(self) -> dict[str, str]:
         """The lineage as MLflow model-version tags (one per field)."""
@@ -57,10 +64,22 @@ class Lineage(BaseModel):
             return None
         versions = fields.get("feature_versions", "")
         fields["feature_versions"] = dict(item.split("=", 1) for item in versions.split(",") if item)  # type: ignore[assignment]
-        for optional in ("parent_model_version", "code_version", "trigger"):
+        for optional in ("parent_model_version", "code_version", "trigger", "training_settings"):
             if fields.get(optional) == "":
                 fields[optional] = None  # type: ignore[assignment]
         return cls.model_validate(fields)
+
+
+def training_settings_hash(spec: Spec) -> str:
+    """sha256 of what decides the model trained on a feature set version: the ``training``
+    section (task, metric, candidates and their search, the sweep, the seed) and ``data.split``.
+    ``training.queue``, gates, serving and monitoring are left out: they do not change what is
+    learned.
+    """
+    settings = {"training": spec.training.model_dump(mode="json", exclude={"queue"}),
+                "split": spec.data.split.model_dump(mode="json")}
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def code_version(folder: Path | None = None) -> str | None:

@@ -208,4 +208,10 @@ def consistency_problems(spec: Spec) -> list[SpecProblem]:
         problems.append(_problem("monitoring.performance", "retraining on performance needs "
                                  "performance monitoring", "add `monitoring.performance`, or "
                                  "drop `performance` from `retraining.on`"))
+    if spec.retraining.learn_from_production.enabled and data.event_time is None:
+        problems.append(_problem("retraining.learn_from_production.enabled", "learning from "
+                                 "production needs an event-time column: each served answer "
+                                 "joins with its served time as event time",
+                                 "set `data.event_time`, or `learn_from_production: {enabled: "
+                                 "false}`"))
     return problems

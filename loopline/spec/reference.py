@@ -44,7 +44,7 @@ source — check out. Only `true` and `false` are booleans (YAML 1.2), so `on:` 
 | `serving` | used by the Bento: champion and challenger routed, API keys, the prediction log |
 | `notifications` | used for data-validation, drift and performance alerts (log, webhook, Slack) |
 | `monitoring` | used by the monitor flow: drift, performance, alerts, events |
-| `retraining` | used by the retrain flow: enabled triggers, cooldown, daily maximum, minimum samples |
+| `retraining` | used: triggers, cooldown, daily maximum, minimum samples, learning from production |
 
 """
 

@@ -115,6 +115,27 @@ class MonitoringSpec(StrictModel):
 Trigger = Literal["drift", "performance", "schedule", "manual"]
 
 
+class LearnFromProduction(StrictModel):
+    """What production saw joins the source's rows whenever the feature set is materialized:
+    every answer the service gave that later got a label through ``/feedback`` becomes one row,
+    with the label as the target and the served time as its event time, so a time split puts
+    the most recent labelled traffic in the test split the gates use.
+
+    Rows are taken as served: the feature values the model saw. They join only when the model
+    version that answered was trained on the feature definitions the spec declares now (a row
+    computed with an older definition of a feature is left out and counted as stale). Shadow
+    answers and answers with an error are never rows; one request gives one row.
+
+    Attributes:
+        enabled: join the labelled served records (needs ``data.event_time``).
+        window: only answers served within this long before the materialization, e.g. `90d`;
+            the whole prediction log when left out.
+    """
+
+    enabled: bool = False
+    window: Duration | None = None
+
+
 class RetrainingSpec(StrictModel):
     """What starts a retraining run, and how often at most.
 
@@ -128,6 +149,8 @@ class RetrainingSpec(StrictModel):
         max_per_day: automatic retraining runs per 24 hours at most.
         min_samples: an event-triggered retraining needs at least this many rows in the window
             that raised it.
+        learn_from_production: join the labelled answers of the served models (the prediction
+            log with its feedback) to the source's rows when the features are materialized.
     """
 
     on: list[Trigger] = Field(default_factory=lambda: list[Trigger](["manual"]))
@@ -136,6 +159,7 @@ class RetrainingSpec(StrictModel):
     max_per_day: Annotated[int, Field(ge=1)] = 2
     min_samples: Annotated[int, Field(ge=1)] = 100
     sweep: Literal["reuse_best", "full"] = "reuse_best"
+    learn_from_production: LearnFromProduction = Field(default_factory=LearnFromProduction)
 
 
 Severity = Literal["info", "high", "critical"]
