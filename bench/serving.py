@@ -94,7 +94,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "full": {"levels": [1, 2, 4, 8, 16, 32, 64], "duration": 4.0, "warmup": 3.0, "repeats": 3,
              "swaps": 20, "restarts": 3, "steady": 8.0},
     "quick": {"levels": [1, 4, 16], "duration": 0.5, "warmup": 0.5, "repeats": 1,
-              "swaps": 2, "restarts": 1, "steady": 2.0},
+              "swaps": 2, "restarts": 1, "steady": 1.0},
 }
 #: The most client threads the swap benchmark's load uses (threads, unlike bench.loadgen's
 #: asyncio, cost the shared cores more per request).

@@ -36,7 +36,7 @@ BASE = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)  # after the demo's last observati
 LABELLED = 40
 
 
-def test_retraining_learns_from_labelled_traffic_and_refuses_to_copy_a_live_version(
+def test_retraining_learns_from_labelled_traffic_refuses_a_copy_and_rejects_a_worse_one(
         prefect_harness: None, demo_csv: Path, tmp_path: Path) -> None:
     from flows.pipeline import pipeline
     from flows.retrain import retrain
@@ -88,3 +88,13 @@ def test_retraining_learns_from_labelled_traffic_and_refuses_to_copy_a_live_vers
     assert store.versions(NAME) == [1, 2]
     last = registry.retraining_history(NAME)[-1]
     assert (last.outcome, last.reason) == ("refused", again.reason)
+
+    # Other training settings, but a candidate that cannot beat the champion by its margin:
+    # trained, rejected by the gates, nothing registered, and the record says why.
+    worse = write_spec(tmp_path, logistic_spec_text(demo_csv, NAME, 0.9, {
+        **SWITCH, "champion_margin: {}": 'champion_margin: {f1: "+50%"}'}), "worse.yaml")
+    rejected = retrain(str(worse))
+    assert (rejected.outcome, rejected.version) == ("rejected", None), rejected.reason
+    assert "did not pass its gates" in rejected.reason
+    assert [v.version for v in registry.list_versions(NAME)] == [learned.version, 1]
+    assert registry.retraining_history(NAME)[-1].outcome == "rejected"

@@ -38,11 +38,20 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def first_and_second_run(demo_pipeline):
+def first_and_second_run(demo_pipeline, tmp_path_factory: pytest.TempPathFactory):
+    """The demo pipeline, then a second run on the same data. The second spec does not learn
+    from production: other modules answer and label requests of this model, and labelled
+    answers would make new data (tests/test_learn_from_production_flow.py covers that).
+    """
     from flows.pipeline import pipeline
 
     spec_path, first = demo_pipeline
-    return spec_path, first, pipeline(str(spec_path))
+    text = spec_path.read_text()
+    switch = "learn_from_production: {enabled: true}"
+    assert switch in text
+    again = write_spec(tmp_path_factory.mktemp("again"),
+                       text.replace(switch, "learn_from_production: {enabled: false}"))
+    return spec_path, first, pipeline(str(again))
 
 
 def test_first_run_materializes_trains_registers_and_builds(first_and_second_run) -> None:

@@ -932,7 +932,8 @@ def test_cli_rollback(cli_store: str, registry: ModelRegistry, logged_model: Log
     move(registry, name, one, "STAGING", "PRODUCTION")
     move(registry, name, two, "STAGING", "PRODUCTION")
     assert main(["rollback", name, "--reason", "v2 misbehaves"]) == 0
-    assert capsys.readouterr().out == f"{name} v1 is champion again (v2 misbehaves)\n"
+    assert capsys.readouterr().out == (f"{name} v1 is champion again (v2 misbehaves); the services "
+                                       "following the registry answer with it now\n")
     assert registry.champion(name).version == one  # type: ignore[union-attr]
     assert registry.history(name)[-2].reason == "v2 misbehaves"
 

@@ -5,17 +5,15 @@ writes and the live state it shares.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loopline.serving.ab.report import ABReport
-from loopline.serving.live_state import RoutingState, live_state_location, open_live_state
+from loopline.serving.live_state import RoutingState
 from loopline.serving.prediction_log import (
     FeedbackLogWriter,
     FeedbackRecord,
@@ -25,7 +23,6 @@ from loopline.serving.prediction_log import (
     read_predictions,
 )
 from loopline.serving.quality import QualityWindow
-from loopline.serving.rollout import routing_scope
 from loopline.serving.rollout_plan import ab_step, canary_step, shadow_pairs, shadow_step
 from loopline.spec.sections.release import ShadowRouting
 from loopline.storage import Storage
@@ -106,89 +103,3 @@ def test_shadow_pairs_join_each_shadow_answer_with_the_champions_and_its_label(
     assert summary.answers == 20
     assert sorted(summary.challenger) == sorted(float(i % 2) for i in range(30) if i % 3)
     assert len(summary.champion_scores) == 1  # q1's label found its pair
-
-
-# --- the flow, on a real registry ------------------------------------------------------------
-
-MODEL = "tumor-rollout"
-
-
-@pytest.fixture(scope="module")
-def registered(prefect_harness: None, demo_csv: Path, tmp_path_factory: pytest.TempPathFactory
-               ) -> dict[str, Path]:
-    """v1 champion and v2 challenger; a spec per routing (shadow of 40, a canary)."""
-    from flows.pipeline import pipeline
-    from tests.conftest import DEMO_SERVING, logistic_spec_text, write_spec
-
-    folder = tmp_path_factory.mktemp("rollout")
-    routings = {"shadow": "{kind: shadow, predictions: 40}",
-                "canary": "{kind: canary, steps: [0.5, 1.0], hold: null, hold_requests: 10}"}
-    specs = {name: write_spec(folder, logistic_spec_text(
-        demo_csv, MODEL, 0.01, {DEMO_SERVING: f"serving:\n  routing: {routing}"}), f"{name}.yaml")
-        for name, routing in routings.items()}
-    first = pipeline(str(write_spec(folder, logistic_spec_text(demo_csv, MODEL, 1.0), "v1.yaml")))
-    assert first.model_version == 1 and first.stage == "PRODUCTION"
-    second = pipeline(str(specs["canary"]))
-    assert second.model_version == 2 and second.stage == "STAGING"
-    return specs
-
-
-def announced(version: int) -> list[str]:
-    from loopline.release.registry import ModelRegistry
-    from tasks.rollout import ANNOUNCED_TAG
-
-    return json.loads(ModelRegistry().get_model(MODEL, version=version).tags.get(ANNOUNCED_TAG,
-                                                                                 "[]"))
-
-
-def test_the_rollout_flow_rejects_a_disagreeing_shadow_then_promotes_a_completed_canary(
-        registered: dict[str, Path]) -> None:
-    from flows.rollout import rollout
-    from loopline.data.source_check import load_spec_with_source
-    from loopline.release.registry import ModelRegistry
-    from loopline.state import state_paths
-    from tasks.serving import prediction_log_uri
-
-    registry = ModelRegistry()
-    shadow = load_spec_with_source(registered["shadow"])
-    # A live service's log: the shadow disagrees with the champion on every other request.
-    writer = PredictionLogWriter(Storage(prediction_log_uri(shadow)), flush_rows=10_000,
-                                 flush_seconds=60)
-
-    def answer(requests: range) -> None:
-        for index in requests:
-            for variant, version, prediction, is_shadow in (("champion", 1, 1, False),
-                                                            ("challenger", 2, index % 2, True)):
-                writer.append(PredictionRecord(request_id=f"s{index}", model_name=MODEL,
-                                               model_version=version, variant=variant,
-                                               prediction=prediction, shadow=is_shadow))
-
-    answer(range(30))
-    writer.flush()
-    waiting = rollout(spec=shadow)
-    assert (waiting.action, waiting.version) == ("wait", 2)
-    assert "needs 40" in waiting.reason or "40" in waiting.reason
-    answer(range(30, 45))
-    writer.close()
-    rejected = rollout(spec=shadow)
-    assert rejected.action == "reject", rejected
-    assert registry.get_model(MODEL, version=2).stage == "ARCHIVED"
-    assert registry.history(MODEL)[-1].reason.startswith("rollout rejected: the shadow's")
-    assert "rejected" in announced(2)
-
-    # v2 again, now under a canary that a live service completed.
-    registry.transition_stage(MODEL, 2, "STAGING", actor="test", reason="try again")
-    canary = load_spec_with_source(registered["canary"])
-    store = open_live_state(live_state_location(MODEL, state_paths().serving),
-                            routing_scope(MODEL, canary.serving.routing))
-    store.initialize(state(challenger_share=1.0, canary_step=1))
-    assert rollout(spec=canary).action == "wait"
-    current = store.read()
-    store.replace(current.model_copy(update={"canary_status": "completed",
-                                             "reason": "the last step held"}))
-    store.close()
-    promoted = rollout(spec=canary)
-    assert promoted.action == "promote", promoted
-    assert registry.champion(MODEL).version == 2  # type: ignore[union-attr]
-    assert {"challenger-started", "step-2", "promoted"} <= set(announced(2))
-    assert rollout(spec=canary).action == "none"  # nothing left to roll out

@@ -1,14 +1,17 @@
-"""A live ``bentoml serve`` following the registry: promotions and rollbacks reach its answers
-with no restart, under steady load, with every request answered and logged; a version that
-cannot be served never is, and the service says so and alerts.
+"""A live ``bentoml serve`` following the registry: the rollout flow ending a shadow and a
+canary; promotions and rollbacks reaching its answers with no restart, under steady load, with
+every request answered and logged; a version that cannot be served never is, and the service
+says so and alerts; two services sharing their live state in PostgreSQL.
 
 The model ``tumor-follow`` gets a champion (v1, C=1) and a challenger in STAGING (v2, C=0.01)
-from two pipeline runs. The spec's follow interval is an hour, so every swap seen here comes
-from the nudges the promote task and ``loopline rollback`` give the services, not from polling.
+from two pipeline runs; the tests run in file order on that one registry. The spec's follow
+interval is an hour, so every swap seen here comes from the nudges the flows and ``loopline
+rollback`` give the services, not from polling.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +28,9 @@ from cli.main import main as loopline_cli
 from loopline.data.source_check import load_spec_with_source
 from loopline.release.records import CHAMPION
 from loopline.release.registry import ModelRegistry
-from loopline.serving.prediction_log import read_predictions
+from loopline.serving.live_state import RoutingState, live_state_location, open_live_state
+from loopline.serving.prediction_log import PredictionLogWriter, PredictionRecord, read_predictions
+from loopline.serving.rollout import routing_scope
 from loopline.spec.model import Spec
 from loopline.state import state_paths
 from loopline.storage import Storage
@@ -83,6 +88,72 @@ def records(served: Served) -> list[dict[str, Any]]:
     names = store.manifest(MODEL, 1).feature_names
     return [{name: row[name] for name in names}
             for row in store.read(MODEL, 1).head(40).iter_rows(named=True)]
+
+
+def announced(version: int) -> list[str]:
+    from tasks.rollout import ANNOUNCED_TAG
+
+    return json.loads(ModelRegistry().get_model(MODEL, version=version).tags.get(ANNOUNCED_TAG,
+                                                                                 "[]"))
+
+
+def test_the_rollout_flow_rejects_a_disagreeing_shadow_then_promotes_a_completed_canary(
+        served: Served, demo_csv: Path, tmp_path: Path) -> None:
+    """Runs first, on the module's fresh registry (v1 champion, v2 challenger)."""
+    from flows.rollout import rollout
+    from tasks.serving import prediction_log_uri
+
+    registry = ModelRegistry()
+    assert registry.champion(MODEL).version == 1  # type: ignore[union-attr]
+    routings = {"shadow": "{kind: shadow, predictions: 40}",
+                "canary": "{kind: canary, steps: [0.5, 1.0], hold: null, hold_requests: 10}"}
+    specs = {name: load_spec_with_source(write_spec(tmp_path, logistic_spec_text(
+        demo_csv, MODEL, 0.01, {DEMO_SERVING: f"serving:\n  routing: {routing}"}), f"{name}.yaml"))
+        for name, routing in routings.items()}
+    shadow = specs["shadow"]
+    # A live service's log: the shadow disagrees with the champion on every other request.
+    writer = PredictionLogWriter(Storage(prediction_log_uri(shadow)), flush_rows=10_000,
+                                 flush_seconds=60)
+
+    def answer(requests: range) -> None:
+        for index in requests:
+            for variant, version, prediction, is_shadow in (("champion", 1, 1, False),
+                                                            ("challenger", 2, index % 2, True)):
+                writer.append(PredictionRecord(request_id=f"s{index}", model_name=MODEL,
+                                               model_version=version, variant=variant,
+                                               prediction=prediction, shadow=is_shadow))
+
+    answer(range(30))
+    writer.flush()
+    waiting = rollout(spec=shadow)
+    assert (waiting.action, waiting.version) == ("wait", 2)
+    assert "needs 40" in waiting.reason or "40" in waiting.reason
+    answer(range(30, 45))
+    writer.close()
+    rejected = rollout(spec=shadow)
+    assert rejected.action == "reject", rejected
+    assert registry.get_model(MODEL, version=2).stage == "ARCHIVED"
+    assert registry.history(MODEL)[-1].reason.startswith("rollout rejected: the shadow's")
+    assert "rejected" in announced(2)
+
+    # v2 again, now under a canary that a live service completed.
+    registry.transition_stage(MODEL, 2, "STAGING", actor="test", reason="try again")
+    canary = specs["canary"]
+    store = open_live_state(live_state_location(MODEL, state_paths().serving),
+                            routing_scope(MODEL, canary.serving.routing))
+    store.initialize(RoutingState(kind="canary", challenger_share=1.0, canary_step=1,
+                                  canary_status="running", champion_version=1,
+                                  challenger_version=2))
+    assert rollout(spec=canary).action == "wait"
+    current = store.read()
+    store.replace(current.model_copy(update={"canary_status": "completed",
+                                             "reason": "the last step held"}))
+    store.close()
+    promoted = rollout(spec=canary)
+    assert promoted.action == "promote", promoted
+    assert registry.champion(MODEL).version == 2  # type: ignore[union-attr]
+    assert {"challenger-started", "step-2", "promoted"} <= set(announced(2))
+    assert rollout(spec=canary).action == "none"  # nothing left to roll out
 
 
 @dataclass
@@ -146,15 +217,17 @@ def test_promotions_and_rollbacks_reach_a_loaded_service_without_a_failed_reques
 
     since = datetime.now(UTC) - timedelta(seconds=1)
     registry = ModelRegistry()
+    first = registry.champion(MODEL).version  # type: ignore[union-attr]
+    other = 3 - first
     with Load(served.url, records) as load:
-        load.wait_for(1)
-        promote(version=2, reason="follow test", spec=served.spec)
-        load.wait_for(2)
+        load.wait_for(first)
+        promote(version=other, reason="follow test", spec=served.spec)
+        load.wait_for(other)
         assert loopline_cli(["rollback", MODEL, "--reason", "follow test"]) == 0
-        load.wait_for(1)
-        promote(version=2, reason="follow again", spec=served.spec)
-        load.wait_for(2)
-    assert registry.champion(MODEL).version == 2  # type: ignore[union-attr]
+        load.wait_for(first)
+        promote(version=other, reason="follow again", spec=served.spec)
+        load.wait_for(other)
+    assert registry.champion(MODEL).version == other  # type: ignore[union-attr]
     answered = load.answered
     assert len(answered) > 200
     assert [a for a in answered if a.status != 200] == []

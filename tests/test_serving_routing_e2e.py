@@ -265,6 +265,11 @@ def test_feedback_is_logged_and_joined_by_request_id(ab: str, records: list[dict
     assert str(joined()["label"][0]) == "1"
 
 
+#: Labelled requests of the A/B report's test: about 80 per variant, well past the 30 each
+#: needs, for a challenger that is always right against a champion that never is.
+REPORT_REQUESTS = 160
+
+
 def test_the_ab_report_recommends_a_challenger_that_is_significantly_better(
     ab: str, records: list[dict[str, Any]], folder: Path
 ) -> None:
@@ -276,7 +281,7 @@ def test_the_ab_report_recommends_a_challenger_that_is_significantly_better(
     from loopline.serving.prediction_log import join_feedback, read_feedback
 
     set_share(ab, 0.5)
-    for index in range(300):
+    for index in range(REPORT_REQUESTS):
         body = post(ab, "/predict/ab", {**records[index % len(records)],
                                         "request_id": f"report-{index}"}).json()
         label = body["prediction"] if body["variant"] == "challenger" else 1 - body["prediction"]
@@ -289,7 +294,7 @@ def test_the_ab_report_recommends_a_challenger_that_is_significantly_better(
         return frame.filter(pl.col("request_id").str.starts_with("report-")
                             & pl.col("label").is_not_null()).height
 
-    wait_until(lambda: labelled() == 300)
+    wait_until(lambda: labelled() == REPORT_REQUESTS)
     report = ab_report(str(folder / "v2.yaml"), window="1h", min_samples=30)
     assert report.recommendation == "promote", report.reason
     # By its key: the session's server holds many other artifacts (every gate decision).
