@@ -55,13 +55,13 @@ from loopline.serving.bento_config import (
 )
 from loopline.serving.canary import Decision, registry_rollback_recorder
 from loopline.serving.following import RegistryFollower, ServedModels
-from loopline.serving.live_state import open_live_state
+from loopline.serving.live_state import RoutingState, Variant, open_live_state
 from loopline.serving.live_updates import change_routing, record_feedback
 from loopline.serving.prediction_log import FeedbackLogWriter, PredictionLogWriter
 from loopline.serving.registry_models import alias_resolver, version_loader
 from loopline.serving.responder import Responder
 from loopline.serving.rollout import align_routing, routing_scope
-from loopline.serving.routing import Router, RoutingState, Variant
+from loopline.serving.routing import Router
 from loopline.settings import current_settings
 from loopline.spec.sections.base import parse_duration
 from loopline.spec.sections.release import BanditRouting

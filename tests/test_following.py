@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from loopline.serving.background import BackgroundScorer
 from loopline.serving.following import RegistryFollower, ServedModels
-from loopline.serving.routing import Variant
+from loopline.serving.live_state import Variant
 
 
 @dataclass

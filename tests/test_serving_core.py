@@ -39,7 +39,7 @@ from loopline.serving.bento_config import (
 )
 from loopline.serving.canary import Decision, archive_rolled_back_challenger, registry_rollback_recorder
 from loopline.serving.following import ServedModels
-from loopline.serving.live_state import SqliteLiveStateStore
+from loopline.serving.live_state import SqliteLiveStateStore, Variant
 from loopline.serving.live_updates import change_routing, record_feedback
 from loopline.serving.prediction_log import (
     FeedbackLogWriter,
@@ -48,7 +48,7 @@ from loopline.serving.prediction_log import (
     read_predictions,
 )
 from loopline.serving.responder import Responder
-from loopline.serving.routing import Router, Variant, initial_state, unit_point
+from loopline.serving.routing import Router, initial_state, unit_point
 from loopline.spec.sections.release import (
     ABRouting,
     AuthSpec,

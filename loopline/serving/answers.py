@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from loopline.serving.bento_config import PredictResponse
+from loopline.serving.live_state import Variant
 from loopline.serving.prediction_log import PredictionRecord
-from loopline.serving.routing import Variant
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 latencies) in one worker and :func:`judge` decides from those counts and from the quality of its
 predictions against the champion's on the same requests (a
 :class:`~loopline.serving.quality.QualityWindow`); the decision is written to
-the shared :class:`~loopline.serving.routing.RoutingStore` (compare-and-set on the revision, so when
+the shared :class:`~loopline.serving.live_state.LiveStateStore` (compare-and-set on the revision, so when
 several workers judge at once exactly one change wins). Each worker judges the traffic it saw,
 which is a sample of the whole when there are several. A rollback is also recorded in the
 registry (:func:`registry_rollback_recorder`).
@@ -24,8 +24,8 @@ from typing import Literal
 import numpy as np
 
 from loopline.serving.bento_config import BentoConfig
+from loopline.serving.live_state import RoutingState
 from loopline.serving.quality import QualityWindow, judge_quality
-from loopline.serving.routing import RoutingState
 from loopline.spec.sections.base import parse_comparison, parse_duration
 from loopline.spec.sections.release import CanaryRouting
 

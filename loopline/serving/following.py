@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-from loopline.serving.routing import VARIANTS, Variant
+from loopline.serving.live_state import VARIANTS, Variant
 from loopline.training.modeling.tabular_model import TabularModel
 
 logger = logging.getLogger("loopline.serving")

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from loopline.release.records import CHALLENGER, CHAMPION
 from loopline.serving.following import Load, Resolve
-from loopline.serving.routing import Variant
+from loopline.serving.live_state import Variant
 from loopline.training.modeling.tabular_model import TabularModel
 
 

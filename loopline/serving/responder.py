@@ -28,9 +28,10 @@ from loopline.serving.background import BackgroundScorer
 from loopline.serving.bento_config import BentoConfig, PredictBatchResponse, PredictResponse
 from loopline.serving.canary import CanaryWatch, Decision, next_state
 from loopline.serving.following import ServedModels
+from loopline.serving.live_state import RoutingState, Variant
 from loopline.serving.prediction_log import PredictionLogWriter
 from loopline.serving.quality import QualityWindow
-from loopline.serving.routing import Assignment, Router, RoutingState, Variant
+from loopline.serving.routing import Assignment, Router
 from loopline.spec.sections.release import CanaryRouting
 from loopline.training.modeling.tabular_model import TabularModel
 

@@ -23,14 +23,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from loopline.serving.live_state import (
-    VARIANTS,
-    CanaryStatus,
-    Kind,
-    LiveStateStore,
-    RoutingState,
-    Variant,
-)
+from loopline.serving.live_state import VARIANTS, LiveStateStore, RoutingState, Variant
 from loopline.spec.sections.release import (
     ABRouting,
     BanditRouting,
@@ -39,19 +32,6 @@ from loopline.spec.sections.release import (
     ShadowRouting,
     SingleRouting,
 )
-
-__all__ = [
-    "VARIANTS",
-    "Assignment",
-    "CanaryStatus",
-    "Kind",
-    "LiveStateStore",
-    "Router",
-    "RoutingState",
-    "Variant",
-    "initial_state",
-    "unit_point",
-]
 
 
 def unit_point(key: str) -> float:
