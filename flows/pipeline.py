@@ -16,11 +16,13 @@ from flows.promote import promote
 from flows.sweep import sweep
 from flows.train import train
 from loopline.data.feature_store import FeatureSetManifest
+from loopline.serving.rollout_plan import decides
 from loopline.spec.model import Spec
 from tasks.evaluation import evaluate_candidate
 from tasks.features import materialize_features, validate_source_data
 from tasks.packaging import build_bento
 from tasks.registry import record_deployment, register_candidate
+from tasks.rollout import announce_challenger
 from tasks.spec import load_and_validate_spec
 from tasks.tracking import configure_mlflow_tracking
 from tasks.training import finish_training_run, start_training_run
@@ -72,7 +74,10 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
         9. If the gates say ``on_pass: production`` (or there is no champion yet) and its card
            is approved: run the promote flow (champion, Bento). A new challenger that stays in
            STAGING is served beside the champion when the spec routes between them (a Bento
-           with both, routed ab / canary / shadow / bandit).
+           with both, routed ab / canary / shadow / bandit; the running services follow the
+           registry to it); under canary, shadow or ab routing the event
+           ``loopline.challenger.registered`` starts the ``rollout`` deployment, which carries
+           the rollout to its end.
     """
     if spec is None:
         spec = load_and_validate_spec(spec_path)
@@ -104,6 +109,8 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
             # The new challenger is served beside the champion, routed by the spec.
             bento_tag = build_bento(spec)
             record_deployment(spec, version, f"bento:{bento_tag}")
+        if stage == "STAGING" and decides(spec.serving.routing):
+            announce_challenger(spec, spec_path, version)
     return PipelineResult(
         model_name=spec.name, feature_set_version=manifest.version,
         best_candidate=best.candidate.name, gate_passed=evaluation.decision.passed,

@@ -5,7 +5,9 @@ a Prefect event, a registry record and an artifact.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact
@@ -18,7 +20,14 @@ from loopline.serving.ab.analysis import analyze
 from loopline.serving.live_state import RoutingState, live_state_location, open_live_state
 from loopline.serving.prediction_log import read_feedback, read_predictions
 from loopline.serving.rollout import nudge_services, routing_scope
-from loopline.serving.rollout_plan import RolloutStep, ab_step, canary_step, shadow_pairs, shadow_step
+from loopline.serving.rollout_plan import (
+    RolloutStep,
+    ab_step,
+    canary_ended,
+    canary_step,
+    shadow_pairs,
+    shadow_step,
+)
 from loopline.spec.model import Spec
 from loopline.spec.sections.release import ABRouting, CanaryRouting, ShadowRouting
 from loopline.state import state_paths
@@ -30,6 +39,10 @@ from tasks.serving import prediction_log, read_ab_traffic
 ANNOUNCED_TAG = "loopline.rollout.announced"
 #: The actor the live service records a canary rollback under.
 CANARY_ACTOR = "loopline-canary"
+#: The event a new challenger is announced with (the ``rollout`` deployment's trigger).
+CHALLENGER_EVENT = "loopline.challenger.registered"
+#: How often a watched canary's live state is read (one small read of the shared store).
+WATCH_INTERVAL_S = 0.5
 
 
 @loopline_task(name="read-live-routing")
@@ -41,6 +54,27 @@ def read_live_routing(spec: Spec) -> RoutingState | None:
         return store.read()
     except LookupError:
         return None
+    finally:
+        store.close()
+
+
+@loopline_task(name="watch-canary")
+def watch_canary(spec: Spec, version: int, seconds: float) -> RoutingState | None:
+    """Read the live routing every ``WATCH_INTERVAL_S`` until the canary of challenger ``version``
+    ended (completed or rolled back) or ``seconds`` passed; the last state read.
+    """
+    store = open_live_state(live_state_location(spec.name, state_paths().serving),
+                            routing_scope(spec.name, spec.serving.routing))
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            try:
+                state: RoutingState | None = store.read()
+            except LookupError:
+                state = None
+            if canary_ended(state, version) or time.monotonic() >= deadline:
+                return state
+            time.sleep(WATCH_INTERVAL_S)
     finally:
         store.close()
 
@@ -119,6 +153,22 @@ def announce_rollout(spec: Spec, version: int, transition: str, reason: str,
                                           json.dumps([*announced, mark]))
     get_run_logger().info("rollout of %s v%d: %s (%s)", spec.name, version, transition, reason)
     return True
+
+
+@loopline_task(name="announce-challenger")
+def announce_challenger(spec: Spec, spec_path: str, version: int) -> None:
+    """Emit ``loopline.challenger.registered`` for a new challenger whose routing ends its
+    rollout by itself: the ``rollout`` deployment's trigger starts a run that watches it (the
+    event's resource names the spec, as the monitoring events do).
+    """
+    emitted = emit_event(event=CHALLENGER_EVENT, resource={
+        "prefect.resource.id": f"loopline.model.{spec.name}",
+        "prefect.resource.name": spec.name,
+        "loopline.spec_path": str(Path(spec_path).resolve()),
+        "loopline.version": str(version)}, payload={"version": version,
+                                                     "routing": spec.serving.routing.kind})
+    get_run_logger().info("emitted %s for %s v%d (%s)", CHALLENGER_EVENT, spec.name, version,
+                          emitted.id if emitted else "events are off")
 
 
 @loopline_task(name="find-canary-rollbacks")

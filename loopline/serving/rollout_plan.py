@@ -43,6 +43,14 @@ class RolloutStep:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
+def canary_ended(state: RoutingState | None, version: int) -> bool:
+    """Whether the live services ended challenger ``version``'s canary: completed or rolled
+    back (before any service routes to it, it has not even begun).
+    """
+    return (state is not None and state.challenger_version == version
+            and state.canary_status in ("completed", "rolled_back"))
+
+
 def canary_step(state: RoutingState | None, version: int) -> RolloutStep:
     """The next action for challenger ``version`` from the canary's live state."""
     if state is None or state.challenger_version != version:
