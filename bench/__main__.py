@@ -23,6 +23,7 @@ BENCHMARKS = {
     "batch": "bench.batch",
     "drift": "bench.drift",
     "features": "bench.features",
+    "loop": "bench.loop",
     "orchestration": "bench.orchestration",
     "serving": "bench.serving",
     "sweep": "bench.sweep",

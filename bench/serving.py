@@ -275,6 +275,27 @@ def serve(side: str, built: dict[str, Any], env: dict[str, str], logs: Path) -> 
         _stop(process)
 
 
+def start_ready(command: list[str], env: dict[str, str], log: Path, ready_url: str, what: str
+                ) -> subprocess.Popen[bytes]:
+    """Start a server (its output appended to ``log``); returns it once ``ready_url`` answers 200.
+
+    Raises:
+        RuntimeError: it exited, or was not ready after ``READY_SECONDS`` (with its log's end).
+    """
+    with log.open("ab") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO,
+                                   env=env, start_new_session=True)
+    deadline = time.monotonic() + READY_SECONDS
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(ready_url, timeout=2).status_code == 200:
+                return process
+        if process.poll() is not None or time.monotonic() > deadline:
+            _stop(process)
+            raise RuntimeError(f"{what} did not start:\n{log.read_text()[-4000:]}")
+        time.sleep(0.1)
+
+
 def champion_answer(side: str, url: str, record: dict[str, Any]) -> tuple[Any, float]:
     """The champion's prediction and probability for ``record``, as a side answers it."""
     path = "/predict" if side in ("loopline", "single") else PATHS[side][0]
@@ -531,19 +552,8 @@ def measure_swaps(built: dict[str, Any], env: dict[str, str], size: dict[str, An
     def start(version: int) -> subprocess.Popen[bytes]:
         tag = built["champion_tag"] if version == 1 else built["challenger_tag"]
         command, extra = side_command("single", {**built, "champion_tag": tag}, port)
-        log = work / f"restart-{port}-v{version}.log"
-        with log.open("ab") as handle:
-            process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
-                                       cwd=REPO, env={**env, **extra}, start_new_session=True)
-        deadline = time.monotonic() + READY_SECONDS
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    return process
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the single Bento v{version} did not start:\n"
-                                   f"{log.read_text()[-4000:]}")
-            time.sleep(0.1)
+        return start_ready(command, {**env, **extra}, work / f"restart-{port}-v{version}.log",
+                           f"{url}/readyz", f"the single Bento v{version}")
 
     for attempt in range(size["repeats"]):
         for side in ("loopline", "peer") if attempt % 2 == 0 else ("peer", "loopline"):

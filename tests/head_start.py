@@ -42,8 +42,12 @@ RUN_TIMEOUT_S = 900
 #: Niceness of the runs: the machine's idle time goes to them, the other tests keep their share.
 NICENESS = 10
 #: Benchmarks whose quick size runs ahead (``python -m bench NAME --quick``).
-BENCHMARKS = ("batch", "drift", "features", "orchestration", "serving", "sweep", "sweep-storage",
-              "training")
+BENCHMARKS = ("batch", "drift", "features", "loop", "orchestration", "serving", "sweep",
+              "sweep-storage", "training")
+#: Runs started before the others whatever the order of their tests: the quick loop waits
+#: minutes on Prefect's trigger, schedules and polls while using little of the machine, so it
+#: is better begun early than waited for at the end.
+STARTED_FIRST = ("bench-loop",)
 #: What a test reads from a run's environment: its own state folders, no session server.
 SERVER_VARIABLES = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
@@ -234,6 +238,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if session.config.option.collectonly:
         return
     names = list(dict.fromkeys(name for item in session.items for name in jobs_of(item)))
+    names.sort(key=lambda name: name not in STARTED_FIRST)  # stable: the others keep their order
     if any(JOBS[name].needs_postgres for name in names):
         # Started here, before any test: a benchmark that found the cluster down would start it
         # and stop it when done, under the feet of the tests using it then.

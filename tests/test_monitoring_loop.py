@@ -1,89 +1,25 @@
-"""The loop closed against a real Prefect server and a process worker, with no manual step: the
-champion served by a live ``bentoml serve`` → drifted traffic through it → the ``monitor``
-deployment emits ``loopline.drift.detected`` → the ``retrain`` deployment's trigger (Prefect's own
-automation, no polling of ours) starts a run → a better model lands in STAGING with the event in
-its lineage → the running service starts a canary on it → the ``rollout`` deployment promotes it
-→ the same service answers from it. (A worse candidate is rejected in
-tests/test_learn_from_production_flow.py.)
+"""The loop closed against a real Prefect server and process workers, with no manual step, as
+``python -m bench loop --quick`` runs it (bench/loop.py): the champion served by a live
+``bentoml serve`` → drifted production traffic through it, each answer's label posted back →
+the ``monitor`` deployment emits ``loopline.drift.detected`` → the ``retrain`` deployment's
+trigger (Prefect's own automation, no polling of ours) starts a run that learns from the labelled
+traffic → v2 lands in STAGING with the event in its lineage → the running service starts a
+canary on it over the same traffic → the ``rollout`` deployment's schedule promotes it → the
+same service answers from v2 alone. The benchmark refuses to record a figure unless each of
+these happened (it raises otherwise); the peer side runs the same loop promoting at once and
+restarting a pinned service. (A worse candidate is rejected in
+tests/test_learn_from_production_flow.py; a bad challenger rolled back in
+tests/test_serving_follow_e2e.py.)
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
-
-import httpx
 import pytest
 import yaml
 
-from loopline.release.registry import ModelRegistry
-from loopline.serving.prediction_log import read_predictions
-from loopline.state import state_paths
-from loopline.storage import Storage
-from loopline.training.tracking import configure_tracking
-from tests.conftest import DEMO_SERVING, DEMO_SPEC, REPO, logistic_spec_text, write_spec
-from tests.prefect_server import Worker, deployment_runs, prefect_api, run_deployment, wait_for_run
-from tests.servers import serve_bento
-
-pytestmark = pytest.mark.slow
-
-MODEL = "drift-loop"
-RUN_TIMEOUT_S = 420
-#: A canary of two short steps; the service follows the registry by nudges only (an hour's
-#: interval), so every change it makes here was pushed to it by a flow.
-SERVING = ("serving:\n  routing: {kind: canary, steps: [0.5, 1.0], hold: null, hold_requests: 20, "
-           "rollback_if: {min_answers: 5, p95_latency_ms: '> 60000'}}\n  follow: {interval: 1h}\n"
-           "  prediction_log: {flush_rows: 50, flush_seconds: 0.3}")
-
-
-def spec_text(demo_csv: Path, c: float, margin: str) -> str:
-    return logistic_spec_text(demo_csv, MODEL, c, {
-        'champion_margin: {f1: "+0%"}': f'champion_margin: {{f1: "{margin}"}}',
-        "  cooldown: 6h\n  max_per_day: 2": "  cooldown: 1s\n  max_per_day: 10\n  min_samples: 50",
-        DEMO_SERVING: SERVING,
-    })
-
-
-def training_records(rows: int) -> list[dict[str, Any]]:
-    """Records of the training data, as a client sends them."""
-    from loopline.data.feature_store import FeatureStore
-
-    store = FeatureStore(state_paths().features)
-    names = store.manifest(MODEL, 1).feature_names
-    return [{name: row[name] for name in names}
-            for row in store.read(MODEL, 1).head(rows).iter_rows(named=True)]
-
-
-def drifted_records(rows: int) -> list[dict[str, Any]]:
-    """Records whose features moved far from the training data (within the spec's ranges, so
-    the service takes them).
-    """
-    return [{name: value * 1.5 + 1 if name != "is_large" else 1 for name, value in record.items()}
-            for record in training_records(rows)]
-
-
-def logged_rows(since: datetime) -> int:
-    """The live service's answers in the prediction log since ``since``."""
-    return read_predictions(Storage(str(state_paths().predictions / MODEL)), since=since,
-                            model_name=MODEL).height
-
-
-def wait_for_retrain_run(env: dict[str, str], spec_path: Path, count: int,
-                         worker: Worker) -> dict[str, object]:
-    """The ``count``-th run of the retrain deployment on ``spec_path``, once it finished."""
-    deadline = time.monotonic() + 120
-    while len(runs := deployment_runs(env, "loopline-retrain", "retrain", spec_path)) < count:
-        assert time.monotonic() < deadline, (
-            f"the trigger did not start retraining:\n{worker.log.read_text()[-6000:]}")
-        time.sleep(1)
-    run = runs[count - 1]
-    state = wait_for_run(env, str(run["id"]), RUN_TIMEOUT_S, worker.log)
-    assert state == "COMPLETED", f"retraining ended {state}:\n{worker.log.read_text()[-6000:]}"
-    found: dict[str, object] = prefect_api(env, "GET", f"/flow_runs/{run['id']}")
-    return found
+from tests.conftest import DEMO_SPEC, REPO
+from tests.head_start import Finished
+from tests.test_bench import assert_well_formed, quick_results
 
 
 def test_the_monitor_schedule_is_the_demo_specs() -> None:
@@ -96,83 +32,32 @@ def test_the_monitor_schedule_is_the_demo_specs() -> None:
                                               ["loopline.performance.degraded"]]
 
 
+@pytest.mark.head_start("bench-loop")
+@pytest.mark.slow  # two loops: pipeline, traffic, monitor, the trigger's retraining, rollout
 def test_drift_retrains_through_the_trigger_and_the_live_service_rolls_the_better_model_out(
-    prefect_server: dict[str, str], demo_csv: Path, tmp_path: Path
+    head_start: Finished,
 ) -> None:
-    env = prefect_server
-    worker = Worker(env, tmp_path / "worker.log")
-    spec_path = tmp_path / "spec.yaml"
-    try:
-        # A weak champion (strong regularization), trained through the pipeline deployment.
-        write_spec(tmp_path, spec_text(demo_csv, 0.01, "+0%"))
-        first = run_deployment(env, "loopline-pipeline/pipeline", spec_path=str(spec_path))
-        assert wait_for_run(env, first, RUN_TIMEOUT_S, worker.log) == "COMPLETED"
-        configure_tracking(state_paths())
-        registry = ModelRegistry()
-        champion = registry.champion(MODEL)
-        assert champion is not None and champion.version == 1, worker.log.read_text()[-6000:]
-        [bento] = champion.deployments
-        with serve_bento(bento.removeprefix("bento:"), tmp_path) as url:
-            live_loop(env, worker, registry, demo_csv, tmp_path, spec_path, url)
-    finally:
-        worker.stop()
+    item = quick_results(head_start)["loop.drift_to_champion_s"]
+    assert_well_formed(item, "python -m bench loop --quick")
+    assert item["unit"] == "s" and item["higher_is_better"] is False
+    [ours], [peers] = item["loopline_run_details"], item["peer_run_details"]
 
-
-def live_loop(env: dict[str, str], worker: Worker, registry: ModelRegistry, demo_csv: Path,
-              tmp_path: Path, spec_path: Path, url: str) -> None:
-    """Drifted traffic through the live service → drift → retrain → canary → promoted."""
-    since = datetime.now(UTC) - timedelta(seconds=1)
-    champion = registry.champion(MODEL)
-    assert champion is not None
-    # The spec improves; production traffic drifts, through the service; monitoring runs on its
-    # schedule's deployment and Prefect starts retraining from the event.
-    write_spec(tmp_path, spec_text(demo_csv, 1.0, "+0%"))
-    for record in drifted_records(200):
-        answer = httpx.post(f"{url}/predict", json=record, timeout=30)
-        assert answer.status_code == 200 and answer.json()["model_version"] == 1, answer.text
-    wait(lambda: logged_rows(since) == 200, "the service's answers never reached the log")
-    monitor = run_deployment(env, "loopline-monitor/monitor", spec_path=str(spec_path))
-    assert wait_for_run(env, monitor, RUN_TIMEOUT_S, worker.log) == "COMPLETED"
-    retrain = wait_for_retrain_run(env, spec_path, 1, worker)
-    parameters = retrain["parameters"]
-    assert isinstance(parameters, dict)
-    assert parameters["trigger"] == "drift" and int(parameters["samples"]) == 200
-    assert str(parameters["cause"]).startswith("event loopline.drift.detected ")
-
-    challenger = registry.get_model(MODEL, version=2)
-    assert challenger.stage == "STAGING"
-    assert challenger.lineage is not None and challenger.lineage.trigger == parameters["cause"]
-    # Better on the same (most recent, test) data: the cards hold the test metrics.
-    assert challenger.model_card is not None and champion.model_card is not None
-    assert challenger.model_card.performance["f1"] > champion.model_card.performance["f1"]
-    history = registry.retraining_history(MODEL)
-    assert [(r.trigger, r.outcome, r.version) for r in history][-1] == ("drift", "registered", 2)
-
-    # The running service was nudged: it serves v2 as the canary's challenger. Traffic carries
-    # the canary through its steps; the rollout deployment promotes it; the same service then
-    # answers from v2.
-    wait(lambda: httpx.get(f"{url}/health", timeout=10).json()["versions"].get("challenger") == 2,
-         "the service never started serving the challenger")
-    records = training_records(40)
-    for index in range(400):
-        answer = httpx.post(f"{url}/predict/ab", json={**records[index % 40],
-                                                       "request_id": f"canary-{index}"}, timeout=30)
-        assert answer.status_code == 200, answer.text
-        if httpx.get(f"{url}/health", timeout=10).json()["routing"]["canary_status"] != "running":
-            break
-    routing = httpx.get(f"{url}/health", timeout=10).json()["routing"]
-    assert routing["canary_status"] == "completed", routing
-    rollout = run_deployment(env, "loopline-rollout/rollout", spec_path=str(spec_path))
-    assert wait_for_run(env, rollout, RUN_TIMEOUT_S, worker.log) == "COMPLETED"
-    assert registry.champion(MODEL).version == 2  # type: ignore[union-attr]
-    wait(lambda: httpx.post(f"{url}/predict", json=records[0], timeout=30).json()[
-        "model_version"] == 2, "the live service never answered from the promoted v2")
-    assert httpx.get(f"{url}/health", timeout=10).json()["versions"] == {"champion": 2}
-
-
-def wait(check: Callable[[], bool], why: str, timeout: float = 60) -> None:
-    """Until ``check`` holds (a liveness bound, not a timing)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, why
-        time.sleep(0.3)
+    # Every stage of the loop happened, in order, and they add up to the figure.
+    assert list(ours["stages"]) == ["event_to_run", "retrain", "canary", "promotion", "swap"]
+    assert list(peers["stages"]) == ["event_to_run", "retrain", "restart"]
+    for run in (ours, peers):
+        assert all(seconds >= 0 for seconds in run["stages"].values()), run
+        parts = (run["trigger_s"], run["worker_pickup_s"], run["process_start_s"])
+        assert all(part >= 0 for part in parts), run
+        assert sum(parts) == pytest.approx(run["stages"]["event_to_run"], abs=0.05)
+        assert sum(run["stages"].values()) == pytest.approx(run["seconds"], abs=0.05)
+        assert run["rows"] == 569  # the drifted pass: every row of the demo's data once
+    # The canary ran on live traffic, and not one request failed from the drift event to the
+    # end; the peer's restart dropped requests.
+    assert ours["challenger_answers"] >= 40 and ours["requests"] > 0
+    assert ours["failed"] == 0 and item["loopline_failed_requests"] == 0
+    assert peers["failed"] > 0
+    # The new challenger's event started the rollout deployment (beside its schedule); with
+    # on_pass: production there is no challenger to announce.
+    assert ours["rollout_runs_triggered"] >= 1 and peers["rollout_runs_triggered"] == 0
+    assert item["loopline_stages_median"] == ours["stages"]
