@@ -396,6 +396,12 @@ def one_run(prefect: Prefect, side: str, work: Path, source: Path, spec: Path,
                 versions = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["versions"]
                 if versions != {"champion": 2}:
                     raise RuntimeError(f"the service ended serving {versions}, not v2 alone")
+                # The workers stop only once the runs they took ended (the promote flow builds
+                # v2's Bento after the swap): a run killed with them would be left RUNNING.
+                wait_until(lambda: all(run["state"]["type"] not in ("PENDING", "RUNNING")
+                                       for run in prefect.runs_of("loopline-rollout/rollout",
+                                                                  started)),
+                           "the end of the rollout runs", logs, every=1.0)
         finally:
             _stop(served)
     return {**measured(prefect, registry, side, started, marks, traffic.requests, logs),
