@@ -145,11 +145,19 @@ def test_the_rollout_flow_rejects_a_disagreeing_shadow_then_promotes_a_completed
                                   canary_status="running", champion_version=1,
                                   challenger_version=2))
     assert rollout(spec=canary).action == "wait"
-    current = store.read()
-    store.replace(current.model_copy(update={"canary_status": "completed",
-                                             "reason": "the last step held"}))
+    # The service completes the canary while a run watches it: that run promotes it.
+
+    def complete() -> None:
+        time.sleep(1)
+        current = store.read()
+        store.replace(current.model_copy(update={"canary_status": "completed",
+                                                 "reason": "the last step held"}))
+
+    completing = threading.Thread(target=complete)
+    completing.start()
+    promoted = rollout(spec=canary, watch_seconds=120)
+    completing.join()
     store.close()
-    promoted = rollout(spec=canary)
     assert promoted.action == "promote", promoted
     assert registry.champion(MODEL).version == 2  # type: ignore[union-attr]
     assert {"challenger-started", "step-2", "promoted"} <= set(announced(2))
