@@ -19,6 +19,11 @@ from tests.servers import VENV_BIN, free_port, http_ok, start, stop, wait_for
 
 #: The server needs 5-30 s to create its tables and start uvicorn on a busy 2-core machine.
 STARTUP_TIMEOUT_S = 180
+#: MLflow's server runs its job system (eight more processes: huey consumers for its GenAI jobs)
+#: unless told not to; loopline never submits a job. They took about 20 s of CPU to start and 5%
+#: of a core while idle (more under load) on this 2-core machine, as long as the session's
+#: servers run, taken from every test beside them, and made stopping the server slower.
+NO_JOB_RUNNERS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +43,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {key: value for key, value in os.environ.items()
            if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    env.update(NO_JOB_RUNNERS)
     server = start(command, log, env=env, cwd=folder)
     uri = f"http://127.0.0.1:{port}"
     try:

@@ -24,7 +24,7 @@ import pytest
 
 from loopline.training.queueing import PROCESS_POOL, TRAINING_POOL
 from tests.conftest import REPO
-from tests.servers import VENV_BIN, default_signals, free_port, http_ok, start, stop, wait_for
+from tests.servers import TLS, VENV_BIN, default_signals, free_port, http_ok, start, stop, wait_for
 
 POOL = PROCESS_POOL
 FINISHED = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
@@ -110,7 +110,7 @@ def prefect_api(env: dict[str, str], method: str, path: str, json: Any = None) -
     while True:
         try:
             response = httpx.request(method, f"{env['PREFECT_API_URL']}{path}", json=json,
-                                     timeout=30)
+                                     timeout=30, verify=TLS)
             break
         except httpx.TransportError:
             if time.monotonic() > deadline:
@@ -128,7 +128,7 @@ def wait_for_run(env: dict[str, str], flow_run_id: str, timeout: float, log: Pat
         state = prefect_api(env, "GET", f"/flow_runs/{flow_run_id}")["state"]["type"]
         if state in FINISHED:
             return str(state)
-        time.sleep(1)
+        time.sleep(0.25)
     raise AssertionError(f"flow run {flow_run_id} still {state} after {timeout} s:\n"
                          f"{log.read_text()[-6000:]}")
 

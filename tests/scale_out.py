@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.mlflow_server import NO_JOB_RUNNERS
 from tests.postgres import Postgres
 from tests.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server
 from tests.servers import VENV_BIN, free_port, http_ok, start, stop, wait_for
@@ -76,6 +77,7 @@ def _mlflow_server(stack_env: dict[str, str], backend: str, url: str,
            if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     # The server writes artifacts to S3 itself (--serve-artifacts): clients need no S3 keys.
     env["MLFLOW_S3_ENDPOINT_URL"] = stack_env["AWS_ENDPOINT_URL"]
+    env.update(NO_JOB_RUNNERS)  # (see tests/mlflow_server.py)
     return start([str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", backend,
                   "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--serve-artifacts",
                   "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--workers", "2"],

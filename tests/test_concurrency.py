@@ -57,6 +57,9 @@ def test_many_trial_processes_on_one_study_lose_and_duplicate_nothing(
         "      params: {C: 1.0}\n": "      search: {C: {log_uniform: [0.01, 10.0]}}\n"
                                    f"  sweep: {{n_trials: {n_trials}, parallelism: {streams},"
                                    " storage: journal}\n",
+        # The best trial is registered but not promoted: nothing here asks about a champion or
+        # its Bento (the next test promotes on this stack, and tests/test_scale_out.py serves).
+        "    approved: true\n": "    approved: false\n",
     }))
     # parallelism: 4 local processes, all on the study in PostgreSQL and the MLflow server.
     run_pipelines(stack, [spec], {"LOOPLINE_SWEEP_WORKERS": "processes"})
@@ -93,8 +96,14 @@ def test_concurrent_pipelines_register_every_version_once(
     """
     stack = scale_out_stack
     offsets = [1, 2, 3, 4, 5]
+    # Only the first card is approved: that run is promoted (and its Bento built) while the
+    # others register, one promotion racing four registrations on the one registered model,
+    # instead of five promotions and five Bento builds at once, which took over a third of this
+    # test's time (promotions race in tests/test_registry.py; tests/test_scale_out.py serves a
+    # Bento built on this stack).
     specs = [write_spec(tmp_path, logistic_spec_text(demo_csv, "version-race", 1.0, {
-        "mean_area / (mean_perimeter + 1)": f"mean_area / (mean_perimeter + {offset})"}),
+        "mean_area / (mean_perimeter + 1)": f"mean_area / (mean_perimeter + {offset})",
+        **({} if offset == 1 else {"    approved: true\n": "    approved: false\n"})}),
         name=f"spec-{offset}.yaml") for offset in offsets]
     results = run_pipelines(stack, specs)
 

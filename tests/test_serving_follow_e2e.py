@@ -36,7 +36,7 @@ from loopline.state import state_paths
 from loopline.storage import Storage
 from tests.conftest import DEMO_SERVING, logistic_spec_text, write_spec
 from tests.http_standin import StandIn, webhook_answer
-from tests.servers import serve_bento
+from tests.servers import TLS, serve_bento, serve_bentos
 
 pytestmark = pytest.mark.slow
 
@@ -176,7 +176,9 @@ class Answered:
 class Load:
     """Posts records to ``/predict`` one after another, with a pause between, until stopped."""
 
-    def __init__(self, url: str, records: list[dict[str, Any]], pause_s: float = 0.01) -> None:
+    # The pause is short: the swaps of the promotions test take about 3 s, over which it wants
+    # more than 200 answers (with 10 ms it got 193-214 of them here, as fast as the rest ran).
+    def __init__(self, url: str, records: list[dict[str, Any]], pause_s: float = 0.005) -> None:
         self.url, self.records, self.pause_s = url, records, pause_s
         self.answered: list[Answered] = []
         self._stop = threading.Event()
@@ -261,7 +263,7 @@ def health_when(url: str, status: str, timeout: float = 60) -> dict[str, Any]:
     """``/health`` once it says ``status``, or as it is after ``timeout`` (a liveness bound)."""
     deadline = time.monotonic() + timeout
     while True:
-        health: dict[str, Any] = httpx.get(f"{url}/health", timeout=10).json()
+        health: dict[str, Any] = httpx.get(f"{url}/health", timeout=10, verify=TLS).json()
         if health["status"] == status or time.monotonic() > deadline:
             return health
         time.sleep(0.2)
@@ -285,7 +287,7 @@ def test_a_version_that_cannot_be_loaded_is_never_served_and_the_service_says_so
         assert health["versions"]["champion"] == before.version
         for index, record in enumerate(records[:10]):
             answer = httpx.post(f"{served.url}/predict", json={**record, "request_id": f"b{index}"},
-                                timeout=30)
+                                timeout=30, verify=TLS)
             assert answer.status_code == 200
             assert answer.json()["model_version"] == before.version
         deadline = time.monotonic() + 30
@@ -326,7 +328,8 @@ def test_two_services_sharing_postgresql_agree_on_the_split_and_the_canary_step(
     env = {"LOOPLINE_SERVING_STATE": postgres.url(database)}
 
     def routing_of(url: str) -> dict[str, Any]:
-        return httpx.get(f"{url}/health", timeout=10).json()["routing"]  # type: ignore[no-any-return]
+        return httpx.get(f"{url}/health", timeout=10,  # type: ignore[no-any-return]
+                         verify=TLS).json()["routing"]
 
     def agree(first: str, second: str, key: str, value: object) -> None:
         deadline = time.monotonic() + 30
@@ -340,20 +343,21 @@ def test_two_services_sharing_postgresql_agree_on_the_split_and_the_canary_step(
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     try:
-        with serve_bento(tag, tmp_path / "a", env=env) as one, \
-                serve_bento(tag, tmp_path / "b", env=env) as two:
+        with serve_bentos([tag, tag], [tmp_path / "a", tmp_path / "b"], env=env) as (one, two):
             agree(one, two, "challenger_version", other)
             # Traffic to one replica only advances the canary; the other sees the same step.
             for index in range(200):
                 httpx.post(f"{one}/predict/ab", json={**records[index % len(records)],
-                                                      "request_id": f"pg{index}"}, timeout=30)
+                                                      "request_id": f"pg{index}"}, timeout=30,
+                           verify=TLS)
                 if routing_of(one)["canary_step"] >= 1:
                     break
             agree(one, two, "canary_step", 1)
             agree(one, two, "challenger_share", 0.6)
             # A split changed through the other replica applies to both.
             changed = httpx.post(f"{two}/admin/routing", json={"challenger_share": 0.45,
-                                                               "reason": "test"}, timeout=30)
+                                                               "reason": "test"}, timeout=30,
+                                 verify=TLS)
             assert changed.status_code == 200, changed.text
             agree(one, two, "challenger_share", 0.45)
     finally:

@@ -29,7 +29,7 @@ from loopline.serving.prediction_log import read_predictions
 from loopline.state import state_paths
 from loopline.storage import Storage
 from tests.conftest import DEMO_SERVING, logistic_spec_text, write_spec
-from tests.servers import serve_bento
+from tests.servers import TLS, serve_bento, serve_bentos
 
 pytestmark = pytest.mark.slow
 
@@ -93,8 +93,12 @@ def bentos(prefect_harness: None, demo_csv: Path, folder: Path) -> dict[str, str
     return tags
 
 
+#: The environment of every server: the API keys it accepts.
+SERVER_ENV = {KEYS_ENV: f"other-key,{KEY}"}
+
+
 def serving(tag: str, folder: Path) -> AbstractContextManager[str]:
-    return serve_bento(tag, folder, env={KEYS_ENV: f"other-key,{KEY}"})
+    return serve_bento(tag, folder, env=SERVER_ENV)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +120,7 @@ def ab(bentos: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def post(url: str, path: str, body: dict[str, Any], headers: dict[str, str] | None = HEADERS
          ) -> httpx.Response:
-    return httpx.post(f"{url}{path}", json=body, headers=headers, timeout=30)
+    return httpx.post(f"{url}{path}", json=body, headers=headers, timeout=30, verify=TLS)
 
 
 def set_share(url: str, share: float) -> dict[str, Any]:
@@ -152,7 +156,7 @@ def test_requests_without_a_valid_key_get_401_and_health_stays_open(
         assert answer.status_code == 401
         assert "API key" in answer.json()["error"]
     assert post(ab, "/predict", records[0], {"X-API-Key": KEY}).status_code == 200
-    health = httpx.get(f"{ab}/health", timeout=10)
+    health = httpx.get(f"{ab}/health", timeout=10, verify=TLS)
     assert health.status_code == 200
     body = health.json()
     assert body["versions"] == {"champion": 1, "challenger": 2}
@@ -240,8 +244,8 @@ def test_metrics_count_requests_by_variant(ab: str, records: list[dict[str, Any]
     set_share(ab, 1.0)
     post(ab, "/predict/ab", records[0])
     set_share(ab, 0.3)
-    assert httpx.get(f"{ab}/metrics", timeout=10).status_code == 401
-    text = httpx.get(f"{ab}/metrics", headers=HEADERS, timeout=10).text
+    assert httpx.get(f"{ab}/metrics", timeout=10, verify=TLS).status_code == 401
+    text = httpx.get(f"{ab}/metrics", headers=HEADERS, timeout=10, verify=TLS).text
     assert 'loopline_predictions_total{endpoint="predict_ab",variant="challenger"}' in text
     assert "loopline_prediction_latency_seconds_bucket" in text
 
@@ -307,74 +311,89 @@ def test_the_ab_report_recommends_a_challenger_that_is_significantly_better(
 
 # --- shadow, canary, bandit --------------------------------------------------------------------
 
+#: The routings served by one test each. Their servers start together, before the first of those
+#: tests, and each gets no request before its own test: side by side on two cores four servers
+#: are up in about half the time they take one after the other.
+OWN_SERVERS = ("shadow", "canary", "rollback", "bandit")
+
+
+@pytest.fixture(scope="module")
+def own_servers(bentos: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[dict[str, str]]:
+    """Routing name → URL of its served Bento, for the tests of ``OWN_SERVERS``."""
+    folders = [tmp_path_factory.mktemp(name) for name in OWN_SERVERS]
+    with serve_bentos([bentos[name] for name in OWN_SERVERS], folders, env=SERVER_ENV) as urls:
+        yield dict(zip(OWN_SERVERS, urls, strict=True))
+
+
 def test_shadow_never_returns_the_challengers_answer_but_logs_it(
-    bentos: dict[str, str], records: list[dict[str, Any]], tmp_path: Path
+    own_servers: dict[str, str], records: list[dict[str, Any]]
 ) -> None:
     since = datetime.now(UTC) - timedelta(seconds=1)
-    with serving(bentos["shadow"], tmp_path) as url:
-        for index, record in enumerate(records[:20]):
-            for path in ("/predict", "/predict/ab"):
-                body = post(url, path, {**record, "request_id": f"sh-{path}-{index}"}).json()
-                assert (body["variant"], body["model_version"]) == ("champion", 1)
+    url = own_servers["shadow"]
+    for index, record in enumerate(records[:20]):
+        for path in ("/predict", "/predict/ab"):
+            body = post(url, path, {**record, "request_id": f"sh-{path}-{index}"}).json()
+            assert (body["variant"], body["model_version"]) == ("champion", 1)
 
-        def rows() -> pl.DataFrame:
-            return logged(since).filter(pl.col("request_id").str.starts_with("sh-"))
+    def rows() -> pl.DataFrame:
+        return logged(since).filter(pl.col("request_id").str.starts_with("sh-"))
 
-        wait_until(lambda: rows().height == 80)
-        frame = rows()
-        shadows = frame.filter(pl.col("shadow"))
-        assert shadows.height == 40
-        assert set(shadows["variant"]) == {"challenger"} and set(shadows["model_version"]) == {2}
-        assert set(frame.filter(~pl.col("shadow"))["variant"]) == {"champion"}
+    wait_until(lambda: rows().height == 80)
+    frame = rows()
+    shadows = frame.filter(pl.col("shadow"))
+    assert shadows.height == 40
+    assert set(shadows["variant"]) == {"challenger"} and set(shadows["model_version"]) == {2}
+    assert set(frame.filter(~pl.col("shadow"))["variant"]) == {"champion"}
 
 
 def test_a_canary_climbs_its_steps_while_the_challenger_behaves(
-    bentos: dict[str, str], records: list[dict[str, Any]], tmp_path: Path
+    own_servers: dict[str, str], records: list[dict[str, Any]]
 ) -> None:
-    with serving(bentos["canary"], tmp_path) as url:
-        shares: list[float] = []
-        for index in range(200):
-            post(url, "/predict/ab", {**records[index % len(records)], "request_id": f"c{index}"})
-            routing = httpx.get(f"{url}/health", timeout=10).json()["routing"]
-            if not shares or shares[-1] != routing["challenger_share"]:
-                shares.append(routing["challenger_share"])
-            if routing["canary_status"] == "completed":
-                break
-        assert shares == [0.2, 0.6, 1.0]
-        assert routing["canary_status"] == "completed"
+    url = own_servers["canary"]
+    shares: list[float] = []
+    for index in range(200):
+        post(url, "/predict/ab", {**records[index % len(records)], "request_id": f"c{index}"})
+        routing = httpx.get(f"{url}/health", timeout=10, verify=TLS).json()["routing"]
+        if not shares or shares[-1] != routing["challenger_share"]:
+            shares.append(routing["challenger_share"])
+        if routing["canary_status"] == "completed":
+            break
+    assert shares == [0.2, 0.6, 1.0]
+    assert routing["canary_status"] == "completed"
 
 
 def test_a_failing_canary_rolls_back_and_the_registry_records_it(
-    bentos: dict[str, str], records: list[dict[str, Any]], tmp_path: Path
+    own_servers: dict[str, str], records: list[dict[str, Any]]
 ) -> None:
-    with serving(bentos["rollback"], tmp_path) as url:
-        variants = [post(url, "/predict/ab", {**records[index % len(records)],
-                                              "request_id": f"rb{index}"}).json()["variant"]
-                    for index in range(100)]
-        assert "challenger" in variants  # the canary's first step routed to it
-        registry = ModelRegistry()
-        wait_until(lambda: registry.get_model(MODEL, version=2).stage == "ARCHIVED")
-        event = registry.history(MODEL)[-1]
-        assert (event.version, event.to_stage) == (2, "ARCHIVED")
-        assert event.reason.startswith("canary rollback: challenger p95 latency")
-        # The service archived the challenger and nudged itself: it no longer serves it.
-        wait_until(lambda: "challenger" not in httpx.get(f"{url}/health", timeout=10).json()[
-            "versions"])
-        after = [post(url, "/predict/ab", {**record, "request_id": f"after{i}"}).json()["variant"]
-                 for i, record in enumerate(records[:20])]
-        assert set(after) == {"champion"}
+    url = own_servers["rollback"]
+    variants = [post(url, "/predict/ab", {**records[index % len(records)],
+                                          "request_id": f"rb{index}"}).json()["variant"]
+                for index in range(100)]
+    assert "challenger" in variants  # the canary's first step routed to it
+    registry = ModelRegistry()
+    wait_until(lambda: registry.get_model(MODEL, version=2).stage == "ARCHIVED")
+    event = registry.history(MODEL)[-1]
+    assert (event.version, event.to_stage) == (2, "ARCHIVED")
+    assert event.reason.startswith("canary rollback: challenger p95 latency")
+    # The service archived the challenger and nudged itself: it no longer serves it.
+    wait_until(lambda: "challenger" not in httpx.get(f"{url}/health", timeout=10,
+                                                     verify=TLS).json()["versions"])
+    after = [post(url, "/predict/ab", {**record, "request_id": f"after{i}"}).json()["variant"]
+             for i, record in enumerate(records[:20])]
+    assert set(after) == {"champion"}
 
 
 def test_a_bandit_sends_more_traffic_to_the_rewarded_variant(
-    bentos: dict[str, str], records: list[dict[str, Any]], tmp_path: Path
+    own_servers: dict[str, str], records: list[dict[str, Any]]
 ) -> None:
-    with serving(bentos["bandit"], tmp_path) as url:
-        variants = []
-        for index in range(150):
-            body = post(url, "/predict/ab", {**records[index % len(records)],
-                                             "request_id": f"b{index}"}).json()
-            variants.append(body["variant"])
-            reward = 1.0 if body["variant"] == "challenger" else 0.0
-            answer = post(url, "/feedback", {"request_id": body["request_id"], "reward": reward})
-            assert answer.json()["bandit_updated"] is True
-        assert Counter(variants[-50:])["challenger"] >= 45
+    url = own_servers["bandit"]
+    variants = []
+    for index in range(150):
+        body = post(url, "/predict/ab", {**records[index % len(records)],
+                                         "request_id": f"b{index}"}).json()
+        variants.append(body["variant"])
+        reward = 1.0 if body["variant"] == "challenger" else 0.0
+        answer = post(url, "/feedback", {"request_id": body["request_id"], "reward": reward})
+        assert answer.json()["bandit_updated"] is True
+    assert Counter(variants[-50:])["challenger"] >= 45

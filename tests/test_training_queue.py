@@ -11,6 +11,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
@@ -209,14 +210,19 @@ def test_an_urgent_run_overtakes_queued_normal_ones(queue_server: dict[str, str]
     high_spec = write_spec(tmp_path, logistic_spec_text(demo_csv, MODEL, 0.5, {
         "  metric: {name: f1, direction: maximize}\n":
             "  metric: {name: f1, direction: maximize}\n  queue: {priority: high}\n"}), "high.yaml")
-    # Queued while no worker serves the pool: three normal runs, then an urgent one (by the
-    # command line) and a high one (by its spec's training.queue.priority).
-    normal = [submit(env, normal_spec) for _ in range(3)]
-    urgent = submit(env, normal_spec, "--priority", "urgent")
-    high = submit(env, high_spec)
+    # Queued while no worker serves the pool: two normal runs (enough to see that they keep
+    # their order, each a run to wait for), then an urgent one (by the command line) and a high
+    # one (by its spec's training.queue.priority).
+    normal = [submit(env, normal_spec) for _ in range(2)]
+    # The urgent and the high one at once (each submission is a command of a few seconds): which
+    # of them the server records first does not matter, their queues' priorities order them.
+    with ThreadPoolExecutor(max_workers=2) as submitting:
+        urgent_run = submitting.submit(submit, env, normal_spec, "--priority", "urgent")
+        high_run = submitting.submit(submit, env, high_spec)
+        urgent, high = urgent_run.result(), high_run.result()
     waiting = [flow_run(env, run_id) for run_id in [*normal, urgent, high]]
     assert {r["state_type"] for r in waiting} == {"SCHEDULED"}
-    assert [r["work_queue_name"] for r in waiting] == ["normal"] * 3 + ["urgent", "high"]
+    assert [r["work_queue_name"] for r in waiting] == ["normal"] * 2 + ["urgent", "high"]
 
     # A worker that would take four runs at once: the pool's limit of 1 is what holds them.
     worker = Worker(env, tmp_path / "worker.log", pool=TRAINING_POOL, limit=4)
@@ -244,9 +250,9 @@ def test_a_failing_run_is_retried_with_growing_delays(queue_server: dict[str, st
     spec = write_spec(tmp_path, logistic_spec_text(demo_csv, "never-materialized", 1.0, {
         "  metric: {name: f1, direction: maximize}\n":
             "  metric: {name: f1, direction: maximize}\n"
-            "  queue: {retries: 2, retry_backoff: 3s, retry_backoff_max: 1h}\n"}), "failing.yaml")
-    schedule = RunPolicy(retries=2, retry_backoff_s=3.0).schedule()
-    assert schedule == [3.0, 6.0]
+            "  queue: {retries: 2, retry_backoff: 2s, retry_backoff_max: 1h}\n"}), "failing.yaml")
+    schedule = RunPolicy(retries=2, retry_backoff_s=2.0).schedule()
+    assert schedule == [2.0, 4.0]
     worker = Worker(env, tmp_path / "worker.log", pool=TRAINING_POOL, limit=4)
     try:
         first = submit(env, spec)
@@ -254,7 +260,7 @@ def test_a_failing_run_is_retried_with_growing_delays(queue_server: dict[str, st
         # The last attempt's hook says it is the last; only then is the count final.
         while "attempt 3 of 3 failed" not in worker.log.read_text():
             assert time.monotonic() < deadline, f"no third failed attempt{tail(worker)}"
-            time.sleep(1)
+            time.sleep(0.25)
     finally:
         worker.stop()
     runs = [r for r in deployment_runs(env, "loopline-train", "train")
@@ -266,8 +272,9 @@ def test_a_failing_run_is_retried_with_growing_delays(queue_server: dict[str, st
     assert all(f"attempt:{n}" in r["tags"] for n, r in enumerate(runs, start=1))
     waits = []
     for (failed, retry), delay in zip(pairwise(runs), schedule, strict=True):
-        # Queued at least the backoff after the failure (plus the hook's own latency, far
-        # below the 3 s between the two delays), and not started before its time.
+        # Queued at least the backoff after the failure (plus the hook's own latency, a
+        # fraction of a second: far below the 2 s between the two delays), and not started
+        # before its time.
         wait = (at(retry["expected_start_time"]) - at(failed["end_time"])).total_seconds()
         assert wait >= delay, (wait, delay, tail(worker))
         assert at(retry["start_time"]) >= at(retry["expected_start_time"])
