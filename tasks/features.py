@@ -9,6 +9,7 @@ from prefect.blocks.system import Secret
 from prefect.logging import get_run_logger
 
 from blocks.storage import FeatureStoreStorage
+from loopline.data.feature_recipe import FeatureRecipe
 from loopline.data.feature_store import FeatureSetManifest, FeatureStore
 from loopline.data.splits import Splits
 from loopline.data.validation import ValidationReport
@@ -36,6 +37,12 @@ def open_store(storage_block: str | None) -> FeatureStore:
 def read_splits(spec: Spec, manifest: FeatureSetManifest, storage_block: str | None) -> Splits:
     """The feature set version's train / validation / test rows, as the spec splits them."""
     return open_store(storage_block).splits(manifest, spec.data)
+
+
+def read_recipe(spec: Spec, manifest: FeatureSetManifest, storage_block: str | None
+                ) -> FeatureRecipe:
+    """How a model trained on the feature set version computes its features from raw records."""
+    return open_store(storage_block).recipe(spec, manifest)
 
 
 def read_secret(name: str) -> str:

@@ -37,7 +37,7 @@ from loopline.training.sweep.study import (
 )
 from loopline.training.sweep.trials import Objective, run_trials
 from loopline.training.tracking import log_candidate, run_url
-from tasks.features import read_splits
+from tasks.features import read_recipe, read_splits
 from tasks.options import loopline_task
 from tasks.training import CandidateRun, tracker_for
 
@@ -200,7 +200,8 @@ def retrain_best(spec: Spec, manifest: FeatureSetManifest, summary: SweepSummary
     combined = Splits(train=pl.concat([splits.train, splits.validation]),
                       validation=splits.validation, test=splits.test)
     candidate = train_candidate(algorithm, spec.training, combined, spec.feature_names,
-                                manifest.feature_dtypes, spec.data.target, best.params)
+                                manifest.feature_dtypes, spec.data.target, best.params,
+                                recipe=read_recipe(spec, manifest, storage_block))
     tracker = tracker_for(spec)
     run_id = tracker.start_run(f"best-{candidate.name}", parent_run_id=parent_run_id,
                                tags={"loopline.algorithm": candidate.kind,

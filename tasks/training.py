@@ -14,7 +14,7 @@ from loopline.state import state_paths
 from loopline.training.experiments import ExperimentTracker
 from loopline.training.modeling.candidates import TrainedCandidate, train_candidate
 from loopline.training.tracking import experiment_tracker, log_candidate
-from tasks.features import read_splits
+from tasks.features import read_recipe, read_splits
 from tasks.options import loopline_task
 
 
@@ -53,7 +53,8 @@ def train_one_candidate(spec: Spec, manifest: FeatureSetManifest, algorithm_inde
     algorithm = spec.training.algorithms[algorithm_index]
     candidate = train_candidate(algorithm, spec.training,
                                 read_splits(spec, manifest, storage_block), spec.feature_names,
-                                manifest.feature_dtypes, spec.data.target)
+                                manifest.feature_dtypes, spec.data.target,
+                                recipe=read_recipe(spec, manifest, storage_block))
     run_id = tracker.start_run(candidate.name, parent_run_id=parent_run_id,
                                tags={"loopline.algorithm": candidate.kind})
     trainer = algorithm.trainer.model_dump() if isinstance(algorithm, LightningMLP) else {}

@@ -107,6 +107,19 @@ def test_first_materialization_is_version_one_with_a_complete_manifest(
     start, end = manifest.time_range
     source = pl.read_csv(demo_csv, try_parse_dates=True)
     assert (start, end) == (str(source["observed_on"].min()), str(source["observed_on"].max()))
+    # What a raw record must carry: the source columns the features read, in order of first
+    # read, with the source's dtypes (the target, the id and the date are read by none).
+    assert manifest.source_columns == {
+        "mean_area": "float64", "mean_perimeter": "float64", "worst_radius": "float64",
+        "mean_radius": "float64", "mean_texture": "float64", "mean_smoothness": "float64",
+        "mean_concavity": "float64", "mean_concave_points": "float64", "worst_area": "float64",
+        "worst_concave_points": "float64", "worst_texture": "float64"}
+    recipe = store.recipe(spec, manifest)
+    assert (recipe.feature_set, recipe.feature_set_version) == (spec.name, 1)
+    assert recipe.feature_names == spec.feature_names
+    assert [(c.name, c.low, c.high, c.nullable) for c in recipe.inputs if c.name in (
+        "mean_radius", "worst_area")] == [("mean_radius", 0.0, 50.0, False),
+                                          ("worst_area", None, None, True)]
 
     assert manifest.files
     for file in manifest.files:

@@ -51,7 +51,9 @@ class FeatureSetManifest(BaseModel):
     """Everything a version of a feature set says about itself; lineage points here.
 
     ``production`` says how many labelled production answers joined the source's rows (and
-    when they were served); None when none did.
+    when they were served); None when none did. ``source_columns`` are the dtypes of the source
+    columns the features read (what a raw record must carry to be scored; None in versions
+    written before it was recorded).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -75,6 +77,7 @@ class FeatureSetManifest(BaseModel):
     created_by: str
     loopline_version: str
     production: ProductionRows | None = None
+    source_columns: dict[str, str] | None = None
 
     @property
     def feature_names(self) -> list[str]:

@@ -26,6 +26,13 @@ from loopline.data.feature_definitions import (
     FeatureVersion,
     definition_hash,
 )
+from loopline.data.feature_recipe import (
+    FeatureRecipe,
+    RecipeFeature,
+    build_recipe,
+    columns_read,
+    source_dtypes,
+)
 from loopline.data.feature_sets import FeatureRef, FeatureSetManifest, FeatureSets
 from loopline.data.features import dtype_name, feature_frame
 from loopline.data.point_in_time import point_in_time_join
@@ -182,14 +189,14 @@ class FeatureStore:
                                           f"{exc}") from exc
         try:
             return self._commit(spec, definitions, files, fingerprint, source_hash, validation,
-                                None if joined is None else joined.summary)
+                                schema, None if joined is None else joined.summary)
         except BaseException:
             self.sets.discard(files)  # nothing may reference them: leave no orphan behind
             raise
 
     def _commit(self, spec: Spec, definitions: dict[str, tuple[str, FeatureDefinition, str]],
                 files: list[str], fingerprint: str, source_hash: str,
-                validation: ValidationReport | None,
+                validation: ValidationReport | None, schema: pl.Schema,
                 production: ProductionRows | None = None) -> FeatureSetManifest:
         """Register the features and publish the manifest of freshly written ``files``."""
         stats = self.sets.stats(files, list(definitions), spec.data.event_time)
@@ -210,8 +217,25 @@ class FeatureStore:
             target=spec.data.target, features=refs, time_range=stats["time_range"], files=files,
             validation=validation, created_at=datetime.now(UTC).isoformat(), created_by=author,
             loopline_version=loopline.__version__, production=production,
+            source_columns=_columns_read(definitions, schema),
         )
         return self.sets.publish(manifest)
+
+    def recipe(self, spec: Spec, manifest: FeatureSetManifest,
+               credentials: S3Credentials | None = None) -> FeatureRecipe:
+        """What a model trained on ``manifest`` needs to compute its features from raw records
+        (the source's dtypes read from the source when the manifest predates recording them).
+
+        Raises:
+            DataSourceError: the manifest lacks the source's dtypes and the source cannot be read.
+        """
+        columns = manifest.source_columns
+        if columns is None:
+            columns = source_dtypes(source_schema(spec.data, credentials))
+        features = [RecipeFeature(name=f.name, kind=f.kind, expr=f.expr, dtype=f.dtype)
+                    for f in manifest.features]
+        return build_recipe(manifest.feature_set, manifest.version, features, columns,
+                            spec.data.validation)
 
     def training_set(self, feature_set: str, entities: pl.DataFrame,
                      version: int | None = None) -> pl.DataFrame:
@@ -254,6 +278,16 @@ def _definitions(spec: Spec, schema: pl.Schema) -> dict[str, tuple[str, FeatureD
                 found[column] = ("passthrough", FeatureDefinition(
                     expr=column, dtype=dtype_name(schema[column])), f"source column {column}")
     return found
+
+
+def _columns_read(definitions: dict[str, tuple[str, FeatureDefinition, str]],
+                  schema: pl.Schema) -> dict[str, str]:
+    """``{column: dtype}`` of the source columns the features read, in order of first read."""
+    read: dict[str, str] = {}
+    for _, definition, _ in definitions.values():
+        for column in columns_read(definition.expr):
+            read.setdefault(column, dtype_name(schema[column]))
+    return read
 
 
 def _user() -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from loopline.data.feature_recipe import FeatureRecipe
 from loopline.data.splits import Splits
 from loopline.errors import TrainingError
 from loopline.spec.sections.algorithms import Algorithm, LightningMLP
@@ -50,7 +51,8 @@ def evaluate(model: TabularModel, frame: pl.DataFrame, target: str) -> dict[str,
 def train_candidate(algorithm: Algorithm, training: TrainingSpec, splits: Splits,
                     feature_names: list[str], feature_dtypes: dict[str, str], target: str,
                     overrides: dict[str, Any] | None = None,
-                    callbacks: list[Any] | None = None) -> TrainedCandidate:
+                    callbacks: list[Any] | None = None,
+                    recipe: FeatureRecipe | None = None) -> TrainedCandidate:
     """Fit ``algorithm`` on the train split with its params (and ``overrides``), score it on
     the validation split.
 
@@ -63,6 +65,8 @@ def train_candidate(algorithm: Algorithm, training: TrainingSpec, splits: Splits
         target: the target column.
         overrides: hyperparameters that replace the candidate's ``params`` (a trial's).
         callbacks: extra Lightning callbacks (an Optuna pruning callback), for the MLP.
+        recipe: how the features are computed from raw records (kept in the model, so the
+            service and batch scoring compute them as the feature set did).
 
     Raises:
         TrainingError: the split is empty or fitting failed.
@@ -115,7 +119,7 @@ def train_candidate(algorithm: Algorithm, training: TrainingSpec, splits: Splits
         raise TrainingError(f"training {algorithm.candidate_name} failed: {exc}") from exc
     model = TabularModel(task=training.task, feature_names=list(feature_names),
                          feature_dtypes=dict(feature_dtypes), preprocessor=preprocessor,
-                         predictor=predictor, classes=classes)
+                         predictor=predictor, classes=classes, recipe=recipe)
     return TrainedCandidate(
         name=algorithm.candidate_name, kind=algorithm.kind, params=params, model=model,
         validation_metrics=evaluate(model, splits.validation, target), history=history,

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from loopline.data.feature_recipe import FeatureRecipe, passthrough_recipe
 from loopline.spec.sections.training import Task
 from loopline.training.modeling.preprocess import Columns, TabularPreprocessor
 
@@ -64,6 +65,9 @@ class TabularModel:
         feature_names: the input columns, in order.
         feature_dtypes: each input's dtype name (``float64``, ``int64``, ``string``...).
         classes: class labels in score order (classification), else None.
+        recipe: how its features are computed from raw source records (the feature set
+            version it was trained on); None for a model trained before recipes were recorded
+            (see :attr:`inputs`).
     """
 
     task: Task
@@ -72,6 +76,15 @@ class TabularModel:
     preprocessor: TabularPreprocessor
     predictor: Predictor
     classes: list[Any] | None = None
+    # A default, so models pickled before the field existed load with None.
+    recipe: FeatureRecipe | None = None
+
+    @property
+    def inputs(self) -> FeatureRecipe:
+        """Its recipe; for a model without one, a recipe whose raw record is its features."""
+        if self.recipe is not None:
+            return self.recipe
+        return passthrough_recipe("", self.feature_dtypes)
 
     def scores(self, columns: Columns) -> np.ndarray:
         """Class probabilities (n x classes) or predicted values (n)."""
