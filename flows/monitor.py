@@ -2,9 +2,11 @@
 
 Deployed by ``prefect.yaml`` on the spec's monitoring schedule. It compares the recent window of
 served traffic with the champion's training features (drift, tested per feature as Evidently
-does), tracks the spec's metrics on labelled traffic, alerts the spec's channels, and emits
-Prefect events (``loopline.drift.detected``, ``loopline.performance.degraded``) whose resource
-is the model: the ``retrain`` deployment's triggers start retraining from them.
+does; with ``monitoring.drift.on: inputs``, the raw records the service received against the
+data source, column by column), tracks the spec's metrics on labelled traffic, alerts the
+spec's channels, and emits Prefect events (``loopline.drift.detected``,
+``loopline.performance.degraded``) whose resource is the model: the ``retrain`` deployment's
+triggers start retraining from them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tasks.monitoring import (
     check_performance,
     emit_monitoring_event,
     load_current,
+    load_input_sides,
     load_labelled,
     load_reference,
     load_window,
@@ -40,7 +43,8 @@ class MonitorResult(BaseModel):
 
     Attributes:
         drift: the drift report's summary (None when the window held too little data).
-        drifted_features: the features that drifted.
+        drifted_features: the features that drifted (input columns with
+            ``monitoring.drift.on: inputs``).
         alerts: the alerts raised (sent, or suppressed by the cooldown).
         events: the Prefect events emitted, by name, with their ids.
         rolled_back_to: the version made champion again by a ``rollback`` performance rule.
@@ -69,10 +73,12 @@ def monitor(spec_path: str = "configs/demo.yaml", window: str | None = None,
         storage_block: a saved FeatureStoreStorage block; the local state folder when None.
 
     Steps:
-        1. Validate the spec; point MLflow at the tracking store; read the champion's training
-           feature set version (the reference).
-        2. Read the window's served traffic from the prediction log (or ``current_uri``) and
-           test every feature for drift; publish the report, Evidently's HTML report on a
+        1. Validate the spec; point MLflow at the tracking store; read the window's served
+           traffic from the prediction log (or ``current_uri``).
+        2. Read the reference: the champion's training feature set version, or with
+           ``monitoring.drift.on: inputs`` the data source (on the source columns the callers
+           sent; rows logged without inputs are left out). Test every feature (or input
+           column) for drift; publish the report, Evidently's HTML report on a
            sample, and the scores to MLflow. Too little data gives no verdict.
         3. With ``monitoring.performance``: compute the metrics per window on labelled traffic
            and store the series; a metric past its bound raises a performance alert, and the
@@ -84,9 +90,13 @@ def monitor(spec_path: str = "configs/demo.yaml", window: str | None = None,
     spec = load_and_validate_spec(spec_path)
     configure_mlflow_tracking()
     since = datetime.now(UTC) - parse_duration(window or spec.monitoring.window)
-    champion, reference, categorical = load_reference(spec, storage_block)
     logged = load_window(spec, since) if current_uri is None else None
-    current = load_current(logged, reference.columns, current_uri)
+    if spec.monitoring.drift.on == "inputs":
+        champion, reference, current = load_input_sides(spec, logged, current_uri)
+        categorical: list[str] = []  # typed by their dtypes, as Evidently types them
+    else:
+        champion, reference, categorical = load_reference(spec, storage_block)
+        current = load_current(logged, reference.columns, current_uri)
     result = MonitorResult(model_name=spec.name, current_rows=current.height)
     alerts: list[Alert] = []
     report = check_drift(spec, reference, current, categorical)

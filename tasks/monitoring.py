@@ -1,5 +1,6 @@
 """The monitor flow's steps: the champion's training features (the reference) against the
-recent window of served traffic, labelled traffic against the spec's metrics, and what follows
+recent window of served traffic, or the data source against the raw records the service received
+(``monitoring.drift.on: inputs``), labelled traffic against the spec's metrics, and what follows
 (alerts to the spec's channels, Prefect events that start retraining).
 """
 
@@ -15,11 +16,19 @@ from prefect.events import emit_event
 from prefect.logging import get_run_logger
 
 from loopline.data.feature_sets import FeatureSetManifest
+from loopline.data.sources import scan_source
 from loopline.errors import InsufficientData, ModelNotFound
 from loopline.monitoring.alerting.alert import Alert, Delivery
 from loopline.monitoring.alerting.delivery import notify
 from loopline.monitoring.alerting.ledger import AlertLedger
-from loopline.monitoring.drift import DriftReport, detect_drift, evidently_html
+from loopline.monitoring.drift import (
+    DriftReport,
+    detect_drift,
+    evidently_html,
+    logged_features,
+    logged_inputs,
+    source_sides,
+)
 from loopline.monitoring.performance import performance_alerts, performance_series, store_series
 from loopline.release.records import ModelVersionInfo
 from loopline.release.registry import ModelRegistry
@@ -38,6 +47,14 @@ from tasks.serving import prediction_log
 CATEGORICAL_DTYPES = frozenset({"string", "str", "bool", "boolean", "categorical"})
 
 
+def _monitored_champion(spec: Spec) -> ModelVersionInfo:
+    champion = ModelRegistry().champion(spec.name)
+    if champion is None or champion.lineage is None:
+        raise ModelNotFound(f"{spec.name} has no champion with lineage to monitor; run the "
+                            "pipeline first")
+    return champion
+
+
 @loopline_task(name="load-reference")
 def load_reference(spec: Spec, storage_block: str | None = None
                    ) -> tuple[ModelVersionInfo, pl.DataFrame, list[str]]:
@@ -47,12 +64,10 @@ def load_reference(spec: Spec, storage_block: str | None = None
     Raises:
         ModelNotFound: the model has no champion, or the champion has no lineage.
     """
-    champion = ModelRegistry().champion(spec.name)
-    if champion is None or champion.lineage is None:
-        raise ModelNotFound(f"{spec.name} has no champion with lineage to monitor; run the "
-                            "pipeline first")
+    champion = _monitored_champion(spec)
     store = open_store(storage_block)
     lineage = champion.lineage
+    assert lineage is not None
     manifest: FeatureSetManifest = store.manifest(lineage.feature_set, lineage.feature_set_version)
     names = manifest.feature_names
     reference = store.read(lineage.feature_set, lineage.feature_set_version).select(names)
@@ -80,12 +95,35 @@ def load_current(logged: pl.DataFrame | None, feature_names: list[str],
                  else pl.read_parquet(current_uri))
         return frame.select(feature_names)
     assert logged is not None
-    served = logged.filter(~pl.col("shadow") & pl.col("error").is_null())
-    if served.is_empty():
-        return pl.DataFrame(schema={name: pl.Float64 for name in feature_names})
-    features = served.select("features").unnest("features")
-    missing = [name for name in feature_names if name not in features.columns]
-    return features.with_columns(pl.lit(None).alias(name) for name in missing).select(feature_names)
+    return logged_features(logged, feature_names)
+
+
+@loopline_task(name="load-input-sides")
+def load_input_sides(spec: Spec, logged: pl.DataFrame | None, current_uri: str | None = None
+                     ) -> tuple[ModelVersionInfo, pl.DataFrame, pl.DataFrame]:
+    """For ``monitoring.drift.on: inputs``: the champion, the data source's rows (the reference)
+    and the raw records the clients sent in ``logged`` (answers they got, logged with inputs), or
+    the source rows at ``current_uri``, both on the source columns the window holds (never the
+    target, entity id or event time).
+
+    Raises:
+        ModelNotFound: the model has no champion, or the champion has no lineage.
+        DataSourceError: the spec's data source cannot be read.
+    """
+    champion = _monitored_champion(spec)
+    if current_uri is not None:
+        window = (pl.read_csv(current_uri, try_parse_dates=True) if current_uri.endswith(".csv")
+                  else pl.read_parquet(current_uri))
+    else:
+        assert logged is not None
+        window = logged_inputs(logged)
+    reference, current = source_sides(scan_source(spec.data), window, spec.data)
+    logger = get_run_logger()
+    logger.info("reference: the source %s, %d rows x %d input columns; current: %d rows with inputs",
+                spec.data.source, reference.height, reference.width, current.height)
+    if not current.columns:
+        logger.warning("no logged input is a column of %s: nothing to compare", spec.data.source)
+    return champion, reference, current
 
 
 @loopline_task(name="load-labelled-traffic")
@@ -97,9 +135,9 @@ def load_labelled(spec: Spec, logged: pl.DataFrame, since: datetime) -> pl.DataF
 @loopline_task(name="check-drift")
 def check_drift(spec: Spec, reference: pl.DataFrame, current: pl.DataFrame,
                 categorical: list[str]) -> DriftReport | None:
-    """Test every feature for drift; publish the report (markdown artifact, with Evidently's HTML
-    report on a sample logged to a ``monitoring`` MLflow run). None when the window holds too
-    little data for a verdict.
+    """Test every feature (or input column) for drift; publish the report (markdown artifact,
+    with Evidently's HTML report on a sample logged to a ``monitoring`` MLflow run). None when
+    the window holds too little data for a verdict.
     """
     logger = get_run_logger()
     settings = spec.monitoring.drift

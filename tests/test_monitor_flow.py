@@ -1,6 +1,8 @@
 """The monitor flow in-process (Prefect's test harness) on the demo pipeline's champion: drift on
-a shifted window emits the drift event and alerts; a performance rule's action decides between
-alerting, asking for retraining and rolling back; too little data gives no verdict.
+a shifted window emits the drift event and alerts; with ``monitoring.drift.on: inputs`` the raw
+columns are compared with the source, and a shift a computed feature hides is found on them; a
+performance rule's action decides between alerting, asking for retraining and rolling back;
+too little data gives no verdict.
 """
 
 from __future__ import annotations
@@ -57,6 +59,29 @@ def test_a_shifted_window_drifts_alerts_and_emits_the_event(demo_pipeline, tmp_p
     window(10, 2.5).write_parquet(few)
     empty = monitor(str(spec_path), current_uri=str(few))
     assert empty.drift is None and empty.events == {}
+
+
+def test_drift_on_inputs_compares_the_source_with_the_raw_records(demo_pipeline, demo_csv: Path,
+                                                                 tmp_path: Path) -> None:
+    from flows.monitor import DRIFT_EVENT, monitor
+
+    spec_path, _ = demo_pipeline
+    on_inputs = write_spec(tmp_path, spec_path.read_text().replace(
+        "drift: {method: auto,", "drift: {on: inputs, method: auto,"), "inputs.yaml")
+    raw = pl.read_csv(demo_csv).drop("malignant")
+    # Scaled so that area_per_perimeter = mean_area / (mean_perimeter + 1) does not move.
+    hidden = tmp_path / "hidden.parquet"
+    raw.with_columns(pl.col("mean_area") * 2, (pl.col("mean_perimeter") + 1) * 2 - 1).write_parquet(hidden)
+    result = monitor(str(on_inputs), current_uri=str(hidden))
+    assert result.drifted_features == ["mean_perimeter", "mean_area"] and not result.dataset_drift
+    assert result.alerts == [] and result.events == {}  # 2 of 30 columns: below every severity
+
+    half = tmp_path / "half.parquet"  # most raw columns shifted: drift on inputs, and the event
+    raw.with_columns(pl.col(name) * 3 for name in raw.columns if name.startswith(("mean_", "worst_"))
+                     ).write_parquet(half)
+    drifted = monitor(str(on_inputs), current_uri=str(half))
+    assert drifted.dataset_drift and drifted.events[DRIFT_EVENT]
+    assert drifted.drift is not None and drifted.drift.endswith("inputs drifted")
 
 
 def labelled_traffic(rows: int, right: bool) -> None:

@@ -1,6 +1,7 @@
 """The prediction log: batched parquet writes off the request path, exactly-once read back, the
-typing rule, failures that keep their records, several writers (threads, processes, a fork),
-time filtering with partition pruning, the feedback join, and the same round trip on moto's S3.
+typing rule, the raw inputs beside the features (and files written before them), failures that
+keep their records, several writers (threads, processes, a fork), time filtering with partition
+pruning, the feedback join, and the same round trip on moto's S3.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from loopline.serving.answers import Answer, prediction_record
 from loopline.serving.prediction_log import (
     FeedbackLogWriter,
     FeedbackRecord,
@@ -35,6 +37,7 @@ from loopline.serving.prediction_log import (
     read_predictions,
     unify_dtypes,
 )
+from loopline.serving.prediction_log.records import prediction_frame
 from loopline.storage import Storage
 from tests.conftest import REPO
 from tests.s3 import S3Server
@@ -45,11 +48,11 @@ NEVER = 3600.0  # flush_seconds that never fire within a test
 
 def record(request_id: str, *, at: datetime = DAY, variant: str = "champion", shadow: bool = False,
            prediction: Any = 1, features: dict[str, Any] | None = None, model_name: str = "tumor",
-           model_version: int = 3) -> PredictionRecord:
+           model_version: int = 3, inputs: dict[str, Any] | None = None) -> PredictionRecord:
     return PredictionRecord(request_id=request_id, model_name=model_name, model_version=model_version,
                             variant=variant, shadow=shadow, prediction=prediction, probability=0.75,
                             latency_ms=1.5, features={"x": 1.0} if features is None else features,
-                            timestamp=at)
+                            inputs=inputs or {}, timestamp=at)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
@@ -89,17 +92,22 @@ TIMES = st.datetimes(datetime(2024, 1, 1), datetime(2024, 1, 4, 23, 59), timezon
 @st.composite
 def scenarios(draw: st.DrawFn) -> tuple[int, list[PredictionRecord | None]]:
     """(flush_rows, operations): a record to append, or None for an explicit flush. Each scenario has
-    one prediction type and one type per feature, as one model has; mixing is tested apart.
+    one prediction type and one type per feature and per input, as one model has; mixing is tested
+    apart. A record has raw inputs or none (the caller sent features), as the two endpoints log them.
     """
     prediction = KINDS[draw(st.sampled_from(sorted(KINDS)))]
     feature_kinds = draw(st.dictionaries(st.sampled_from(["age", "area", "naïve key", "x.y"]),
                                          st.sampled_from(sorted(KINDS)), max_size=4))
+    input_kinds = draw(st.dictionaries(st.sampled_from(["mean_area", "plan", "age", "ünï code"]),
+                                       st.sampled_from(sorted(KINDS)), max_size=4))
     operations: list[PredictionRecord | None] = []
     for i in range(draw(st.integers(0, 60))):
         if draw(st.integers(0, 5)) == 0:
             operations.append(None)
         features = {name: draw(st.none() | KINDS[kind]) for name, kind in feature_kinds.items()
                     if draw(st.booleans())}
+        inputs = {name: draw(st.none() | KINDS[kind]) for name, kind in input_kinds.items()
+                  if draw(st.booleans())}
         error = draw(st.none() | st.text(max_size=8))
         operations.append(PredictionRecord(
             request_id=f"{i}-{draw(st.text(max_size=4))}", timestamp=draw(TIMES),
@@ -107,7 +115,7 @@ def scenarios(draw: st.DrawFn) -> tuple[int, list[PredictionRecord | None]]:
             variant=draw(st.sampled_from(["champion", "challenger", "canary"])), shadow=draw(st.booleans()),
             latency_ms=draw(st.floats(0, 1e6)), error=error,
             prediction=draw(st.none() | prediction), probability=draw(st.none() | st.floats(0, 1)),
-            features=features,
+            features=features, inputs=inputs,
         ))
     return draw(st.integers(1, 50)), operations
 
@@ -131,6 +139,7 @@ def test_every_append_is_read_back_once_and_intact(
         frame = read_predictions(storage)
     assert ids(frame) == sorted(r.request_id for r in appended)  # no loss, no duplicate
     names = list(dict.fromkeys(name for r in appended for name in r.features))
+    input_names = list(dict.fromkeys(name for r in appended for name in r.inputs))
     by_id = {row["request_id"]: row for row in frame.to_dicts()}
     for r in appended:
         row = by_id[r.request_id]
@@ -140,6 +149,10 @@ def test_every_append_is_read_back_once_and_intact(
         assert (row["prediction"], row["probability"]) == (r.prediction, r.probability)
         assert type(row["prediction"]) is type(r.prediction) or r.prediction is None
         assert row["features"] == {name: r.features.get(name) for name in names}
+        # Raw inputs read back whole, each in its own type; a record without them reads as null.
+        assert row["inputs"] == ({name: r.inputs.get(name) for name in input_names} if r.inputs else None)
+        assert all(type(row["inputs"][name]) is type(value) for name, value in r.inputs.items()
+                   if value is not None)
 
 
 # --- background flushing --------------------------------------------------------------------------
@@ -405,6 +418,50 @@ def test_numpy_scalars_are_stored_as_plain_values(storage: Storage, writer: Pred
     assert (row["prediction"], row["features"]) == (1, {"f": 0.5, "b": True})
 
 
+# --- the raw inputs beside the features -----------------------------------------------------------
+
+
+def write_old_partition(storage: Storage, name: str, records: list[PredictionRecord]) -> None:
+    """A file as the log wrote it before ``inputs`` existed: the same columns, without that one."""
+    frame = prediction_frame(records)
+    if "inputs" in frame.columns:
+        frame = frame.drop("inputs")
+    assert "inputs" not in frame.columns
+    folder = Path(storage.path("predictions", "date=2024-03-01"))
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(folder / name)
+
+
+@pytest.mark.parametrize("old_name", ["aaa-00000000.parquet", "zzz-00000000.parquet"])  # read first, last
+def test_files_without_inputs_read_with_new_ones_and_their_fields_are_unified(
+        storage: Storage, old_name: str) -> None:
+    writer = PredictionLogWriter(storage, flush_seconds=NEVER, writer_id="new")  # between the two names
+    write_old_partition(storage, old_name, [record("old", features={"x": 1})])
+    assert "inputs" not in pl.read_parquet(Path(storage.path("predictions", "date=2024-03-01", old_name)))
+    assert read_predictions(storage)["inputs"].to_list() == [None]  # old files alone: no inputs
+    writer.append(record("raw", features={"x": 2.5}, inputs={"mean_area": 1000, "plan": "gold"}))
+    writer.append(record("via-features", features={"x": 3.0}))
+    writer.flush()
+    writer.append(record("raw-float", features={"x": 4.0}, inputs={"mean_area": 1001.5, "extra": True}))
+    writer.close()
+    frame = read_predictions(storage).sort("request_id")
+    assert frame.schema["inputs"] == pl.Struct({"mean_area": pl.Float64, "plan": pl.String,
+                                                "extra": pl.Boolean})
+    assert frame.schema["features"] == pl.Struct({"x": pl.Float64})
+    assert dict(zip(frame["request_id"], frame["inputs"], strict=True)) == {
+        "old": None, "raw": {"mean_area": 1000.0, "plan": "gold", "extra": None},
+        "raw-float": {"mean_area": 1001.5, "plan": None, "extra": True}, "via-features": None}
+    assert frame["features"].to_list() == [{"x": 1.0}, {"x": 2.5}, {"x": 4.0}, {"x": 3.0}]
+    assert ids(read_predictions(storage, model_name="tumor")) == ["old", "raw", "raw-float", "via-features"]
+
+
+def test_a_record_built_for_the_log_carries_the_callers_raw_inputs() -> None:
+    answer = Answer("champion", 3, prediction=1, probability=0.9)
+    raw = prediction_record("m", "r1", {"ratio": 2.0}, answer, inputs={"mean_area": 10.0})
+    assert (raw.features, raw.inputs) == ({"ratio": 2.0}, {"mean_area": 10.0})
+    assert prediction_record("m", "r2", {"ratio": 2.0}, answer).inputs == {}
+
+
 def test_unify_dtypes() -> None:
     assert unify_dtypes([pl.Null(), pl.Int64()]) == pl.Int64
     assert unify_dtypes([pl.Int64(), pl.Float64()]) == pl.Float64
@@ -446,7 +503,8 @@ def test_nothing_logged_reads_as_empty_frames_with_the_columns(storage: Storage)
     predictions, feedback = read_predictions(storage), read_feedback(storage)
     assert predictions.is_empty() and feedback.is_empty()
     assert predictions.columns == ["request_id", "timestamp", "model_name", "model_version", "variant",
-                                   "shadow", "latency_ms", "error", "prediction", "probability", "features"]
+                                   "shadow", "latency_ms", "error", "prediction", "probability", "features",
+                                   "inputs"]
     assert predictions.schema["timestamp"] == pl.Datetime("us", "UTC")
     assert feedback.columns == ["request_id", "timestamp", "label", "reward"]
     assert join_feedback(predictions, feedback).columns == [*predictions.columns, "label", "reward"]

@@ -101,6 +101,7 @@ def test_valid_specs_cover_the_language() -> None:
     assert any(s.training.sweep is not None and len(s.training.sweep.objectives) > 1 for s in specs)
     assert any(s.monitoring.schedule is not None and s.monitoring.performance is not None
                and s.monitoring.drift.per_feature for s in specs)
+    assert {s.monitoring.drift.on for s in specs} == {"features", "inputs"}
     assert any(s.retraining.schedule is not None for s in specs)
     assert any(s.data.validation is not None for s in specs)
     assert any(s.training.queue.retries > 0 and s.training.queue.timeout is not None
@@ -162,6 +163,12 @@ def test_quality_bounds_are_read_as_written() -> None:
     assert (shadow.sample, shadow.predictions) == (0.25, 2000)
     assert (shadow.reject_if.disagreement_rate, shadow.reject_if.prediction_drift,
             shadow.reject_if.regression_tolerance, shadow.reject_if.alpha) == ("> 0.1", "> 0.25", 0.25, 0.05)
+
+
+def test_drift_on_names_what_it_takes() -> None:
+    [problem] = problems_of(SPECS / "invalid" / "drift_on_unknown.yaml")
+    assert problem.path == "monitoring.drift.on" and problem.line == 17
+    assert "'features' or 'inputs'" in problem.message and "'features' or 'inputs'" in problem.fix
 
 
 def test_search_spaces_are_read_as_written() -> None:

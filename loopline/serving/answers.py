@@ -49,7 +49,8 @@ def model_outputs(result: Mapping[str, np.ndarray]) -> list[tuple[Any, float | N
 
 def prediction_record(model_name: str, request_id: str, features: Mapping[str, Any],
                       answer: Answer, *, shadow: bool = False,
-                      timestamp: datetime | None = None) -> PredictionRecord:
+                      timestamp: datetime | None = None,
+                      inputs: Mapping[str, Any] | None = None) -> PredictionRecord:
     """The prediction log's record of one answer.
 
     Args:
@@ -59,11 +60,14 @@ def prediction_record(model_name: str, request_id: str, features: Mapping[str, A
         answer: what the variant answered.
         shadow: the answer was computed but not returned to the client.
         timestamp: when it was answered; now when not given.
+        inputs: the raw record the caller sent (source columns) when the service computed the
+            features itself; None (logged as no inputs) when the caller sent feature values.
     """
     return PredictionRecord(
         request_id=request_id, model_name=model_name, model_version=answer.model_version,
         variant=answer.variant, prediction=answer.prediction, probability=answer.probability,
-        features=dict(features), shadow=shadow, latency_ms=answer.latency_ms, error=answer.error,
+        features=dict(features), inputs=dict(inputs or {}), shadow=shadow,
+        latency_ms=answer.latency_ms, error=answer.error,
         timestamp=datetime.now(UTC) if timestamp is None else timestamp)
 
 

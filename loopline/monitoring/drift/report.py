@@ -13,6 +13,10 @@ from loopline.monitoring.drift.stattests import STATTESTS, Kind, TestName
 from loopline.spec.sections.operations import DriftSpec
 
 DriftSeverityLevel = Literal["none", "high", "critical"]
+_COMPARED = {
+    "features": "the model's features (`monitoring.drift.on: features`)",
+    "inputs": "the raw source columns the service received (`monitoring.drift.on: inputs`)",
+}
 
 
 class FeatureDrift(BaseModel):
@@ -70,7 +74,8 @@ class DriftReport(BaseModel):
             ``none`` whenever no feature drifted.
         drifted_features: the drifted features' names, in the order they were tested.
         features: every feature's test, score, threshold and verdict.
-        settings: the spec's drift settings the check ran with.
+        settings: the spec's drift settings the check ran with (``settings.on``: what was
+            compared, the model's features or the raw inputs).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -107,9 +112,16 @@ class DriftReport(BaseModel):
                 return result
         raise KeyError(name)
 
+    @property
+    def compared(self) -> Literal["features", "inputs"]:
+        """What was tested: the model's ``features`` or the raw ``inputs`` (``settings.on``)."""
+        return self.settings.on
+
     def title(self) -> str:
-        """A one-line summary: ``Data drift (critical): 6 of 10 features drifted``."""
-        count = f"{len(self.drifted_features)} of {len(self.features)} features drifted"
+        """A one-line summary: ``Data drift (critical): 6 of 10 features drifted`` (``inputs``
+        for a test on the raw inputs).
+        """
+        count = f"{len(self.drifted_features)} of {len(self.features)} {self.compared} drifted"
         if self.dataset_drift:
             return f"Data drift ({self.severity}): {count}"
         if self.severity != "none":
@@ -117,10 +129,12 @@ class DriftReport(BaseModel):
         return f"No dataset drift: {count}"
 
     def alert_details(self) -> dict[str, Any]:
-        """What an alert about this report carries: the verdict, the share, the severity, and
-        every drifted feature with its test, score and threshold.
+        """What an alert about this report carries: what was compared (``features`` or
+        ``inputs``), the verdict, the share, the severity, and every drifted feature (or input
+        column) with its test, score and threshold.
         """
         return {
+            "compared": self.compared,
             "dataset_drift": self.dataset_drift,
             "drift_share": round(self.drift_share, 4),
             "drift_share_threshold": self.settings.drift_share,
@@ -148,10 +162,11 @@ class DriftReport(BaseModel):
         severity = self.settings.severity
         lines = [
             f"# Data drift: {verdict} (severity: {self.severity})", "",
-            f"{len(self.drifted_features)} of {len(self.features)} features drifted "
+            f"{len(self.drifted_features)} of {len(self.features)} {self.compared} drifted "
             f"({self.drift_share:.1%}); the dataset drifts from {self.settings.drift_share:.0%}, "
             f"severity high from {severity.high:.0%} and critical from {severity.critical:.0%}.",
             "",
+            f"- compared: {_COMPARED[self.compared]}",
             f"- computed at: {self.computed_at.isoformat()}",
             f"- reference: {self.reference_rows:,} rows; current window: {self.current_rows:,} rows",
             f"- tests: {self._method_text()}",
@@ -166,7 +181,7 @@ class DriftReport(BaseModel):
                          f"{_number(result.score)} | {_number(result.threshold)} | "
                          f"{'**yes**' if result.drifted else 'no'} |")
         if not self.features:
-            lines.append("| — | no features tested | — | — | — | — |")
+            lines.append(f"| — | no {self.compared} tested | — | — | — | — |")
         return "\n".join(lines) + "\n"
 
     def _method_text(self) -> str:

@@ -12,12 +12,17 @@ processes write into one folder without colliding. Files are never rewritten exc
 a failed write, which reuses the failed name with a superset of its records: a reader never sees a
 record twice. Local files appear whole (written beside, then ``os.replace``); S3 PUTs are atomic.
 
+A prediction keeps two structs: ``features``, the values the model was given, and ``inputs``, the
+raw record the caller sent (source columns) when the service computed the features itself. A row
+logged without inputs (the caller sent features) has a null ``inputs``, as does every row of a file
+written before the column existed, so old and new files read together.
+
 Typing rule for the columns whose type the model decides (``prediction``, ``label`` and every
-field of the ``features`` struct): a column takes the one type its non-null values share
-(bool, int, float or str); ints mixed with floats become floats; any other mix becomes strings
-(polars' own cast: ``True`` → ``"true"``). Values that are not scalars (lists, dicts, datetimes)
-are kept as their JSON text. The rule applies to each written batch and again, across files, when
-reading. A feature missing from a request reads back as null.
+field of the ``features`` and ``inputs`` structs): a column takes the one type its non-null values
+share (bool, int, float or str); ints mixed with floats become floats; any other mix becomes
+strings (polars' own cast: ``True`` → ``"true"``). Values that are not scalars (lists, dicts,
+datetimes) are kept as their JSON text. The rule applies to each written batch and again, across
+files, when reading. A feature (or input) missing from a request reads back as null.
 """
 
 from loopline.serving.prediction_log.reader import join_feedback, read_feedback, read_predictions

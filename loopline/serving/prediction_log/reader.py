@@ -14,6 +14,7 @@ from loopline.serving.prediction_log.records import (
     PARTITION,
     PREDICTION_COLUMNS,
     PREDICTIONS_FOLDER,
+    STRUCT_COLUMNS,
     as_utc,
     unify_dtypes,
 )
@@ -22,36 +23,53 @@ from loopline.storage import Storage
 # --- reading --------------------------------------------------------------------------------------
 
 
-def _feature_fields(frame: pl.DataFrame) -> dict[str, pl.DataType]:
-    dtype = frame.schema.get("features")
+def _struct_fields(frame: pl.DataFrame, column: str) -> dict[str, pl.DataType]:
+    dtype = frame.schema.get(column)
     if not isinstance(dtype, pl.Struct):
         return {}
     return {f.name: f.dtype() if isinstance(f.dtype, type) else f.dtype for f in dtype.fields}
 
 
-def _conform(frames: Sequence[pl.DataFrame], columns: dict[str, pl.DataType]) -> pl.DataFrame:
-    """One frame with ``columns`` in order: loose columns and feature fields unified by the typing rule."""
-    loose = {name: unify_dtypes(f.schema.get(name, pl.Null()) for f in frames) for name in columns
-             if name in LOOSE_COLUMNS}
+def _unified_fields(frames: Sequence[pl.DataFrame], column: str) -> dict[str, pl.DataType]:
+    """Every field ``column`` has in any frame, typed by the typing rule across the frames."""
     fields: dict[str, list[pl.DataType]] = {}
     for frame in frames:
-        for field_name, field_type in _feature_fields(frame).items():
+        for field_name, field_type in _struct_fields(frame, column).items():
             fields.setdefault(field_name, []).append(field_type)
-    feature_types = {name: unify_dtypes(dtypes) for name, dtypes in fields.items()}
+    return {name: unify_dtypes(dtypes) for name, dtypes in fields.items()}
+
+
+def _struct_expr(frame: pl.DataFrame, column: str, types: dict[str, pl.DataType]) -> pl.Expr:
+    """``column`` with exactly the fields ``types`` (a field the frame lacks is null). ``features``
+    is never null (a row without a feature has it null); ``inputs`` is null in a row logged
+    without inputs, including every row of a file written before the column existed.
+    """
+    nullable = column != "features"
+    if not types:
+        empty: dict[str, object] | None = None if nullable else {}
+        return pl.lit(pl.Series(column, [empty] * frame.height, dtype=pl.Struct({})))
+    have = _struct_fields(frame, column)
+    struct = pl.struct([
+        (pl.col(column).struct.field(name) if name in have else pl.lit(None)).cast(dtype).alias(name)
+        for name, dtype in types.items()
+    ])
+    if nullable:
+        present = pl.col(column).is_not_null() if column in frame.columns else pl.lit(False)
+        struct = pl.when(present).then(struct)
+    return struct.alias(column)
+
+
+def _conform(frames: Sequence[pl.DataFrame], columns: dict[str, pl.DataType]) -> pl.DataFrame:
+    """One frame with ``columns`` in order: loose columns and struct fields unified by the typing rule."""
+    loose = {name: unify_dtypes(f.schema.get(name, pl.Null()) for f in frames) for name in columns
+             if name in LOOSE_COLUMNS}
+    struct_types = {name: _unified_fields(frames, name) for name in columns if name in STRUCT_COLUMNS}
     shaped = []
     for frame in frames:
         exprs = []
         for name, dtype in columns.items():
-            if name == "features":
-                if not feature_types:
-                    exprs.append(pl.lit(pl.Series("features", [{}] * frame.height, dtype=pl.Struct({}))))
-                    continue
-                have = _feature_fields(frame)
-                exprs.append(pl.struct([
-                    (pl.col("features").struct.field(field_name) if field_name in have
-                     else pl.lit(None)).cast(field_type).alias(field_name)
-                    for field_name, field_type in feature_types.items()
-                ]).alias("features"))
+            if name in struct_types:
+                exprs.append(_struct_expr(frame, name, struct_types[name]))
             else:
                 target = loose.get(name, dtype)
                 source = pl.col(name) if name in frame.columns else pl.lit(None)
@@ -110,8 +128,9 @@ def read_predictions(storage: Storage, since: datetime | None = None, until: dat
 
     Returns:
         Columns request_id, timestamp, model_name, model_version, variant, shadow, latency_ms,
-        error, prediction, probability, features (a struct: ``unnest`` it). Empty (with these
-        columns; ``prediction`` typed Null) when nothing matches.
+        error, prediction, probability, features and inputs (structs: ``unnest`` them; inputs
+        is null in the rows logged without the caller's raw record). Empty (with these columns;
+        ``prediction`` typed Null) when nothing matches.
 
     Raises:
         ValueError: ``since`` or ``until`` has no time zone.

@@ -23,12 +23,14 @@ PREDICTION_COLUMNS: dict[str, pl.DataType] = {
     "request_id": pl.String(), "timestamp": _UTC_US, "model_name": pl.String(),
     "model_version": pl.Int64(), "variant": pl.String(), "shadow": pl.Boolean(),
     "latency_ms": pl.Float64(), "error": pl.String(), "prediction": pl.Null(),
-    "probability": pl.Float64(), "features": pl.Struct({}),
+    "probability": pl.Float64(), "features": pl.Struct({}), "inputs": pl.Struct({}),
 }
 FEEDBACK_COLUMNS: dict[str, pl.DataType] = {
     "request_id": pl.String(), "timestamp": _UTC_US, "label": pl.Null(), "reward": pl.Float64(),
 }
 LOOSE_COLUMNS = ("prediction", "label")  # typed by the typing rule; everything else has a fixed type
+#: Struct columns whose fields are each typed by the typing rule; a row without ``inputs`` is null.
+STRUCT_COLUMNS = ("features", "inputs")
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -52,7 +54,10 @@ class PredictionRecord:
         model_version: the registry version that answered.
         variant: the routing variant ("champion", "challenger", ...).
         prediction: the class label (int, str, bool) or value (float); None when the call failed.
-        features: the request's feature values, by name.
+        features: the feature values the model was given, by name.
+        inputs: the raw record the caller sent (source columns, by name) when the service computed
+            the features itself (``POST /predict``); empty when the caller sent feature values
+            (``POST /predict/features``). Empty reads back as a null ``inputs``.
         timestamp: when the answer was given (aware; stored in UTC). Defaults to now.
         shadow: True when the answer was computed but not returned to the client.
         latency_ms: how long the model call took.
@@ -69,6 +74,7 @@ class PredictionRecord:
     variant: str
     prediction: Any
     features: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
     timestamp: datetime = field(default_factory=_now)
     shadow: bool = False
     latency_ms: float = 0.0
@@ -153,12 +159,20 @@ def _column(name: str, raw: Sequence[Any]) -> pl.Series:
     return pl.Series(name, texts, dtype=pl.String())
 
 
-def _features_column(rows: Sequence[dict[str, Any]]) -> list[pl.Series]:
-    names = list(dict.fromkeys(name for row in rows for name in row))
+def _struct_column(name: str, rows: Sequence[dict[str, Any]], *, empty_is_null: bool = False
+                   ) -> list[pl.Series]:
+    """A struct column, each field typed by the typing rule; a key missing from a row is null in it.
+    With ``empty_is_null``, a row given as ``{}`` is a null struct rather than one of null fields.
+    """
+    names = list(dict.fromkeys(key for row in rows for key in row))
     if not names:  # parquet cannot hold a struct without fields; readers add it back
         return []
-    fields = [_column(name, [row.get(name) for row in rows]) for name in names]
-    return [pl.struct(fields, eager=True).alias("features")]
+    fields = [_column(key, [row.get(key) for row in rows]) for key in names]
+    struct = pl.struct(fields, eager=True).alias(name)
+    if empty_is_null and not all(rows):
+        present = pl.Series([bool(row) for row in rows], dtype=pl.Boolean())
+        struct = pl.select(pl.when(present).then(struct)).to_series().alias(name)
+    return [struct]
 
 
 def prediction_frame(records: Sequence[PredictionRecord]) -> pl.DataFrame:
@@ -174,7 +188,8 @@ def prediction_frame(records: Sequence[PredictionRecord]) -> pl.DataFrame:
         pl.Series("error", [r.error for r in records], pl.String()),
         _column("prediction", [r.prediction for r in records]),
         pl.Series("probability", [_plain(r.probability) for r in records], pl.Float64(), strict=False),
-        *_features_column([r.features for r in records]),
+        *_struct_column("features", [r.features for r in records]),
+        *_struct_column("inputs", [r.inputs for r in records], empty_is_null=True),
     ])
 
 

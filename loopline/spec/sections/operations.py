@@ -43,8 +43,11 @@ class DriftSpec(StrictModel):
         drift_share: the dataset drifts when at least this share of features drift.
         severity: severities by drift share.
         min_samples: fewer rows in the window give ``InsufficientData``, not a verdict.
+        on: what is compared with the reference: the model's features (default) or the raw
+            source columns the service received.
     """
 
+    on: Literal["features", "inputs"] = "features"
     method: Literal["auto", "ks", "chi2", "wasserstein", "psi", "jensenshannon"] = "auto"
     per_feature: dict[str, DriftMethod] = Field(default_factory=dict)
     threshold: Annotated[float, Field(gt=0.0)] | None = None
