@@ -296,19 +296,22 @@ class Traffic:
         return len(recent) == SETTLED and all(r[2] == 200 and r[3] == version for r in recent)
 
 
-def drifted_traffic(home: Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """Every row of v1's feature set as if the instruments read 1.5 times larger (integers as
-    they are), and the rows' true labels: the same tumours, measured differently.
+def drifted_traffic(home: Path, source: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """Every row of the source as a client sends it (the columns v1's features read) as if the
+    instruments read 1.5 times larger (integers as they are), and the rows' true labels: the
+    same tumours, measured differently.
     """
+    import polars as pl
+
     from loopline.data.feature_store import FeatureStore
     from loopline.state import StatePaths
 
-    store = FeatureStore(StatePaths(home).features)
-    manifest = store.manifest(MODEL, 1)
+    manifest = FeatureStore(StatePaths(home).features).manifest(MODEL, 1)
+    columns = list(manifest.source_columns or {})
     records, labels = [], []
-    for row in store.read(MODEL, 1).iter_rows(named=True):
+    for row in pl.read_csv(source, try_parse_dates=True).iter_rows(named=True):
         records.append({name: row[name] * 1.5 if isinstance(row[name], float) else row[name]
-                        for name in manifest.feature_names})
+                        for name in columns})
         labels.append(int(row[manifest.target]))
     return records, labels
 
@@ -362,7 +365,7 @@ def one_run(prefect: Prefect, side: str, work: Path, source: Path, spec: Path,
         version, bento = champion()
         if version != 1 or bento is None:
             raise RuntimeError(f"the pipeline left champion v{version} (Bento {bento}), not v1")
-        records, labels = drifted_traffic(home)
+        records, labels = drifted_traffic(home, source)
         port = free_port()
         served = serve(bento, port, env, work / "serve.log")
         path = "/predict/ab" if side == "loopline" else "/predict"

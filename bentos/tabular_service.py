@@ -10,14 +10,19 @@ serves the versions copied into the Bento. This file only wires: routing, fallba
 decisions, shadow copies and the prediction log are :class:`loopline.serving.responder.Responder`'s,
 the API keys :class:`loopline.serving.auth.ApiKeyAuth`'s. Endpoints:
 
-- ``POST /predict``: one record, answered by the champion (with a shadow copy to the
-  challenger when the routing is ``shadow``).
-- ``POST /predict/batch``: ``{"records": [...]}``, answered by the champion in one call.
-- ``POST /predict/ab``: one record routed by the live strategy (ab, canary, shadow, bandit).
+- ``POST /predict``: one raw record (the source columns the features read), answered by the
+  champion (with a shadow copy to the challenger when the routing is ``shadow``); each model
+  computes its own features from it, as the feature set version it was trained on did.
+- ``POST /predict/batch``: ``{"records": [...]}`` of raw records, answered by the champion in one
+  call.
+- ``POST /predict/ab``: one raw record routed by the live strategy (ab, canary, shadow, bandit).
+- ``POST /predict/features`` and ``POST /predict/features/batch``: the same with the feature
+  values already computed, for callers that hold them.
 - ``POST /feedback``: a label and/or reward for an earlier request id.
 - ``POST /admin/routing``: change the challenger's share while serving.
-- ``GET /health``: open to all, 200 with the served versions, the routing, and how following
-  the registry goes (``status: degraded`` while a version the registry names cannot be served).
+- ``GET /health``: open to all, 200 with the served versions, the feature set version each was
+  trained on, the routing, and how following the registry goes (``status: degraded`` while a
+  version the registry names cannot be served).
 - ``GET /metrics``: Prometheus (BentoML's own, plus loopline's per-variant series, the served
   versions and the background answers dropped).
 
@@ -50,15 +55,20 @@ from loopline.serving.bento_config import (
     PredictBatchResponse,
     PredictResponse,
     RoutingUpdate,
-    batch_request_model,
-    request_model,
 )
 from loopline.serving.canary import Decision, registry_rollback_recorder
 from loopline.serving.following import RegistryFollower, ServedModels
 from loopline.serving.live_state import RoutingState, Variant, open_live_state
 from loopline.serving.live_updates import change_routing, record_feedback
+from loopline.serving.model_inputs import served_features
 from loopline.serving.prediction_log import FeedbackLogWriter, PredictionLogWriter
 from loopline.serving.registry_models import alias_resolver, version_loader
+from loopline.serving.requests import (
+    batch_request_model,
+    features_request_model,
+    raw_request_model,
+    valid_records,
+)
 from loopline.serving.responder import Responder
 from loopline.serving.rollout import align_routing, routing_scope
 from loopline.serving.routing import Router
@@ -68,8 +78,10 @@ from loopline.spec.sections.release import BanditRouting
 from loopline.storage import Storage
 
 CONFIG = BentoConfig.model_validate(json.loads((Path(__file__).parent / CONFIG_FILE).read_text()))
-PredictRequest = request_model(CONFIG)
+PredictRequest = raw_request_model(CONFIG)
 PredictBatchRequest = batch_request_model(CONFIG, PredictRequest)
+PredictFeaturesRequest = features_request_model(CONFIG)
+PredictFeaturesBatchRequest = batch_request_model(CONFIG, PredictFeaturesRequest)
 RECORD_ROLLBACK = registry_rollback_recorder(CONFIG)
 
 # BentoML logs every rejected request (400) with a traceback at ERROR; a bad request is the
@@ -158,7 +170,9 @@ class TabularService:
         self.responder = Responder(CONFIG, lambda: self._served(), Router(self.store, bandit),
                                    self.prediction_log, observe=self._count,
                                    on_rollback=self._rolled_back,
-                                   background=self.background)
+                                   background=self.background,
+                                   warmup_records=valid_records(CONFIG.warmup_records,
+                                                                PredictRequest))
         if CONFIG.follow.enabled and CONFIG.tracking_uri is not None:
             self.follower = RegistryFollower(
                 built_in, resolve=alias_resolver(CONFIG.tracking_uri, CONFIG.model_name),
@@ -218,19 +232,32 @@ class TabularService:
 
     @bentoml.api
     def predict(self, req: PredictRequest, /) -> PredictResponse:  # type: ignore[valid-type]
-        """Predict one record with the champion."""
+        """Predict one raw record with the champion."""
         with _http_errors():
             return self.responder.predict(req)
 
+    @bentoml.api(route="/predict/features")
+    def predict_features(self, req: PredictFeaturesRequest, /) -> PredictResponse:  # type: ignore[valid-type]
+        """Predict one record of feature values with the champion."""
+        with _http_errors():
+            return self.responder.predict(req, raw=False)
+
+    @bentoml.api(route="/predict/features/batch")
+    def predict_features_batch(self, req: PredictFeaturesBatchRequest, /  # type: ignore[valid-type]
+                               ) -> PredictBatchResponse:
+        """Predict many records of feature values with the champion, in one model call."""
+        with _http_errors():
+            return self.responder.predict_batch(req, raw=False)
+
     @bentoml.api(route="/predict/ab")
     def predict_ab(self, req: PredictRequest, /) -> PredictResponse:  # type: ignore[valid-type]
-        """Predict one record with the variant the live routing picks; says which answered."""
+        """Predict one raw record with the variant the live routing picks; says which answered."""
         with _http_errors():
             return self.responder.predict_ab(req)
 
     @bentoml.api(route="/predict/batch")
     def predict_batch(self, req: PredictBatchRequest, /) -> PredictBatchResponse:  # type: ignore[valid-type]
-        """Predict many records with the champion, in one model call."""
+        """Predict many raw records with the champion, in one model call."""
         with _http_errors():
             return self.responder.predict_batch(req)
 
@@ -256,8 +283,10 @@ class TabularService:
         """
         follow = (self.follower.status().__dict__ if self.follower is not None
                   else {"status": "ok", "pinned": True})
+        served = self._served()
         return {"status": follow["status"], "model_name": CONFIG.model_name,
-                "versions": dict(self._served().versions), "follow": follow,
+                "versions": dict(served.versions), "features": served_features(served),
+                "follow": follow,
                 "routing": self.store.read().model_dump(),
                 "background": {"done": self.background.done, "dropped": self.background.dropped},
                 "prediction_log": self.prediction_log.row_counts()}

@@ -21,12 +21,14 @@ import time
 from pathlib import Path
 
 import httpx
+import polars as pl
 
 from cli.main import DEMO_DATA_NAME
 from cli.main import main as loopline_cli
 from flows.pipeline import pipeline
 from loopline.data.feature_store import FeatureStore
 from loopline.data.source_check import load_spec_with_source
+from loopline.data.sources import scan_source
 from loopline.data.splits import split_frame
 from loopline.state import state_paths
 
@@ -103,9 +105,14 @@ def main() -> int:
               "nothing new to serve.")
         return 1
     spec = load_spec_with_source(spec_path)
-    manifest = FeatureStore(state_paths().features).manifest(spec.name)
-    test = split_frame(FeatureStore(state_paths().features).read(spec.name, manifest.version),
-                       spec.data).test.head(5)
+    store = FeatureStore(state_paths().features)
+    manifest = store.manifest(spec.name)
+    test = split_frame(store.read(spec.name, manifest.version), spec.data).test.head(5)
+    # What a client holds: the source's records (the service computes the features itself).
+    columns = store.recipe(spec, manifest).input_names
+    entity = spec.data.entity_id
+    raw = {row[entity]: row for row in scan_source(spec.data).filter(
+        pl.col(entity).is_in(test[entity].to_list())).collect().iter_rows(named=True)}
     port = free_port(spec.serving.port)
     url = f"http://127.0.0.1:{port}"
     print(f"\nServing {result.bento_tag} on {url} ...")
@@ -115,16 +122,17 @@ def main() -> int:
         stderr=subprocess.DEVNULL)
     try:
         wait_ready(url, server)
-        print(f"\nPredictions from {spec.name} v{result.model_version} (held-out test records):")
+        print(f"\nPredictions from {spec.name} v{result.model_version} (held-out test records, "
+              "sent as the source holds them):")
         for row in test.iter_rows(named=True):
-            record = {name: row[name] for name in spec.feature_names}
-            record["request_id"] = f"demo-{row[spec.data.entity_id]}"
+            record = {name: raw[row[entity]][name] for name in columns}
+            record["request_id"] = f"demo-{row[entity]}"
             answer = httpx.post(f"{url}/predict", json=record, timeout=10).raise_for_status().json()
             print(f"  {spec.data.entity_id}={row[spec.data.entity_id]}  prediction="
                   f"{answer['prediction']}  probability={answer['probability']:.3f}  "
                   f"(actual {row[spec.data.target]})  model v{answer['model_version']} "
                   f"[{answer['variant']}]")
-        sample = {name: test.row(0, named=True)[name] for name in spec.feature_names}
+        sample = {name: raw[test[entity][0]][name] for name in columns}
         print("\nTry it yourself (after `bentoml serve " + result.bento_tag + "`):")
         print(f"  curl -s -X POST {url}/predict -H 'content-type: application/json' \\\n"
               f"       -d '{json.dumps(sample)}'")

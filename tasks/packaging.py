@@ -17,13 +17,16 @@ from mlflow.pyfunc import load_model
 from prefect.logging import get_run_logger
 
 import loopline
+from loopline.data.sources import scan_source
 from loopline.errors import ModelNotFound, PackagingError
 from loopline.release.records import CHALLENGER, ModelVersionInfo
 from loopline.release.registry import ModelRegistry
 from loopline.serving.bento_config import CONFIG_FILE, BentoConfig, ServedVersion
 from loopline.serving.live_state import live_state_location
+from loopline.serving.model_inputs import merged_inputs
 from loopline.spec.model import Spec
 from loopline.state import state_paths
+from loopline.training.modeling.tabular_model import TabularModel
 from loopline.training.tracking import MODEL_REQUIREMENTS
 from tasks.features import open_store
 from tasks.options import loopline_task
@@ -88,12 +91,17 @@ def build_options() -> tuple[dict[str, Any], dict[str, Any]]:
     return docker, python
 
 
-def _import(spec: Spec, version: ModelVersionInfo) -> ServedVersion:
+def _import(spec: Spec, version: ModelVersionInfo, model: TabularModel) -> ServedVersion:
     """Copy a registry version into BentoML's store (the served Bento then needs no MLflow)."""
     labels = {"loopline-model": spec.name, "loopline-version": str(version.version)}
     imported = bentoml.mlflow.import_model(spec.name, version.uri, labels=labels,
                                            metadata={"mlflow_uri": version.uri})
-    return ServedVersion(version=version.version, bentoml_model_tag=str(imported.tag))
+    return ServedVersion(version=version.version, bentoml_model_tag=str(imported.tag),
+                         feature_set_version=model.inputs.feature_set_version)
+
+
+def _tabular(version: ModelVersionInfo) -> TabularModel:
+    return load_model(version.uri).unwrap_python_model().model  # type: ignore[no-untyped-call,no-any-return]
 
 
 def feature_ranges(spec: Spec, feature_names: list[str]) -> dict[str, tuple[float | None, float | None]]:
@@ -107,21 +115,26 @@ def feature_ranges(spec: Spec, feature_names: list[str]) -> dict[str, tuple[floa
             if name in feature_names}
 
 
-def warmup_records(champion: ModelVersionInfo, feature_names: list[str], rows: int = 4
+def warmup_records(spec: Spec, champion: ModelVersionInfo, model: TabularModel, rows: int = 4
                    ) -> list[dict[str, Any]]:
-    """A few records of the feature set the champion was trained on: what a newly loaded
-    version must answer before a service swaps it in. Empty when the feature set cannot be read
-    here (the service then warms up with the first record it answers).
+    """A few raw records a newly loaded version must answer before a service swaps it in: the
+    source's first rows (for a model without a recipe, whose raw record is its features, the
+    rows of the feature set it was trained on). Empty when they cannot be read here (the
+    service then warms up with the first record it answers).
     """
-    lineage = champion.lineage
-    if lineage is None:
-        return []
+    columns = model.inputs.input_names
     try:
-        frame = (open_store(None).scan(lineage.feature_set, lineage.feature_set_version)
-                 .select(feature_names).head(rows).collect())
+        if model.recipe is not None:
+            frame = scan_source(spec.data).select(columns).head(rows).collect()
+        else:
+            lineage = champion.lineage
+            if lineage is None:
+                return []
+            frame = (open_store(None).scan(lineage.feature_set, lineage.feature_set_version)
+                     .select(columns).head(rows).collect())
     except Exception:
-        get_run_logger().warning("no warm-up records for the Bento: feature set %s v%d cannot "
-                                 "be read here", lineage.feature_set, lineage.feature_set_version)
+        get_run_logger().warning("no warm-up records for the Bento: the rows of %s cannot be "
+                                 "read here", spec.name)
         return []
     return list(frame.iter_rows(named=True))
 
@@ -150,20 +163,26 @@ def build_bento(spec: Spec) -> str:
     if challenger is not None:
         labels["loopline-challenger"] = str(challenger.version)
     try:
-        tabular = load_model(champion.uri).unwrap_python_model().model  # type: ignore[no-untyped-call]
+        tabular = _tabular(champion)
+        models = [tabular] if challenger is None else [tabular, _tabular(challenger)]
+        try:
+            inputs = merged_inputs([model.inputs for model in models])
+        except ValueError as exc:
+            raise PackagingError(f"the champion v{champion.version} and the challenger cannot be "
+                                 f"served by one Bento: {exc}") from exc
         config = BentoConfig(
-            model_name=spec.name, champion=_import(spec, champion),
-            challenger=None if challenger is None else _import(spec, challenger),
+            model_name=spec.name, champion=_import(spec, champion, tabular),
+            challenger=None if challenger is None else _import(spec, challenger, models[1]),
             task=spec.training.task, feature_names=tabular.feature_names,
             feature_dtypes=tabular.feature_dtypes,
-            feature_ranges=feature_ranges(spec, tabular.feature_names),
+            feature_ranges=feature_ranges(spec, tabular.feature_names), inputs=inputs,
             entity_id=spec.data.entity_id, classes=tabular.classes, workers=spec.serving.workers,
             routing=spec.serving.routing, auth=spec.serving.auth, max_batch=spec.serving.max_batch,
             live_state=live_state_location(spec.name, paths.serving),
             prediction_log_uri=prediction_log_uri(spec),
             prediction_log=spec.serving.prediction_log, tracking_uri=mlflow.get_tracking_uri(),
             follow=spec.serving.follow,
-            warmup_records=warmup_records(champion, tabular.feature_names),
+            warmup_records=warmup_records(spec, champion, tabular),
             notifications=spec.notifications,
         )
         with tempfile.TemporaryDirectory(prefix="loopline-bento-") as workdir:

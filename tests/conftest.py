@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -109,6 +110,21 @@ def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:
     path = folder / name
     path.write_text(text)
     return path
+
+
+def source_records(source: Path, model: str, rows: int, extra: tuple[str, ...] = ()
+                   ) -> list[dict[str, Any]]:
+    """The first ``rows`` records of a CSV source as a client sends them to ``/predict``: the
+    columns the features of the model's latest feature set version read, then ``extra``.
+    """
+    import polars as pl
+
+    from loopline.data.feature_store import FeatureStore
+    from loopline.state import state_paths
+
+    columns = list(FeatureStore(state_paths().features).manifest(model).source_columns or {})
+    frame = pl.read_csv(source, try_parse_dates=True).head(rows)
+    return [{name: row[name] for name in [*columns, *extra]} for row in frame.iter_rows(named=True)]
 
 
 #: The demo spec's Lightning candidate, dropped by tests that only need a quick model.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import optuna
+import polars as pl
 import pytest
 import yaml
 
@@ -78,26 +79,26 @@ def logs(workers: dict[str, Worker]) -> str:
     return "\n".join(f"--- {name}\n{w.log.read_text()[-3000:]}" for name, w in workers.items())
 
 
-#: Drifted requests: every row of the feature set once. Labelled, they join the source's rows
+#: Drifted requests: every row of the source once. Labelled, they join the source's rows
 #: as the newest, filling the time split's test part (20% of source and traffic, 228 rows) first,
 #: then its validation part (228) and the start of train (113): the sweep's best is retrained on
 #: train+validation, so it learns from 341 of them and is judged on the other 228.
 DRIFTED_ROWS = 569
 
 
-def drifted_requests(stack: Stack, url: str, rows: int) -> None:
-    """Real requests to the served model whose features moved away from the training data, each
-    followed by its true label (``POST /feedback``): the label of the row it was made from (the
-    same tumours, measured differently), so that the retraining has new rows to learn from.
+def drifted_requests(stack: Stack, url: str, rows: int, demo_csv: Path) -> None:
+    """Real raw requests to the served model whose values moved away from the training data
+    (the source's columns its features read, 1.5 times larger plus one), each followed by its
+    true label (``POST /feedback``): the label of the row it was made from (the same tumours,
+    measured differently), so that the retraining has new rows to learn from.
     """
     store = FeatureStore(Storage(f"s3://{BUCKET}/features", stack.s3.credentials()))
     manifest = store.manifest(MODEL)
-    source = store.read(MODEL)
+    source = pl.read_csv(demo_csv, try_parse_dates=True)
     assert source.height >= rows, source.height
     with httpx.Client(base_url=url, timeout=30) as client:
         for index, row in enumerate(source.head(rows).iter_rows(named=True)):
-            record = {name: 1 if name == "is_large" else row[name] * 1.5 + 1
-                      for name in manifest.feature_names}
+            record = {name: row[name] * 1.5 + 1 for name in manifest.source_columns or {}}
             request_id = f"drift-{index}"
             answer = client.post("/predict", json={**record, "request_id": request_id})
             assert answer.status_code == 200, answer.text
@@ -155,7 +156,7 @@ def test_the_demo_loop_runs_on_postgresql_s3_and_two_workers(
     tags = [b["tag"] for b in json.loads(listed.stdout) if b["tag"].startswith(MODEL)]
     assert len(tags) == 1, listed.stdout
     with serve_bento(tags[0], tmp_path, env=stack.env) as url:
-        drifted_requests(stack, url, DRIFTED_ROWS)
+        drifted_requests(stack, url, DRIFTED_ROWS, demo_csv)
     assert stack.s3.keys(BUCKET, f"predictions/{MODEL}/predictions/"), "no prediction log on S3"
     assert stack.s3.keys(BUCKET, f"predictions/{MODEL}/feedback/"), "no feedback log on S3"
 

@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from loopline.errors import InvalidFeatureValue, MissingCredentials
 from loopline.serving.auth import api_keys
-from loopline.serving.bento_config import BentoConfig, ServedVersion, request_model
+from loopline.serving.bento_config import BentoConfig, ServedVersion
+from loopline.serving.requests import features_request_model
 from loopline.spec.sections.release import AuthSpec
 from loopline.training.modeling.preprocess import TabularPreprocessor
 
@@ -51,7 +52,7 @@ def config() -> BentoConfig:
 
 
 def test_the_request_schema_is_strict_and_bounded() -> None:
-    model = request_model(config())
+    model = features_request_model(config())
     good = {"x": 1.5, "n": -3, "flag": True, "city": "Oslo"}
     assert model.model_validate({**good, "customer_id": 7, "request_id": "r1"})
     for bad in ({"x": "1.5"}, {"x": 51.0}, {"x": float("nan")}, {"n": 128}, {"n": 1.0},

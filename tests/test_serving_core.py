@@ -34,8 +34,6 @@ from loopline.serving.bento_config import (
     FeedbackRequest,
     RoutingUpdate,
     ServedVersion,
-    batch_request_model,
-    request_model,
 )
 from loopline.serving.canary import Decision, archive_rolled_back_challenger, registry_rollback_recorder
 from loopline.serving.following import ServedModels
@@ -47,6 +45,7 @@ from loopline.serving.prediction_log import (
     read_feedback,
     read_predictions,
 )
+from loopline.serving.requests import batch_request_model, raw_request_model
 from loopline.serving.responder import Responder
 from loopline.serving.routing import Router, initial_state, unit_point
 from loopline.spec.sections.release import (
@@ -112,7 +111,7 @@ class Served:
     rolled_back: threading.Event = field(default_factory=threading.Event)
 
     def request(self, **fields: Any) -> Any:
-        return request_model(self.responder.config).model_validate(fields)
+        return raw_request_model(self.responder.config).model_validate(fields)
 
     def logged(self) -> pl.DataFrame:
         """Every logged answer (the log is closed first, so all of it is written)."""
@@ -219,7 +218,7 @@ def test_when_no_variant_can_answer_the_call_fails_with_a_500(serve: Callable[..
     with pytest.raises(ModelCallFailed, match=r"^the model failed: NotFittedError") as caught:
         served.responder.predict_ab(served.request(**record(1)))
     assert caught.value.http_status == 500
-    batch = batch_request_model(served.responder.config, request_model(served.responder.config))
+    batch = batch_request_model(served.responder.config, raw_request_model(served.responder.config))
     with pytest.raises(ModelCallFailed, match=r"^the champion failed: "):
         served.responder.predict_batch(batch.model_validate({"records": [record(1)]}))
     assert served.calls[-1] == ("predict_batch", "champion", True)
@@ -234,7 +233,7 @@ def test_a_value_the_model_cannot_take_is_the_requests_fault_not_a_fallback(
         with pytest.raises(InvalidFeatureValue, match=r"x: 1e\+300 is too far") as caught:
             call(too_far)
         assert caught.value.http_status == 400
-    batch = batch_request_model(served.responder.config, request_model(served.responder.config))
+    batch = batch_request_model(served.responder.config, raw_request_model(served.responder.config))
     with pytest.raises(InvalidFeatureValue):
         served.responder.predict_batch(batch.model_validate({"records": [record(1, x=1e300)]}))
     assert served.logged().height == 0
@@ -371,7 +370,7 @@ def test_batch_answers_every_record_like_single_requests_and_logs_each(
 ) -> None:
     served = serve(SingleRouting(kind="single"))
     config = served.responder.config
-    batch = batch_request_model(config, request_model(config)).model_validate({"records": [
+    batch = batch_request_model(config, raw_request_model(config)).model_validate({"records": [
         {**record(i), "customer_id": i, **({"request_id": f"q{i}"} if i % 2 else {})}
         for i in range(6)]})
     answers = served.responder.predict_batch(batch).predictions

@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import polars as pl
 import pytest
 
 import loopline
 from loopline.data.feature_store import FeatureStore
 from loopline.state import state_paths
+from tests.conftest import source_records
 from tests.servers import serve_bento
 
 pytestmark = pytest.mark.slow
@@ -27,12 +29,17 @@ def served(demo_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture(scope="module")
-def records(demo_pipeline) -> list[dict[str, object]]:
-    store = FeatureStore(state_paths().features)
-    manifest = store.manifest("tumor-malignancy", 1)
-    frame = store.read("tumor-malignancy", 1).head(20)
-    return [{**{n: row[n] for n in manifest.feature_names}, "expected": row["malignant"]}
-            for row in frame.iter_rows(named=True)]
+def records(demo_pipeline, demo_csv: Path) -> list[dict[str, object]]:
+    """Raw records of the source (the columns the features read), with the true label as
+    ``expected`` (taken out before sending).
+    """
+    return [{**{k: v for k, v in record.items() if k != "malignant"},
+             "expected": record["malignant"]}
+            for record in source_records(demo_csv, "tumor-malignancy", 20, extra=("malignant",))]
+
+
+def raw(record: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in record.items() if k != "expected"}
 
 
 def test_predicts_real_records(served: str, records: list[dict[str, object]]) -> None:
@@ -64,16 +71,19 @@ def test_predicts_real_records(served: str, records: list[dict[str, object]]) ->
     ("change", "field", "error_type"),
     [
         ({"mean_radius": "13.1"}, "mean_radius", "float_type"),
-        ({"is_large": 0.5}, "is_large", "int_type"),
-        ({"worst_area": None}, "worst_area", "float_type"),
+        # The spec's data checks: mean_radius lies in [0, 50] and is never null.
+        ({"mean_radius": 50.5}, "mean_radius", "less_than_equal"),
+        ({"mean_radius": None}, "mean_radius", "float_type"),
         ({"surprise": 1}, "surprise", "extra_forbidden"),
+        # A computed feature is not a source column: the service computes it.
+        ({"is_large": 1}, "is_large", "extra_forbidden"),
     ],
 )
 def test_bad_requests_get_field_level_details_and_the_service_stays_up(
     served: str, records: list[dict[str, object]], change: dict[str, object], field: str,
     error_type: str,
 ) -> None:
-    record = {k: v for k, v in records[0].items() if k != "expected"}
+    record = raw(records[0])
     answer = httpx.post(f"{served}/predict", json={**record, **change}, timeout=10)
     assert answer.status_code == 400
     details = answer.json()["detail"]
@@ -98,6 +108,44 @@ def test_missing_field_and_non_finite_numbers_are_rejected(
     assert answer.status_code == 400, answer.text
 
 
+def test_a_null_where_the_source_allows_one_is_scored(
+    served: str, records: list[dict[str, object]]
+) -> None:
+    # worst_area may be missing in the source (completeness 0.99): its feature is null and the
+    # model fills it in, as it does for the feature set's rows.
+    answer = httpx.post(f"{served}/predict", json={**raw(records[0]), "worst_area": None},
+                        timeout=10)
+    assert answer.status_code == 200, answer.text
+
+
+def test_raw_batches_and_feature_values_get_the_answers_of_raw_records(
+    served: str, records: list[dict[str, object]], demo_csv: Path
+) -> None:
+    """``/predict/batch`` takes raw records; ``/predict/features`` and its batch form take the
+    features the service would compute (here: the feature set's rows of the same patients).
+    """
+    singles = [httpx.post(f"{served}/predict", json=raw(record), timeout=10).json()["prediction"]
+               for record in records]
+    batch = httpx.post(f"{served}/predict/batch",
+                       json={"records": [raw(record) for record in records]}, timeout=30)
+    assert batch.status_code == 200, batch.text
+    assert [answer["prediction"] for answer in batch.json()["predictions"]] == singles
+    store = FeatureStore(state_paths().features)
+    manifest = store.manifest("tumor-malignancy", 1)
+    patients = pl.read_csv(demo_csv).head(len(records)).select("patient_id")
+    rows = patients.join(store.read("tumor-malignancy", 1), on="patient_id", how="left",
+                         maintain_order="left")
+    features = rows.select(manifest.feature_names).rows(named=True)
+    one = [httpx.post(f"{served}/predict/features", json=row, timeout=10) for row in features]
+    assert all(answer.status_code == 200 for answer in one), one[0].text
+    assert [answer.json()["prediction"] for answer in one] == singles
+    many = httpx.post(f"{served}/predict/features/batch", json={"records": features}, timeout=30)
+    assert [answer["prediction"] for answer in many.json()["predictions"]] == singles
+    # Each path takes its own schema: a raw record is not feature values.
+    assert httpx.post(f"{served}/predict/features", json=raw(records[0]),
+                      timeout=10).status_code == 400
+
+
 def test_bento_is_self_contained(demo_pipeline) -> None:
     _, result = demo_pipeline
     name, version = result.bento_tag.split(":")
@@ -105,6 +153,12 @@ def test_bento_is_self_contained(demo_pipeline) -> None:
     config = json.loads((src / "loopline_bento.json").read_text())
     assert config["champion"]["version"] == 1 and config["challenger"] is None
     assert "mean_radius" in config["feature_names"]
+    # The raw record: the source columns the features read, from the feature set v1 they were
+    # trained on.
+    assert config["champion"]["feature_set_version"] == 1
+    assert {column["name"] for column in config["inputs"]} >= {"mean_area", "mean_perimeter",
+                                                               "worst_radius", "mean_radius"}
+    assert "area_per_perimeter" not in {column["name"] for column in config["inputs"]}
     # The service only wires: the Bento must carry every core module it (and they) import.
     package = Path(loopline.__file__).parent
     shipped = {path.relative_to(src / "loopline") for path in (src / "loopline").rglob("*.py")}

@@ -34,7 +34,7 @@ from loopline.serving.rollout import routing_scope
 from loopline.spec.model import Spec
 from loopline.state import state_paths
 from loopline.storage import Storage
-from tests.conftest import DEMO_SERVING, logistic_spec_text, write_spec
+from tests.conftest import DEMO_SERVING, logistic_spec_text, source_records, write_spec
 from tests.http_standin import StandIn, webhook_answer
 from tests.servers import TLS, serve_bento, serve_bentos
 
@@ -81,13 +81,8 @@ def served(prefect_harness: None, demo_csv: Path, webhook: StandIn,
 
 
 @pytest.fixture(scope="module")
-def records(served: Served) -> list[dict[str, Any]]:
-    from loopline.data.feature_store import FeatureStore
-
-    store = FeatureStore(state_paths().features)
-    names = store.manifest(MODEL, 1).feature_names
-    return [{name: row[name] for name in names}
-            for row in store.read(MODEL, 1).head(40).iter_rows(named=True)]
+def records(served: Served, demo_csv: Path) -> list[dict[str, Any]]:
+    return source_records(demo_csv, MODEL, 40)
 
 
 def announced(version: int) -> list[str]:

@@ -28,7 +28,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.conftest import DEMO_SERVING, IN_CI, logistic_spec_text, write_spec
+from tests.conftest import DEMO_SERVING, IN_CI, logistic_spec_text, source_records, write_spec
 from tests.servers import serve_bento
 
 if IN_CI:
@@ -57,7 +57,8 @@ FEATURE_BOUND = 1e6
 #: Every operation the service's OpenAPI lists: a new endpoint fails
 #: ``test_every_operation_is_fuzzed`` until it is added here.
 OPERATIONS = [
-    ("POST", "/predict"), ("POST", "/predict/ab"), ("POST", "/predict/batch"), ("POST", "/feedback"),
+    ("POST", "/predict"), ("POST", "/predict/ab"), ("POST", "/predict/batch"),
+    ("POST", "/predict/features"), ("POST", "/predict/features/batch"), ("POST", "/feedback"),
     ("POST", "/admin/routing"), ("GET", "/health"), ("GET", "/metrics"), ("GET", "/healthz"),
     ("GET", "/livez"), ("GET", "/readyz"),
 ]
@@ -103,16 +104,18 @@ def served_schema(url: str) -> dict[str, Any]:
 
 
 def bounded(document: dict[str, Any], bound: float) -> dict[str, Any]:
-    """A copy of the OpenAPI document in which the one-record request's numbers without bounds
-    get ``[-bound, bound]`` (BentoML inlines that schema in each path and repeats it under
-    ``components``: every copy titled ``PredictRequest...`` except the batch wrapper).
+    """A copy of the OpenAPI document in which the one-record requests' numbers without bounds
+    get ``[-bound, bound]`` (BentoML inlines those schemas in each path and repeats them under
+    ``components``: every copy titled ``PredictRequest...`` or ``PredictFeaturesRequest...``
+    except the batch wrappers).
     """
     document = copy.deepcopy(document)
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             title = str(node.get("title", ""))
-            if title.startswith("PredictRequest") and "properties" in node:
+            if title.startswith(("PredictRequest", "PredictFeaturesRequest")) \
+                    and "properties" in node:
                 for prop in node["properties"].values():
                     if prop.get("type") == "number":
                         prop.setdefault("minimum", -bound)
@@ -172,18 +175,24 @@ def test_invalid_requests_never_get_a_server_error(url: str, served_schema: dict
     assert statuses[400] > 0 and 401 not in statuses, statuses
 
 
-@pytest.mark.parametrize("path", ["/predict", "/predict/ab", "/predict/batch"])
-def test_a_finite_number_too_large_for_the_model_is_a_400_naming_the_feature(url: str, path: str
-                                                                            ) -> None:
+@pytest.mark.parametrize("path", ["/predict", "/predict/ab", "/predict/batch", "/predict/features",
+                                  "/predict/features/batch"])
+def test_a_finite_number_too_large_for_the_model_is_a_400_naming_the_feature(
+    url: str, path: str, demo_csv: Path,
+) -> None:
     """Found by this fuzz run: 1e38 passes the schema (finite) but, standardized, exceeds float32."""
     from loopline.data.feature_store import FeatureStore
     from loopline.state import state_paths
 
-    store = FeatureStore(state_paths().features)
-    names = store.manifest(MODEL, 1).feature_names
-    row = store.read(MODEL, 1).row(0, named=True)
-    record = {name: row[name] for name in names} | {"mean_smoothness": 1e38}
-    body = {"records": [record]} if path == "/predict/batch" else record
+    if path.startswith("/predict/features"):
+        store = FeatureStore(state_paths().features)
+        names = store.manifest(MODEL, 1).feature_names
+        row = store.read(MODEL, 1).row(0, named=True)
+        record = {name: row[name] for name in names}
+    else:
+        [record] = source_records(demo_csv, MODEL, 1)
+    record |= {"mean_smoothness": 1e38}
+    body = {"records": [record]} if path.endswith("/batch") else record
     answer = httpx.post(f"{url}{path}", json=body, headers=HEADERS, timeout=30)
     assert answer.status_code == 400, answer.text
     assert "mean_smoothness" in answer.text and "float32" in answer.text

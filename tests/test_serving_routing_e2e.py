@@ -28,7 +28,7 @@ from loopline.release.registry import ModelRegistry
 from loopline.serving.prediction_log import read_predictions
 from loopline.state import state_paths
 from loopline.storage import Storage
-from tests.conftest import DEMO_SERVING, logistic_spec_text, write_spec
+from tests.conftest import DEMO_SERVING, logistic_spec_text, source_records, write_spec
 from tests.servers import TLS, serve_bento, serve_bentos
 
 pytestmark = pytest.mark.slow
@@ -54,11 +54,21 @@ ROUTINGS = {
 PINNED = {"bandit"}
 
 
+#: The challenger's spec adds a feature: v2 is trained on the feature set's version 2 and computes
+#: it from the same raw record (an int8, strictly cast: a record far outside the source's values
+#: cannot be scored by v2).
+AREA_BUCKET = ("  - name: area_bucket\n    expr: CAST(worst_area / 100 AS INTEGER)\n"
+               "    dtype: int8\n  - passthrough: [")
+
+
 def spec_text(demo_csv: Path, routing: str, c: float, follow: bool = True) -> str:
     serving = (f"serving:\n  routing: {routing}\n  auth: {{api_keys_env: {KEYS_ENV}}}\n"
                f"  prediction_log: {{flush_rows: 50, flush_seconds: 0.3}}\n"
                f"  follow: {{enabled: {'true' if follow else 'false'}}}")
-    return logistic_spec_text(demo_csv, MODEL, c, {DEMO_SERVING: serving})
+    changes = {DEMO_SERVING: serving}
+    if c != 1.0:
+        changes["  - passthrough: ["] = AREA_BUCKET
+    return logistic_spec_text(demo_csv, MODEL, c, changes)
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +113,7 @@ def serving(tag: str, folder: Path) -> AbstractContextManager[str]:
 
 @pytest.fixture(scope="module")
 def records(bentos: dict[str, str], demo_csv: Path) -> list[dict[str, Any]]:
-    from loopline.data.feature_store import FeatureStore
-
-    store = FeatureStore(state_paths().features)
-    manifest = store.manifest(MODEL, 1)
-    frame = store.read(MODEL, 1).head(50)
-    return [{**{name: row[name] for name in manifest.feature_names}, "patient_id": row["patient_id"]}
-            for row in frame.iter_rows(named=True)]
+    return source_records(demo_csv, MODEL, 50, extra=("patient_id",))
 
 
 @pytest.fixture(scope="module")
@@ -307,6 +311,43 @@ def test_the_ab_report_recommends_a_challenger_that_is_significantly_better(
         [latest] = client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
             key=ArtifactCollectionFilterKey(any_=[key])))
     assert "promote" in str(latest.data)
+
+
+# --- raw records --------------------------------------------------------------------------------
+
+def test_each_variant_computes_its_own_features_from_the_raw_record(
+    ab: str, records: list[dict[str, Any]],
+) -> None:
+    """v1 and v2 were trained on two versions of the feature set (v2 adds ``area_bucket``): each
+    computes its own features from the same raw record; a record v2's strict cast refuses is a
+    400 naming the feature and its column, and the service stays up.
+    """
+    health = httpx.get(f"{ab}/health", timeout=10, verify=TLS).json()
+    assert health["features"] == {"champion": {"feature_set": MODEL, "version": 1},
+                                  "challenger": {"feature_set": MODEL, "version": 2}}
+    set_share(ab, 1.0)
+    try:
+        answer = post(ab, "/predict/ab", {**records[0], "request_id": "raw-v2"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["variant"] == "challenger"
+        huge = post(ab, "/predict/ab", {**records[0], "worst_area": 50_000.0})
+        assert huge.status_code == 400, huge.text
+        assert "feature area_bucket" in huge.text and "reading worst_area" in huge.text, huge.text
+        # The champion's features (feature set v1) do not read it that way: it answers.
+        champion = post(ab, "/predict", {**records[0], "worst_area": 50_000.0})
+        assert champion.status_code == 200, champion.text
+        assert post(ab, "/predict/ab", records[1]).status_code == 200
+    finally:
+        set_share(ab, 0.3)
+    since = datetime.now(UTC) - timedelta(minutes=10)
+
+    def rows() -> pl.DataFrame:
+        return logged(since).filter(pl.col("request_id") == "raw-v2")
+
+    wait_until(lambda: rows().height == 1)
+    row = rows().row(0, named=True)
+    assert row["inputs"]["worst_area"] == records[0]["worst_area"]
+    assert row["features"]["area_bucket"] == int(records[0]["worst_area"] / 100)
 
 
 # --- shadow, canary, bandit --------------------------------------------------------------------

@@ -1,13 +1,14 @@
-"""What a served model needs to know, free of BentoML: the Bento's configuration and the request
-schema derived from the feature set.
+"""What a served model needs to know, free of BentoML: the Bento's configuration and the
+responses of its endpoints (the requests' schemas are :mod:`loopline.serving.requests`').
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from loopline.data.feature_recipe import RecipeInput, passthrough_recipe
 from loopline.spec.sections.operations import Notification
 from loopline.spec.sections.release import (
     AuthSpec,
@@ -21,18 +22,7 @@ from loopline.spec.sections.training import Task
 #: The file a Bento's service reads its configuration from (beside the service module).
 CONFIG_FILE = "loopline_bento.json"
 
-#: Integer dtypes' bounds, enforced on requests (a value the model's dtype cannot hold).
-_INT_BOUNDS = {
-    "int8": (-(2**7), 2**7 - 1), "int16": (-(2**15), 2**15 - 1), "int32": (-(2**31), 2**31 - 1),
-    "int64": (-(2**63), 2**63 - 1), "uint8": (0, 2**8 - 1), "uint16": (0, 2**16 - 1),
-    "uint32": (0, 2**32 - 1), "uint64": (0, 2**64 - 1),
-}
-
 _FINITE = Field(allow_inf_nan=False)
-_PYTHON_TYPES: dict[str, Any] = {
-    "bool": bool,
-    "string": Annotated[str, Field(max_length=10_000)],
-}
 
 
 class ServedVersion(BaseModel):
@@ -41,12 +31,16 @@ class ServedVersion(BaseModel):
     Attributes:
         version: the registry version.
         bentoml_model_tag: the BentoML model it was imported as.
+        feature_set_version: the feature set version it was trained on (its features are
+            computed from raw records as that version computed them); None when the model
+            records no feature definitions (its raw record is its features).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: int
     bentoml_model_tag: str
+    feature_set_version: int | None = None
 
 
 class BentoConfig(BaseModel):
@@ -56,8 +50,13 @@ class BentoConfig(BaseModel):
         champion: the version answering ``/predict`` (the ``champion`` alias at build time; a
             service following the registry answers with the alias's version of the moment).
         challenger: the ``challenger`` alias at build time, routed to by ``/predict/ab``.
+        feature_names: the features ``/predict/features`` takes (the champion's at build time).
+        feature_dtypes: their dtypes.
         feature_ranges: inclusive bounds a request's numeric feature must lie in (from the
             spec's data validation ranges of passthrough features).
+        inputs: the source columns a raw record (``/predict``) carries: those the champion's
+            and the challenger's features read, with their dtypes, bounds and nullability;
+            when left empty, the features themselves (a model without a recipe).
         entity_id: the entity id column, accepted in requests (for sticky routing).
         live_state: where the live routing state is shared (a SQLite file, or a PostgreSQL
             URL; ``LOOPLINE_SERVING_STATE`` where the service runs overrides it).
@@ -65,8 +64,8 @@ class BentoConfig(BaseModel):
         tracking_uri: MLflow: the registry the service follows, where a canary rollback is
             recorded.
         follow: whether (and how often) the service follows the registry's aliases.
-        warmup_records: real records (from the training data) a newly loaded version must
-            answer before it is swapped in, until the service has answered one of its own.
+        warmup_records: real raw records (from the source) a newly loaded version must answer
+            before it is swapped in, until the service has answered one of its own.
         notifications: the spec's channels, told when a version cannot be served.
         background_capacity: shadow answers that may wait for the background thread.
     """
@@ -80,6 +79,7 @@ class BentoConfig(BaseModel):
     feature_names: list[str]
     feature_dtypes: dict[str, str]
     feature_ranges: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
+    inputs: tuple[RecipeInput, ...] = ()
     entity_id: str | None = None
     classes: list[Any] | None = None
     workers: int = 1
@@ -95,49 +95,21 @@ class BentoConfig(BaseModel):
     notifications: list[Notification] = Field(default_factory=list)
     background_capacity: int = 1000
 
+    @model_validator(mode="after")
+    def _inputs_default_to_the_features(self) -> BentoConfig:
+        if not self.inputs:
+            recipe = passthrough_recipe(self.model_name, self.feature_dtypes)
+            inputs = tuple(column.model_copy(update={
+                "low": self.feature_ranges.get(column.name, (None, None))[0],
+                "high": self.feature_ranges.get(column.name, (None, None))[1]})
+                for column in recipe.inputs)
+            object.__setattr__(self, "inputs", inputs)
+        return self
 
-def field_type(dtype: str, bounds: tuple[float | None, float | None] = (None, None)) -> Any:
-    """The request field type for a feature dtype: finite floats, strict ints, bools, text;
-    numbers bounded by ``bounds`` and, for integers, by what the dtype holds.
-    """
-    if dtype in _PYTHON_TYPES:
-        return _PYTHON_TYPES[dtype]
-    low, high = bounds
-    if dtype in _INT_BOUNDS:
-        dtype_low, dtype_high = _INT_BOUNDS[dtype]
-        low = dtype_low if low is None else max(low, dtype_low)
-        high = dtype_high if high is None else min(high, dtype_high)
-        return Annotated[int, Field(ge=low, le=high)]
-    if dtype.startswith(("int", "uint")):
-        return int
-    return Annotated[float, _FINITE, Field(ge=low, le=high)]
-
-
-def request_model(config: BentoConfig) -> type[BaseModel]:
-    """The pydantic model of one prediction request: every feature required, strict types (no
-    ``"5.1"`` for a number), values in range, no unknown fields; an optional ``request_id``
-    and, when the spec names one, an optional entity id (for sticky routing).
-    """
-    fields: dict[str, Any] = {
-        name: (field_type(config.feature_dtypes[name], config.feature_ranges.get(name, (None, None))),
-               ...)
-        for name in config.feature_names
-    }
-    fields["request_id"] = (Annotated[str, Field(min_length=1, max_length=200)] | None, None)
-    if config.entity_id and config.entity_id not in fields:
-        fields[config.entity_id] = (int | Annotated[str, Field(max_length=200)] | None, None)
-    return create_model(
-        "PredictRequest", __config__=ConfigDict(strict=True, extra="forbid"), **fields
-    )
-
-
-def batch_request_model(config: BentoConfig, record: type[BaseModel]) -> type[BaseModel]:
-    """``{"records": [...]}``: one to ``max_batch`` records of ``record``."""
-    return create_model(
-        "PredictBatchRequest", __config__=ConfigDict(strict=True, extra="forbid"),
-        records=(Annotated[list[record], Field(min_length=1, max_length=config.max_batch)],  # type: ignore[valid-type,arg-type]
-                 ...),
-    )
+    @property
+    def input_names(self) -> list[str]:
+        """The raw columns ``/predict`` takes."""
+        return [column.name for column in self.inputs]
 
 
 class PredictResponse(BaseModel):

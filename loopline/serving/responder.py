@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +29,7 @@ from loopline.serving.bento_config import BentoConfig, PredictBatchResponse, Pre
 from loopline.serving.canary import CanaryWatch, Decision, next_state
 from loopline.serving.following import ServedModels
 from loopline.serving.live_state import RoutingState, Variant
+from loopline.serving.model_inputs import BatchInputs, RecordInputs, feature_rows, unservable_inputs
 from loopline.serving.prediction_log import PredictionLogWriter
 from loopline.serving.quality import QualityWindow
 from loopline.serving.routing import Assignment, Router
@@ -74,12 +75,15 @@ class Responder:
         on_rollback: called with a canary's rollback decision once this worker stored it, in a
             background thread (so a slow registry never delays the request).
         background: runs shadow answers off the request path; without one they run inline.
+        warmup_records: raw records (validated) a newly loaded version must answer before the
+            worker has answered one of its own.
     """
 
     def __init__(self, config: BentoConfig, served: Callable[[], ServedModels], router: Router,
                  prediction_log: PredictionLogWriter, *, observe: CallObserver = _ignore,
                  on_rollback: RollbackRecorder | None = None,
-                 background: BackgroundScorer | None = None) -> None:
+                 background: BackgroundScorer | None = None,
+                 warmup_records: Sequence[Mapping[str, Any]] = ()) -> None:
         self.config = config
         self.served = served
         self.router, self.store = router, router.store
@@ -91,7 +95,9 @@ class Responder:
         self._quality: tuple[int, QualityWindow] | None = None
         self._quality_lock = threading.Lock()
         #: The latest record this worker answered: a new version's warm-up prediction uses it.
-        self.latest_features: dict[str, Any] | None = None
+        self.latest: RecordInputs | None = None
+        #: Raw records a new version answers before it is swapped in, until one is answered.
+        self.warmup_records = list(warmup_records)
 
     def quality(self, served: ServedModels) -> QualityWindow | None:
         """The paired answers of the served challenger and the champion (a new window for a new
@@ -119,40 +125,52 @@ class Responder:
 
     def warm_up(self, model: TabularModel) -> None:
         """Make ``model`` answer a real record (the latest one answered, else the Bento's
-        sample records); raises when it cannot.
+        sample records); raises when it cannot, or when this service's raw requests lack a
+        column its features read.
         """
-        records = ([self.latest_features] if self.latest_features is not None
-                   else self.config.warmup_records)
-        if not records:
+        problem = unservable_inputs(model, self.config.inputs)
+        if problem is not None:
+            raise ValueError(problem)
+        latest = self.latest
+        batch = (BatchInputs([latest.values], latest.raw, self.config.input_names)
+                 if latest is not None
+                 else BatchInputs(self.warmup_records, True, self.config.input_names))
+        if not batch.records:
             raise ValueError("no record to warm up with")
-        outputs = model_outputs(model.predict(
-            {name: [record[name] for record in records] for name in self.config.feature_names}))
-        if len(outputs) != len(records):
-            raise ValueError(f"{len(outputs)} predictions for {len(records)} records")
+        outputs = model_outputs(model.predict(batch.features(model)))
+        if len(outputs) != len(batch.records):
+            raise ValueError(f"{len(outputs)} predictions for {len(batch.records)} records")
 
     # --- the endpoints ------------------------------------------------------------------------
 
-    def predict(self, request: BaseModel) -> PredictResponse:
-        """The champion's answer to one record; under ``shadow`` routing the challenger also
-        scores the records the routing samples (logged, never returned).
+    def predict(self, request: BaseModel, *, raw: bool = True) -> PredictResponse:
+        """The champion's answer to one record (a raw record, or feature values when ``raw``
+        is False); under ``shadow`` routing the challenger also scores the records the routing
+        samples (logged, never returned).
         """
         record, request_id = split_request(request)
         state = self.store.read()
         shadow = state.kind == "shadow" and self.router.assign(
             sticky_key(record, request_id, state), state)[0].shadow
-        return self._answer(record, request_id, Assignment("champion", shadow=shadow), "predict")
+        return self._answer(self._inputs(record, raw), request_id,
+                            Assignment("champion", shadow=shadow),
+                            "predict" if raw else "predict_features")
 
     def predict_ab(self, request: BaseModel) -> PredictResponse:
-        """The answer of the variant the live routing picks; the response says which."""
+        """The answer of the variant the live routing picks to a raw record; the response says
+        which.
+        """
         record, request_id = split_request(request)
         state = self.store.read()
         assignment, state = self.router.assign(sticky_key(record, request_id, state), state)
         if state.kind == "bandit":
             self.store.remember(request_id, assignment.variant)
-        return self._answer(record, request_id, assignment, "predict_ab", state)
+        return self._answer(self._inputs(record, True), request_id, assignment, "predict_ab",
+                            state)
 
-    def predict_batch(self, request: BaseModel) -> PredictBatchResponse:
-        """The champion's answers to ``request.records``, in one model call, in request order.
+    def predict_batch(self, request: BaseModel, *, raw: bool = True) -> PredictBatchResponse:
+        """The champion's answers to ``request.records`` (raw records, or feature values when
+        ``raw`` is False), in one model call, in request order.
 
         Raises:
             InvalidFeatureValue: a record's value the model cannot take.
@@ -163,47 +181,55 @@ class Responder:
             record, request_id = split_request(item)
             records.append(record)
             request_ids.append(request_id)
-        columns = {name: [record[name] for record in records] for name in self.config.feature_names}
+        batch = BatchInputs(records, raw, self.config.input_names)
+        endpoint = "predict_batch" if raw else "predict_features_batch"
         served = self.served()
+        champion = served.models["champion"]
+        features = batch.features(champion)
         started = time.perf_counter()
         try:
-            outputs = model_outputs(served.models["champion"].predict(columns))
+            outputs = model_outputs(champion.predict(features))
         except InvalidFeatureValue:
             raise
         except Exception as exc:
-            self.observe("predict_batch", "champion", time.perf_counter() - started, True)
+            self.observe(endpoint, "champion", time.perf_counter() - started, True)
             raise ModelCallFailed(f"the champion failed: {exc}") from exc
         elapsed = time.perf_counter() - started
-        self.observe("predict_batch", "champion", elapsed, False)
+        self.observe(endpoint, "champion", elapsed, False)
         now = datetime.now(UTC)
         answers = []
-        for request_id, record, (prediction, probability) in zip(request_ids, records, outputs,
-                                                                 strict=True):
+        for request_id, inputs, values, (prediction, probability) in zip(
+                request_ids, batch.inputs, feature_rows(features), outputs, strict=True):
             answer = Answer("champion", served.versions["champion"], prediction, probability,
                             elapsed * 1000 / len(records))
             self.prediction_log.append(prediction_record(
-                self.config.model_name, request_id, self._features(record), answer, timestamp=now))
+                self.config.model_name, request_id, values, answer, timestamp=now,
+                inputs=inputs))
             answers.append(prediction_response(self.config.model_name, request_id, answer, now))
         return PredictBatchResponse(predictions=answers)
 
     # --- one record -----------------------------------------------------------------------------
 
-    def _features(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        return {name: record[name] for name in self.config.feature_names}
+    def _inputs(self, record: dict[str, Any], raw: bool) -> RecordInputs:
+        return RecordInputs(record, raw, self.config.input_names)
 
-    def _call(self, served: ServedModels, variant: Variant, features: dict[str, Any],
+    def _call(self, served: ServedModels, variant: Variant, sent: RecordInputs,
               request_id: str, endpoint: str, shadow: bool = False) -> Answer:
-        """Score one record with one variant and log the answer; a failing model gives an
-        answer with its error, never an exception (but a value the model cannot take raises
-        :class:`~loopline.errors.InvalidFeatureValue`: the request's fault).
+        """Score one record with one variant (its own features, computed from the record) and
+        log the answer; a failing model gives an answer with its error, never an exception (but
+        a record the model's features cannot be computed from, or a value the model cannot
+        take, raises :class:`~loopline.errors.InvalidFeatureValue`: the request's fault).
         """
+        model = served.models[variant]
         started = time.perf_counter()
         prediction: Any = None
         probability: float | None = None
         error: str | None = None
+        features: dict[str, Any] = {}
         try:
+            features = sent.features(model)
             [(prediction, probability)] = model_outputs(
-                served.models[variant].predict({name: [value] for name, value in features.items()}))
+                model.predict({name: [value] for name, value in features.items()}))
         except InvalidFeatureValue:
             raise
         except Exception as exc:
@@ -213,29 +239,28 @@ class Responder:
         answer = Answer(variant, served.versions[variant], prediction, probability, elapsed * 1000,
                         error)
         self.prediction_log.append(prediction_record(self.config.model_name, request_id, features,
-                                                     answer, shadow=shadow))
+                                                     answer, shadow=shadow, inputs=sent.inputs))
         return answer
 
-    def _answer(self, record: dict[str, Any], request_id: str, assignment: Assignment,
+    def _answer(self, sent: RecordInputs, request_id: str, assignment: Assignment,
                 endpoint: str, state: RoutingState | None = None) -> PredictResponse:
-        features = self._features(record)
         served = self.served()
         # A routing that names the challenger while none is served (a swap in progress, a
         # rollback) is answered by the champion.
         variant = assignment.variant if assignment.variant in served.models else "champion"
-        answer = self._call(served, variant, features, request_id, endpoint)
+        answer = self._call(served, variant, sent, request_id, endpoint)
         if state is not None and state.kind == "canary" and served.has_challenger:
             self._watch_canary(state, answer, served)
             if answer.variant == "challenger" and answer.error is None:
-                self._pair(served, features, request_id, answer)
+                self._pair(served, sent, request_id, answer)
         if answer.error is not None and answer.variant == "challenger":
             # The client still gets an answer: the champion's.
-            answer = self._call(served, "champion", features, request_id, endpoint)
+            answer = self._call(served, "champion", sent, request_id, endpoint)
         if answer.error is not None:
             raise ModelCallFailed(f"the model failed: {answer.error}")
-        self.latest_features = features
+        self.latest = sent
         if assignment.shadow and served.has_challenger:
-            self._shadow(served, features, request_id, endpoint, answer)
+            self._shadow(served, sent, request_id, endpoint, answer)
         return prediction_response(self.config.model_name, request_id, answer, datetime.now(UTC))
 
     def _later(self, kind: str, job: Callable[[], None]) -> None:
@@ -247,28 +272,30 @@ class Responder:
         else:
             self.background.submit(kind, job)
 
-    def _shadow(self, served: ServedModels, features: dict[str, Any], request_id: str,
+    def _shadow(self, served: ServedModels, sent: RecordInputs, request_id: str,
                 endpoint: str, champion: Answer) -> None:
-        """The challenger's answer to a record, logged as a shadow and paired with the
-        champion's for the quality of its predictions.
+        """The challenger's answer to a record (its features computed here, off the request
+        path), logged as a shadow and paired with the champion's for the quality of its
+        predictions.
         """
         def job() -> None:
-            shadow = self._call(served, "challenger", features, request_id, endpoint, shadow=True)
+            shadow = self._call(served, "challenger", sent, request_id, endpoint, shadow=True)
             window = self.quality(served)
             if shadow.error is None and window is not None:
                 window.add(request_id, champion.prediction, shadow.prediction)
 
         self._later("shadow", job)
 
-    def _pair(self, served: ServedModels, features: dict[str, Any], request_id: str,
+    def _pair(self, served: ServedModels, sent: RecordInputs, request_id: str,
               challenger: Answer) -> None:
         """The champion's answer to a record the canary's challenger answered, paired with it
         for the quality of the challenger's predictions (not logged: the client got the
         challenger's).
         """
         def job() -> None:
-            [(prediction, _)] = model_outputs(served.models["champion"].predict(
-                {name: [value] for name, value in features.items()}))
+            champion = served.models["champion"]
+            [(prediction, _)] = model_outputs(champion.predict(
+                {name: [value] for name, value in sent.features(champion).items()}))
             window = self.quality(served)
             if window is not None:
                 window.add(request_id, prediction, challenger.prediction)
