@@ -11,6 +11,7 @@ Examples::
     loopline rollback tumor-malignancy --reason "v2 misbehaves"
     loopline work-pools --max-trainings 2
     loopline submit train --spec configs/demo.yaml --priority urgent
+    loopline batch-predict tumor-malignancy data/today.csv .loopline/scored/today --input-kind raw
 """
 
 from __future__ import annotations
@@ -188,6 +189,19 @@ def _submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_predict(args: argparse.Namespace) -> int:
+    from flows.batch_predict import batch_predict
+
+    result = batch_predict(args.model, args.input_uri, args.output_uri, version=args.version,
+                           alias=args.alias, chunk_rows=args.chunk_rows, id_column=args.id_column,
+                           storage_block=args.storage_block, overwrite=args.overwrite,
+                           input_kind=args.input_kind)
+    what = "raw source columns" if result.input_kind == "raw" else "feature columns"
+    print(f"scored {result.rows:,} rows ({what}) with {result.model_name} "
+          f"v{result.model_version} into {result.chunks} part(s) under {result.output_uri}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
     parser = argparse.ArgumentParser(prog="loopline", description=__doc__.splitlines()[0])
@@ -231,6 +245,27 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--priority", choices=PRIORITIES,
                         help="the queue to join (default: the spec's training.queue.priority)")
     submit.set_defaults(handler=_submit)
+    batch = commands.add_parser(
+        "batch-predict", help="score a parquet/CSV file or folder (local or S3) with a registered "
+        "version, in checkpointed chunks (the batch-predict flow; a rerun resumes)")
+    batch.add_argument("model", help="the registered model")
+    batch.add_argument("input_uri", help="a parquet or CSV file, or a folder of them")
+    batch.add_argument("output_uri", help="the folder for the parts, checkpoint and _SUCCESS")
+    batch.add_argument("--version", type=int, help="the version (default: the alias's)")
+    batch.add_argument("--alias", default="champion", help="the alias to score with (default "
+                       "champion)")
+    batch.add_argument("--chunk-rows", type=_positive_int, default=100_000, metavar="N",
+                       help="rows per chunk and per part (default 100000)")
+    batch.add_argument("--id-column", help="an input column carried into the output (default: "
+                       "row_number)")
+    batch.add_argument("--storage-block", help="a FeatureStoreStorage block with S3 credentials")
+    batch.add_argument("--overwrite", action="store_true",
+                       help="replace another job's output in the output folder")
+    batch.add_argument("--input-kind", choices=("features", "raw", "auto"), default="auto",
+                       help="what the input holds: the model's feature columns, or the raw "
+                       "source columns its features are computed from (default auto: told by "
+                       "the input's columns)")
+    batch.set_defaults(handler=_batch_predict)
     demo = commands.add_parser("demo-data", help="write the demo data set (no download)")
     demo.add_argument("--out", help=f"file (default: <state folder>/demo/{DEMO_DATA_NAME})")
     demo.add_argument("--force", action="store_true", help="rewrite an existing file")

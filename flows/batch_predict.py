@@ -12,6 +12,7 @@ import sys
 
 from prefect import flow
 
+from loopline.batch.input_kinds import InputKindChoice
 from loopline.batch.scoring import BatchResult
 from tasks.batch import publish_batch_summary, resolve_model_version, score_in_chunks
 from tasks.tracking import configure_mlflow_tracking
@@ -20,7 +21,8 @@ from tasks.tracking import configure_mlflow_tracking
 @flow(name="loopline-batch-predict", log_prints=True)
 def batch_predict(model_name: str, input_uri: str, output_uri: str, version: int | None = None,
                   alias: str = "champion", chunk_rows: int = 100_000, id_column: str | None = None,
-                  storage_block: str | None = None, overwrite: bool = False) -> BatchResult:
+                  storage_block: str | None = None, overwrite: bool = False,
+                  input_kind: InputKindChoice = "auto") -> BatchResult:
     """Score every row of ``input_uri`` and write the predictions to ``output_uri``.
 
     Args:
@@ -36,19 +38,25 @@ def batch_predict(model_name: str, input_uri: str, output_uri: str, version: int
             the environment's when None.
         overwrite: replace another job's output in ``output_uri`` instead of refusing (the
             same job's output is resumed either way).
+        input_kind: ``features`` (the input holds the model's feature columns), ``raw`` (the
+            source columns the model's recipe reads, e.g. an export of the source table; the
+            features are computed chunk by chunk as materialization computed them) or ``auto``
+            (told by the input's columns; an input fitting neither is refused with what each
+            kind lacks).
 
     Steps:
         1. Point MLflow at the tracking store; resolve the model version (by number, else by
            alias).
-        2. Score the input chunk by chunk, checkpointing after each part; a progress artifact
-           follows. A rerun with the same input, version and ``chunk_rows`` resumes after the
-           last checkpointed chunk; a failure is logged with the chunk and how to resume.
+        2. Score the input chunk by chunk (computing the features of raw chunks first),
+           checkpointing after each part; a progress artifact follows. A rerun with the same
+           input, version, ``chunk_rows`` and input kind resumes after the last checkpointed
+           chunk; a failure is logged with the chunk and how to resume.
         3. Publish a Markdown summary of the output.
     """
     configure_mlflow_tracking()
     model_version = resolve_model_version(model_name, version, alias)
     result = score_in_chunks(model_version, input_uri, output_uri, chunk_rows, id_column,
-                             storage_block, overwrite)
+                             storage_block, overwrite, input_kind)
     publish_batch_summary(result, input_uri)
     return result
 

@@ -18,6 +18,7 @@ from prefect.artifacts import (
 from prefect.logging import get_run_logger
 
 from blocks.storage import FeatureStoreStorage
+from loopline.batch.input_kinds import InputKindChoice
 from loopline.batch.scoring import (
     BatchJob,
     BatchProgress,
@@ -30,6 +31,9 @@ from loopline.release.registry import ModelRegistry
 from loopline.storage import S3Credentials
 from tasks.options import loopline_task
 
+#: How the summary describes each kind of input.
+_KIND_WORDS = {"features": "the model's feature columns",
+               "raw": "raw source columns; features computed per chunk"}
 #: The progress artifact is updated after a chunk at most this often: each update is an API call,
 #: and small chunks would otherwise spend more time reporting than scoring.
 PROGRESS_INTERVAL_S = 1.0
@@ -71,9 +75,12 @@ def resolve_model_version(model_name: str, version: int | None = None, alias: st
 @loopline_task(name="score-dataset")
 def score_in_chunks(model_version: ModelVersionInfo, input_uri: str, output_uri: str,
                     chunk_rows: int = 100_000, id_column: str | None = None,
-                    storage_block: str | None = None, overwrite: bool = False) -> BatchResult:
+                    storage_block: str | None = None, overwrite: bool = False,
+                    input_kind: InputKindChoice = "auto") -> BatchResult:
     """Load the version's model and score ``input_uri`` into ``output_uri`` chunk by chunk,
     resuming from the output's checkpoint; a progress artifact (percentage) follows the chunks.
+    ``input_kind`` says whether the input holds the model's features or the raw source columns
+    its recipe computes them from (``auto``: told by the input's columns).
 
     Raises:
         BatchChunkFailed: a chunk failed (logged with how to resume); the chunks before it are
@@ -84,7 +91,8 @@ def score_in_chunks(model_version: ModelVersionInfo, input_uri: str, output_uri:
     model = mlflow.pyfunc.load_model(model_version.uri).unwrap_python_model().model
     job = BatchJob(input_uri=input_uri, output_uri=output_uri, model_name=model_version.name,
                    model_version=model_version.version, chunk_rows=chunk_rows, id_column=id_column,
-                   overwrite=overwrite, credentials=storage_credentials(storage_block))
+                   overwrite=overwrite, credentials=storage_credentials(storage_block),
+                   input_kind=input_kind)
     what = f"`{input_uri}` with {model_version.name} v{model_version.version}"
     # Called synchronously, it returns the id (its async twin would return a coroutine).
     progress_id = cast(UUID, create_progress_artifact(
@@ -103,9 +111,10 @@ def score_in_chunks(model_version: ModelVersionInfo, input_uri: str, output_uri:
         result = score_dataset(model, job, on_progress=report)
     except BatchChunkFailed as exc:
         logger.error("chunk %d failed; %d chunk(s) (%d rows) are checkpointed in %s. Run the flow "
-                     "again with the same input_uri, output_uri, chunk_rows=%d and version=%d to "
-                     "resume from chunk %d.\n%s", exc.chunk, exc.chunks_done, exc.rows_done,
-                     output_uri, chunk_rows, model_version.version, exc.chunk, exc)
+                     "again with the same input_uri, output_uri, chunk_rows=%d, input_kind=%s "
+                     "and version=%d to resume from chunk %d.\n%s", exc.chunk, exc.chunks_done,
+                     exc.rows_done, output_uri, chunk_rows, input_kind, model_version.version,
+                     exc.chunk, exc)
         update_progress_artifact(progress_id, percent,
                                  description=f"Failed at chunk {exc.chunk} scoring {what}")
         raise
@@ -113,8 +122,9 @@ def score_in_chunks(model_version: ModelVersionInfo, input_uri: str, output_uri:
         logger.error("%s", exc)
         raise
     update_progress_artifact(progress_id, 100.0, description=f"Scored {what}: {result.rows:,} rows")
-    logger.info("scored %d rows in %d part(s) into %s (from chunk %d) in %.1f s", result.rows,
-                result.chunks, output_uri, result.resumed_from_chunk, result.seconds)
+    logger.info("scored %d rows (%s input) in %d part(s) into %s (from chunk %d) in %.1f s",
+                result.rows, result.input_kind, result.chunks, output_uri,
+                result.resumed_from_chunk, result.seconds)
     return result
 
 
@@ -129,7 +139,7 @@ def publish_batch_summary(result: BatchResult, input_uri: str) -> None:
         "",
         "| | |",
         "| --- | --- |",
-        f"| input | `{input_uri}` |",
+        f"| input | `{input_uri}` ({_KIND_WORDS.get(result.input_kind, result.input_kind)}) |",
         f"| output | `{result.output_uri}` |",
         f"| rows | {result.rows:,} |",
         f"| parts | {result.chunks} (`part-000000.parquet` ...) |",

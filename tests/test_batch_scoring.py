@@ -12,6 +12,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 
+from loopline.batch.input_kinds import choose_input_kind
 from loopline.batch.inputs import open_input
 from loopline.batch.outputs import CHECKPOINT, SUCCESS, BatchOutput, part_name
 from loopline.batch.scoring import (
@@ -31,9 +33,17 @@ from loopline.batch.scoring import (
     BatchProgress,
     score_dataset,
 )
+from loopline.data.feature_computer import computer_for
+from loopline.data.feature_recipe import FeatureRecipe, RecipeFeature, RecipeInput
+from loopline.data.feature_store import FeatureStore
+from loopline.data.features import dtype_name
+from loopline.data.source_check import load_spec_with_source
+from loopline.data.splits import split_frame
 from loopline.errors import BatchCheckpointMismatch, BatchChunkFailed, DataSourceError
+from loopline.training.modeling.candidates import train_candidate
 from loopline.training.modeling.preprocess import TabularPreprocessor
 from loopline.training.modeling.tabular_model import SklearnPredictor, TabularModel
+from tests.conftest import logistic_spec_text, write_spec
 from tests.head_start import Finished
 from tests.s3 import S3Server
 
@@ -549,6 +559,185 @@ def test_a_regression_model_writes_values_without_probability(tmp_path: Path) ->
     assert scored["row_number"].to_list() == list(range(70))
     np.testing.assert_allclose(scored["prediction"].to_numpy(), model.predict(data)["prediction"])
     assert pa.types.is_floating(pq.read_schema(tmp_path / "out" / part_name(0)).field("prediction").type)
+
+
+# --- raw source records ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Demo:
+    """A model trained on the demo's materialized features, with its recipe."""
+
+    model: TabularModel
+    features: pl.DataFrame  # patient_id and the features, as materialized
+    source: Path  # the demo source (CSV), the raw records the features came from
+
+
+@pytest.fixture(scope="module")
+def demo(demo_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    folder = tmp_path_factory.mktemp("demo-model")
+    spec = load_spec_with_source(write_spec(folder, logistic_spec_text(demo_csv, "tumours", 1.0)))
+    store = FeatureStore(folder / "features")
+    manifest = store.materialize(spec)
+    rows = store.read(spec.name, manifest.version)
+    dtypes = {name: dtype_name(rows.schema[name]) for name in spec.feature_names}
+    trained = train_candidate(spec.training.algorithms[0], spec.training, split_frame(rows, spec.data),
+                              spec.feature_names, dtypes, spec.data.target,
+                              recipe=store.recipe(spec, manifest))
+    assert trained.model.recipe is not None and "mean_area" in trained.model.inputs.input_names
+    return Demo(trained.model, rows.select(["patient_id", *spec.feature_names]), demo_csv)
+
+
+def scored_by_id(output: Path) -> pl.DataFrame:
+    return pl.read_parquet(sorted(output.glob("part-*.parquet")))
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_raw_source_records_score_as_their_materialized_features(demo: Demo, tmp_path: Path,
+                                                                 kind: str) -> None:
+    raw = str(demo.source)
+    if kind == "parquet":
+        raw = str(tmp_path / "source.parquet")
+        pq.write_table(pl.read_csv(demo.source).to_arrow(), raw, row_group_size=100)
+    features = write_input(demo.features, tmp_path / "features")
+    from_raw = score_dataset(demo.model, job(raw, tmp_path / "raw", 64, id_column="patient_id"),
+                             progress_bar=False)
+    from_features = score_dataset(demo.model, job(features, tmp_path / "features-out", 64,
+                                                  id_column="patient_id"), progress_bar=False)
+    assert (from_raw.input_kind, from_features.input_kind) == ("raw", "features")
+    assert from_raw.rows == from_features.rows == 569
+    raw_scored, feature_scored = scored_by_id(tmp_path / "raw"), scored_by_id(tmp_path / "features-out")
+    # Row for row in the raw file's order, each with its features' prediction.
+    assert raw_scored["patient_id"].to_list() == pl.read_csv(demo.source)["patient_id"].to_list()
+    joined = raw_scored.join(feature_scored, on="patient_id", suffix="_features")
+    assert joined.height == 569
+    assert joined["prediction"].to_list() == joined["prediction_features"].to_list()
+    np.testing.assert_allclose(joined["probability"].to_numpy(),
+                               joined["probability_features"].to_numpy(), rtol=1e-6)
+    direct = demo.model.predict(demo.features)
+    expected = dict(zip(demo.features["patient_id"].to_list(), direct["prediction"].tolist(), strict=True))
+    assert raw_scored["prediction"].to_list() == [expected[i] for i in raw_scored["patient_id"]]
+
+
+def test_auto_tells_raw_records_from_features_and_a_resumed_job_keeps_its_kind(
+        demo: Demo, tmp_path: Path) -> None:
+    source = pl.read_csv(demo.source)
+    raw_only = [name for name in source.columns if name not in demo.features.columns]
+    both = write_input(demo.features.join(source.select(["patient_id", *raw_only]), on="patient_id"),
+                       tmp_path / "both")
+
+    def run(output: str, **extra: Any) -> Any:
+        return score_dataset(demo.model, job(both, tmp_path / output, 200, id_column="patient_id",
+                                             **extra), progress_bar=False)
+
+    result = run("out")
+    assert result.input_kind == "features"  # holding both, the features are read as they are
+    assert json.loads((tmp_path / "out" / CHECKPOINT).read_text())["input_kind"] == "features"
+    success = json.loads((tmp_path / "out" / SUCCESS).read_text())
+    assert success["input_kind"] == success["result"]["input_kind"] == "features"
+    # Reading the same output as raw records is another job: refused, or replaced on request.
+    with pytest.raises(BatchCheckpointMismatch, match=r"input_kind differ.*input_kind=features"):
+        run("out", input_kind="raw")
+    again = run("out", input_kind="raw", overwrite=True)
+    assert again.input_kind == "raw" and again.resumed_from_chunk == 0
+    assert scored_by_id(tmp_path / "out")["prediction"].to_list() == demo.model.predict(
+        demo.features)["prediction"].tolist()
+    # A checkpoint written before input kinds existed held features, and resumes as such.
+    run("old")
+    for marker in (CHECKPOINT, SUCCESS):
+        written = json.loads((tmp_path / "old" / marker).read_text())
+        written.pop("input_kind")
+        (tmp_path / "old" / marker).write_text(json.dumps(written))
+    resumed = run("old")
+    assert resumed.resumed_from_chunk == 3 and resumed.input_kind == "features"
+
+
+def test_an_input_fitting_neither_kind_is_a_clear_error(demo: Demo, tmp_path: Path) -> None:
+    partial = demo.features.select(["patient_id", "area_per_perimeter", "mean_radius"]).with_columns(
+        mean_area=pl.lit(1.0))
+    source = write_input(partial, tmp_path / "in", "csv")
+    with pytest.raises(DataSourceError, match="neither") as refused:
+        score_dataset(demo.model, job(source, tmp_path / "out", 50, id_column="patient_id"),
+                      progress_bar=False)
+    message = str(refused.value)
+    as_features, as_raw = message.split("; as raw")
+    assert "--input-kind features" in as_features and "worst_to_mean_radius" in as_features
+    assert "--input-kind raw" in as_raw and "mean_perimeter" in as_raw and "mean_area," not in as_raw
+    assert "area_per_perimeter" not in as_features.split("lacks")[1]
+    # Told what the file holds, the job checks only that kind's columns.
+    with pytest.raises(DataSourceError, match=r"lacks the column\(s\) mean_perimeter, worst_radius"):
+        score_dataset(demo.model, job(source, tmp_path / "out", 50, id_column="patient_id",
+                                      input_kind="raw"), progress_bar=False)
+    with pytest.raises(ValueError, match="input_kind must be one of"):
+        score_dataset(demo.model, job(source, tmp_path / "out", 50, id_column="patient_id",
+                                      input_kind="rows"), progress_bar=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_computed_feature_named_like_its_source_column_needs_the_kind_said() -> None:
+    recipe = FeatureRecipe(
+        feature_set="s", feature_set_version=1,
+        inputs=(RecipeInput(name="x", dtype="float64"), RecipeInput(name="y", dtype="float64")),
+        features=(RecipeFeature(name="x", kind="computed", expr="x * 2", dtype="float64"),
+                  RecipeFeature(name="y", kind="passthrough", expr="y", dtype="float64")))
+    assert choose_input_kind("auto", ["x", "y", "other"], ["x", "y"], None, "f.csv") == "features"
+    with pytest.raises(DataSourceError, match=r"computed feature\(s\) x share.*--input-kind"):
+        choose_input_kind("auto", ["x", "y"], ["x", "y"], recipe, "f.csv")
+    assert choose_input_kind("raw", ["x", "y"], ["x", "y"], recipe, "f.csv") == "raw"
+
+
+# The synthetic raw records: what `frame` holds, with the height in centimetres.
+RAW_RECIPE = FeatureRecipe(
+    feature_set="tumours", feature_set_version=1,
+    inputs=(RecipeInput(name="height_cm", dtype="float64"), RecipeInput(name="count", dtype="int64"),
+            RecipeInput(name="colour", dtype="string")),
+    features=(RecipeFeature(name="height", kind="computed", expr="height_cm / 100", dtype="float64"),
+              RecipeFeature(name="count_x5", kind="computed", expr="count * 5", dtype="int8"),
+              RecipeFeature(name="colour", kind="passthrough", expr="colour", dtype="string")))
+
+
+def raw_frame(rows: int, seed: int) -> pl.DataFrame:
+    return frame(rows, seed).rename({"height": "height_cm"})
+
+
+def raw_model() -> TabularModel:
+    train = computer_for(RAW_RECIPE).frame(raw_frame(400, seed=42))
+    names = RAW_RECIPE.feature_names
+    prep = TabularPreprocessor.fit(train, names)
+    matrix = prep.transform(train)
+    predictor = SklearnPredictor(LogisticRegression().fit(matrix, matrix[:, 0] + matrix[:, 1] > 0))
+    return TabularModel(task="classification", feature_names=names,
+                        feature_dtypes=RAW_RECIPE.feature_dtypes, preprocessor=prep,
+                        predictor=predictor, classes=[False, True], recipe=RAW_RECIPE)
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_a_raw_row_whose_feature_fails_its_strict_cast_fails_its_chunk(tmp_path: Path,
+                                                                       kind: str) -> None:
+    model = raw_model()
+    data = raw_frame(100, seed=16)
+    # count * 5 fits int8 for counts up to 25; row 70's 100 does not. In parquet the counts are
+    # stored as int32 (the source had int64): cast back before the expressions see them.
+    data = data.with_columns(count=pl.when(pl.int_range(100) == 70).then(100).otherwise(pl.col("count")))
+    if kind == "parquet":
+        data = data.with_columns(pl.col("count").cast(pl.Int32))
+    source = write_input(data, tmp_path / "in", kind, row_group=30)
+    with pytest.raises(BatchChunkFailed, match=r"failed at chunk 7 .*InvalidFeatureValue: feature "
+                       r"count_x5 \(`count \* 5` as int8, reading count\)") as failed:
+        score_dataset(model, job(source, tmp_path / "out", 10), progress_bar=False)
+    assert failed.value.chunks_done == failed.value.chunk == 7
+    assert json.loads((tmp_path / "out" / CHECKPOINT).read_text())["input_kind"] == "raw"
+    scored = scored_by_id(tmp_path / "out")
+    assert scored["id"].to_list() == data["id"].to_list()[:70]
+    expected = model.predict(computer_for(RAW_RECIPE).frame(data.head(70).cast({"count": pl.Int64})))
+    assert scored["prediction"].to_list() == expected["prediction"].tolist()
+
+
+def test_a_raw_column_that_does_not_fit_its_source_dtype_is_named(tmp_path: Path) -> None:
+    data = raw_frame(20, seed=17).with_columns(pl.col("count").cast(pl.String).replace("3", "three"))
+    source = write_input(data, tmp_path / "in")
+    with pytest.raises(BatchChunkFailed,
+                       match=r"column count \(string\) does not fit its source dtype int64: "):
+        score_dataset(raw_model(), job(source, tmp_path / "out", 10), progress_bar=False)
 
 
 # --- S3 ------------------------------------------------------------------------------------------

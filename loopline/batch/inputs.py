@@ -10,7 +10,7 @@ import hashlib
 import io
 import json
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,6 +45,8 @@ class BatchInput:
         sizes: each file's size in bytes.
         num_rows: the row count (parquet: from the footers), None for CSV.
         identity: what a checkpoint compares to know the input is unchanged.
+        names: each file's columns (its CSV header or parquet schema); None for an empty CSV
+            file, which has not even a header.
     """
 
     uri: str
@@ -54,9 +56,34 @@ class BatchInput:
     sizes: list[int]
     num_rows: int | None
     identity: dict[str, Any]
+    names: list[list[str] | None] = field(default_factory=list, repr=False)
     _metadata: list[pq.FileMetaData] = field(default_factory=list, repr=False)
     _bytes_done: int = field(default=0, repr=False)
     _open_handle: Any = field(default=None, repr=False)
+
+    @property
+    def columns(self) -> list[str] | None:
+        """The columns every file has, in the first file's order; None when no file says (no
+        file at all, or only empty CSV files).
+        """
+        known = [names for names in self.names if names is not None]
+        if not known:
+            return None
+        common = set(known[0]).intersection(*known[1:])
+        return [name for name in known[0] if name in common]
+
+    def require(self, columns: Iterable[str]) -> None:
+        """Check that every file has ``columns``.
+
+        Raises:
+            DataSourceError: a file lacks one of them (the error names the file and its columns).
+        """
+        wanted = list(columns)
+        for path, names in zip(self.files, self.names, strict=True):
+            missing = [name for name in wanted if names is not None and name not in names]
+            if missing:
+                raise DataSourceError(f"{path} lacks the column(s) {', '.join(missing)} "
+                                      f"(it has {', '.join(names or [])})")
 
     def batches(self, columns: list[str], start_row: int = 0, batch_rows: int = 65_536,
                 column_types: Mapping[str, pa.DataType] | None = None) -> Iterator[pa.RecordBatch]:
@@ -105,6 +132,26 @@ class BatchInput:
                 if handle is not None:
                     handle.close()
             self._bytes_done += self.sizes[index]
+
+    def chunks(self, columns: list[str], start: int, chunk_rows: int,
+               column_types: Mapping[str, pa.DataType] | None = None
+               ) -> Generator[tuple[int, pa.Table], None, None]:
+        """``(index, table)`` for every chunk of ``columns`` from chunk ``start`` on, exactly
+        ``chunk_rows`` rows each but the last (chunk ``k`` is always the same rows).
+        """
+        pending: list[pa.RecordBatch] = []
+        count, index = 0, start
+        for batch in self.batches(columns, start * chunk_rows, max(chunk_rows, 65_536),
+                                  column_types):
+            pending.append(batch)
+            count += batch.num_rows
+            while count >= chunk_rows:
+                table = pa.Table.from_batches(pending)
+                yield index, table.slice(0, chunk_rows).combine_chunks()
+                rest = table.slice(chunk_rows)
+                pending, count, index = rest.to_batches(), rest.num_rows, index + 1
+        if count:
+            yield index, pa.Table.from_batches(pending).combine_chunks()
 
     def _parquet(self, index: int, source: Any, columns: list[str], skip: int, batch_rows: int
                  ) -> tuple[Iterator[pa.RecordBatch], int]:
@@ -161,7 +208,7 @@ def open_input(uri: str, required: list[str], credentials: S3Credentials | None 
 
     Args:
         uri: a local path or ``s3://bucket/key``.
-        required: columns every file must have.
+        required: columns every file must have (:meth:`BatchInput.require` checks more later).
         credentials: for S3; the environment's when None.
 
     Raises:
@@ -182,6 +229,7 @@ def open_input(uri: str, required: list[str], credentials: S3Credentials | None 
     infos = [storage.fs.info(path) for path in files]
     sizes = [int(info.get("size") or 0) for info in infos]
     metadata: list[pq.FileMetaData] = []
+    names: list[list[str] | None] = []
     for path, size in zip(files, sizes, strict=True):
         try:
             if kind == "parquet":
@@ -191,19 +239,17 @@ def open_input(uri: str, required: list[str], credentials: S3Credentials | None 
                 else:
                     meta = pq.read_metadata(path)
                 metadata.append(meta)
-                names = meta.schema.to_arrow_schema().names
+                names.append(meta.schema.to_arrow_schema().names)
             else:
-                names = _header(storage, path) if size else required
+                names.append(_header(storage, path) if size else None)
         except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
             raise DataSourceError(f"cannot read {path}: {exc}") from exc
-        missing = [name for name in required if name not in names]
-        if missing:
-            raise DataSourceError(f"{path} lacks the column(s) {', '.join(missing)} "
-                                  f"(it has {', '.join(names)})")
     stamps = [[posixpath.relpath(path, storage.path()), size, _stamp(info)]
               for path, size, info in zip(files, sizes, infos, strict=True)]
     num_rows = sum(meta.num_rows for meta in metadata) if kind == "parquet" else None
     identity = {"uri": storage.root, "format": kind, "files": len(files), "bytes": sum(sizes),
                 "rows": num_rows, "digest": hashlib.sha256(json.dumps(stamps).encode()).hexdigest()}
-    return BatchInput(uri=uri, format=kind, storage=storage, files=files, sizes=sizes,
-                      num_rows=num_rows, identity=identity, _metadata=metadata)
+    found = BatchInput(uri=uri, format=kind, storage=storage, files=files, sizes=sizes,
+                       num_rows=num_rows, identity=identity, names=names, _metadata=metadata)
+    found.require(required)
+    return found

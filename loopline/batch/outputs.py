@@ -2,9 +2,9 @@
 ``_checkpoint.json`` and the ``_SUCCESS`` marker, each written whole (a temporary file renamed
 locally; one PUT on S3), so a reader or a resumed run never sees half a file.
 
-The checkpoint names the job (input identity, model, chunk size, id column) and how many chunks
-are complete: chunks ``0 .. completed_chunks - 1``, which are always a prefix because parts are
-written in order and the checkpoint only after its part.
+The checkpoint names the job (input identity, model, chunk size, id column, input kind) and how
+many chunks are complete: chunks ``0 .. completed_chunks - 1``, which are always a prefix
+because parts are written in order and the checkpoint only after its part.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from loopline.storage import S3Credentials, Storage
 CHECKPOINT, SUCCESS = "_checkpoint.json", "_SUCCESS"
 CHECKPOINT_FORMAT = "loopline.batch-checkpoint/1"
 #: What a resumed run must share with the checkpoint's run.
-JOB_KEYS = ("input", "model", "chunk_rows", "id_column")
+JOB_KEYS = ("input", "model", "chunk_rows", "id_column", "input_kind")
+#: What a checkpoint written before a key existed stands for: every input held features then.
+_KEY_DEFAULTS = {"input_kind": "features"}
 _PART = re.compile(r"^part-(\d+)\.parquet$")
 
 
@@ -127,8 +129,8 @@ class BatchOutput:
                 a checkpoint, and ``overwrite`` is False.
         """
         checkpoint = self.read_json(CHECKPOINT)
-        differ = [key for key in ("format", *JOB_KEYS)
-                  if checkpoint is not None and checkpoint.get(key) != self.header[key]]
+        differ = [key for key in ("format", *JOB_KEYS) if checkpoint is not None
+                  and checkpoint.get(key, _KEY_DEFAULTS.get(key)) != self.header[key]]
         if checkpoint is None or differ:
             if not overwrite:
                 self._refuse(checkpoint, differ)
@@ -158,5 +160,6 @@ class BatchOutput:
             f"{self.uri} holds the checkpoint of another job (its {', '.join(differ)} differ: "
             f"{json.dumps({key: checkpoint.get(key) for key in differ})}): choose a new output URI, "
             "or pass overwrite=True to replace it; to resume that job instead, score the same input "
-            f"with model {was.get('name')} v{was.get('version')} and "
-            f"chunk_rows={checkpoint.get('chunk_rows')}")
+            f"with model {was.get('name')} v{was.get('version')}, "
+            f"chunk_rows={checkpoint.get('chunk_rows')} and input_kind="
+            f"{checkpoint.get('input_kind', _KEY_DEFAULTS['input_kind'])}")

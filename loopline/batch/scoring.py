@@ -10,7 +10,10 @@ recorded, rewriting any part written after the last checkpoint: no row is missin
 
 Reading the next chunk and writing the previous part run in two helper threads while the model
 scores the current chunk, so I/O hides behind scoring; at most a few chunks are in memory at once.
-The input side is :mod:`loopline.batch.inputs`, the output folder :mod:`loopline.batch.outputs`.
+The input holds the model's features or the raw source columns its recipe computes them from
+(:mod:`loopline.batch.input_kinds`); raw chunks get their features in the reader thread, so that
+computing them, like reading, overlaps with scoring. The input side is
+:mod:`loopline.batch.inputs`, the output folder :mod:`loopline.batch.outputs`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -30,7 +33,8 @@ import polars as pl
 import pyarrow as pa
 from tqdm import tqdm
 
-from loopline.batch.inputs import BatchInput, open_input
+from loopline.batch.input_kinds import ChunkFeatures, InputKindChoice
+from loopline.batch.inputs import open_input
 from loopline.batch.outputs import SUCCESS, BatchOutput, part_name
 from loopline.errors import BatchChunkFailed
 from loopline.storage import S3Credentials
@@ -38,18 +42,13 @@ from loopline.storage import S3Credentials
 __all__ = ["BatchJob", "BatchProgress", "BatchResult", "Scorer", "score_dataset"]
 
 ROW_NUMBER = "row_number"
-#: Arrow types CSV columns are parsed as, by the model's feature dtype (the preprocessing turns
-#: every number into float64 anyway); streaming CSV otherwise infers types from its first block.
-_CSV_TYPES: dict[str, pa.DataType] = {
-    "string": pa.string(), "bool": pa.bool_(),
-    **{kind: pa.float64() for kind in ("float32", "float64", "int8", "int16", "int32", "int64",
-                                        "uint8", "uint16", "uint32", "uint64")},
-}
 
 
 class Scorer(Protocol):
     """What batch scoring needs of a model (a
-    :class:`~loopline.training.modeling.tabular_model.TabularModel`).
+    :class:`~loopline.training.modeling.tabular_model.TabularModel`). A model with ``inputs`` (a
+    :class:`~loopline.data.feature_recipe.FeatureRecipe`) can also score raw source columns;
+    ``feature_dtypes``, when it has them, set how CSV feature columns are parsed.
     """
 
     @property
@@ -81,6 +80,10 @@ class BatchJob:
             scoring, writing overlap), and idle BLAS workers busy-wait between chunk calls, which
             took a whole core from the pipeline here (threading elsewhere, e.g. OpenMP in
             gradient boosting or torch's own pool, is not limited).
+        input_kind: what the input holds: ``features`` (the model's feature columns), ``raw``
+            (the source columns the model's recipe reads; the features are computed per chunk)
+            or ``auto`` (told by the input's columns: see :mod:`loopline.batch.input_kinds`).
+            The kind chosen is part of the checkpoint: a resumed job never switches kinds.
     """
 
     input_uri: str
@@ -92,6 +95,7 @@ class BatchJob:
     overwrite: bool = False
     credentials: S3Credentials | None = None
     blas_threads: int | None = 1
+    input_kind: InputKindChoice = "auto"
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,7 @@ class BatchResult:
         seconds: this run's wall time.
         model_name: the model.
         model_version: its version.
+        input_kind: what the input held: ``features`` or ``raw`` (``auto`` resolved).
     """
 
     output_uri: str
@@ -134,29 +139,13 @@ class BatchResult:
     seconds: float
     model_name: str
     model_version: int
+    # A default, so a _SUCCESS written before kinds existed (features only) still reads.
+    input_kind: str = "features"
 
 
-def _chunks(source: BatchInput, columns: list[str], start: int, chunk_rows: int,
-            types: dict[str, pa.DataType]) -> Generator[tuple[int, pa.Table], None, None]:
-    """``(index, table)`` for every chunk from ``start`` on, exactly ``chunk_rows`` rows each
-    but the last.
-    """
-    pending: list[pa.RecordBatch] = []
-    count, index = 0, start
-    for batch in source.batches(columns, start * chunk_rows, max(chunk_rows, 65_536), types):
-        pending.append(batch)
-        count += batch.num_rows
-        while count >= chunk_rows:
-            table = pa.Table.from_batches(pending)
-            yield index, table.slice(0, chunk_rows).combine_chunks()
-            rest = table.slice(chunk_rows)
-            pending, count, index = rest.to_batches(), rest.num_rows, index + 1
-    if count:
-        yield index, pa.Table.from_batches(pending).combine_chunks()
-
-
-def _predictions(model: Scorer, job: BatchJob, index: int, table: pa.Table) -> pa.Table:
-    outputs = model.predict(pl.from_arrow(table.select(model.feature_names), rechunk=False))
+def _predictions(model: Scorer, job: BatchJob, index: int, table: pa.Table,
+                 features: pl.DataFrame) -> pa.Table:
+    outputs = model.predict(features)
     first = index * job.chunk_rows
     columns: dict[str, Any] = {
         job.id_column: table[job.id_column]} if job.id_column else {
@@ -193,30 +182,36 @@ def score_dataset(model: Scorer, job: BatchJob,
         progress_bar: draw a tqdm bar (rows) on stderr.
 
     Raises:
-        ValueError: ``chunk_rows`` is below 1 or the id column clashes with an output column.
-        DataSourceError: the input is missing, unreadable or lacks a column.
+        ValueError: ``chunk_rows`` is below 1, the id column clashes with an output column, or
+            ``input_kind`` is unknown.
+        DataSourceError: the input is missing, unreadable or lacks a column (for ``auto``: its
+            columns fit neither kind, or both ambiguously).
         BatchCheckpointMismatch: the output folder belongs to another job.
-        BatchChunkFailed: a chunk failed; the chunks before it are checkpointed, and running
-            the same job again resumes there.
+        BatchChunkFailed: a chunk failed (a raw row whose feature expression fails says so with
+            :class:`~loopline.errors.InvalidFeatureValue`'s message, naming the feature and its
+            columns); the chunks before it are checkpointed, and running the same job again
+            resumes there.
     """
     started = time.perf_counter()
     if job.chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, not {job.chunk_rows}")
     if job.id_column in {ROW_NUMBER, "prediction", "probability", "model_name", "model_version"}:
         raise ValueError(f"the id column {job.id_column!r} clashes with an output column; rename it")
-    features = list(model.feature_names)
-    columns = list(dict.fromkeys([*([job.id_column] if job.id_column else []), *features]))
-    source = open_input(job.input_uri, columns, job.credentials)
+    ids = [job.id_column] if job.id_column else []
+    source = open_input(job.input_uri, ids, job.credentials)
+    features = ChunkFeatures.of(model, job.input_kind, source)
+    kind = features.kind
+    columns = list(dict.fromkeys([*ids, *features.columns]))
+    source.require(columns)
     output = BatchOutput(job.output_uri, {
         "input": source.identity, "model": {"name": job.model_name, "version": job.model_version},
-        "chunk_rows": job.chunk_rows, "id_column": job.id_column}, job.credentials)
+        "chunk_rows": job.chunk_rows, "id_column": job.id_column, "input_kind": kind},
+        job.credentials)
     first, rows, complete = output.begin(job.chunk_rows, job.overwrite)
     finished = output.read_json(SUCCESS) if complete else None
     if finished is not None:  # the same job, already complete: nothing to do
         return BatchResult(**{**finished["result"], "resumed_from_chunk": finished["result"]["chunks"],
                               "seconds": time.perf_counter() - started})
-    dtypes: dict[str, str] = getattr(model, "feature_dtypes", None) or {}
-    types = {name: _CSV_TYPES[kind] for name, kind in dtypes.items() if kind in _CSV_TYPES}
     done = first
     bar = tqdm(total=source.num_rows, initial=rows, unit="rows", unit_scale=True, file=sys.stderr,
                disable=not progress_bar, desc=f"{job.model_name} v{job.model_version}")
@@ -244,7 +239,8 @@ def score_dataset(model: Scorer, job: BatchJob,
             on_progress(BatchProgress(done, rows, total, fraction))
 
     reader, writer = ThreadPoolExecutor(1, "batch-read"), ThreadPoolExecutor(1, "batch-write")
-    stream = _chunks(source, columns, first, job.chunk_rows, types)
+    chunks = source.chunks(columns, first, job.chunk_rows, features.csv_types)
+    stream = features.of_chunks(chunks)
     writes: deque[tuple[Future[None], int, int]] = deque()
     queued = rows
     limits = contextlib.ExitStack()
@@ -253,9 +249,9 @@ def score_dataset(model: Scorer, job: BatchJob,
         upcoming = reader.submit(next, stream, None)
         while (chunk := upcoming.result()) is not None:
             upcoming = reader.submit(next, stream, None)  # read the next chunk while scoring this
-            index, table = chunk
+            index, table, inputs = chunk
             queued += table.num_rows
-            scored = _predictions(model, job, index, table)
+            scored = _predictions(model, job, index, table, inputs)
             writes.append((writer.submit(write, index, scored, queued), index, queued))
             while writes and (writes[0][0].done() or len(writes) > 2):  # at most 2 in flight
                 finish(*writes.popleft())
@@ -270,7 +266,8 @@ def score_dataset(model: Scorer, job: BatchJob,
             f"batch scoring of {job.input_uri} failed at chunk {done} (rows from "
             f"{done * job.chunk_rows:,}): {type(exc).__name__}: {exc}\n{done} chunk(s) ({rows:,} rows) "
             f"are checkpointed in {job.output_uri}; run the same job again (same input, model "
-            f"version {job.model_version}, chunk_rows={job.chunk_rows}) to resume from chunk {done}",
+            f"version {job.model_version}, chunk_rows={job.chunk_rows}, input_kind={kind}) to resume "
+            f"from chunk {done}",
             done, done, rows) from exc
     finally:
         limits.close()
@@ -278,10 +275,11 @@ def score_dataset(model: Scorer, job: BatchJob,
         reader.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True, cancel_futures=True)
         stream.close()
+        chunks.close()
     result = BatchResult(output_uri=job.output_uri, rows=rows, chunks=done,
                          parts=[part_name(chunk) for chunk in range(done)], resumed_from_chunk=first,
                          seconds=time.perf_counter() - started, model_name=job.model_name,
-                         model_version=job.model_version)
+                         model_version=job.model_version, input_kind=kind)
     output.write_success({key: value for key, value in asdict(result).items()
                           if key not in ("seconds", "resumed_from_chunk")})
     return result
