@@ -1,6 +1,8 @@
 """One definition of features: what the service computes from a raw record is what
 materialization writes for the same source row, value and dtype, and a raw request is answered
-as the materialized features are.
+as the materialized features are. Some features (`per`, `over`, `both`) are in the subset a
+single record computes in plain Python (loopline/data/python_expressions.py), the others in
+polars: both paths are held to materialization.
 
 The property runs the real parts on both sides: the source rows are written to a parquet file
 and materialized by the feature store; the same rows travel as JSON requests through the
@@ -45,6 +47,7 @@ from loopline.training.modeling.tabular_model import SklearnPredictor, TabularMo
 #: Every dtype a spec's feature may have, as a source column: (polars dtype, inclusive range).
 COLUMNS: dict[str, tuple[pl.DataType, tuple[float, float] | None]] = {
     "f32": (pl.Float32(), (-1e6, 1e6)), "f64": (pl.Float64(), (-1e12, 1e12)),
+    "g64": (pl.Float64(), None),
     "i8": (pl.Int8(), None), "i16": (pl.Int16(), (-1000, 1000)), "i32": (pl.Int32(), None),
     "i64": (pl.Int64(), (-(10**12), 10**12)), "u8": (pl.UInt8(), None),
     "u16": (pl.UInt16(), None), "u32": (pl.UInt32(), None), "u64": (pl.UInt64(), None),
@@ -67,6 +70,9 @@ features:
   - {name: tiny, expr: "CASE WHEN flag THEN 1 ELSE 0 END", dtype: int16}
   - {name: big, expr: "u64", dtype: uint64}
   - {name: clipped, expr: "CASE WHEN i16 > 990 THEN i16 ELSE 0 END", dtype: int8}
+  - {name: per, expr: "f64 / (g64 + 1)", dtype: float64}
+  - {name: over, expr: "CASE WHEN f64 > g64 * 2 THEN 1 ELSE 0 END", dtype: int8}
+  - {name: both, expr: "f64 > 0 AND NOT flag", dtype: bool}
   - {name: positive, expr: "i64 > 0 OR flag", dtype: bool}
   - {name: oslo, expr: "city = 'Oslo'", dtype: bool}
   - {name: place, expr: "UPPER(city)", dtype: string}
@@ -118,9 +124,9 @@ def column_values(name: str) -> st.SearchStrategy[Any]:
         values = st.one_of(st.sampled_from([int(low), int(high), 0]),
                            st.integers(int(low), int(high)))
     else:
-        low, high = bounds  # type: ignore[misc]
+        low, high = bounds or (-1e300, 1e300)
         width = 32 if name == "f32" else 64
-        values = st.one_of(st.sampled_from([low, high, 0.0, -0.0]),
+        values = st.one_of(st.sampled_from([low, high, 0.0, -0.0, -1.0]),
                            st.floats(low, high, allow_nan=False, width=width))
     return values if name == "i64" else st.one_of(st.none(), values)
 
@@ -236,6 +242,7 @@ def test_the_service_computes_exactly_what_materialization_writes(
         assert refused >= 1
         return
     written = side.store.read(spec.name, manifest.version).select(names)
+    assert computer_for(side.recipe).computed_in_python == ["tiny", "per", "over", "both"]
     # Dtypes and values, row for row: the batch form and the one-record form.
     assert_frame_equal(computer_for(side.recipe).many(requests), written, check_exact=True)
     for request, materialized in zip(requests, written.iter_rows(named=True), strict=True):

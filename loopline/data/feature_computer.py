@@ -2,9 +2,11 @@
 uses (:func:`~loopline.data.features.feature_expression`: the same polars SQL, the same strict
 casts), compiled once per recipe.
 
-Three shapes of input, one code path each way: one record (a request: a one-row frame, built
-column by column with the source's dtypes, no dict-to-frame inference), many records (a batch
-request: one frame), and a frame (batch scoring, chunk by chunk). A record whose expression fails
+Three shapes of input: one record (a request: the features plain Python computes exactly
+(:mod:`loopline.data.python_expressions`) in Python, the rest on a one-row frame of the columns
+they read, built column by column with the source's dtypes; passthrough values converted in
+Python to exactly what the source's dtype holds), many records
+(a batch request: one frame), and a frame (batch scoring, chunk by chunk). A record whose expression fails
 (a strict cast that would overflow, text that is not a number) raises
 :class:`~loopline.errors.InvalidFeatureValue` naming the feature, its expression and the columns
 it reads.
@@ -13,15 +15,31 @@ it reads.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from loopline.data.feature_recipe import FeatureRecipe, RecipeFeature, columns_read
 from loopline.data.features import feature_expression, polars_dtype
+from loopline.data.python_expressions import compile_feature
 from loopline.errors import InvalidFeatureValue
 from loopline.spec.sections.data import ComputedFeature
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _float32(value: Any) -> float:
+    # What a Float32 column holds of a number: rounded to the nearest float32, as polars does.
+    return float(np.float32(value))
+
+
+#: A passthrough value as the source's dtype holds it, from what a request carries (JSON gives
+#: 5 for a float 5.0); the request schema has already checked the type and the range.
+_PYTHON_EXACT: dict[str, Callable[[Any], Any]] = {"float64": float, "float32": _float32}
 
 _CACHE: dict[FeatureRecipe, FeatureComputer] = {}
 _CACHE_LOCK = threading.Lock()
@@ -48,9 +66,25 @@ class FeatureComputer:
         self.recipe = recipe
         self.input_names = recipe.input_names
         self.feature_names = recipe.feature_names
-        self._dtypes = [polars_dtype(column.dtype) for column in recipe.inputs]
-        self._expressions = [_expression(feature) for feature in recipe.features]
-        self._passthrough = recipe.is_passthrough
+        self._dtypes = {column.name: polars_dtype(column.dtype) for column in recipe.inputs}
+        self._features = list(zip(recipe.features, map(_expression, recipe.features), strict=True))
+        self._expressions = [expression for _, expression in self._features]
+        # One record: passthrough values are converted in Python (exactly as polars would hold
+        # them); only the computed features go through polars, on the columns they read.
+        self._computed = [(f, e) for f, e in self._features if f.kind == "computed"]
+        # The computed features plain Python gives exactly (python_expressions' subset), and
+        # the rest, for which polars builds a one-row frame.
+        dtypes = recipe.input_dtypes
+        compiled = {f.name: compile_feature(f.expr, f.dtype, dtypes) for f, _ in self._computed}
+        self._in_python = [(name, node) for name, node in compiled.items() if node is not None]
+        self._in_polars = [(f, e) for f, e in self._computed if compiled[f.name] is None]
+        self._exact = {column.name: _PYTHON_EXACT.get(column.dtype, _same)
+                       for column in recipe.inputs}
+
+    @property
+    def computed_in_python(self) -> list[str]:
+        """The computed features one record gets in plain Python (the rest go through polars)."""
+        return [name for name, _ in self._in_python]
 
     def one(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """The features of one raw record (which holds at least the recipe's inputs), as plain
@@ -59,10 +93,31 @@ class FeatureComputer:
         Raises:
             InvalidFeatureValue: a feature's expression fails on the record.
         """
-        if self._passthrough:
-            return {name: record[name] for name in self.feature_names}
-        return self._select(self._frame({name: [record[name]] for name in self.input_names})
-                            ).row(0, named=True)
+        try:
+            computed = {name: node(record) for name, node in self._in_python}
+        except (ValueError, TypeError, OverflowError):
+            # A strict cast that does not fit: polars says which feature, as materialization.
+            computed = self._in_frame(record, self._computed)
+        if self._in_polars:
+            computed.update(self._in_frame(record, self._in_polars))
+        features = {}
+        for feature in self.recipe.features:
+            if feature.kind == "computed":
+                features[feature.name] = computed[feature.name]
+            else:
+                value = record[feature.expr]
+                features[feature.name] = None if value is None else self._exact[feature.expr](value)
+        return features
+
+    def _in_frame(self, record: Mapping[str, Any], features: list[tuple[RecipeFeature, pl.Expr]]
+                  ) -> dict[str, Any]:
+        """``features`` of one record, computed by polars on a one-row frame of the columns
+        they read.
+        """
+        columns = dict.fromkeys(column for feature, _ in features
+                                for column in columns_read(feature.expr))
+        frame = self._frame({name: [record[name]] for name in columns})
+        return self._select(frame, features).row(0, named=True)
 
     def many(self, records: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
         """The features of many raw records, one row each, in order.
@@ -71,7 +126,8 @@ class FeatureComputer:
             InvalidFeatureValue: a feature's expression fails on one of them.
         """
         return self._select(self._frame(
-            {name: [record[name] for record in records] for name in self.input_names}))
+            {name: [record[name] for record in records] for name in self.input_names}),
+            self._features)
 
     def frame(self, rows: pl.DataFrame) -> pl.DataFrame:
         """The features of a frame of raw rows (a batch file's chunk), one row each.
@@ -79,7 +135,7 @@ class FeatureComputer:
         Raises:
             InvalidFeatureValue: a feature's expression fails on one of the rows.
         """
-        return self._select(rows)
+        return self._select(rows, self._features)
 
     def lazy(self, rows: pl.LazyFrame, keep: Sequence[str] = ()) -> pl.LazyFrame:
         """The features of lazy raw rows, after the columns ``keep`` (an id, say)."""
@@ -90,32 +146,36 @@ class FeatureComputer:
         values that fit them: a value that does not is the caller's error, named here).
         """
         series = []
-        for name, dtype in zip(self.input_names, self._dtypes, strict=True):
+        for name, values in columns.items():
+            dtype = self._dtypes[name]
             try:
-                series.append(pl.Series(name, columns[name], dtype=dtype))
+                series.append(pl.Series(name, values, dtype=dtype))
             except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError) as exc:
                 raise InvalidFeatureValue(f"column {name}: a value does not fit its source dtype "
                                           f"{dtype}: {_first_line(exc)}") from exc
         return pl.DataFrame(series)
 
-    def _select(self, frame: pl.DataFrame) -> pl.DataFrame:
+    def _select(self, frame: pl.DataFrame, features: list[tuple[RecipeFeature, pl.Expr]]
+                ) -> pl.DataFrame:
         try:
-            return frame.select(self._expressions)
+            return frame.select([expression for _, expression in features])
         except pl.exceptions.PolarsError as exc:
-            raise self._failure(frame, exc) from exc
+            raise _failure(frame, features, exc) from exc
 
-    def _failure(self, frame: pl.DataFrame, error: Exception) -> InvalidFeatureValue:
-        """The error naming the first feature whose expression fails on ``frame``."""
-        for feature, expression in zip(self.recipe.features, self._expressions, strict=True):
-            try:
-                frame.select(expression)
-            except pl.exceptions.PolarsError as exc:
-                columns = ", ".join(columns_read(feature.expr))
-                return InvalidFeatureValue(
-                    f"feature {feature.name} (`{feature.expr}` as {feature.dtype}, reading "
-                    f"{columns}) cannot be computed from this record: {_first_line(exc)}")
-        return InvalidFeatureValue(f"the features cannot be computed from this record: "
-                                   f"{_first_line(error)}")
+
+def _failure(frame: pl.DataFrame, features: list[tuple[RecipeFeature, pl.Expr]],
+             error: Exception) -> InvalidFeatureValue:
+    """The error naming the first feature whose expression fails on ``frame``."""
+    for feature, expression in features:
+        try:
+            frame.select(expression)
+        except pl.exceptions.PolarsError as exc:
+            columns = ", ".join(columns_read(feature.expr))
+            return InvalidFeatureValue(
+                f"feature {feature.name} (`{feature.expr}` as {feature.dtype}, reading "
+                f"{columns}) cannot be computed from this record: {_first_line(exc)}")
+    return InvalidFeatureValue(f"the features cannot be computed from this record: "
+                               f"{_first_line(error)}")
 
 
 def _first_line(exc: Exception) -> str:
