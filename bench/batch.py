@@ -17,6 +17,8 @@ timed under the same limit and recorded beside the peer, so the figure shows wha
 alone is worth.
 The predictions of both sides are compared (every id once, classes equal, probabilities within
 1e-6: the model computes in float32) before anything is recorded.
+Then ``batch.raw_vs_direct_predict`` (``bench/batch_raw.py``) runs in the same folder, with the
+same chunk size and repeats: raw source records in CSV, the features computed on each side.
 
 Run as a script, this module is the child process of one side:
 ``python -m bench.batch loopline MODEL SOURCE OUT CHUNK`` or ``python -m bench.batch direct MODEL
@@ -170,7 +172,11 @@ def check_same(batch_files: list[str], direct_files: list[str], rows: int) -> No
 # --- the benchmark --------------------------------------------------------------------------------
 
 def run(quick: bool = False, command: str = "python -m bench batch") -> dict[str, dict[str, Any]]:
-    """Run the benchmark; returns ``{workload id: entry}`` (rows per second, higher is better)."""
+    """Run the benchmark, then ``batch.raw_vs_direct_predict`` (``bench/batch_raw.py``); returns
+    ``{workload id: entry}`` (rows per second, higher is better).
+    """
+    from bench import batch_raw  # it builds on this module's sides and checks
+
     rows = QUICK_ROWS if quick else FULL_ROWS
     chunk_rows = CHUNK_ROWS if not quick else 10_000
     repeats = 1 if quick else 5
@@ -214,6 +220,8 @@ def run(quick: bool = False, command: str = "python -m bench batch") -> dict[str
         if twice["rows"] != 2 * rows:
             raise AssertionError(f"scored {twice['rows']} rows of {2 * rows}")
         _log(f"{2 * rows:,} rows: {twice['seconds']:.3f} s, peak {twice['peak_mb']:,.0f} MB")
+        shutil.rmtree(work / "out-double")
+        raw = batch_raw.run(quick, command, work, chunk_rows, repeats)
     result = entry(
         loopline_runs=[rows / x for x in times["loopline"]],
         peer_runs=[rows / x for x in times["direct"]], digits=0, unit="rows/s",
@@ -234,7 +242,7 @@ def run(quick: bool = False, command: str = "python -m bench batch") -> dict[str
         pyarrow_version=version("pyarrow"), polars_version=version("polars"),
     )
     result["meets_target"] = result["advantage"] >= TARGET_SHARE
-    return {WORKLOAD: result}
+    return {WORKLOAD: result, **raw}
 
 
 if __name__ == "__main__":

@@ -9,15 +9,22 @@ serving both with routing ``ab`` (challenger_share 0.5), the prediction log on w
 flush settings, no auth, one worker.
 
 The sides, each a fresh server started on its own, checked (one request, the same answer from
-all three for the champion) and warmed up; never two at the same time:
+all three for the champion) and warmed up; never two at the same time. They are sent the same
+row of the demo source, each in the form it takes:
 
-- loopline: ``bentoml serve <Bento>``, load on ``POST /predict/ab`` (routing, the prediction log
-  and the per-variant metrics all on the path).
+- loopline: ``bentoml serve <Bento>``, load on ``POST /predict/ab`` with the raw record (the
+  source columns the features read, as a client sends them: the service computes the features
+  with the model's recipe on every request; routing, the prediction log and the per-variant
+  metrics all on the path).
 - single Bento (``bench/peers/single_bento.py``): ``bentoml serve`` of a minimal BentoML 1.4
-  service holding champion v1 only, same request schema, one worker, scoring the same way
-  (the ``TabularModel`` unwrapped from the pyfunc); no routing, logging, auth or metrics.
+  service holding champion v1 only, the same kind of strict schema over the features, one
+  worker, scoring the same way (the ``TabularModel`` unwrapped from the pyfunc); no feature
+  computation (it is sent the row's feature values), no routing, logging, auth or metrics.
 - ``mlflow models serve -m models:/NAME/1 --env-manager local`` (one uvicorn worker), load on
-  ``POST /invocations`` with the same record as ``{"dataframe_records": [record]}``.
+  ``POST /invocations`` with the row's feature values as ``{"dataframe_records": [record]}``.
+
+So loopline's figures include computing the features, which the peers are spared;
+``serving.raw_vs_features_request`` (``bench/raw_records.py``) measures that cost alone.
 
 Load comes from ``bench.loadgen`` in its own process: closed loop, the same one-record body over
 HTTP/1.1 keep-alive, at concurrency 1, 2, 4, ... 64 for 4 s each (quick: 1, 4, 16 for 0.5 s), after
@@ -47,6 +54,11 @@ Workload ids:
 ``serving.p95_ms_at_max_load``
     p95 latency (ms, lower is better) of ``/predict/ab`` at its highest error-free concurrency
     vs the single Bento's p95 at its own (goal: loopline < 100 ms).
+
+``serving.raw_vs_features_request``
+    Maximum error-free req/s of loopline's ``/predict`` with the raw record vs the same
+    service's ``/predict/features`` with the row's features (``bench/raw_records.py``; goal:
+    advantage >= 0.9).
 
 Then the swap benchmark (``bench/swaps.py``: ``serving.swap_errors_under_load``,
 ``serving.swap_p99_ms``, ``serving.promotion_to_full_traffic_s``) runs on the same registry and
@@ -103,6 +115,14 @@ SIDES = ("loopline", "single", "mlflow")
 #: The loopline side's routing: what ``/predict/ab`` follows.
 ROUTING = "{kind: ab, challenger_share: 0.5}"
 READY_SECONDS = 180.0
+#: What each side is sent (``{inputs}``, ``{features}``: how many columns of each).
+REQUEST = ("one record, JSON: loopline gets the raw record ({inputs} source columns) and computes "
+           "the features itself, as a client calls it; the peers get the same row's {features} "
+           "feature values, since they compute no features (so loopline's figure includes the "
+           "feature computation; serving.raw_vs_features_request measures that alone)")
+SWAP_REQUEST = ("one record, JSON, POST /predict: loopline the raw record ({inputs} source "
+                "columns; it computes the features), the peer the same row's {features} feature "
+                "values (it computes none)")
 
 
 def _log(message: str) -> None:
@@ -132,6 +152,7 @@ def spec_text(source: Path, c: float) -> str:
 
 def _setup_child(work: Path) -> None:
     import bentoml
+    import polars as pl
 
     from flows.pipeline import pipeline
     from loopline.data.demo import write_demo_data
@@ -154,13 +175,22 @@ def _setup_child(work: Path) -> None:
     config = BentoConfig.model_validate_json(Path(bento.path_of(f"src/{CONFIG_FILE}")).read_text())
     if config.challenger is None:
         raise RuntimeError("loopline's Bento has no challenger")
-    frame = FeatureStore(state_paths().features).read(MODEL, first.feature_set_version).head(1)
+    store = FeatureStore(state_paths().features)
+    entity = store.manifest(MODEL, first.feature_set_version).entity_id
+    frame = store.read(MODEL, first.feature_set_version).head(1)
     record = {name: frame[name][0] for name in config.feature_names}
+    # The same row as a client sends it: the source columns the features read, from the source.
+    row = pl.read_csv(source, try_parse_dates=True).filter(pl.col(entity) == frame[entity][0])
+    if row.height != 1:
+        raise RuntimeError(f"{entity} {frame[entity][0]} is in the source {row.height} times")
+    raw_record = {name: row[name][0] for name in config.input_names}
     print(json.dumps({
         "bento_tag": second.bento_tag, "champion_tag": config.champion.bentoml_model_tag,
         "challenger_tag": config.challenger.bentoml_model_tag,
         "feature_dtypes": {name: config.feature_dtypes[name] for name in config.feature_names},
-        "record": record, "routing": config.routing.model_dump(mode="json"),
+        "input_dtypes": {column.name: column.dtype for column in config.inputs},
+        "record": record, "raw_record": raw_record,
+        "routing": config.routing.model_dump(mode="json"),
         "prediction_log": config.prediction_log.model_dump(mode="json"),
         "workers": config.workers, "auth": config.auth is not None,
     }), flush=True)
@@ -242,9 +272,15 @@ PATHS = {"loopline": ("/predict/ab", "/readyz"), "single": ("/predict", "/readyz
          "mlflow": ("/invocations", "/ping")}
 
 
-def body(side: str, record: dict[str, Any]) -> dict[str, Any]:
-    """The request body of a side for one record."""
-    return {"dataframe_records": [record]} if side == "mlflow" else record
+def body(side: str, built: dict[str, Any]) -> dict[str, Any]:
+    """The request body of a side for the benchmark's row: loopline's service takes the raw
+    record (the source columns, as a client sends them: it computes the features itself); the
+    peers, which compute no features, take the same row's feature values.
+    """
+    if side == "loopline":
+        return dict(built["raw_record"])
+    record = built["record"]
+    return {"dataframe_records": [record]} if side == "mlflow" else dict(record)
 
 
 @contextlib.contextmanager
@@ -296,10 +332,12 @@ def start_ready(command: list[str], env: dict[str, str], log: Path, ready_url: s
         time.sleep(0.1)
 
 
-def champion_answer(side: str, url: str, record: dict[str, Any]) -> tuple[Any, float]:
-    """The champion's prediction and probability for ``record``, as a side answers it."""
+def champion_answer(side: str, url: str, built: dict[str, Any]) -> tuple[Any, float]:
+    """The champion's prediction and probability for the benchmark's row, as a side answers
+    it (loopline: ``/predict`` with the raw record).
+    """
     path = "/predict" if side in ("loopline", "single") else PATHS[side][0]
-    answer = httpx.post(url + path, json=body(side, record), timeout=30)
+    answer = httpx.post(url + path, json=body(side, built), timeout=30)
     if answer.status_code != 200:
         raise RuntimeError(f"{side} answered {answer.status_code}: {answer.text[:1000]}")
     data = answer.json()
@@ -451,12 +489,11 @@ def entries(runs: dict[str, list[list[dict[str, Any]]]], common: dict[str, Any],
 def measure(side: str, built: dict[str, Any], env: dict[str, str], size: dict[str, Any],
             work: Path, expected: tuple[Any, float] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One run of one side on a fresh server; returns its levels and what was checked."""
-    record = built["record"]
     with serve(side, built, env, work) as url:
-        answer = champion_answer(side, url, record)
+        answer = champion_answer(side, url, built)
         if expected is not None and (answer[0] != expected[0] or abs(answer[1] - expected[1]) > 1e-6):
             raise RuntimeError(f"{side} answers {answer} for the champion, not {expected}")
-        levels = load(url + PATHS[side][0], body(side, record), size, work)
+        levels = load(url + PATHS[side][0], body(side, built), size, work)
         extra: dict[str, Any] = {"answer": answer}
         if side == "loopline":
             health = httpx.get(url + "/health", timeout=10).json()
@@ -472,6 +509,8 @@ def measure(side: str, built: dict[str, Any], env: dict[str, str], size: dict[st
 
 def run(quick: bool = False, command: str = "python -m bench serving") -> dict[str, dict[str, Any]]:
     """Run the serving benchmarks; returns ``{workload id: entry}``."""
+    from bench import raw_records  # it builds on this module's servers and summaries
+
     size = SIZES["quick" if quick else "full"]
     with tempfile.TemporaryDirectory(prefix="loopline-bench-serving-") as tmp:
         work = Path(tmp)
@@ -495,6 +534,7 @@ def run(quick: bool = False, command: str = "python -m bench serving") -> dict[s
                     f" p95 {line['p95_ms']:.2f} ms" + (f" ({line['errors']} errors)"
                                                        if line["errors"] else "")
                     for line in levels) + (f"; max {top['throughput']:.0f}/s" if top else ""))
+        raw = raw_records.measure(built, env, size, work)
         swap_concurrency = min(highest_clean_concurrency(runs["loopline"]), SWAP_CONCURRENCY_CAP)
         ours, peers = measure_swaps(built, env, size, work, swap_concurrency)
         load_at_end = load_average()
@@ -508,7 +548,11 @@ def run(quick: bool = False, command: str = "python -m bench serving") -> dict[s
         "model": (f"scikit-learn {version('scikit-learn')} LogisticRegression behind loopline's "
                   f"preprocessing ({len(built['feature_dtypes'])} features), champion v1 and "
                   "challenger v2"),
-        "request": "one record, JSON", "loopline_endpoint": "POST /predict/ab",
+        "request": REQUEST.format(inputs=len(built["input_dtypes"]),
+                                  features=len(built["feature_dtypes"])),
+        "loopline_request": "one raw record (the source columns the features read)",
+        "peer_request": "the same row's feature values (the peer computes no features)",
+        "loopline_endpoint": "POST /predict/ab",
         "loopline_routing": built["routing"], "loopline_prediction_log": built["prediction_log"],
         "loopline_auth": built["auth"], "workers": built["workers"],
         "loopline_prediction_log_rows": [check["prediction_log_rows"] for check in loopline_checks],
@@ -526,7 +570,8 @@ def run(quick: bool = False, command: str = "python -m bench serving") -> dict[s
         "load_avg_1m_at_start": load_at_start, "swaps": size["swaps"],
         "restarts": size["restarts"], "concurrency": swap_concurrency,
         "steady_seconds": size["steady"], "follow_interval_s": 10.0,
-        "request": "one record, JSON, POST /predict",
+        "request": SWAP_REQUEST.format(inputs=len(built["input_dtypes"]),
+                                       features=len(built["feature_dtypes"])),
         "load_generator": "bench.swaps (httpx threads, keep-alive), own process, closed loop, "
                           "on the same cores",
         "how": "loopline: the champion alias alternates v2/v1 (transition_stage + nudge, as the "
@@ -534,7 +579,12 @@ def run(quick: bool = False, command: str = "python -m bench serving") -> dict[s
                "the plain single-model Bento with the other version on the same port",
         "model": common["model"], "load_avg_1m_at_end": load_at_end,
     }
+    raw_common = {key: common[key] for key in (
+        "model", "loopline_prediction_log", "loopline_auth", "workers", "concurrency_levels",
+        "seconds_per_level", "warmup_seconds", "load_generator", "setup_seconds",
+        "load_avg_1m_at_end", "loopline_version", "bentoml_version")}
     return {**entries(runs, common, command),
+            **raw_records.entries(raw, built, raw_common, command),
             **swaps.entries(ours, peers, swap_common, command)}
 
 
@@ -561,11 +611,11 @@ def measure_swaps(built: dict[str, Any], env: dict[str, str], size: dict[str, An
                 with serve("loopline", built, env, work) as served, \
                         swaps.promoter(MODEL, env) as promote:
                     ours.append(swaps.measure_loopline(
-                        served + "/predict", built["record"], concurrency, size["swaps"],
-                        size["steady"], work, promote))
+                        served + "/predict", body("loopline", built), concurrency,
+                        size["swaps"], size["steady"], work, promote))
             else:
                 peers.append(swaps.measure_restarts(start, _stop, url + "/predict",
-                                                    built["record"], concurrency,
+                                                    body("single", built), concurrency,
                                                     size["restarts"], work))
             _log(f"swaps {attempt + 1}/{size['repeats']} {side}: "
                  f"{(ours if side == 'loopline' else peers)[-1]}")

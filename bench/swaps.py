@@ -2,7 +2,9 @@
 
 Run by ``python -m bench serving`` after its throughput runs, on the same registry (champion v1,
 challenger v2) and Bento. Two sides, each under the same closed-loop load on ``POST /predict``
-(``concurrency`` client threads in their own process, one record per request, keep-alive):
+(``concurrency`` client threads in their own process, one record per request, keep-alive), sent
+the same row of the demo source, each in the form it takes: loopline's service the raw record
+(the source columns; it computes the features), the plain Bento the row's feature values:
 
 - loopline: one ``bentoml serve`` of loopline's Bento, following the registry. After a steady
   period with no change, the champion alias alternates between v2 and v1 ``swaps`` times

@@ -3,8 +3,9 @@ what an entry reports, and every benchmark run end to end at its quick size, whi
 code path and the shape of its entries; no timing is asserted.
 
 The quick runs start in the background when the tests are collected (tests/head_start.py);
-the tests here read what each recorded. ``batch`` and ``drift`` are read in
-tests/test_batch_scoring.py and tests/test_drift_vs_evidently.py.
+the tests here read what each recorded. ``batch`` (its ``batch.vs_direct_predict``; its raw
+workload is read here) and ``drift`` are read in tests/test_batch_scoring.py and
+tests/test_drift_vs_evidently.py.
 """
 
 from __future__ import annotations
@@ -151,6 +152,42 @@ def test_serving_reports_latency_at_the_highest_concurrency_without_errors() -> 
     assert single["loopline_runs"] == [400.0] * 3 and single["peer_levels"][-1]["errors"] == 0
 
 
+def test_raw_records_compares_the_two_paths_of_one_service() -> None:
+    from bench.raw_records import RAW_VS_FEATURES, entries
+
+    runs = {"loopline": [_serving_run(1.0, 64), _serving_run(1.0, None)],
+            "peer": [_serving_run(0.5, None)] * 2}
+    built = {"raw_record": {"a": 1.0, "b": 2.0}, "record": {"a_per_b": 0.5},
+             "input_dtypes": {"a": "float64", "b": "float64"}, "feature_dtypes": {"a_per_b": "float64"}}
+    measured = {"runs": runs, "orders": [["loopline", "peer"], ["peer", "loopline"]],
+                "load_avg_1m_at_start": 0.2, "answer": (1, 0.9, 1)}
+    item = entries(measured, built, {"workers": 1}, "python -m bench serving")[RAW_VS_FEATURES]
+
+    assert_well_formed(item, "python -m bench serving", repeats=2)
+    assert item["higher_is_better"] is True and item["loopline_runs"] == [400.0, 400.0]
+    # Latencies where every run of the side was clean; the added median at concurrency 1.
+    assert item["loopline_concurrency"] == 32 and item["peer_concurrency"] == 64
+    assert item["added_median_ms"] == pytest.approx(0.25)
+    assert item["loopline_body"] == {"a": 1.0, "b": 2.0} and item["peer_body"] == {"a_per_b": 0.5}
+    assert (item["loopline_endpoint"], item["peer_endpoint"]) == ("POST /predict",
+                                                                  "POST /predict/features")
+    assert item["orders"] == measured["orders"] and item["workers"] == 1
+
+
+def test_the_raw_batch_recipe_computes_every_kind_of_feature(tmp_path: Path) -> None:
+    from bench.batch_raw import make_recipe, read_raw, write_data
+    from loopline.data.feature_computer import computer_for
+
+    write_data(tmp_path / "raw.csv", 50)
+    recipe = make_recipe()
+    expressions = " ".join(feature.expr for feature in recipe.features)
+    assert all(word in expressions for word in ("CASE", "CAST", "EXTRACT", "/", "*"))
+    assert {feature.kind for feature in recipe.features} == {"computed", "passthrough"}
+    features = computer_for(recipe).frame(read_raw(tmp_path / "raw.csv"))
+    assert features.columns == recipe.feature_names and features.height == 50
+    assert features.null_count().sum_horizontal()[0] == 0
+
+
 def test_drift_fails_on_any_verdict_that_differs_from_evidently() -> None:
     from bench.drift import VerdictMismatch, check_verdicts
 
@@ -213,6 +250,21 @@ def test_features_quick_records_an_entry_and_a_table(head_start: Finished) -> No
     assert item["peer_name"] in row and f"{item['advantage']:.2f}x" in row
     assert item["commit"] in row
     assert "python -m bench features --quick" in table
+
+
+@pytest.mark.head_start("bench-batch")
+def test_batch_quick_records_raw_scoring_against_computing_in_memory(head_start: Finished) -> None:
+    # batch.vs_direct_predict, from the same run, is read in tests/test_batch_scoring.py.
+    data = quick_results(head_start)
+
+    item = data["batch.raw_vs_direct_predict"]
+    assert_well_formed(item, "python -m bench batch --quick")
+    assert item["unit"] == "rows/s" and item["higher_is_better"] is True and item["rows"] == 100_000
+    assert item["input_kind"] == "raw" and item["source_columns"] == 11 and item["features"] == 12
+    assert item["peer_name"].startswith("the recipe's polars expressions")
+    assert item["loopline_peak_mb"] > 0 and item["peer_peak_mb"] > 0
+    assert item["peer_read_seconds"][0] > 0 and item["peer_with_blas_threads_1_rows_per_s"] > 0
+    assert item["target_share"] == 0.8 and isinstance(item["meets_target"], bool)
 
 
 @pytest.mark.head_start("bench-sweep")
@@ -299,6 +351,19 @@ def test_serving_quick_records_throughput_latency_and_swaps(head_start: Finished
     assert p95["loopline"] == p95["loopline_p95_ms"]
     clean = [level["concurrency"] for level in single["loopline_levels"] if level["errors"] == 0]
     assert p95["loopline_concurrency"] == max(clean)
+
+    # /predict with the raw record vs /predict/features with the same row's features, one service.
+    raw = data["serving.raw_vs_features_request"]
+    assert_well_formed(raw, "python -m bench serving --quick")
+    assert raw["unit"].startswith("req/s") and raw["higher_is_better"] is True
+    assert raw["peer_name"].startswith("the same service's POST /predict/features")
+    assert "mean_area" in raw["loopline_body"] and "area_per_perimeter" in raw["peer_body"]
+    assert "area_per_perimeter" not in raw["loopline_body"]
+    assert raw["orders"] == [["loopline", "peer"]] and raw["answered_by"].startswith("the champion")
+    for side in ("loopline", "peer"):
+        assert [level["concurrency"] for level in raw[f"{side}_levels"]] == [1, 4, 16]
+    # The A/B entries say what each side was sent.
+    assert "raw record" in single["request"] and "feature values" in single["request"]
 
     # The swaps: promotions under load lose no request; a restart does.
     swaps = data["serving.swap_errors_under_load"]
