@@ -210,6 +210,27 @@ def test_a_version_reading_a_column_requests_do_not_carry_is_never_warmed_up(
         service.responder.warm_up(wider)
 
 
+def test_a_version_with_other_features_warms_up_on_a_raw_record_after_feature_values(
+    tmp_path: Path,
+) -> None:
+    """The latest request sent feature values (the champion's): a version trained on another
+    feature set version warms up on a raw record instead (the Bento's samples, then the latest
+    raw record answered), which it computes its own features from.
+    """
+    service = Service(tmp_path)
+    features = computer_for(CHAMPION.inputs).one(raw(4))
+    service.responder.predict(features_request_model(service.config).model_validate(features),
+                              raw=False)
+    other = trained(recipe(extra=[RecipeFeature(name="a2", kind="computed", expr="a * 2",
+                                                dtype="float64")]))
+    service.responder.warm_up(other)
+    service.responder.warmup_records.clear()
+    with pytest.raises(InvalidFeatureValue, match=r"needs the features \['a2'\]"):
+        service.responder.warm_up(other)  # only feature values to warm up with: not its own
+    service.responder.predict(service.raw_request(**raw(5)))
+    service.responder.warm_up(other)
+
+
 def test_the_raw_schema_is_the_columns_the_features_read_typed_bounded_and_strict(
     tmp_path: Path,
 ) -> None:

@@ -94,8 +94,9 @@ class Responder:
         self.canary = CanaryWatch()
         self._quality: tuple[int, QualityWindow] | None = None
         self._quality_lock = threading.Lock()
-        #: The latest record this worker answered: a new version's warm-up prediction uses it.
-        self.latest: RecordInputs | None = None
+        #: The latest records this worker answered, raw and feature values: a new version's
+        #: warm-up prediction uses them (raw first: a new version may read other features).
+        self.latest: dict[bool, RecordInputs] = {}
         #: Raw records a new version answers before it is swapped in, until one is answered.
         self.warmup_records = list(warmup_records)
 
@@ -124,14 +125,16 @@ class Responder:
         return dict(self.served().versions)
 
     def warm_up(self, model: TabularModel) -> None:
-        """Make ``model`` answer a real record (the latest one answered, else the Bento's
-        sample records); raises when it cannot, or when this service's raw requests lack a
-        column its features read.
+        """Make ``model`` answer a real record (the latest raw record answered, else the Bento's
+        sample records, else the latest feature values answered); raises when it cannot, or
+        when this service's raw requests lack a column its features read.
         """
         problem = unservable_inputs(model, self.config.inputs)
         if problem is not None:
             raise ValueError(problem)
-        latest = self.latest
+        latest = self.latest.get(True)
+        if latest is None and not self.warmup_records:
+            latest = self.latest.get(False)
         batch = (BatchInputs([latest.values], latest.raw, self.config.input_names)
                  if latest is not None
                  else BatchInputs(self.warmup_records, True, self.config.input_names))
@@ -258,7 +261,7 @@ class Responder:
             answer = self._call(served, "champion", sent, request_id, endpoint)
         if answer.error is not None:
             raise ModelCallFailed(f"the model failed: {answer.error}")
-        self.latest = sent
+        self.latest[sent.raw] = sent
         if assignment.shadow and served.has_challenger:
             self._shadow(served, sent, request_id, endpoint, answer)
         return prediction_response(self.config.model_name, request_id, answer, datetime.now(UTC))
