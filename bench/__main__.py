@@ -26,6 +26,7 @@ BENCHMARKS = {
     "loop": "bench.loop",
     "orchestration": "bench.orchestration",
     "serving": "bench.serving",
+    "serving-raw": "bench.raw_records",
     "sweep": "bench.sweep",
     "sweep-storage": "bench.sweep_storage",
     "training": "bench.training",

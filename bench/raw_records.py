@@ -48,6 +48,8 @@ RAW_VS_FEATURES = "serving.raw_vs_features_request"
 PATHS = {"loopline": "/predict", "peer": "/predict/features"}
 SIDES = tuple(PATHS)
 PEER_NAME = "the same service's POST /predict/features with the row's feature values"
+#: Load on each path of a fresh server before either is measured (unrecorded).
+SERVER_WARMUP = {"levels": [1, 8], "duration": 2.0, "warmup": 0.5}
 
 
 def _log(message: str) -> None:
@@ -78,7 +80,10 @@ def measure(built: dict[str, Any], env: dict[str, str], size: dict[str, Any], wo
     orders: list[list[str]] = []
     load_at_start = load_average()
     answers: dict[str, tuple[Any, float, int]] = {}
-    for attempt in range(size["repeats"]):
+    # An even number of repeats: each path goes first as often as the other (the first path
+    # loaded on a fresh server measured lower, whichever it was).
+    repeats = size["repeats"] + size["repeats"] % 2
+    for attempt in range(repeats):
         order = list(SIDES) if attempt % 2 == 0 else list(reversed(SIDES))
         with serve("loopline", built, env, work) as url:
             answers = {side: answer(url + PATHS[side], payloads[side]) for side in SIDES}
@@ -86,11 +91,13 @@ def measure(built: dict[str, Any], env: dict[str, str], size: dict[str, Any], wo
             if ours[0] != theirs[0] or ours[2] != theirs[2] or abs(ours[1] - theirs[1]) > 1e-6:
                 raise RuntimeError(f"/predict answers {ours} for the raw record, /predict/features "
                                    f"{theirs} for its features")
+            for side in order:  # the fresh server warmed on both paths first, unrecorded
+                load(url + PATHS[side], payloads[side], SERVER_WARMUP, work)
             for side in order:
                 levels = load(url + PATHS[side], payloads[side], size, work)
                 runs[side].append(levels)
                 top = maximum(levels) if any(line["errors"] == 0 for line in levels) else None
-                _log(f"run {attempt + 1}/{size['repeats']} {PATHS[side]}: " + ", ".join(
+                _log(f"run {attempt + 1}/{repeats} {PATHS[side]}: " + ", ".join(
                     f"c{line['concurrency']} {line['throughput']:.0f}/s p50 {line['p50_ms']:.2f} ms"
                     + (f" ({line['errors']} errors)" if line["errors"] else "")
                     for line in levels) + (f"; max {top['throughput']:.0f}/s" if top else ""))
@@ -125,8 +132,38 @@ def entries(measured: dict[str, Any], built: dict[str, Any], common: dict[str, A
         loopline_body=built["raw_record"], peer_body=built["record"],
         answered_by=f"the champion, v{measured['answer'][2]}, on both paths (same answer checked)",
         server=("one `bentoml serve` of loopline's Bento per repeat (routing ab 0.5, which "
-                "/predict and /predict/features do not use), both paths loaded on it one after "
-                "the other, which goes first alternating per repeat"),
+                "/predict and /predict/features do not use), warmed on both paths (unrecorded: "
+                f"{SERVER_WARMUP}), then both paths loaded on it one after the other, which goes "
+                "first alternating per repeat (an even number of repeats)"),
         orders=measured["orders"],
         goal="advantage >= 0.9 (computing the features costs at most 10% of the throughput)",
         polars_version=version("polars"), **common)}
+
+
+def run(quick: bool = False, command: str = "python -m bench serving-raw"
+        ) -> dict[str, dict[str, Any]]:
+    """This workload alone (``python -m bench serving`` runs it with the others)."""
+    import tempfile
+    from importlib.metadata import version as installed
+
+    from bench.serving import SIZES, environment, set_up
+
+    size = SIZES["quick" if quick else "full"]
+    with tempfile.TemporaryDirectory(prefix="loopline-bench-raw-") as tmp:
+        work = Path(tmp)
+        env = environment(work)
+        _log("set-up: two pipeline runs (champion v1, challenger v2) and loopline's Bento")
+        built = set_up(work, env)
+        measured = measure(built, env, size, work)
+        common = {
+            "model": f"scikit-learn {installed('scikit-learn')} LogisticRegression behind "
+                     f"loopline's preprocessing ({len(built['feature_dtypes'])} features)",
+            "loopline_prediction_log": built["prediction_log"], "loopline_auth": built["auth"],
+            "workers": built["workers"], "concurrency_levels": size["levels"],
+            "seconds_per_level": size["duration"], "warmup_seconds": size["warmup"],
+            "load_generator": "bench.loadgen (raw asyncio HTTP/1.1 keep-alive, uvloop), own "
+                              "process, closed loop, on the same cores",
+            "setup_seconds": built["setup_seconds"], "load_avg_1m_at_end": load_average(),
+            "loopline_version": installed("loopline"), "bentoml_version": installed("bentoml"),
+        }
+    return entries(measured, built, common, command)

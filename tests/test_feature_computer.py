@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -221,8 +222,11 @@ def test_the_service_computes_exactly_what_materialization_writes(
 ) -> None:
     source = tmp_path / "rows.parquet"
     source_frame(rows).write_parquet(source)
-    spec = side.spec.model_copy(update={"data": side.spec.data.model_copy(
-        update={"source": str(source)})})
+    # A feature set of its own per example: looking for a twin fingerprint reads every version
+    # of the set, which would grow with the examples (the features stay registered once).
+    spec = side.spec.model_copy(update={"name": f"rows-{uuid.uuid4().hex[:12]}",
+                                        "data": side.spec.data.model_copy(
+                                            update={"source": str(source)})})
     names = side.recipe.feature_names
     requests = [side.request_model.model_validate(as_json(row, side.recipe.input_names))
                 .model_dump() for row in rows]
