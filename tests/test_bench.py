@@ -354,12 +354,14 @@ def test_serving_quick_records_throughput_latency_and_swaps(head_start: Finished
 
     # /predict with the raw record vs /predict/features with the same row's features, one service.
     raw = data["serving.raw_vs_features_request"]
-    assert_well_formed(raw, "python -m bench serving --quick")
+    # An even number of repeats (each path first once): two in the quick run.
+    assert_well_formed(raw, "python -m bench serving --quick", repeats=2)
     assert raw["unit"].startswith("req/s") and raw["higher_is_better"] is True
     assert raw["peer_name"].startswith("the same service's POST /predict/features")
     assert "mean_area" in raw["loopline_body"] and "area_per_perimeter" in raw["peer_body"]
     assert "area_per_perimeter" not in raw["loopline_body"]
-    assert raw["orders"] == [["loopline", "peer"]] and raw["answered_by"].startswith("the champion")
+    assert raw["orders"] == [["loopline", "peer"], ["peer", "loopline"]]
+    assert raw["answered_by"].startswith("the champion")
     for side in ("loopline", "peer"):
         assert [level["concurrency"] for level in raw[f"{side}_levels"]] == [1, 4, 16]
     # The A/B entries say what each side was sent.
