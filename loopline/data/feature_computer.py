@@ -78,6 +78,9 @@ class FeatureComputer:
         compiled = {f.name: compile_feature(f.expr, f.dtype, dtypes) for f, _ in self._computed}
         self._in_python = [(name, node) for name, node in compiled.items() if node is not None]
         self._in_polars = [(f, e) for f, e in self._computed if compiled[f.name] is None]
+        # The columns each group reads, parsed once here rather than on every request.
+        self._computed_reads = _reads(self._computed)
+        self._in_polars_reads = _reads(self._in_polars)
         self._exact = {column.name: _PYTHON_EXACT.get(column.dtype, _same)
                        for column in recipe.inputs}
 
@@ -97,9 +100,9 @@ class FeatureComputer:
             computed = {name: node(record) for name, node in self._in_python}
         except (ValueError, TypeError, OverflowError):
             # A strict cast that does not fit: polars says which feature, as materialization.
-            computed = self._in_frame(record, self._computed)
+            computed = self._in_frame(record, self._computed, self._computed_reads)
         if self._in_polars:
-            computed.update(self._in_frame(record, self._in_polars))
+            computed.update(self._in_frame(record, self._in_polars, self._in_polars_reads))
         features = {}
         for feature in self.recipe.features:
             if feature.kind == "computed":
@@ -109,13 +112,11 @@ class FeatureComputer:
                 features[feature.name] = None if value is None else self._exact[feature.expr](value)
         return features
 
-    def _in_frame(self, record: Mapping[str, Any], features: list[tuple[RecipeFeature, pl.Expr]]
-                  ) -> dict[str, Any]:
-        """``features`` of one record, computed by polars on a one-row frame of the columns
-        they read.
+    def _in_frame(self, record: Mapping[str, Any], features: list[tuple[RecipeFeature, pl.Expr]],
+                  columns: list[str]) -> dict[str, Any]:
+        """``features`` of one record, computed by polars on a one-row frame of ``columns``
+        (the columns they read).
         """
-        columns = dict.fromkeys(column for feature, _ in features
-                                for column in columns_read(feature.expr))
         frame = self._frame({name: [record[name]] for name in columns})
         return self._select(frame, features).row(0, named=True)
 
@@ -176,6 +177,12 @@ def _failure(frame: pl.DataFrame, features: list[tuple[RecipeFeature, pl.Expr]],
                 f"{columns}) cannot be computed from this record: {_first_line(exc)}")
     return InvalidFeatureValue(f"the features cannot be computed from this record: "
                                f"{_first_line(error)}")
+
+
+def _reads(features: list[tuple[RecipeFeature, pl.Expr]]) -> list[str]:
+    """The columns ``features`` read, in order of first read."""
+    return list(dict.fromkeys(column for feature, _ in features
+                              for column in columns_read(feature.expr)))
 
 
 def _first_line(exc: Exception) -> str:
