@@ -142,9 +142,10 @@ def _child(argv: list[str]) -> None:
     print(json.dumps({**measured, "peak_mb": _peak_mb()}))
 
 
-def _run_side(side: str, *args: str) -> dict[str, Any]:
+def _run_side(side: str, *args: str, module: str = "bench.batch") -> dict[str, Any]:
+    """One side's run in a fresh process (``python -m <module> <side> ...``): its last JSON line."""
     os.sync()  # neither side pays for the other's (or the source's) pending writes
-    done = subprocess.run([sys.executable, "-m", "bench.batch", side, *args], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", module, side, *args], cwd=REPO,
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"the {side} side failed (exit {done.returncode}):\n{done.stderr[-4000:]}")

@@ -33,18 +33,17 @@ MODEL SOURCE OUT [BLAS_THREADS]``; it prints one JSON line with its seconds and 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench.batch import ID, REPO, TARGET, TRAIN_ROWS, _peak_mb, check_same
+from bench.batch import ID, TARGET, TRAIN_ROWS, _peak_mb, check_same
+from bench.batch import _run_side as batch_run_side
 from bench.features import write_source
 from bench.results import entry, load_average
 
@@ -201,13 +200,7 @@ def _child(argv: list[str]) -> None:
 
 
 def _run_side(side: str, *args: str) -> dict[str, Any]:
-    os.sync()  # neither side pays for the other's (or the source's) pending writes
-    done = subprocess.run([sys.executable, "-m", "bench.batch_raw", side, *args], cwd=REPO,
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"the {side} side failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return batch_run_side(side, *args, module="bench.batch_raw")
 
 
 # --- the benchmark --------------------------------------------------------------------------------
