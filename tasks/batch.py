@@ -4,7 +4,6 @@ and its outcome published as Prefect artifacts.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import cast
 from uuid import UUID
@@ -26,6 +25,7 @@ from loopline.batch.scoring import (
     score_dataset,
 )
 from loopline.errors import BatchCheckpointMismatch, BatchChunkFailed, ModelNotFound
+from loopline.naming import artifact_key
 from loopline.release.records import ModelVersionInfo
 from loopline.release.registry import ModelRegistry
 from loopline.storage import S3Credentials
@@ -37,11 +37,6 @@ _KIND_WORDS = {"features": "the model's feature columns",
 #: The progress artifact is updated after a chunk at most this often: each update is an API call,
 #: and small chunks would otherwise spend more time reporting than scoring.
 PROGRESS_INTERVAL_S = 1.0
-
-
-def artifact_key(model_name: str, what: str) -> str:
-    """An artifact key for the model (keys allow only lowercase letters, digits and dashes)."""
-    return re.sub(r"[^a-z0-9-]+", "-", f"{model_name}-{what}".lower()).strip("-")
 
 
 def storage_credentials(storage_block: str | None) -> S3Credentials | None:

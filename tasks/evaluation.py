@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from loopline.data.feature_store import FeatureSetManifest
+from loopline.naming import artifact_key
 from loopline.release.gates import GateDecision, evaluate_gates
 from loopline.release.records import ModelVersionInfo
 from loopline.release.registry import ModelRegistry
@@ -59,7 +60,7 @@ def evaluate_candidate(spec: Spec, manifest: FeatureSetManifest, best: Candidate
     tracker.log_metrics(best.run_id, {f"test_{k}": v for k, v in test_metrics.items()})
     tracker.client.set_tag(best.run_id, "loopline.gate", "passed" if decision.passed else "failed")
     tracker.log_text(best.run_id, decision.model_dump_json(indent=2), "gate_decision.json")
-    create_markdown_artifact(key=f"{spec.name}-gate-decision",
+    create_markdown_artifact(key=artifact_key(spec.name, "gate-decision"),
                              markdown=decision.render_markdown(spec.name),
                              description=f"Gate decision for {best.candidate.name}")
     logger.info("gates %s for %s (test %s)", "passed" if decision.passed else "FAILED",

@@ -16,6 +16,7 @@ from loopline.data.validation import ValidationReport
 from loopline.errors import DataValidationFailed
 from loopline.monitoring.alerting.alert import Alert
 from loopline.monitoring.alerting.delivery import deliver
+from loopline.naming import artifact_key
 from loopline.settings import current_settings
 from loopline.spec.model import Spec
 from loopline.state import state_paths
@@ -71,7 +72,7 @@ def validate_source_data(spec: Spec, storage_block: str | None = None) -> Valida
     assert spec.data.validation is not None
     quarantine = (store.quarantine(spec, report)
                   if spec.data.validation.on_failure == "quarantine" else None)
-    create_markdown_artifact(key=f"{spec.name}-data-validation",
+    create_markdown_artifact(key=artifact_key(spec.name, "data-validation"),
                              markdown=report.render_markdown(quarantine),
                              description=f"Data checks on {spec.data.source}")
     alert = Alert(kind="data_validation_failed", severity="high", model=spec.name,
@@ -111,7 +112,7 @@ def materialize_features(spec: Spec, validation: ValidationReport | None = None,
     logger.info("feature set %s v%d: %d rows, fingerprint %s", manifest.feature_set,
                 manifest.version, manifest.row_count, manifest.fingerprint[:12])
     create_table_artifact(
-        key=f"{spec.name}-features",
+        key=artifact_key(spec.name, "features"),
         table=[{"feature": f.name, "version": f.version, "kind": f.kind, "dtype": f.dtype,
                 "expression": f.expr, "rows": manifest.row_count,
                 "null_share": round(f.null_share, 4)} for f in manifest.features],

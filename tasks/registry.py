@@ -7,6 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from loopline.data.feature_store import FeatureSetManifest
+from loopline.naming import artifact_key, registered_model_name
 from loopline.release.lineage import Lineage, code_version, training_settings_hash
 from loopline.release.model_card import ModelCard
 from loopline.release.records import ModelVersionInfo
@@ -66,11 +67,12 @@ def register_candidate(spec: Spec, manifest: FeatureSetManifest, best: Candidate
     )
     card = model_card_for(spec, manifest, evaluation.test_metrics)
     registry = ModelRegistry()
-    version = registry.register_model(spec.name, model_uri, card, lineage, run_id=best.run_id)
+    version = registry.register_model(registered_model_name(spec.name), model_uri, card, lineage,
+                                      run_id=best.run_id)
     version = registry.transition_stage(spec.name, version.version, "STAGING", actor=flow_actor(),
                                         reason="passed its gates")
     nudge_services(spec.name, state_paths().serving)  # the live services start routing to it
-    create_markdown_artifact(key=f"{spec.name}-model-card",
+    create_markdown_artifact(key=artifact_key(spec.name, "model-card"),
                              markdown=card.render_markdown(spec.name, version.version),
                              description=f"Model card of {spec.name} v{version.version}")
     logger.info("registered %s v%d (%s, aliases %s)", spec.name, version.version, version.stage,
@@ -112,6 +114,6 @@ def publish_promotion(spec: Spec, promoted: ModelVersionInfo, bento_tag: str, re
              f"(serve it with `bentoml serve {bento_tag}`)",
              f"- MLflow run: `{promoted.run_id}`", "", "| test metric | value |", "|---|---|"]
     lines += [f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items())]
-    create_markdown_artifact(key=f"{spec.name}-promotion", markdown="\n".join(lines) + "\n",
+    create_markdown_artifact(key=artifact_key(spec.name, "promotion"), markdown="\n".join(lines) + "\n",
                              description=f"{spec.name} v{promoted.version} promoted")
 

@@ -10,6 +10,7 @@ import polars as pl
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
+from loopline.naming import artifact_key, model_folder
 from loopline.release.records import CHALLENGER
 from loopline.release.registry import ModelRegistry
 from loopline.serving.ab.analysis import analyze
@@ -29,7 +30,8 @@ def prediction_log_uri(spec: Spec) -> str:
     if spec.serving.prediction_log.uri:
         return spec.serving.prediction_log.uri
     root = current_settings().prediction_log_root
-    return f"{root}/{spec.name}" if root else str(state_paths().predictions / spec.name)
+    folder = model_folder(spec.name)
+    return f"{root}/{folder}" if root else str(state_paths().predictions / folder)
 
 
 def prediction_log(spec: Spec) -> Storage:
@@ -66,7 +68,8 @@ def analyze_ab_test(spec: Spec, traffic: pl.DataFrame, alpha: float, min_samples
     """Compare the variants and publish the report as a markdown artifact."""
     report = analyze(traffic, spec.training.task, alpha=alpha, min_samples=min_samples)
     title = f"A/B test: {spec.name} ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)"
-    create_markdown_artifact(key=f"{spec.name}-ab-report", markdown=render_markdown(report, title),
+    create_markdown_artifact(key=artifact_key(spec.name, "ab-report"),
+                             markdown=render_markdown(report, title),
                              description=f"{report.recommendation}: {report.reason}")
     get_run_logger().info("A/B recommendation %s: %s", report.recommendation, report.reason)
     return report

@@ -8,6 +8,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
 from loopline.data.feature_store import FeatureSetManifest
+from loopline.naming import artifact_key, experiment_name
 from loopline.spec.model import Spec
 from loopline.spec.sections.algorithms import LightningMLP
 from loopline.state import state_paths
@@ -30,7 +31,7 @@ def tracker_for(spec: Spec) -> ExperimentTracker:
     """The tracker of the spec's experiment (named like the model), in the tracking store the
     flow's ``configure-tracking`` step chose.
     """
-    return experiment_tracker(spec.name, state_paths())
+    return experiment_tracker(experiment_name(spec.name), state_paths())
 
 
 @loopline_task(name="start-training-run")
@@ -76,7 +77,7 @@ def publish_candidates(spec: Spec, runs: list[CandidateRun], best: CandidateRun)
     metrics = sorted({name for run in runs for name in run.candidate.validation_metrics})
     ordered = [best, *[run for run in runs if run is not best]]
     create_table_artifact(
-        key=f"{spec.name}-candidates",
+        key=artifact_key(spec.name, "candidates"),
         table=[{"candidate": run.candidate.name, "algorithm": run.candidate.kind,
                 "best": run is best, "seconds": round(run.candidate.train_seconds, 2),
                 **{f"val_{name}": round(run.candidate.validation_metrics[name], 4)

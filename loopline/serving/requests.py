@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from loopline.data.feature_recipe import RecipeInput
+from loopline.naming import REQUEST_ID
 from loopline.serving.bento_config import BentoConfig
 
 #: Integer dtypes' bounds, enforced on requests (a value the model's dtype cannot hold).
@@ -67,14 +68,39 @@ def field_type(dtype: str, bounds: tuple[float | None, float | None] = (None, No
     return Annotated[float, _FINITE, Field(ge=low, le=high)]
 
 
-def _envelope(config: BentoConfig, fields: dict[str, Any], name: str) -> type[BaseModel]:
-    """A strict model of ``fields`` plus an optional ``request_id`` and, when the spec names
-    one, an optional entity id (for sticky routing).
+def _strict_model(name: str, columns: dict[str, tuple[Any, Any]]) -> type[BaseModel]:
+    """A strict model of ``request_id`` and ``columns``, whose JSON keys are the columns' names
+    whatever they are.
+
+    Each column is a field named ``column_<i>`` with the column as its alias (read and written
+    by the alias only; schemas and errors show the alias): a column is a name in the user's data,
+    and as a field name of its own it could break the model (``model_config``, ``Config``),
+    vanish (``_id`` would be a private attribute), or hide a method of pydantic's
+    (``json``, ``schema``) or of BentoML's IO models (``media_type``, ``mime_type``).
     """
-    fields["request_id"] = (Annotated[str, Field(min_length=1, max_length=200)] | None, None)
-    if config.entity_id and config.entity_id not in fields:
-        fields[config.entity_id] = (int | Annotated[str, Field(max_length=200)] | None, None)
-    return create_model(name, __config__=ConfigDict(strict=True, extra="forbid"), **fields)
+    fields: dict[str, Any] = {f"column_{index}": (kind, Field(default, alias=column))
+                              for index, (column, (kind, default)) in enumerate(columns.items())}
+    fields[REQUEST_ID] = (Annotated[str, Field(min_length=1, max_length=200)] | None, None)
+    return create_model(name, __config__=ConfigDict(strict=True, extra="forbid",
+                                                    serialize_by_alias=True), **fields)
+
+
+def _envelope(config: BentoConfig, columns: dict[str, tuple[Any, Any]], name: str
+              ) -> type[BaseModel]:
+    """A strict model of ``columns`` plus an optional ``request_id`` and, when the spec names
+    one, an optional entity id (for sticky routing).
+
+    Raises:
+        ValueError: a column is called ``request_id`` (the spec refuses such a feature; a
+            source column of that name read by a computed feature is only found here).
+    """
+    if REQUEST_ID in columns:
+        raise ValueError(f"a served column may not be called {REQUEST_ID!r}: it is the request's "
+                         "own id; rename the column (or the feature) in the source")
+    if config.entity_id and config.entity_id not in columns and config.entity_id != REQUEST_ID:
+        columns = {**columns,
+                   config.entity_id: (int | Annotated[str, Field(max_length=200)] | None, None)}
+    return _strict_model(name, columns)
 
 
 def _input_field(column: RecipeInput) -> tuple[Any, Any]:
@@ -93,12 +119,12 @@ def raw_request_model(config: BentoConfig) -> type[BaseModel]:
 
 def features_request_model(config: BentoConfig) -> type[BaseModel]:
     """One record of feature values: every feature required, non-null."""
-    fields: dict[str, Any] = {
+    columns: dict[str, tuple[Any, Any]] = {
         name: (field_type(config.feature_dtypes[name], config.feature_ranges.get(name, (None, None))),
                ...)
         for name in config.feature_names
     }
-    return _envelope(config, fields, "PredictFeaturesRequest")
+    return _envelope(config, columns, "PredictFeaturesRequest")
 
 
 def batch_request_model(config: BentoConfig, record: type[BaseModel]) -> type[BaseModel]:

@@ -157,7 +157,8 @@ def _bound_fix(kind: str, ctx: dict[str, Any]) -> str:
 
 def _pattern_fix(pattern: str) -> str:
     if pattern.startswith("^[a-z]"):
-        return "use lowercase letters, digits, `_` and `-`, starting with a letter (at most 63)"
+        return ("use lowercase letters, digits, `_` and `-`, starting with a letter and ending "
+                "with a letter or digit (at most 63), e.g. `image_segment_2`")
     if pattern.startswith("^[A-Za-z_]"):
         return "use a column name of letters, digits and `_` that does not start with a digit"
     return f"write a value that matches {pattern}"

@@ -19,6 +19,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 import loopline
+from loopline.naming import model_folder
 from loopline.state import StatePaths
 from loopline.training.experiments import ExperimentTracker
 from loopline.training.modeling.candidates import TrainedCandidate
@@ -47,7 +48,7 @@ def experiment_tracker(name: str, paths: StatePaths) -> ExperimentTracker:
     """
     location = None
     if mlflow.get_tracking_uri().startswith("sqlite:"):
-        location = (paths.mlflow_artifacts / name).as_uri()
+        location = (paths.mlflow_artifacts / model_folder(name)).as_uri()
     return ExperimentTracker(name, artifact_location=location)
 
 

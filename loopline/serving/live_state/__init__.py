@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from loopline.naming import model_folder
 from loopline.serving.live_state.contract import (
     VARIANTS,
     CanaryStatus,
@@ -86,4 +87,5 @@ def live_state_location(model_name: str, default_folder: Path) -> str:
         InvalidSettings: ``LOOPLINE_SERVING_STATE`` is not a PostgreSQL URL.
     """
     shared = current_settings().serving_state
-    return shared if shared is not None else str(Path(default_folder) / model_name / SQLITE_FILE)
+    return (shared if shared is not None
+            else str(Path(default_folder) / model_folder(model_name) / SQLITE_FILE))
