@@ -79,6 +79,14 @@ class FeatureVersionNotFound(LooplineError):
     http_status = 404
 
 
+class PointInTimeJoinUnavailable(LooplineError, ValueError):
+    """A point-in-time join was asked of a feature set that lacks what it matches rows by: an
+    entity id (``data.entity_id``) or an event time (``data.event_time``).
+    """
+
+    http_status = 422
+
+
 class DuplicateFeature(LooplineError):
     """``create_feature`` on a name that is already registered (use ``update_feature``)."""
 

@@ -19,6 +19,7 @@ from prefect.logging import get_run_logger
 import loopline
 from loopline.data.sources import scan_source
 from loopline.errors import ModelNotFound, PackagingError
+from loopline.naming import bento_name
 from loopline.release.records import CHALLENGER, ModelVersionInfo
 from loopline.release.registry import ModelRegistry
 from loopline.serving.bento_config import CONFIG_FILE, BentoConfig, ServedVersion
@@ -94,7 +95,7 @@ def build_options() -> tuple[dict[str, Any], dict[str, Any]]:
 def _import(spec: Spec, version: ModelVersionInfo, model: TabularModel) -> ServedVersion:
     """Copy a registry version into BentoML's store (the served Bento then needs no MLflow)."""
     labels = {"loopline-model": spec.name, "loopline-version": str(version.version)}
-    imported = bentoml.mlflow.import_model(spec.name, version.uri, labels=labels,
+    imported = bentoml.mlflow.import_model(bento_name(spec.name), version.uri, labels=labels,
                                            metadata={"mlflow_uri": version.uri})
     return ServedVersion(version=version.version, bentoml_model_tag=str(imported.tag),
                          feature_set_version=model.inputs.feature_set_version)
@@ -111,8 +112,11 @@ def feature_ranges(spec: Spec, feature_names: list[str]) -> dict[str, tuple[floa
     validation = spec.data.validation
     if validation is None:
         return {}
-    return {name: (float(low), float(high)) for name, (low, high) in validation.ranges.items()
-            if name in feature_names}
+    # A renamed column's range (keyed by the source's name) bounds the feature it becomes.
+    ranges = {name: validation.ranges.get(spec.passthrough_features.get(name, name))
+              for name in feature_names}
+    return {name: (float(bounds[0]), float(bounds[1])) for name, bounds in ranges.items()
+            if bounds is not None}
 
 
 def warmup_records(spec: Spec, champion: ModelVersionInfo, model: TabularModel, rows: int = 4
@@ -203,7 +207,7 @@ def build_bento(spec: Spec) -> str:
             # would be reused with its stale configuration.
             sys.modules.pop(SERVICE_FILE.stem, None)
             bento = bentoml.bentos.build(
-                service=f"{SERVICE_FILE.stem}:TabularService", name=spec.name, labels=labels,
+                service=f"{SERVICE_FILE.stem}:TabularService", name=bento_name(spec.name), labels=labels,
                 description=f"{spec.description} ({versions})",
                 include=[SERVICE_FILE.name, CONFIG_FILE, "loopline/**/*.py"],
                 python={"lock_packages": False, **python_options,

@@ -104,6 +104,8 @@ def test_valid_specs_cover_the_language() -> None:
     assert {s.monitoring.drift.on for s in specs} == {"features", "inputs"}
     assert any(s.retraining.schedule is not None for s in specs)
     assert any(s.data.validation is not None for s in specs)
+    assert any(s.data.entity_id is None for s in specs)
+    assert any(name != column for s in specs for name, column in s.passthrough_features.items())
     assert any(s.training.queue.retries > 0 and s.training.queue.timeout is not None
                and s.training.queue.priority != "normal" for s in specs)
 
@@ -238,6 +240,8 @@ def test_problem_paths_never_name_a_union_variant(file: Path) -> None:
         ("unknown_algorithm", "training.algorithms[1].kind", 14),
         ("duplicate_feature", "features[2].name", 13),
         ("feature_is_target", "features[0].passthrough[1]", 9),
+        ("passthrough_odd_name", "features[0].passthrough[1]", 8),
+        ("sticky_by_without_entity_id", "serving.routing.sticky_by", 16),
         ("unknown_nested_key", "training.algorithms[0].params.n_estimator", 15),
         ("several_problems", "gates.model_card.intended_use", 27),
         ("several_problems", "serving.port", 30),

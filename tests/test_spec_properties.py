@@ -181,7 +181,9 @@ def algorithms(draw: st.DrawFn, kind: str, name: str | None) -> dict[str, Any]:
 
 
 def _schedules() -> st.SearchStrategy[dict[str, Any]]:
-    base = st.one_of(crons.map(lambda c: {"cron": c}), durations.map(lambda d: {"interval": d}))
+    # A schedule's interval is a second at least (faster than Prefect schedules runs).
+    intervals = durations.filter(lambda d: not d.endswith("ms") or int(d[:-2]) >= 1000)
+    base = st.one_of(crons.map(lambda c: {"cron": c}), intervals.map(lambda d: {"interval": d}))
     return st.builds(lambda s, tz: {**s, **({"timezone": tz} if tz else {})}, base,
                      st.sampled_from([None, "UTC", "Europe/Paris"]))
 
@@ -269,8 +271,10 @@ def spec_dicts(draw: st.DrawFn) -> dict[str, Any]:
         "source": draw(st.sampled_from(["data/x.csv", "s3://bucket/x.parquet", "x.csv.gz",
                                         "/abs/path/rows.pq", "s3://bucket/export"])),
         "target": target,
-        "entity_id": entity_id,
     }
+    use_entity_id = draw(st.booleans())  # optional: rows are then identified by position
+    if use_entity_id:
+        data["entity_id"] = entity_id
     if data["source"].endswith("export") or draw(st.booleans()):
         data["format"] = draw(st.sampled_from(["csv", "parquet"]))
     if use_event_time:
@@ -293,7 +297,11 @@ def spec_dicts(draw: st.DrawFn) -> dict[str, Any]:
     while remaining:
         if draw(st.booleans()):
             take = draw(st.integers(1, len(remaining)))
-            entries.append({"passthrough": remaining[:take]})
+            # A source column of any name, renamed to the feature's (never the target: a leak).
+            renames = st.text(min_size=1, max_size=12).filter(lambda column: column != target)
+            entries.append({"passthrough": [
+                {"column": draw(renames), "as": name} if draw(st.booleans()) else name
+                for name in remaining[:take]]})
             remaining = remaining[take:]
         else:
             feature: dict[str, Any] = {
@@ -362,9 +370,10 @@ def spec_dicts(draw: st.DrawFn) -> dict[str, Any]:
     })))
     spec["gates"] = gates
 
-    feature_names = [n for e in entries for n in (e["passthrough"] if "passthrough" in e else [e["name"]])]
+    feature_names = [n if isinstance(n, str) else n["as"] for e in entries
+                     for n in (e["passthrough"] if "passthrough" in e else [e["name"]])]
     serving: dict[str, Any] = {}
-    routing = draw(routings([entity_id, *feature_names]))
+    routing = draw(routings([entity_id, *feature_names] if use_entity_id else feature_names))
     if routing:
         serving["routing"] = routing
     if draw(st.booleans()):

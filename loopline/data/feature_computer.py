@@ -21,7 +21,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from loopline.data.feature_recipe import FeatureRecipe, RecipeFeature, columns_read
+from loopline.data.feature_recipe import (
+    FeatureRecipe,
+    RecipeFeature,
+    columns_read,
+    passthrough_column,
+)
 from loopline.data.features import feature_expression, polars_dtype
 from loopline.data.python_expressions import compile_feature
 from loopline.errors import InvalidFeatureValue
@@ -50,8 +55,9 @@ _CACHE_SIZE = 16
 def _expression(feature: RecipeFeature) -> pl.Expr:
     """The polars expression of a feature, exactly as materialization built it."""
     if feature.kind == "passthrough":
-        # Materialization selects a passthrough column as it is (its dtype is the source's).
-        return pl.col(feature.expr).alias(feature.name)
+        # Materialization selects a passthrough column as it is (its dtype is the source's),
+        # under the feature's name (a renamed column's `as`).
+        return pl.col(passthrough_column(feature)).alias(feature.name)
     return feature_expression(ComputedFeature(name=feature.name, expr=feature.expr,
                                               dtype=feature.dtype))  # type: ignore[arg-type]
 
@@ -83,6 +89,13 @@ class FeatureComputer:
         self._in_polars_reads = _reads(self._in_polars)
         self._exact = {column.name: _PYTHON_EXACT.get(column.dtype, _same)
                        for column in recipe.inputs}
+        # Per feature, in order: (name, the source column a passthrough feature reads, as a
+        # raw record names it, and its conversion); (name, None, _same) for a computed one.
+        self._order: list[tuple[str, str | None, Callable[[Any], Any]]] = []
+        for feature in recipe.features:
+            column = passthrough_column(feature) if feature.kind == "passthrough" else None
+            self._order.append((feature.name, column,
+                                _same if column is None else self._exact[column]))
 
     @property
     def computed_in_python(self) -> list[str]:
@@ -104,12 +117,12 @@ class FeatureComputer:
         if self._in_polars:
             computed.update(self._in_frame(record, self._in_polars, self._in_polars_reads))
         features = {}
-        for feature in self.recipe.features:
-            if feature.kind == "computed":
-                features[feature.name] = computed[feature.name]
+        for name, column, exact in self._order:
+            if column is None:
+                features[name] = computed[name]
             else:
-                value = record[feature.expr]
-                features[feature.name] = None if value is None else self._exact[feature.expr](value)
+                value = record[column]
+                features[name] = None if value is None else exact(value)
         return features
 
     def _in_frame(self, record: Mapping[str, Any], features: list[tuple[RecipeFeature, pl.Expr]],

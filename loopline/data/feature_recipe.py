@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from loopline.data.features import dtype_name
 from loopline.spec.sections.data import DataValidation
+from loopline.spec.sections.passthrough import quoted_identifier
 
 #: The source dtypes a raw record may carry (a request's JSON, a batch file's column): the
 #: feature dtypes, plus dates and naive datetimes (ISO 8601 text in JSON).
@@ -54,7 +55,8 @@ class RecipeFeature(BaseModel):
     Attributes:
         name: the feature.
         kind: ``computed`` (a SQL expression) or ``passthrough`` (a source column unchanged).
-        expr: the SQL expression (the column's name for a passthrough feature).
+        expr: the SQL expression (for a passthrough feature, the source column it reads:
+            :func:`column_expression`, its name, quoted where it is not a plain one).
         dtype: the dtype it was written with.
     """
 
@@ -110,6 +112,25 @@ class FeatureRecipe(BaseModel):
         return all(feature.kind == "passthrough" and feature.expr == feature.name
                    for feature in self.features) and (
             self.input_dtypes == self.feature_dtypes)
+
+
+def column_expression(column: str) -> str:
+    """The SQL expression that reads the source column ``column`` (a passthrough feature's
+    ``expr``): its name where SQL reads that as the column (what every version before renamed
+    columns recorded), else the quoted identifier (``"vedge-mean"``).
+    """
+    try:
+        plain = pl.sql_expr(column)
+        if plain.meta.is_column() and plain.meta.root_names() == [column]:
+            return column
+    except pl.exceptions.PolarsError:
+        pass  # a keyword, or not a name at all: quoted, it is a column
+    return quoted_identifier(column)
+
+
+def passthrough_column(feature: RecipeFeature) -> str:
+    """The source column a passthrough feature reads (its ``expr`` names exactly one)."""
+    return feature.expr if feature.expr == feature.name else columns_read(feature.expr)[0]
 
 
 def columns_read(expr: str) -> list[str]:

@@ -53,7 +53,9 @@ class FeatureSetManifest(BaseModel):
     ``production`` says how many labelled production answers joined the source's rows (and
     when they were served); None when none did. ``source_columns`` are the dtypes of the source
     columns the features read (what a raw record must carry to be scored; None in versions
-    written before it was recorded).
+    written before it was recorded). ``entity_id`` is None for a spec without one; ``row_id``
+    then names the rows' identity column (:data:`~loopline.spec.sections.data.ROW_ID`; None
+    where there is an entity id, and in versions written before it existed).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -66,7 +68,8 @@ class FeatureSetManifest(BaseModel):
     source_fingerprint: str
     row_count: int
     columns: dict[str, str]
-    entity_id: str
+    entity_id: str | None = None
+    row_id: str | None = None
     event_time: str | None
     target: str
     features: list[FeatureRef]

@@ -30,11 +30,12 @@ from loopline.data.feature_recipe import (
     FeatureRecipe,
     RecipeFeature,
     build_recipe,
+    column_expression,
     columns_read,
     source_dtypes,
 )
 from loopline.data.feature_sets import FeatureRef, FeatureSetManifest, FeatureSets
-from loopline.data.features import dtype_name, feature_frame
+from loopline.data.features import dtype_name, source_frame, with_row_identity
 from loopline.data.point_in_time import point_in_time_join
 from loopline.data.production import (
     ProductionBatch,
@@ -46,9 +47,14 @@ from loopline.data.production import (
 from loopline.data.sources import scan_source, source_fingerprint, source_schema
 from loopline.data.splits import Splits, split_frame
 from loopline.data.validation import ValidationReport, validate_batch
-from loopline.errors import DuplicateFeature, FeatureComputationError, FeatureNotFound
+from loopline.errors import (
+    DuplicateFeature,
+    FeatureComputationError,
+    FeatureNotFound,
+    PointInTimeJoinUnavailable,
+)
 from loopline.spec.model import Spec
-from loopline.spec.sections.data import ComputedFeature, DataSpec
+from loopline.spec.sections.data import ROW_ID, ComputedFeature, DataSpec
 from loopline.storage import S3Credentials, Storage
 
 __all__ = ["FeatureSetManifest", "FeatureStore"]
@@ -141,7 +147,7 @@ class FeatureStore:
         definitions = _definitions(spec, source_schema(spec.data, credentials))
         current = {name: definition_hash(name, d) for name, (_, d, _) in definitions.items()}
         answers, stale = current_answers(traffic, current)
-        schema = feature_frame(scan_source(spec.data, credentials), spec).collect_schema()
+        schema = source_frame(scan_source(spec.data, credentials), spec).collect_schema()
         return production_batch(answers, stale, spec.data, schema, traffic.log)
 
     def materialize(self, spec: Spec, validation: ValidationReport | None = None,
@@ -179,9 +185,11 @@ class FeatureStore:
         existing = self.sets.find(spec.name, fingerprint)
         if existing is not None:
             return existing
-        rows = feature_frame(scan_source(spec.data, credentials), spec)
+        rows = source_frame(scan_source(spec.data, credentials), spec)
         if joined is not None:
             rows = pl.concat([rows, joined.rows.lazy()], how="vertical")
+        # Identified after the join: production rows continue after the source's last row.
+        rows = with_row_identity(rows, spec.data)
         try:
             files = self.sets.write_data(spec.name, rows)
         except pl.exceptions.PolarsError as exc:
@@ -213,7 +221,9 @@ class FeatureStore:
             feature_set=spec.name, version=0, id=str(uuid.uuid4()), fingerprint=fingerprint,
             source=spec.data.source, source_fingerprint=source_hash, row_count=stats["rows"],
             columns={n: dtype_name(t) for n, t in stats["schema"].items()},
-            entity_id=spec.data.entity_id, event_time=spec.data.event_time,
+            entity_id=spec.data.entity_id,
+            row_id=ROW_ID if spec.data.entity_id is None else None,
+            event_time=spec.data.event_time,
             target=spec.data.target, features=refs, time_range=stats["time_range"], files=files,
             validation=validation, created_at=datetime.now(UTC).isoformat(), created_by=author,
             loopline_version=loopline.__version__, production=production,
@@ -241,11 +251,21 @@ class FeatureStore:
                      version: int | None = None) -> pl.DataFrame:
         """``entities`` (entity id, event time, labels...) with every feature of the set as it
         was at each row's event time, never later (a point-in-time join).
+
+        Raises:
+            PointInTimeJoinUnavailable: the set has no entity id or no event time.
         """
         manifest = self.sets.manifest(feature_set, version)
         if manifest.event_time is None:
-            raise ValueError(f"feature set {feature_set!r} has no event time: a point-in-time "
-                             "join needs one (set data.event_time in the spec)")
+            raise PointInTimeJoinUnavailable(
+                f"feature set {feature_set!r} has no event time: a point-in-time join needs one "
+                "(set data.event_time in the spec)")
+        if manifest.entity_id is None:
+            raise PointInTimeJoinUnavailable(
+                f"feature set {feature_set!r} has no entity id: a point-in-time join matches "
+                "rows by entity, so it needs data.entity_id (set it in the spec to the column "
+                f"that identifies an entity; {manifest.row_id or 'the row identity'} only "
+                "numbers the source's rows)")
         features = self.sets.scan(manifest).select(
             [manifest.entity_id, manifest.event_time, *manifest.feature_names]).collect()
         return point_in_time_join(entities, features, entity_id=manifest.entity_id,
@@ -274,9 +294,10 @@ def _definitions(spec: Spec, schema: pl.Schema) -> dict[str, tuple[str, FeatureD
             found[entry.name] = ("computed", FeatureDefinition(expr=entry.expr, dtype=entry.dtype),
                                  entry.description)
         else:
-            for column in entry.passthrough:
-                found[column] = ("passthrough", FeatureDefinition(
-                    expr=column, dtype=dtype_name(schema[column])), f"source column {column}")
+            for feature, column in entry.columns:
+                found[feature] = ("passthrough", FeatureDefinition(
+                    expr=column_expression(column), dtype=dtype_name(schema[column])),
+                    f"source column {column}")
     return found
 
 

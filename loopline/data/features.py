@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from loopline.spec.model import Spec
-from loopline.spec.sections.data import ComputedFeature
+from loopline.spec.sections.data import ROW_ID, ComputedFeature, DataSpec
 
 _DTYPES: dict[str, pl.DataType] = {
     "float32": pl.Float32(), "float64": pl.Float64(), "int8": pl.Int8(), "int16": pl.Int16(),
@@ -55,11 +55,30 @@ def feature_expression(feature: ComputedFeature) -> pl.Expr:
     return pl.sql_expr(feature.expr).cast(polars_dtype(feature.dtype), strict=True).alias(feature.name)
 
 
-def feature_frame(source: pl.LazyFrame, spec: Spec) -> pl.LazyFrame:
-    """Entity id, event time (if any), target and every feature, one row per source row."""
+def source_frame(source: pl.LazyFrame, spec: Spec) -> pl.LazyFrame:
+    """Entity id (if any), event time (if any), target and every feature, one row per source
+    row, in the source's order; a renamed passthrough column under its feature's name.
+    """
     data = spec.data
-    keys = [data.entity_id] + ([data.event_time] if data.event_time else []) + [data.target]
+    keys = [key for key in (data.entity_id, data.event_time) if key] + [data.target]
     computed = [feature_expression(feature) for feature in spec.computed_features]
     return source.select([pl.col(key) for key in keys] + computed + [
-        pl.col(column) for column in spec.passthrough_columns
+        pl.col(column).alias(feature) for feature, column in spec.passthrough_features.items()
     ])
+
+
+def with_row_identity(rows: pl.LazyFrame, data: DataSpec) -> pl.LazyFrame:
+    """``rows`` with their identity first when the spec has no entity id: :data:`ROW_ID`, each
+    row's position (UInt64, from 0). Added after the source's columns are selected, so a source
+    column of that name is never mistaken for it.
+    """
+    if data.entity_id is not None:
+        return rows
+    return rows.with_row_index(ROW_ID).with_columns(pl.col(ROW_ID).cast(pl.UInt64))
+
+
+def feature_frame(source: pl.LazyFrame, spec: Spec) -> pl.LazyFrame:
+    """The rows of a feature set materialized from ``source`` alone: :func:`source_frame` with
+    its row identity (:func:`with_row_identity`).
+    """
+    return with_row_identity(source_frame(source, spec), spec.data)

@@ -3,7 +3,10 @@
 An answer the service gave, once a label for its request came through ``/feedback``, is a row
 like the source's: the label is the target, the served time the event time, the served feature
 values the features. The entity id is null: the service logs a request's features, not who it
-was about.
+was about. A spec without an entity id identifies rows by position
+(:data:`~loopline.spec.sections.data.ROW_ID`): the production rows get theirs where the feature
+set is materialized, after the source's rows (:func:`~loopline.data.features.with_row_identity`
+numbers them all at once), so they never collide with a source row's id.
 
 Rows join at the feature level, as served, because that is all the prediction log holds: the
 service takes the model's features (computed ones included), not the source columns they were
@@ -71,7 +74,9 @@ class ServedTraffic:
 
 @dataclass(frozen=True)
 class ProductionBatch:
-    """Production rows ready to join a feature set: ``rows`` has the feature frame's columns."""
+    """Production rows ready to join a feature set: ``rows`` has the source frame's columns
+    (:func:`~loopline.data.features.source_frame`: no row identity yet).
+    """
 
     rows: pl.DataFrame
     summary: ProductionRows
@@ -115,7 +120,8 @@ def current_answers(traffic: ServedTraffic, definitions: Mapping[str, str]
 
 def production_frame(answers: pl.DataFrame, data: DataSpec, schema: Mapping[str, pl.DataType]
                      ) -> pl.DataFrame:
-    """``answers`` as rows of the feature frame whose columns and dtypes are ``schema``.
+    """``answers`` as rows of the feature frame whose columns and dtypes are ``schema`` (the
+    entity id, where the spec has one, null).
 
     Raises:
         ProductionDataError: a label or served value does not convert to its column's dtype

@@ -17,7 +17,7 @@ from loopline.data.sources import scan_source, source_schema
 from loopline.errors import DataSourceError, SpecProblem
 from loopline.spec.loader import load_spec
 from loopline.spec.model import Spec
-from loopline.spec.sections.data import ComputedFeature
+from loopline.spec.sections.data import ComputedFeature, PassthroughFeatures
 
 #: Rows evaluated to check that feature expressions produce their declared dtype.
 SAMPLE_ROWS = 1000
@@ -41,18 +41,21 @@ def source_problems(spec: Spec) -> list[SpecProblem]:
                             "relative to the spec file) and the storage credentials")]
     columns = list(schema.names())
     problems: list[SpecProblem] = []
-    roles = [("data.target", "target", data.target), ("data.entity_id", "entity id", data.entity_id)]
-    if data.event_time is not None:
-        roles.append(("data.event_time", "event-time", data.event_time))
+    roles = [("data.target", "target", data.target),
+             ("data.entity_id", "entity id", data.entity_id),
+             ("data.event_time", "event-time", data.event_time)]
     for path, role, column in roles:
-        if column not in schema:
+        if column is not None and column not in schema:
             problems.append(_missing_column(path, role, column, columns))
     for index, entry in enumerate(spec.features):
-        passthrough = getattr(entry, "passthrough", [])
-        for j, column in enumerate(passthrough):
+        if not isinstance(entry, PassthroughFeatures):
+            continue
+        for j, (item, (_, column)) in enumerate(zip(entry.passthrough, entry.columns, strict=True)):
             if column not in schema:
-                problems.append(_missing_column(f"features[{index}].passthrough[{j}]",
-                                                "passthrough", column, columns))
+                # A renamed entry's source column is its `column`.
+                path = f"features[{index}].passthrough[{j}]" + ("" if isinstance(item, str)
+                                                                 else ".column")
+                problems.append(_missing_column(path, "passthrough", column, columns))
     try:
         sample = scan_source(data).head(SAMPLE_ROWS).collect()
     except (pl.exceptions.PolarsError, OSError) as exc:
@@ -110,8 +113,8 @@ def _first_line(exc: Exception) -> str:
 
 def load_spec_with_source(path: str | Path) -> Spec:
     """Read and validate the spec at ``path``, then check it against its data source: the
-    target, entity id and passthrough columns exist and every feature expression parses and
-    evaluates on a sample.
+    target, entity id and event time (those it names) and passthrough columns exist and every
+    feature expression parses and evaluates on a sample.
 
     Raises:
         InvalidSpec: with every problem found, each with its path, line and fix.

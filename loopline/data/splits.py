@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from loopline.spec.sections.data import DataSpec, RandomSplit
+from loopline.spec.sections.data import ROW_ID, DataSpec, RandomSplit
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,11 @@ def split_frame(frame: pl.DataFrame, data: DataSpec) -> Splits:
     else:
         assert data.event_time is not None  # enforced by the spec's consistency checks
         # Stable: rows that tie on both (production rows have no entity id) keep the order
-        # they were written in, so the same frame always splits the same way.
-        ordered = frame.sort([data.event_time, data.entity_id], maintain_order=True)
+        # they were written in, so the same frame always splits the same way. Without an
+        # entity id, ties are broken by the rows' identity (their order in the source).
+        tie_break = data.entity_id or (ROW_ID if ROW_ID in frame.columns else None)
+        keys = [data.event_time] + ([tie_break] if tie_break else [])
+        ordered = frame.sort(keys, maintain_order=True)
     n_train = n - n_val - n_test
     return Splits(
         train=ordered.slice(0, n_train),

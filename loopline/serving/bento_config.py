@@ -53,11 +53,14 @@ class BentoConfig(BaseModel):
         feature_names: the features ``/predict/features`` takes (the champion's at build time).
         feature_dtypes: their dtypes.
         feature_ranges: inclusive bounds a request's numeric feature must lie in (from the
-            spec's data validation ranges of passthrough features).
+            spec's data validation ranges of passthrough features; a renamed column's range
+            bounds the feature it becomes).
         inputs: the source columns a raw record (``/predict``) carries: those the champion's
             and the challenger's features read, with their dtypes, bounds and nullability;
             when left empty, the features themselves (a model without a recipe).
-        entity_id: the entity id column, accepted in requests (for sticky routing).
+        entity_id: the entity id column, accepted in requests (for sticky routing); None when
+            the spec names none (its rows' identity is their position in the source, which no
+            request carries), and then requests have no such field.
         live_state: where the live routing state is shared (a SQLite file, or a PostgreSQL
             URL; ``LOOPLINE_SERVING_STATE`` where the service runs overrides it).
         prediction_log_uri: the folder predictions and feedback are appended to.

@@ -19,10 +19,12 @@ from typing import Annotated
 from pydantic import Field, model_validator
 
 from loopline.errors import InvalidSpec, SpecProblem
+from loopline.naming import REQUEST_ID
 from loopline.spec.sections.algorithms import search_space_problems
 from loopline.spec.sections.base import NAME_PATTERN, StrictModel
 from loopline.spec.sections.data import ComputedFeature, DataSpec, FeatureEntry, PassthroughFeatures
 from loopline.spec.sections.operations import LogChannel, MonitoringSpec, Notification, RetrainingSpec
+from loopline.spec.sections.passthrough import RenamedColumn
 from loopline.spec.sections.release import ABRouting, CanaryRouting, GatesSpec, ServingSpec
 from loopline.spec.sections.search import LogUniformSearch, UniformSearch
 from loopline.spec.sections.training import COST_OBJECTIVES, TrainingSpec, metrics_for
@@ -77,24 +79,32 @@ class Spec(StrictModel):
         return [entry for entry in self.features if isinstance(entry, ComputedFeature)]
 
     @property
-    def passthrough_columns(self) -> list[str]:
-        """The source columns used unchanged as features, in declaration order."""
-        return [
-            column
+    def passthrough_features(self) -> dict[str, str]:
+        """``{feature name: source column}`` of the source columns used unchanged as features,
+        in declaration order (the two differ for a renamed column: ``{column: "vedge-mean", as:
+        vedge_mean}``).
+        """
+        return {
+            feature: column
             for entry in self.features
             if isinstance(entry, PassthroughFeatures)
-            for column in entry.passthrough
-        ]
+            for feature, column in entry.columns
+        }
+
+    @property
+    def passthrough_columns(self) -> list[str]:
+        """The source columns used unchanged as features, in declaration order."""
+        return list(self.passthrough_features.values())
 
     @property
     def feature_names(self) -> list[str]:
-        """Every feature the model sees, in declaration order."""
+        """Every feature the model sees, in declaration order (a renamed column's ``as``)."""
         names: list[str] = []
         for entry in self.features:
             if isinstance(entry, ComputedFeature):
                 names.append(entry.name)
             else:
-                names.extend(entry.passthrough)
+                names.extend(feature for feature, _ in entry.columns)
         return names
 
     def content_hash(self) -> str:
@@ -107,11 +117,31 @@ def _problem(path: str, message: str, fix: str) -> SpecProblem:
     return SpecProblem(path=path, message=message, fix=fix)
 
 
+def _passthrough_names(base: str, entry: PassthroughFeatures) -> list[tuple[str, str]]:
+    """``(path, feature name)`` of a passthrough list's entries (a renamed one's path is its
+    ``as``).
+    """
+    return [(f"{base}[{j}]" if isinstance(item, str) else f"{base}[{j}].as", feature)
+            for j, (item, (feature, _)) in enumerate(zip(entry.passthrough, entry.columns,
+                                                         strict=True))]
+
+
+def _leaked_targets(base: str, entry: PassthroughFeatures, target: str) -> list[SpecProblem]:
+    """A renamed passthrough of the target column: the answer under another name."""
+    return [_problem(f"{base}[{j}].column", f"{item.column!r} is the target; a feature may not "
+                     "read it", "remove it from the features (using the target as a feature "
+                     "leaks the answer)")
+            for j, item in enumerate(entry.passthrough)
+            if isinstance(item, RenamedColumn) and item.column == target]
+
+
 def consistency_problems(spec: Spec) -> list[SpecProblem]:
     """Every problem that spans sections; empty when the spec is consistent."""
     problems: list[SpecProblem] = []
     data, training = spec.data, spec.training
-    reserved = {data.target: "the target", data.entity_id: "the entity id"}
+    reserved = {data.target: "the target"}
+    if data.entity_id is not None:
+        reserved[data.entity_id] = "the entity id"
     if data.event_time is not None:
         reserved[data.event_time] = "the event-time column"
 
@@ -124,7 +154,8 @@ def consistency_problems(spec: Spec) -> list[SpecProblem]:
         if isinstance(entry, ComputedFeature):
             named = [(f"features[{index}].name", entry.name)]
         else:
-            named = [(f"features[{index}].passthrough[{j}]", c) for j, c in enumerate(entry.passthrough)]
+            named = _passthrough_names(f"features[{index}].passthrough", entry)
+            problems += _leaked_targets(f"features[{index}].passthrough", entry, data.target)
         for path, name in named:
             if name in reserved:
                 problems.append(_problem(path, f"{name!r} is {reserved[name]}; a feature may not "
@@ -135,6 +166,13 @@ def consistency_problems(spec: Spec) -> list[SpecProblem]:
                                          f"{seen[name]})", "give every feature its own name"))
             else:
                 seen[name] = path
+    if REQUEST_ID in seen or REQUEST_ID in spec.passthrough_columns:
+        # A served request's own field: a column of that name could not be told apart from it.
+        problems.append(_problem(seen.get(REQUEST_ID, "features"), f"`{REQUEST_ID}` is the id "
+                                 "every served request carries; no feature or passthrough "
+                                 "column may be called so", "rename the computed feature; a "
+                                 "source column of that name cannot be served (raw requests "
+                                 "carry source columns): rename it in the source"))
 
     known_metrics = metrics_for(training.task)
     metric_list = ", ".join(known_metrics)
@@ -182,7 +220,13 @@ def consistency_problems(spec: Spec) -> list[SpecProblem]:
 
     routing = spec.serving.routing
     sticky = routing.sticky_by if isinstance(routing, ABRouting | CanaryRouting) else None
-    if sticky is not None and sticky not in {data.entity_id, *seen}:
+    if sticky is not None and data.entity_id is None and sticky not in seen:
+        problems.append(_problem("serving.routing.sticky_by", f"{sticky!r} is not a feature, and "
+                                 "sticky routing by entity needs `data.entity_id`, which the spec "
+                                 "does not set", f"set `data.entity_id: {sticky}` (the column "
+                                 "that identifies an entity), or stick by a feature: "
+                                 f"{', '.join(seen) or '(no features)'}"))
+    elif sticky is not None and sticky not in {data.entity_id, *seen}:
         problems.append(_problem("serving.routing.sticky_by", f"{sticky!r} is neither the entity "
                                  "id nor a feature",
                                  f"use `{data.entity_id}` (the entity id) or a feature name"))

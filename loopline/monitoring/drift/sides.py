@@ -38,8 +38,10 @@ def logged_features(logged: pl.DataFrame, names: Sequence[str]) -> pl.DataFrame:
 
 
 def role_columns(data: DataSpec) -> set[str]:
-    """The source columns that are not model inputs: the target, the entity id, the event time."""
-    return {data.target, data.entity_id} | ({data.event_time} if data.event_time else set())
+    """The source columns that are not model inputs: the target, the entity id and the event
+    time (those the spec names).
+    """
+    return {column for column in (data.target, data.entity_id, data.event_time) if column}
 
 
 def logged_inputs(logged: pl.DataFrame) -> pl.DataFrame:

@@ -6,9 +6,21 @@ from typing import Annotated, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from loopline.spec.sections.base import COLUMN_PATTERN, Fraction, OpenFraction, StrictModel, spec_error
+from loopline.spec.sections.base import (
+    COLUMN_PATTERN,
+    Fraction,
+    OpenFraction,
+    Schedule,
+    StrictModel,
+    spec_error,
+)
+from loopline.spec.sections.passthrough import PassthroughColumn, entry_names
 
 Column = Annotated[str, Field(pattern=COLUMN_PATTERN)]
+
+#: The row identity of a source without ``data.entity_id`` (see :class:`DataSpec`). No column
+#: name the spec accepts for a feature, the target or the event time can be this one.
+ROW_ID = "loopline-row"
 
 #: Feature dtypes a spec may declare; names follow polars (``float64``, ``int8``, ``string``...).
 FeatureDtype = Literal[
@@ -98,20 +110,30 @@ class DataSpec(StrictModel):
         source: a local path (relative paths are relative to the spec file) or an ``s3://`` URI.
         format: ``csv`` or ``parquet``; inferred from the source's suffix when left out.
         target: the column to predict.
-        entity_id: the column that identifies an entity (a customer, a patient...).
+        entity_id: the column that identifies an entity (a customer, a patient...); optional.
+            Without it, each row is identified by its position in the source: the feature set
+            gets a column `loopline-row` (UInt64; 0 for the source's first row, counted at
+            materialization), stable as long as the source keeps its rows' order (appended rows
+            keep the old rows' ids); labelled production rows joined by learning from
+            production continue after the source's last row, oldest first. Point-in-time joins
+            and sticky routing by entity need an entity id.
         event_time: the column that says when a row was observed; enables time splits and
             point-in-time joins.
         split: how rows are divided into train / validation / test.
         validation: checks run on the source before anything is materialized.
+        schedule: when the features are re-materialized from the source (the model's
+            ``materialize-features`` deployment, see ``loopline deploy``); without it, only a
+            pipeline or retraining run materializes.
     """
 
     source: Annotated[str, Field(min_length=1)]
     format: Literal["csv", "parquet"] | None = None
     target: Column
-    entity_id: Column
+    entity_id: Column | None = None
     event_time: Column | None = None
     split: Split = Field(default_factory=RandomSplit)
     validation: DataValidation | None = None
+    schedule: Schedule | None = None
 
     @model_validator(mode="after")
     def _format_is_known(self) -> DataSpec:
@@ -154,10 +176,17 @@ class PassthroughFeatures(StrictModel):
     """Source columns used as features unchanged (their dtype comes from the source).
 
     Attributes:
-        passthrough: source columns used as features as they are.
+        passthrough: source columns used as features as they are: a name (the source column
+            and the feature are called the same), or `{column: "vedge-mean", as: vedge_mean}`
+            for a source column whose name is not a feature name (or to call it otherwise).
     """
 
-    passthrough: Annotated[list[Column], Field(min_length=1)]
+    passthrough: Annotated[list[PassthroughColumn], Field(min_length=1)]
+
+    @property
+    def columns(self) -> list[tuple[str, str]]:
+        """``(feature name, source column)`` of every entry, in order."""
+        return [entry_names(entry) for entry in self.passthrough]
 
 
 def _feature_entry_kind(value: object) -> str:
