@@ -18,6 +18,7 @@ from flows.train import train
 from loopline.data.feature_store import FeatureSetManifest
 from loopline.serving.rollout_plan import decides
 from loopline.spec.model import Spec
+from loopline.training.sweep.reuse import SweepPlan
 from tasks.evaluation import evaluate_candidate
 from tasks.features import materialize_features, validate_source_data
 from tasks.packaging import build_bento
@@ -44,7 +45,8 @@ class PipelineResult:
 @flow(name="loopline-pipeline", log_prints=True)
 def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = None,
              trigger: str = "manual", spec: Spec | None = None,
-             manifest: FeatureSetManifest | None = None) -> PipelineResult:
+             manifest: FeatureSetManifest | None = None,
+             sweep_plan: SweepPlan | None = None) -> PipelineResult:
     """Carry a spec from data to a served model.
 
     Args:
@@ -56,6 +58,9 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
             runs this one (the retrain flow); read from ``spec_path`` when None.
         manifest: the feature set version to train on, already checked and materialized by the
             flow that runs this one (the retrain flow); steps 3 and 4 run when None.
+        sweep_plan: what a retraining does about the sweep (the retrain flow's plan for
+            ``retraining.sweep``): reuse the champion's configuration, or sweep; None (the
+            first run, a manual pipeline run) sweeps as the spec says.
 
     Steps:
         1. Validate the spec and its data source, once (nothing is written if it is invalid);
@@ -66,8 +71,10 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
            ``retraining.learn_from_production`` the labelled answers of the prediction log
            join the source's rows.
         5. Train: with a ``training.sweep`` section the sweep flow (Optuna trials, the best
-           retrained on train+validation), else the train flow (each candidate once); every
-           run is nested under the pipeline's MLflow run.
+           retrained on train+validation; for a retraining whose plan reuses the champion's
+           configuration, that configuration retrained on train+validation, with no trials),
+           else the train flow (each candidate once); every run is nested under the
+           pipeline's MLflow run.
         6. The best candidate on the validation split goes forward.
         7. Score it and the champion on the test split; decide the gates.
         8. If it passes: log and register the model with its card and lineage, in STAGING.
@@ -87,7 +94,8 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
         manifest = materialize_features(spec, validation, storage_block)
     parent_run_id = start_training_run(spec, manifest, str(runtime.flow_run.id or ""))
     if spec.training.sweep is not None:
-        best = sweep(spec_path, storage_block, manifest.version, parent_run_id, spec).best
+        best = sweep(spec_path, storage_block, manifest.version, parent_run_id, spec,
+                     sweep_plan).best
     else:
         best = train(spec_path, storage_block, manifest.version, parent_run_id, spec).best
     evaluation = evaluate_candidate(spec, manifest, best, storage_block)

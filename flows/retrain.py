@@ -15,8 +15,9 @@ from pydantic import BaseModel
 from flows.pipeline import pipeline
 from loopline.release.records import Outcome
 from loopline.spec.sections.operations import Trigger
+from loopline.training.sweep.reuse import SweepPlan
 from tasks.features import materialize_features, validate_source_data
-from tasks.retraining import check_something_new, claim_retraining, record_outcome
+from tasks.retraining import check_something_new, claim_retraining, plan_sweep, record_outcome
 from tasks.spec import load_and_validate_spec
 from tasks.tracking import configure_mlflow_tracking
 
@@ -28,6 +29,8 @@ class RetrainingResult(BaseModel):
         outcome: refused (a guardrail), rejected (the gates), registered (STAGING, served as
             challenger where the routing says so), promoted (champion), or failed.
         version: the version it registered.
+        sweep_plan: what it did about the sweep (reused the champion's configuration, swept,
+            or trained each candidate once), when it trained.
     """
 
     model_name: str
@@ -35,6 +38,7 @@ class RetrainingResult(BaseModel):
     reason: str
     version: int | None = None
     stage: str | None = None
+    sweep_plan: SweepPlan | None = None
 
 
 @flow(name="loopline-retrain", log_prints=True)
@@ -62,11 +66,18 @@ def retrain(spec_path: str = "configs/demo.yaml", trigger: Trigger = "manual",
         4. If that feature set version and the training settings are what the champion or the
            challenger was trained on, refuse: nothing new to learn from (no candidate is
            trained or registered).
-        5. Run the pipeline on that feature set version: train or sweep per the spec, evaluate
-           against the current champion on the most recent (test) data, register a better
-           model in STAGING (served as challenger, e.g. canary, where the routing says so) or
-           promote it per the gates; a worse one is rejected and nothing changes.
-        6. Record the outcome (registry and a markdown artifact).
+        5. Plan the sweep (``retraining.sweep``): with ``reuse_best`` (the default) and a
+           ``training.sweep`` section, reuse the champion's configuration (its candidate and
+           searched values, read from the MLflow run its lineage names) without a new sweep;
+           sweep again, the reason logged and recorded in the outcome, with ``full``, without a
+           champion, when its run cannot be read or was not a sweep's best, when its candidate
+           left ``training.algorithms``, or when a value no longer fits the search space.
+        6. Run the pipeline on that feature set version: train, sweep, or retrain the reused
+           configuration on train+validation, per the plan; evaluate against the current
+           champion on the most recent (test) data, register a better model in STAGING (served
+           as challenger, e.g. canary, where the routing says so) or promote it per the gates;
+           a worse one is rejected and nothing changes.
+        7. Record the outcome (registry and a markdown artifact), with what the plan did.
     """
     spec = load_and_validate_spec(spec_path)
     configure_mlflow_tracking()
@@ -82,7 +93,9 @@ def retrain(spec_path: str = "configs/demo.yaml", trigger: Trigger = "manual",
         if unchanged is not None:
             record_outcome(spec, key, trigger, cause, "refused", unchanged)
             return RetrainingResult(model_name=spec.name, outcome="refused", reason=unchanged)
-        result = pipeline(spec_path, storage_block, trigger=cause, spec=spec, manifest=manifest)
+        plan = plan_sweep(spec)
+        result = pipeline(spec_path, storage_block, trigger=cause, spec=spec, manifest=manifest,
+                          sweep_plan=plan)
     except Exception as exc:
         record_outcome(spec, key, trigger, cause, "failed", f"{type(exc).__name__}: {exc}")
         raise
@@ -94,9 +107,10 @@ def retrain(spec_path: str = "configs/demo.yaml", trigger: Trigger = "manual",
     else:
         outcome = "registered"
         reason = f"v{result.model_version} passed its gates and is the challenger (STAGING)"
+    reason = f"{reason}; {plan.note}"
     record_outcome(spec, key, trigger, cause, outcome, reason, result.model_version)
     return RetrainingResult(model_name=spec.name, outcome=outcome, reason=reason,
-                            version=result.model_version, stage=result.stage)
+                            version=result.model_version, stage=result.stage, sweep_plan=plan)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Claiming a retraining run against the spec's guardrails, refusing one with nothing new to learn
-from, and recording how it ended.
+from, planning what it does about the sweep (``retraining.sweep``), and recording how it ended.
 """
 
 from __future__ import annotations
@@ -14,12 +14,16 @@ from prefect.logging import get_run_logger
 from loopline.data.feature_sets import FeatureSetManifest
 from loopline.errors import ModelNotFound
 from loopline.monitoring.retraining import GuardDecision, check_guardrails, first_claim, nothing_new
+from loopline.naming import artifact_key
 from loopline.release.lineage import training_settings_hash
 from loopline.release.records import CHALLENGER, Outcome, RetrainingRecord
 from loopline.release.registry import ModelRegistry
 from loopline.spec.model import Spec
 from loopline.spec.sections.operations import Trigger
+from loopline.training.experiments import RunNotFound
+from loopline.training.sweep.reuse import ChampionRun, SweepPlan, plan_retraining_sweep
 from tasks.options import loopline_task
+from tasks.training import tracker_for
 
 
 def _run_name() -> str:
@@ -70,6 +74,39 @@ def check_something_new(spec: Spec, manifest: FeatureSetManifest) -> str | None:
     return reason
 
 
+@loopline_task(name="plan-retraining-sweep")
+def plan_sweep(spec: Spec) -> SweepPlan:
+    """What this retraining does about the sweep (``retraining.sweep``): reuse the champion's
+    configuration, read from the registry and the MLflow run that trained it, or sweep again
+    (the reason is logged as a warning), or train each candidate once (no ``training.sweep``).
+    """
+    champion = None
+    if spec.training.sweep is not None and spec.retraining.sweep == "reuse_best":
+        champion = _champion_run(spec)
+    plan = plan_retraining_sweep(spec.retraining, spec.training, champion)
+    fell_back = plan.action == "sweep" and spec.retraining.sweep == "reuse_best"
+    logger = get_run_logger()
+    (logger.warning if fell_back else logger.info)("%s: %s (%s)", spec.name, plan.action,
+                                                   plan.reason)
+    return plan
+
+
+def _champion_run(spec: Spec) -> ChampionRun | None:
+    """The champion with its training run's name and params; None without a champion."""
+    info = ModelRegistry().champion(spec.name)
+    if info is None:
+        return None
+    if info.lineage is None:
+        return ChampionRun(version=info.version)
+    run_id = info.lineage.training_run_id
+    try:
+        run = tracker_for(spec).get_run(run_id)
+    except RunNotFound as exc:
+        return ChampionRun(version=info.version, run_id=run_id, read_error=str(exc))
+    return ChampionRun(version=info.version, run_id=run_id, run_name=run.name,
+                       params=run.params)
+
+
 @loopline_task(name="record-retraining-outcome")
 def record_outcome(spec: Spec, key: str | None, trigger: Trigger, cause: str, outcome: Outcome,
                    reason: str, version: int | None = None) -> RetrainingRecord:
@@ -87,7 +124,7 @@ def record_outcome(spec: Spec, key: str | None, trigger: Trigger, cause: str, ou
         registry.record_retraining(spec.name, record, key)
     version_text = f"v{version}" if version is not None else "no new version"
     create_markdown_artifact(
-        key=f"{spec.name}-retraining",
+        key=artifact_key(spec.name, "retraining"),
         markdown="\n".join([f"# Retraining of {spec.name}: {outcome}", "",
                             "| | |", "| --- | --- |", f"| trigger | {trigger} |",
                             f"| cause | {cause} |", f"| result | {version_text} |",

@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import polars as pl
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -23,11 +23,13 @@ from prefect.settings import PREFECT_API_URL
 from loopline.data.feature_store import FeatureSetManifest
 from loopline.data.splits import Splits
 from loopline.errors import InvalidSettings
+from loopline.naming import artifact_key
 from loopline.spec.model import Spec
 from loopline.spec.sections.base import parse_duration
 from loopline.state import state_paths
 from loopline.training.modeling.candidates import train_candidate
 from loopline.training.sweep.leaderboard import SweepSummary, save_plots, summarize
+from loopline.training.sweep.reuse import CANDIDATE_PARAM, REUSED_FROM_PARAM, SweepPlan
 from loopline.training.sweep.study import (
     finished_trials,
     open_study,
@@ -165,7 +167,7 @@ def summarize_sweep(spec: Spec, name: str, parent_run_id: str) -> SweepSummary:
             tracker.log_artifact(parent_run_id, path, "optuna")
     objective = ", ".join(summary.objectives)
     create_table_artifact(
-        key=f"{spec.name}-sweep-leaderboard",
+        key=artifact_key(spec.name, "sweep-leaderboard"),
         table=[{"trial": row.number, "state": row.state, "candidate": row.candidate,
                 "params": str(row.params), objective: row.values if row.values else None,
                 "seconds": None if row.seconds is None else round(row.seconds, 2)}
@@ -176,7 +178,7 @@ def summarize_sweep(spec: Spec, name: str, parent_run_id: str) -> SweepSummary:
                      for row in summary.best)
     heading = "Pareto front" if summary.is_multi_objective else "Best trial"
     create_markdown_artifact(
-        key=f"{spec.name}-sweep", description=f"Sweep {name}",
+        key=artifact_key(spec.name, "sweep"), description=f"Sweep {name}",
         markdown=f"# Sweep `{name}`\n\nTrials by state: {summary.counts}\n\n## {heading} "
                  f"({objective})\n\n{best}\n\nMLflow parent run: [{parent_run_id}]({link}) "
                  "(trials are its nested runs; Optuna's plots are in its `optuna/` artifacts)\n")
@@ -192,22 +194,48 @@ def retrain_best(spec: Spec, manifest: FeatureSetManifest, summary: SweepSummary
     it as a nested run; this is the candidate the gates judge on the test split.
     """
     best = summary.best[0]
+    return _train_configuration(spec, manifest, best.candidate, best.params, parent_run_id,
+                                storage_block, {"loopline.best_trial": str(best.number)},
+                                {"best_trial": best.number})
+
+
+@loopline_task(name="retrain-reused")
+def retrain_reused(spec: Spec, manifest: FeatureSetManifest, plan: SweepPlan,
+                   parent_run_id: str, storage_block: str | None = None) -> CandidateRun:
+    """Train the champion's configuration (``retraining.sweep: reuse_best``) on train+validation,
+    as :func:`retrain_best` trains a sweep's best, and log it as a nested run whose params say
+    whose configuration it reused; no study is opened and no trial runs.
+    """
+    assert plan.reuses and plan.candidate is not None
+    get_run_logger().info("%s: %s", spec.name, plan.reason)
+    return _train_configuration(
+        spec, manifest, plan.candidate, plan.params, parent_run_id, storage_block,
+        {"loopline.reused_from": f"v{plan.champion_version}"},
+        {REUSED_FROM_PARAM: plan.champion_version, "reused_from_run": plan.source_run_id})
+
+
+def _train_configuration(spec: Spec, manifest: FeatureSetManifest, candidate_name: str,
+                         overrides: dict[str, Any], parent_run_id: str,
+                         storage_block: str | None, tags: dict[str, str],
+                         params: dict[str, Any]) -> CandidateRun:
+    """Train one candidate with ``overrides`` on train+validation and log it as a nested
+    ``best-<candidate>`` run with ``tags`` and ``params``.
+    """
     names = [a.candidate_name for a in spec.training.algorithms]
-    algorithm = spec.training.algorithms[names.index(best.candidate)]
+    algorithm = spec.training.algorithms[names.index(candidate_name)]
     splits = read_splits(spec, manifest, storage_block)
     # Validation rows join training; they also stay the validation set, so early stopping and
     # the logged validation metrics still have data (the gates judge the untouched test rows).
     combined = Splits(train=pl.concat([splits.train, splits.validation]),
                       validation=splits.validation, test=splits.test)
     candidate = train_candidate(algorithm, spec.training, combined, spec.feature_names,
-                                manifest.feature_dtypes, spec.data.target, best.params,
+                                manifest.feature_dtypes, spec.data.target, overrides,
                                 recipe=read_recipe(spec, manifest, storage_block))
     tracker = tracker_for(spec)
     run_id = tracker.start_run(f"best-{candidate.name}", parent_run_id=parent_run_id,
                                tags={"loopline.algorithm": candidate.kind,
-                                     "loopline.best_trial": str(best.number),
-                                     "loopline.trained_on": "train+validation"})
+                                     "loopline.trained_on": "train+validation", **tags})
     log_candidate(tracker, run_id, candidate, {"feature_set_version": manifest.version,
-                                               "best_trial": best.number})
+                                               CANDIDATE_PARAM: candidate.name, **params})
     tracker.end_run(run_id)
     return CandidateRun(run_id=run_id, candidate=candidate)

@@ -145,7 +145,13 @@ class RetrainingSpec(StrictModel):
     Attributes:
         on: the triggers: ``drift`` and ``performance`` (Prefect events from monitoring),
             ``schedule`` (``schedule`` below) and ``manual`` (a deployment run by hand).
-        sweep: ``reuse_best`` retrains the best known configuration; ``full`` sweeps again.
+        sweep: what a retraining does when ``training.sweep`` is set: ``reuse_best`` trains the
+            champion's configuration (its candidate and swept values, read from the MLflow run
+            that trained it) on the new data without a new sweep, and sweeps again when there
+            is no champion, its run cannot be read or was no sweep's best, its candidate left
+            ``training.algorithms``, or a value no longer fits the candidate's search space;
+            ``full`` sweeps every time. A pipeline run (the first, or one started by hand)
+            always sweeps.
         schedule: when scheduled retraining runs.
         cooldown: the least time between two automatic retraining runs (manual runs are
             always allowed, and counted).
