@@ -1,4 +1,4 @@
-"""``loopline``: validate specs, write the JSON Schema and the spec reference, write demo data.
+"""``loopline``: validate, deploy, run and inspect specs; write the JSON Schema, the reference and demo data.
 
 Examples::
 
@@ -12,6 +12,9 @@ Examples::
     loopline work-pools --max-trainings 2
     loopline submit train --spec configs/demo.yaml --priority urgent
     loopline batch-predict tumor-malignancy data/today.csv .loopline/scored/today --input-kind raw
+    loopline deploy configs/demo.yaml configs/churn.yaml      (see cli/operations.py)
+    loopline run configs/demo.yaml
+    loopline status configs/demo.yaml
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli.operations import add_commands
 from loopline.errors import InvalidSpec, LooplineError
 from loopline.spec.loader import load_spec
 from loopline.spec.model import SCHEMA_ID, Spec
@@ -202,9 +206,19 @@ def _batch_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("loopline")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
     parser = argparse.ArgumentParser(prog="loopline", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"loopline {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     validate = commands.add_parser("validate", help="validate spec files; exit 1 on any problem")
     validate.add_argument("specs", nargs="+", help="spec files (YAML)")
@@ -270,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", help=f"file (default: <state folder>/demo/{DEMO_DATA_NAME})")
     demo.add_argument("--force", action="store_true", help="rewrite an existing file")
     demo.set_defaults(handler=_demo_data)
+    add_commands(commands)
     return parser
 
 

@@ -28,6 +28,7 @@ from tasks.monitoring import (
     load_labelled,
     load_reference,
     load_window,
+    record_monitor_verdict,
     rollback_champion,
     send_alert,
 )
@@ -86,6 +87,7 @@ def monitor(spec_path: str = "configs/demo.yaml", window: str | None = None,
            ``rollback`` makes the previous champion champion again (registry history).
         4. Send every alert to every channel (identical alerts within the cooldown are not
            repeated); on dataset drift, emit the event that starts retraining.
+        5. Keep the verdict on the registered model (``loopline status`` shows it).
     """
     spec = load_and_validate_spec(spec_path)
     configure_mlflow_tracking()
@@ -128,6 +130,9 @@ def monitor(spec_path: str = "configs/demo.yaml", window: str | None = None,
     for alert in alerts:
         send_alert(spec, alert)
     result.alerts = [alert.title for alert in alerts]
+    verdict = result.drift or f"no verdict: {current.height} row(s) in the window, too few"
+    record_monitor_verdict(spec, verdict, current.height, result.dataset_drift, result.alerts,
+                           list(result.events))
     return result
 
 

@@ -6,7 +6,7 @@ recent window of served traffic, or the data source against the raw records the 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ from loopline.monitoring.drift import (
     source_sides,
 )
 from loopline.monitoring.performance import performance_alerts, performance_series, store_series
-from loopline.release.records import ModelVersionInfo
+from loopline.naming import artifact_key, drift_metric_name, experiment_name, model_folder, model_resource
+from loopline.release.records import ModelVersionInfo, MonitorVerdict
 from loopline.release.registry import ModelRegistry
 from loopline.serving.prediction_log import join_feedback, read_feedback, read_predictions
 from loopline.serving.rollout import nudge_services
@@ -145,24 +146,24 @@ def check_drift(spec: Spec, reference: pl.DataFrame, current: pl.DataFrame,
         report = detect_drift(reference, current, settings, categorical=categorical)
     except InsufficientData as exc:
         logger.warning("no drift verdict for %s: %s", spec.name, exc)
-        create_markdown_artifact(key=f"{spec.name}-drift", markdown=(
+        create_markdown_artifact(key=artifact_key(spec.name, "drift"), markdown=(
             f"# Drift: {spec.name}\n\nNo verdict: {exc}"), description="insufficient data")
         return None
     stamp = report.computed_at.strftime("%Y%m%dT%H%M%SZ")
     html = evidently_html(reference, current, settings,
-                          state_paths().home / "reports" / spec.name / f"drift-{stamp}.html",
+                          state_paths().home / "reports" / model_folder(spec.name) / f"drift-{stamp}.html",
                           categorical=categorical)
-    tracker = experiment_tracker(spec.name, state_paths())
+    tracker = experiment_tracker(experiment_name(spec.name), state_paths())
     run_id = tracker.start_run(f"monitor {stamp}", tags={"loopline.kind": "monitoring"})
     tracker.log_metrics(run_id, {"drift_share": report.drift_share,
                                  "dataset_drift": float(report.dataset_drift),
                                  "current_rows": float(report.current_rows),
-                                 **{f"drift_score.{f.feature}": f.score for f in report.features}})
+                                 **{drift_metric_name(f.feature): f.score for f in report.features}})
     tracker.log_artifact(run_id, html, "drift")
     tracker.end_run(run_id)
     url = f"{run_url(tracker.experiment_id, run_id)}/artifacts/drift/{html.name}"
     link = f"[drift/{html.name} in MLflow run {run_id}]({url}) (local copy: `{html}`)"
-    create_markdown_artifact(key=f"{spec.name}-drift", markdown=report.render_markdown(link),
+    create_markdown_artifact(key=artifact_key(spec.name, "drift"), markdown=report.render_markdown(link),
                              description=report.title())
     logger.info("%s; Evidently's report: %s", report.title(), html)
     return report
@@ -207,7 +208,7 @@ def emit_monitoring_event(spec: Spec, spec_path: str, event: str, payload: dict[
     Returns the event's id.
     """
     emitted = emit_event(event=event, resource={
-        "prefect.resource.id": f"loopline.model.{spec.name}",
+        "prefect.resource.id": model_resource(spec.name),
         "prefect.resource.name": spec.name,
         "loopline.spec_path": str(Path(spec_path).resolve()),
     }, payload=payload)
@@ -231,3 +232,14 @@ def rollback_champion(spec: Spec, reason: str) -> int | None:
     logger.warning("rolled %s back to v%d: %s", spec.name, restored.version, reason)
     nudge_services(spec.name, state_paths().serving)  # the live services answer with it now
     return restored.version
+
+
+@loopline_task(name="record-monitor-verdict")
+def record_monitor_verdict(spec: Spec, verdict: str, rows: int, dataset_drift: bool,
+                           alerts: list[str], events: list[str]) -> None:
+    """Keep this run's verdict on the registered model, for ``loopline status``."""
+    from prefect import runtime
+
+    ModelRegistry().model_history.record_monitor_verdict(spec.name, MonitorVerdict(
+        at=datetime.now(UTC), verdict=verdict, rows=rows, dataset_drift=dataset_drift,
+        alerts=tuple(alerts), events=tuple(events), run=str(runtime.flow_run.id or "")))

@@ -14,6 +14,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from prefect.logging import get_run_logger
 
+from loopline.naming import artifact_key, model_resource
+from loopline.operations.model_status import read_rollout
 from loopline.release.records import ModelVersionInfo
 from loopline.release.registry import ModelRegistry
 from loopline.serving.ab.analysis import analyze
@@ -48,14 +50,7 @@ WATCH_INTERVAL_S = 0.5
 @loopline_task(name="read-live-routing")
 def read_live_routing(spec: Spec) -> RoutingState | None:
     """The live routing state of the spec's model and routing; None before a service started."""
-    store = open_live_state(live_state_location(spec.name, state_paths().serving),
-                            routing_scope(spec.name, spec.serving.routing))
-    try:
-        return store.read()
-    except LookupError:
-        return None
-    finally:
-        store.close()
+    return read_rollout(spec, state_paths().serving)
 
 
 @loopline_task(name="watch-canary")
@@ -141,12 +136,12 @@ def announce_rollout(spec: Spec, version: int, transition: str, reason: str,
         return False
     payload = {"version": version, "reason": reason, **(figures or {})}
     emit_event(event=f"loopline.rollout.{transition}", resource={
-        "prefect.resource.id": f"loopline.model.{spec.name}",
+        "prefect.resource.id": model_resource(spec.name),
         "prefect.resource.name": spec.name,
         "loopline.version": str(version)}, payload=payload)
     rows = "\n".join(f"| {key} | {value} |" for key, value in payload.items())
     create_markdown_artifact(
-        key=f"{spec.name}-rollout",
+        key=artifact_key(spec.name, "rollout"),
         markdown=f"# {spec.name} v{version}: {transition}\n\n| | |\n| --- | --- |\n{rows}\n",
         description=f"v{version} {transition}: {reason}")
     registry.client.set_model_version_tag(spec.name, str(version), ANNOUNCED_TAG,
@@ -162,7 +157,7 @@ def announce_challenger(spec: Spec, spec_path: str, version: int) -> None:
     event's resource names the spec, as the monitoring events do).
     """
     emitted = emit_event(event=CHALLENGER_EVENT, resource={
-        "prefect.resource.id": f"loopline.model.{spec.name}",
+        "prefect.resource.id": model_resource(spec.name),
         "prefect.resource.name": spec.name,
         "loopline.spec_path": str(Path(spec_path).resolve()),
         "loopline.version": str(version)}, payload={"version": version,

@@ -86,7 +86,8 @@ class SubmittedRun:
 
 
 @contextmanager
-def _client() -> Iterator[SyncPrefectClient]:
+def prefect_client() -> Iterator[SyncPrefectClient]:
+    """A synchronous Prefect client; an unreachable API raises :class:`PrefectApiUnreachable`."""
     try:
         with get_client(sync_client=True) as client:
             yield client
@@ -123,7 +124,7 @@ def ensure_work_pools(max_trainings: int, pools: Iterable[str] = (PROCESS_POOL, 
     if max_trainings < 1:
         raise ValueError(f"max_trainings must be 1 or more, not {max_trainings}")
     states = []
-    with _client() as client:
+    with prefect_client() as client:
         for pool in dict.fromkeys([*pools, TRAINING_POOL]):
             limit = max_trainings if pool == TRAINING_POOL else None
             created = False
@@ -184,7 +185,7 @@ def submit_training_run(flow: str, spec_path: str, priority: Priority, policy: R
     deployment_name = f"loopline-{flow}/{flow}"
     queue, rank = queue_name(priority), queue_priority(priority)
     fix = "run `loopline work-pools`, then `prefect --no-prompt deploy --all`"
-    with _client() as client:
+    with prefect_client() as client:
         deployment = _or_not_ready(lambda: client.read_deployment_by_name(deployment_name),
                                    f"no deployment {deployment_name}: {fix}")
         pool = deployment.work_pool_name or ""
@@ -233,7 +234,7 @@ def requeue_with_backoff(flow: Flow[..., Any], flow_run: FlowRun, state: State[A
     env = {**dict(job_variables.get("env") or {}), **policy.to_env(attempt + 1)}
     tags = [t for t in flow_run.tags if not t.startswith(_ATTEMPT_TAG)]
     when = datetime.now(UTC) + timedelta(seconds=delay)
-    with _client() as client:
+    with prefect_client() as client:
         retry = client.create_flow_run_from_deployment(
             flow_run.deployment_id, parameters=dict(flow_run.parameters),
             state=Scheduled(scheduled_time=when), work_queue_name=flow_run.work_queue_name,

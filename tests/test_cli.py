@@ -1,8 +1,11 @@
-"""The ``loopline`` command line: validate, schema, demo-data."""
+"""The ``loopline`` command line: validate, schema, demo-data, --version, and the errors of
+deploy and status that need no server (tests/test_deploy.py runs them against one)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import polars as pl
@@ -10,6 +13,7 @@ import pytest
 
 from cli.main import DEFAULT_SCHEMA_PATH, main, spec_json_schema
 from tests.conftest import REPO, demo_spec_text, write_spec
+from tests.servers import VENV_BIN
 
 COMMITTED_SCHEMA = REPO / DEFAULT_SCHEMA_PATH
 
@@ -110,3 +114,35 @@ def test_unknown_command_exits_with_usage(capsys: pytest.CaptureFixture[str]) ->
         main(["frobnicate"])
     assert raised.value.code == 2
     assert "usage: loopline" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"loopline {version('loopline')}"
+
+
+def test_deploy_refuses_two_specs_of_one_model_before_writing(
+        demo_spec_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    copy = write_spec(tmp_path, demo_spec_path.read_text(), "copy.yaml")
+    assert main(["deploy", "--no-source", str(demo_spec_path), str(copy)]) == 1
+    error = capsys.readouterr().err
+    assert "name: model 'tumor-malignancy' is also the model of" in error
+    assert "give each spec a name of its own" in error
+
+
+def test_status_shows_the_registry_when_prefect_does_not_answer(
+        demo_spec_path: Path, tmp_path: Path) -> None:
+    # A process of its own: no Prefect settings of this session's harness apply to it.
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api",
+           "LOOPLINE_HOME": str(tmp_path / "state")}
+    done = subprocess.run([str(VENV_BIN / "loopline"), "status", str(demo_spec_path)],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("tumor-malignancy")
+    assert "champion     none yet" in done.stdout
+    assert ("deployments  unknown: the Prefect API at http://127.0.0.1:9/api did not answer"
+            in done.stdout)

@@ -177,3 +177,18 @@ def test_every_screenshot_the_docs_show_exists_and_the_ui_test_retakes_it() -> N
     assert sorted(shown - taken) == [], "shown but not taken by tests/test_ui_e2e.py"
     assert sorted(n for n in taken if not (DOCS / "images" / n).is_file()) == [], (
         "missing from docs/images/: run LOOPLINE_UPDATE_SCREENSHOTS=1 pytest tests/test_ui_e2e.py")
+
+
+def test_the_deploying_pages_loopline_commands_are_real_cli_commands() -> None:
+    """docs/deploying.md and the README's section show commands the CLI takes."""
+    parser = build_parser()
+    commands = [c for page in (DOCS / "deploying.md", REPO / "README.md")
+                for c in shell_commands(page.read_text())
+                if c[0].endswith("loopline") and c[1:2] and c[1] in {"deploy", "undeploy", "run",
+                                                                    "status"}]
+    assert {c[1] for c in commands} == {"deploy", "undeploy", "run", "status"}
+    for command in commands:
+        try:
+            parser.parse_args(command[1:])
+        except SystemExit:
+            pytest.fail(f"`{shlex.join(command)}` is not a valid loopline command")

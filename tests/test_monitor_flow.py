@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from loopline.release.registry import ModelRegistry
 from loopline.serving.prediction_log import (
     FeedbackLogWriter,
     FeedbackRecord,
@@ -55,10 +56,18 @@ def test_a_shifted_window_drifts_alerts_and_emits_the_event(demo_pipeline, tmp_p
     calm = monitor(str(spec_path), current_uri=str(same))
     assert not calm.dataset_drift and calm.events == {}
 
+    # Each run keeps its verdict on the registered model (loopline status shows the last).
+    verdict = ModelRegistry().model_history.last_monitor_verdict(MODEL)
+    assert verdict is not None and verdict.verdict == calm.drift and verdict.rows == 300
+    assert not verdict.dataset_drift and verdict.events == ()
+
     few = tmp_path / "few.parquet"
     window(10, 2.5).write_parquet(few)
     empty = monitor(str(spec_path), current_uri=str(few))
     assert empty.drift is None and empty.events == {}
+    verdict = ModelRegistry().model_history.last_monitor_verdict(MODEL)
+    assert verdict is not None and verdict.rows == 10
+    assert verdict.verdict == "no verdict: 10 row(s) in the window, too few"
 
 
 def test_drift_on_inputs_compares_the_source_with_the_raw_records(demo_pipeline, demo_csv: Path,

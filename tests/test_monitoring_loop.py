@@ -15,21 +15,9 @@ tests/test_serving_follow_e2e.py.)
 from __future__ import annotations
 
 import pytest
-import yaml
 
-from tests.conftest import DEMO_SPEC, REPO
 from tests.head_start import Finished
 from tests.test_bench import assert_well_formed, quick_results
-
-
-def test_the_monitor_schedule_is_the_demo_specs() -> None:
-    deployments = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())[
-        "deployments"]}
-    spec = yaml.safe_load(DEMO_SPEC.read_text())
-    assert deployments["monitor"]["schedules"][0]["cron"] == spec["monitoring"]["schedule"]["cron"]
-    triggers = deployments["retrain"]["triggers"]
-    assert [t["expect"] for t in triggers] == [["loopline.drift.detected"],
-                                              ["loopline.performance.degraded"]]
 
 
 @pytest.mark.head_start("bench-loop")

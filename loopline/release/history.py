@@ -1,6 +1,6 @@
 """A registered model's history, kept as tags on the model in MLflow: every stage change of its
 versions (who, when, from, to, why), which a rollback reads, and every retraining run (claimed,
-then how it ended), which the retraining guardrails read.
+then how it ended), which the retraining guardrails read, and the last monitoring verdict.
 
 Each record is a tag of its own under a prefix, keyed by time and a random suffix, so writers on
 many machines never overwrite each other's records.
@@ -18,8 +18,10 @@ from mlflow.tracking import MlflowClient
 from loopline.errors import ModelNotFound
 from loopline.release.records import (
     HISTORY_PREFIX,
+    MONITOR_TAG,
     RETRAINING_PREFIX,
     HistoryEvent,
+    MonitorVerdict,
     RetrainingRecord,
     Stage,
 )
@@ -82,3 +84,23 @@ class ModelHistory:
         records = [RetrainingRecord.model_validate_json(v) for k, v in tags.items()
                    if k.startswith(RETRAINING_PREFIX)]
         return sorted(records, key=lambda r: (r.at, r.run))
+
+    def record_monitor_verdict(self, name: str, verdict: MonitorVerdict) -> None:
+        """Keep ``verdict`` as the last monitoring verdict of ``name`` (replacing the previous).
+
+        Raises:
+            ModelNotFound: no model named ``name``.
+        """
+        try:
+            self.client.set_registered_model_tag(name, MONITOR_TAG, verdict.model_dump_json())
+        except MlflowException as exc:
+            raise ModelNotFound(f"no model named {name!r}") from exc
+
+    def last_monitor_verdict(self, name: str) -> MonitorVerdict | None:
+        """The last monitoring verdict of ``name``; None before the first (or an unknown name)."""
+        try:
+            tags = self.client.get_registered_model(name).tags
+        except MlflowException:
+            return None
+        found = tags.get(MONITOR_TAG)
+        return MonitorVerdict.model_validate_json(found) if found else None

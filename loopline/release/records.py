@@ -24,6 +24,8 @@ CARD_TAG = "loopline.model_card"
 DEPLOYMENTS_TAG = "loopline.deployments"
 HISTORY_PREFIX = "loopline.history."
 RETRAINING_PREFIX = "loopline.retraining."
+#: The registered model tag holding the last monitoring verdict (each run replaces it).
+MONITOR_TAG = "loopline.monitor.last"
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 #: Which stage a version may move to from each stage.
@@ -122,3 +124,27 @@ class RetrainingRecord(BaseModel):
     run: str = ""
     version: int | None = None
     reason: str = ""
+
+
+class MonitorVerdict(BaseModel):
+    """What the last monitoring run of a model concluded, as ``loopline status`` shows it.
+
+    Attributes:
+        at: when the run ended (aware, UTC).
+        verdict: the drift report's title, or why there was no verdict (too little data).
+        rows: served rows in the window it checked.
+        dataset_drift: whether the dataset drifted (the event that starts retraining).
+        alerts: the alerts it raised.
+        events: the Prefect events it emitted.
+        run: the Prefect flow run.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    verdict: str
+    rows: int
+    dataset_drift: bool = False
+    alerts: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()
+    run: str = ""

@@ -36,6 +36,7 @@ source — check out. Only `true` and `false` are booleans (YAML 1.2), so `on:` 
 | `name`, `description`, `owner` | used: the model, feature set and Bento name; the card's description |
 | `data` (source, format, target, entity_id, event_time, split) | used by the pipeline flow |
 | `data.validation` | used: checked before materializing; a failing batch is quarantined and alerted |
+| `data.schedule`, `monitoring.schedule`, `retraining.schedule` | used by `loopline deploy` |
 | `features` | used: computed with polars SQL, materialized as a versioned feature set |
 | `training` task, metric, algorithms, params, trainer, seed | used (no sweep: each candidate once) |
 | `training.algorithms[*].search`, `training.sweep` | used by the sweep flow (Optuna) |
@@ -44,7 +45,7 @@ source — check out. Only `true` and `false` are booleans (YAML 1.2), so `on:` 
 | `serving` | used by the Bento: champion and challenger routed, API keys, the prediction log |
 | `notifications` | used for data-validation, drift and performance alerts (log, webhook, Slack) |
 | `monitoring` | used by the monitor flow: drift, performance, alerts, events |
-| `retraining` | used: triggers, cooldown, daily maximum, minimum samples, learning from production |
+| `retraining` | used: triggers, cooldown, daily maximum, minimum samples, `sweep`, learning |
 
 """
 

@@ -6,6 +6,7 @@ model, so a spec dumps back to exactly what was written; the parsers here turn t
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,10 @@ _COMPARISON = re.compile(r"^\s*(>=|<=|>|<|==)\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\
 _MARGIN = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*(%?)\s*$")
 
 #: A name used as a key in MLflow, the feature store and BentoML (lowercase, digits, ``_``, ``-``).
-NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+#: It must end with a letter or digit and stay within 63 characters: that is BentoML's rule for a
+#: Bento's name, which is the model's own (a ``-`` or ``_`` at the end would be refused by the
+#: Bento build, after training; see :mod:`loopline.naming` for every name derived from it).
+NAME_PATTERN = r"^[a-z]([a-z0-9_-]{0,61}[a-z0-9])?$"
 #: A column or feature name as polars SQL can reference it without quoting.
 COLUMN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
@@ -231,4 +235,19 @@ class Schedule(StrictModel):
         if (self.cron is None) == (self.interval is None):
             raise spec_error("a schedule needs exactly one of `cron` and `interval`",
                              'write `cron: "0 * * * *"` or `interval: 1h`')
+        # What validates deploys: Prefect's schedules take IANA zone names only (the zoneinfo
+        # database), and a run a second at most.
+        if self.timezone not in _time_zones():
+            raise spec_error(f"{self.timezone!r} is not an IANA time zone",
+                             "use a name such as `UTC`, `Europe/Paris` or `America/New_York`")
+        if self.interval is not None and parse_duration(self.interval) < timedelta(seconds=1):
+            raise spec_error(f"an interval of {self.interval} would start runs faster than "
+                             "Prefect schedules them", "use an interval of 1s or more, e.g. `5m`")
         return self
+
+
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    import zoneinfo
+
+    return frozenset(zoneinfo.available_timezones())
