@@ -136,9 +136,11 @@ def test_deploy_refuses_two_specs_of_one_model_before_writing(
 
 def test_status_shows_the_registry_when_prefect_does_not_answer(
         demo_spec_path: Path, tmp_path: Path) -> None:
-    # A process of its own: no Prefect settings of this session's harness apply to it.
+    # A process of its own: no Prefect settings of this session's harness apply to it, and
+    # no MLflow URI an earlier test exported (its tracking store is the state folder's).
     env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api",
-           "LOOPLINE_HOME": str(tmp_path / "state")}
+           "LOOPLINE_HOME": str(tmp_path / "state"), "MLFLOW_TRACKING_URI": "",
+           "MLFLOW_REGISTRY_URI": ""}
     done = subprocess.run([str(VENV_BIN / "loopline"), "status", str(demo_spec_path)],
                           capture_output=True, text=True, env=env, timeout=120, check=False)
     assert done.returncode == 0, done.stderr

@@ -1,7 +1,8 @@
 """The demo loop on shared infrastructure, on one machine: the Prefect server, MLflow and Optuna on
 PostgreSQL, MLflow's artifacts, the feature store and the prediction log on S3, a sweep's
 trials spread over two process workers of one pool, the champion served, drift detected and
-retraining started by Prefect's trigger. The spec is the laptop's; only settings differ.
+retraining started by Prefect's trigger, the model deployed with `loopline deploy`. The spec is
+the laptop's; only settings differ.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tests.prefect_server import (
     Worker,
     deploy_all,
     deployment_runs,
+    loopline,
     run_deployment,
     wait_for_run,
 )
@@ -113,10 +115,13 @@ def test_the_demo_loop_runs_on_postgresql_s3_and_two_workers(
 ) -> None:
     stack = scale_out_stack
     spec_path = write_spec(tmp_path, spec_text(demo_csv))
+    # The model's own deployments, as a user deploys theirs (prefect.yaml's are the demo's; its
+    # generic sweep-trials deployment runs the trial streams).
+    loopline(stack.env, "deploy", str(spec_path))
 
     # 1. The pipeline deployment: features on S3, the sweep's trials on both trial workers
     #    with the study on PostgreSQL, runs and models in the MLflow server.
-    run = run_deployment(stack.env, "loopline-pipeline/pipeline", spec_path=str(spec_path))
+    run = run_deployment(stack.env, f"loopline-pipeline/{MODEL}")
     assert wait_for_run(stack.env, run, RUN_TIMEOUT_S, workers["loopline-process"].log) == "COMPLETED", \
         logs(workers)
 
@@ -162,11 +167,11 @@ def test_the_demo_loop_runs_on_postgresql_s3_and_two_workers(
 
     # 3. The monitor deployment finds drift; Prefect's trigger starts retraining, which learns
     #    from the labelled traffic.
-    monitor = run_deployment(stack.env, "loopline-monitor/monitor", spec_path=str(spec_path))
+    monitor = run_deployment(stack.env, f"loopline-monitor/{MODEL}")
     assert wait_for_run(stack.env, monitor, RUN_TIMEOUT_S, workers["loopline-process"].log) == "COMPLETED", \
         logs(workers)
     deadline = time.monotonic() + 180
-    while not (retrains := deployment_runs(stack.env, "loopline-retrain", "retrain")):
+    while not (retrains := deployment_runs(stack.env, "loopline-retrain", MODEL)):
         assert time.monotonic() < deadline, f"no retraining was triggered:\n{logs(workers)}"
         time.sleep(1)
     assert wait_for_run(stack.env, str(retrains[0]["id"]), RUN_TIMEOUT_S,
