@@ -170,6 +170,33 @@ def check_same(batch_files: list[str], direct_files: list[str], rows: int) -> No
         raise AssertionError("batch and direct probabilities differ")
 
 
+def measure_repeat(attempt: int, repeats: int, model: Path, source: Path, out: Path,
+                   chunk_rows: int, rows: int, module: str = "bench.batch"
+                   ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """One repeat of a batch workload: loopline's job into ``out`` and the direct call, which of
+    them goes first alternating with ``attempt``, then the direct call with BLAS on one thread;
+    both outputs are checked equal, then removed. Returns each side's result and the
+    one-thread direct result.
+    """
+    direct_out = out.with_name(f"{out.name}-direct.parquet")
+    order = ["loopline", "direct"] if attempt % 2 == 0 else ["direct", "loopline"]
+    measured = {}
+    for side in order:
+        measured[side] = (
+            _run_side("loopline", str(model), str(source), str(out), str(chunk_rows), module=module)
+            if side == "loopline"
+            else _run_side("direct", str(model), str(source), str(direct_out), module=module))
+        _log(f"run {attempt + 1}/{repeats} {side}: {measured[side]['seconds']:.3f} s, "
+             f"peak {measured[side]['peak_mb']:,.0f} MB")
+    # The batch side limits BLAS to one thread (BatchJob.blas_threads); the same limit on the
+    # direct call shows how much of the difference that limit alone makes.
+    blas1 = _run_side("direct", str(model), str(source), str(direct_out), "1", module=module)
+    check_same(measured["loopline"]["files"], measured["direct"]["files"], rows)
+    shutil.rmtree(out)
+    direct_out.unlink()
+    return measured, blas1
+
+
 # --- the benchmark --------------------------------------------------------------------------------
 
 def run(quick: bool = False, command: str = "python -m bench batch") -> dict[str, dict[str, Any]]:
@@ -192,26 +219,13 @@ def run(quick: bool = False, command: str = "python -m bench batch") -> dict[str
         peaks = {"loopline": 0.0, "direct": 0.0}
         times: dict[str, list[float]] = {"loopline": [], "direct": [], "direct_blas1": []}
         for attempt in range(repeats):
-            out, direct_out = work / f"out-{attempt}", work / f"direct-{attempt}.parquet"
-            order = ["loopline", "direct"] if attempt % 2 == 0 else ["direct", "loopline"]
-            measured = {}
-            for side in order:
-                measured[side] = (
-                    _run_side("loopline", str(model), str(source), str(out), str(chunk_rows))
-                    if side == "loopline" else _run_side("direct", str(model), str(source), str(direct_out)))
-                _log(f"run {attempt + 1}/{repeats} {side}: {measured[side]['seconds']:.3f} s, "
-                     f"peak {measured[side]['peak_mb']:,.0f} MB")
-            # The batch side limits BLAS to one thread (BatchJob.blas_threads); the same limit
-            # on the direct call shows how much of the difference that limit alone makes.
-            blas1 = _run_side("direct", str(model), str(source), str(direct_out), "1")
+            measured, blas1 = measure_repeat(attempt, repeats, model, source, work / "out",
+                                             chunk_rows, rows)
             times["direct_blas1"].append(blas1["seconds"])
-            check_same(measured["loopline"]["files"], measured["direct"]["files"], rows)
             for side, result in measured.items():
                 peaks[side] = max(peaks[side], result["peak_mb"])
                 times[side].append(result["seconds"])
                 baselines[side].append(result["baseline_mb"])
-            shutil.rmtree(out)
-            direct_out.unlink()
         _log("outputs match (every id once, classes equal, probabilities within 1e-6)")
         double = work / "double"
         double.mkdir()

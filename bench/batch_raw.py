@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import shutil
 import statistics
 import sys
 import time
@@ -42,8 +41,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench.batch import ID, TARGET, TRAIN_ROWS, _peak_mb, check_same
-from bench.batch import _run_side as batch_run_side
+from bench.batch import ID, TARGET, TRAIN_ROWS, _peak_mb, measure_repeat
 from bench.features import write_source
 from bench.results import entry, load_average
 
@@ -199,10 +197,6 @@ def _child(argv: list[str]) -> None:
     print(json.dumps({**measured, "peak_mb": _peak_mb()}))
 
 
-def _run_side(side: str, *args: str) -> dict[str, Any]:
-    return batch_run_side(side, *args, module="bench.batch_raw")
-
-
 # --- the benchmark --------------------------------------------------------------------------------
 
 def run(quick: bool, command: str, work: Path, chunk_rows: int, repeats: int
@@ -220,24 +214,14 @@ def run(quick: bool, command: str, work: Path, chunk_rows: int, repeats: int
     times: dict[str, list[float]] = {"loopline": [], "direct": [], "direct_blas1": []}
     parts: dict[str, list[float]] = {"read": [], "compute": [], "predict": []}
     for attempt in range(repeats):
-        out, direct_out = work / f"raw-out-{attempt}", work / f"raw-direct-{attempt}.parquet"
-        measured = {}
-        for side in ["loopline", "direct"] if attempt % 2 == 0 else ["direct", "loopline"]:
-            measured[side] = (
-                _run_side("loopline", str(model), str(source), str(out), str(chunk_rows))
-                if side == "loopline" else _run_side("direct", str(model), str(source), str(direct_out)))
-            _log(f"run {attempt + 1}/{repeats} {side}: {measured[side]['seconds']:.3f} s, "
-                 f"peak {measured[side]['peak_mb']:,.0f} MB")
-        blas1 = _run_side("direct", str(model), str(source), str(direct_out), "1")
+        measured, blas1 = measure_repeat(attempt, repeats, model, source, work / "raw-out",
+                                         chunk_rows, rows, module="bench.batch_raw")
         times["direct_blas1"].append(blas1["seconds"])
-        check_same(measured["loopline"]["files"], measured["direct"]["files"], rows)
         for side, result in measured.items():
             peaks[side] = max(peaks[side], result["peak_mb"])
             times[side].append(result["seconds"])
         for part in parts:
             parts[part].append(measured["direct"][f"{part}_seconds"])
-        shutil.rmtree(out)
-        direct_out.unlink()
     _log("outputs match (every id once, classes equal, probabilities within 1e-6)")
     recipe = make_recipe()
     read = statistics.median(parts["read"])
