@@ -399,6 +399,13 @@ def one_run(prefect: Prefect, side: str, work: Path, source: Path, spec: Path,
                 versions = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["versions"]
                 if versions != {"champion": 2}:
                     raise RuntimeError(f"the service ended serving {versions}, not v2 alone")
+                if side == "loopline":
+                    # The challenger's event starts a rollout run (counted in the figures). On a
+                    # loaded machine Prefect's automation may create it after a scheduled run
+                    # already promoted v2: wait for it rather than count it missing.
+                    wait_until(lambda: any(not run["auto_scheduled"] for run in prefect.runs_of(
+                        "loopline-rollout/rollout", started)),
+                        "a rollout run started by the challenger's event", logs, every=1.0)
                 # The workers stop only once the runs they took ended (the promote flow builds
                 # v2's Bento after the swap): a run killed with them would be left RUNNING.
                 wait_until(lambda: all(run["state"]["type"] not in ("PENDING", "RUNNING")
