@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 
 from loopline.errors import InvalidSpec, SpecProblem
 from loopline.naming import REQUEST_ID
+from loopline.spec.monitoring_problems import monitoring_problems
 from loopline.spec.sections.algorithms import search_space_problems
 from loopline.spec.sections.base import NAME_PATTERN, StrictModel
 from loopline.spec.sections.data import ComputedFeature, DataSpec, FeatureEntry, PassthroughFeatures
@@ -236,12 +237,7 @@ def consistency_problems(spec: Spec) -> list[SpecProblem]:
             problems.append(_problem(f"monitoring.drift.per_feature.{feature}",
                                      f"{feature!r} is not a feature",
                                      f"use one of: {', '.join(seen) or '(no features)'}"))
-    if spec.monitoring.performance is not None:
-        for index, alert in enumerate(spec.monitoring.performance.alerts):
-            if alert.metric not in known_metrics:
-                problems.append(_problem(f"monitoring.performance.alerts[{index}].metric",
-                                         f"{alert.metric!r} is not a {training.task} metric",
-                                         f"use one of: {metric_list}"))
+    problems += monitoring_problems(spec.monitoring, training.task, seen)
 
     triggers = spec.retraining.on
     if "schedule" in triggers and spec.retraining.schedule is None:

@@ -9,8 +9,14 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from loopline.spec.sections.base import Duration, Fraction, Schedule, StrictModel, spec_error
+from loopline.spec.sections.quality import QualitySpec
 
 DriftMethod = Literal["ks", "chi2", "wasserstein", "psi", "jensenshannon"]
+OutputDriftAction = Literal["alert", "retrain", "off"]
+#: The prefix of an estimated metric (``estimated_f1``): CBPE's estimate, without labels.
+ESTIMATED_PREFIX = "estimated_"
+#: The classification metrics CBPE estimates.
+ESTIMABLE_METRICS = ("accuracy", "f1", "precision", "recall", "roc_auc")
 
 
 class DriftSeverity(StrictModel):
@@ -45,6 +51,10 @@ class DriftSpec(StrictModel):
         min_samples: fewer rows in the window give ``InsufficientData``, not a verdict.
         on: what is compared with the reference: the model's features (default) or the raw
             source columns the service received.
+        prediction: what drift of the model's own output (the served class, and a binary
+            model's positive-class probability or a regressor's value) against its output on
+            the reference does: `alert`, `retrain` (also emit the drift event) or `off`.
+        label: the same for the labels that arrived in the window against the training labels.
     """
 
     on: Literal["features", "inputs"] = "features"
@@ -54,6 +64,8 @@ class DriftSpec(StrictModel):
     drift_share: Fraction = 0.5
     severity: DriftSeverity = Field(default_factory=DriftSeverity)
     min_samples: Annotated[int, Field(ge=1)] = 100
+    prediction: OutputDriftAction = "alert"
+    label: OutputDriftAction = "alert"
 
 
 class PerformanceAlert(StrictModel):
@@ -61,7 +73,10 @@ class PerformanceAlert(StrictModel):
     or rises above ``above`` (an error such as rmse) over a monitoring window.
 
     Attributes:
-        metric: a metric of the task.
+        metric: a metric of the task, or for a classifier an estimated one
+            (`estimated_accuracy`, `estimated_f1`, `estimated_precision`, `estimated_recall`,
+            `estimated_roc_auc`): CBPE's estimate from the served probabilities, judged before
+            any label arrives (the realized metric replaces it once a window has `min_labels`).
         below: act when the metric falls below this.
         above: act when the metric rises above this.
         action: `alert`, `retrain` or `rollback`.
@@ -88,13 +103,18 @@ class PerformanceSpec(StrictModel):
         label_source: where labels come from: `feedback` posted to the service.
         window: the window metrics are computed over, e.g. `24h`.
         alerts: when to alert, retrain or roll back.
-        min_labels: a window with fewer labelled predictions gives no verdict.
+        min_labels: a window with fewer labelled predictions gives no verdict (an estimated
+            metric: fewer predictions).
+        estimate: `cbpe` estimates a classifier's metrics per window without labels
+            (confidence-based performance estimation, from the probabilities calibrated when the
+            version was registered), stored beside the realized series; `off` does not.
     """
 
     label_source: Literal["feedback"] = "feedback"
     window: Duration = "24h"
     alerts: list[PerformanceAlert] = Field(default_factory=list)
     min_labels: Annotated[int, Field(ge=1)] = 100
+    estimate: Literal["cbpe", "off"] = "cbpe"
 
 
 class MonitoringSpec(StrictModel):
@@ -104,7 +124,12 @@ class MonitoringSpec(StrictModel):
         schedule: when the monitor flow runs.
         window: the recent window compared with the reference, e.g. `24h`.
         drift: how drift is tested.
-        performance: quality tracking once labels arrive.
+        performance: quality tracking once labels arrive, and estimated before they do.
+        quality: data quality of the served traffic (nulls, values outside the training range,
+            categories never seen in training), per feature and window.
+        segment: a feature whose values split the traffic: drift, data quality and performance
+            are also judged per value (the 20 most frequent in the reference), and an alert
+            names its segment.
         alert_cooldown: identical alerts within this time are not repeated.
     """
 
@@ -112,6 +137,8 @@ class MonitoringSpec(StrictModel):
     window: Duration = "24h"
     drift: DriftSpec = Field(default_factory=DriftSpec)
     performance: PerformanceSpec | None = None
+    quality: QualitySpec | None = None
+    segment: Annotated[str, Field(min_length=1)] | None = None
     alert_cooldown: Duration = "1h"
 
 
