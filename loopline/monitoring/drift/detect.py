@@ -38,7 +38,9 @@ BATCH_BYTES = 128 * 2**20
 
 
 @dataclass(frozen=True)
-class _TooFew:
+class TooFew:
+    """A feature with fewer than ``min_samples`` non-null values on a side."""
+
     feature: str
 
 
@@ -69,7 +71,7 @@ def detect_drift(reference: Frame, current: Frame, spec: DriftSpec, columns: Seq
         InvalidSpec: a ``per_feature`` test does not apply to the feature's kind.
     """
     computed_at = now or datetime.now(UTC)
-    ref_rows, cur_rows = _rows(reference), _rows(current)
+    ref_rows, cur_rows = row_count(reference), row_count(current)
     if min(ref_rows, cur_rows) < spec.min_samples:
         raise InsufficientData(
             f"drift needs at least {spec.min_samples} rows a side (monitoring.drift.min_samples); "
@@ -80,18 +82,28 @@ def detect_drift(reference: Frame, current: Frame, spec: DriftSpec, columns: Seq
     kinds = infer_kinds(ref_lazy, cur_lazy, names, categorical)
     check_per_feature(spec, kinds)
 
-    results: list[FeatureDrift | _TooFew] = []
+    results: list[FeatureDrift | TooFew] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for batch in _batches(names, max(ref_rows, cur_rows)):
-            ref_frame, cur_frame = _collect(reference, batch), _collect(current, batch)
+        for batch in column_batches(names, max(ref_rows, cur_rows)):
+            ref_frame, cur_frame = collect_columns(reference, batch), collect_columns(current, batch)
 
             def one(name: str, ref_frame: pl.DataFrame = ref_frame,
-                    cur_frame: pl.DataFrame = cur_frame) -> FeatureDrift | _TooFew:
+                    cur_frame: pl.DataFrame = cur_frame) -> FeatureDrift | TooFew:
                 return _test_feature(name, kinds[name], ref_frame[name], cur_frame[name], spec)
 
             results += list(pool.map(one, batch)) if workers > 1 else [one(name) for name in batch]
             del ref_frame, cur_frame
-    too_few = tuple(item.feature for item in results if isinstance(item, _TooFew))
+    return finish_report(results, spec, computed_at, ref_rows, cur_rows)
+
+
+def finish_report(results: Sequence[FeatureDrift | TooFew], spec: DriftSpec, computed_at: datetime,
+                  ref_rows: int, cur_rows: int) -> DriftReport:
+    """The report of the features' results.
+
+    Raises:
+        InsufficientData: a feature had fewer than ``spec.min_samples`` values on a side.
+    """
+    too_few = tuple(item.feature for item in results if isinstance(item, TooFew))
     if too_few:
         raise InsufficientData(
             f"{', '.join(too_few)}: fewer than {spec.min_samples} non-null values on a side "
@@ -102,31 +114,34 @@ def detect_drift(reference: Frame, current: Frame, spec: DriftSpec, columns: Seq
                              current_rows=cur_rows)
 
 
-def _rows(frame: Frame) -> int:
+def row_count(frame: Frame) -> int:
+    """The frame's rows (a lazy frame counts them without reading its columns)."""
     if isinstance(frame, pl.DataFrame):
         return frame.height
     return int(frame.select(pl.len()).collect().item())
 
 
-def _batches(names: list[str], rows: int) -> Iterator[list[str]]:
+def column_batches(names: list[str], rows: int) -> Iterator[list[str]]:
+    """``names`` in batches of columns of about ``BATCH_BYTES`` each at ``rows`` rows."""
     size = max(1, BATCH_BYTES // max(1, rows * 8))
     for start in range(0, len(names), size):
         yield names[start:start + size]
 
 
-def _collect(frame: Frame, names: list[str]) -> pl.DataFrame:
+def collect_columns(frame: Frame, names: list[str]) -> pl.DataFrame:
+    """Just ``names`` of the frame (a lazy frame reads only those columns)."""
     if isinstance(frame, pl.DataFrame):
         return frame.select(names)
     return frame.select(names).collect()
 
 
 def _test_feature(name: str, kind: Kind, reference: pl.Series, current: pl.Series,
-                  spec: DriftSpec) -> FeatureDrift | _TooFew:
+                  spec: DriftSpec) -> FeatureDrift | TooFew:
     if kind == "numeric":
-        ref_values, cur_values = finite_sorted(_floats(reference)), finite_sorted(_floats(current))
+        ref_values, cur_values = finite_sorted(as_floats(reference)), finite_sorted(as_floats(current))
         n_ref, n_cur = len(ref_values), len(cur_values)
         if min(n_ref, n_cur) < spec.min_samples:
-            return _TooFew(name)
+            return TooFew(name)
         # pandas holds an integer column without nulls as integers: np.histogram_bin_edges then
         # keeps bins at least 1 wide.
         integer = all(s.dtype.is_integer() and s.null_count() == 0 for s in (reference, current))
@@ -138,7 +153,7 @@ def _test_feature(name: str, kind: Kind, reference: pl.Series, current: pl.Serie
         counts = _value_counts(reference, current)
         n_ref, n_cur, n_values = int(counts.reference.sum()), int(counts.current.sum()), counts.n_values
         if min(n_ref, n_cur) < spec.min_samples:
-            return _TooFew(name)
+            return TooFew(name)
         test = choose_test(name, kind, spec, n_ref, n_values)
         score = counts_score(counts, test)
     threshold = threshold_for(test, spec)
@@ -148,7 +163,7 @@ def _test_feature(name: str, kind: Kind, reference: pl.Series, current: pl.Serie
                         reference_values=n_ref, current_values=n_cur, distinct_values=n_values)
 
 
-def _floats(values: pl.Series) -> FloatArray:
+def as_floats(values: pl.Series) -> FloatArray:
     """The values as float64, nulls as NaN (dropped with NaN and infinities when sorted)."""
     floats = values if values.dtype == pl.Float64 else values.cast(pl.Float64)
     array: FloatArray = floats.to_numpy()
@@ -157,7 +172,14 @@ def _floats(values: pl.Series) -> FloatArray:
 
 def _value_counts(reference: pl.Series, current: pl.Series) -> Counts:
     """Both sides' value counts over the union of their values, in sorted order."""
-    ref, cur = _counted(reference, "r"), _counted(current, "c")
+    return join_counts(counted_values(reference, "r"), counted_values(current, "c"))
+
+
+def join_counts(ref: pl.DataFrame, cur: pl.DataFrame) -> Counts:
+    """Both sides' value counts (``value`` and ``r``, ``value`` and ``c``) over the union of
+    their values, in sorted order; values of different dtypes are compared as floats (both
+    numeric) or as strings.
+    """
     ref_key, cur_key = ref.schema["value"], cur.schema["value"]
     if ref_key != cur_key:
         common: pl.DataType = (pl.Float64() if is_numeric_dtype(ref_key) and is_numeric_dtype(cur_key)
@@ -169,7 +191,8 @@ def _value_counts(reference: pl.Series, current: pl.Series) -> Counts:
                   current=joined["c"].to_numpy().astype(np.int64))
 
 
-def _counted(values: pl.Series, name: str) -> pl.DataFrame:
+def counted_values(values: pl.Series, name: str) -> pl.DataFrame:
+    """Every non-null, finite value's count (``value``, ``name``), categoricals as strings."""
     values = values.drop_nulls()
     if values.dtype.is_float():
         values = values.filter(values.is_finite())

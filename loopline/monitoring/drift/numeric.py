@@ -32,6 +32,8 @@ KS_EXACT_MAX_N = 10_000
 #: Evidently's ``get_binned_data``: numeric features with more distinct reference values than
 #: this are binned into a histogram; the others are compared value by value.
 BINNED_MAX_UNIQUE = 20
+#: ``_wasserstein_distance_norm``: the least norm (the reference's standard deviation) used.
+MIN_NORM = 0.001
 
 
 class NumericPair:
@@ -99,12 +101,7 @@ class NumericPair:
         if max(n1, n2) <= KS_EXACT_MAX_N:
             return float(stats.ks_2samp(self.reference, self.current).pvalue)
         ref_at = self._cumulative()[self.ends]
-        diffs = ref_at / n1 - (self.ends + 1 - ref_at) / n2
-        below, above = float(np.clip(-diffs.min(), 0, 1)), float(diffs.max())
-        statistic = below if below > above else above
-        m, n = sorted([float(n1), float(n2)], reverse=True)
-        p_value = stats.kstwo.sf(statistic, np.round(m * n / (m + n)))
-        return float(np.clip(p_value, 0, 1))
+        return ks_asymptotic_p_value(ks_statistic(ref_at / n1 - (self.ends + 1 - ref_at) / n2), n1, n2)
 
     def wasserstein_norm(self) -> float:
         """``_wasserstein_distance_norm``: ``scipy.stats.wasserstein_distance`` (the integral of
@@ -118,7 +115,7 @@ class NumericPair:
         cur_cdf -= ref_up_to
         gap = np.subtract(ref_cdf, cur_cdf / n2, out=ref_cdf)
         np.abs(gap, out=gap)
-        norm = max(float(np.std(self.reference)), 0.001)
+        norm = max(float(np.std(self.reference)), MIN_NORM)
         return float(np.vecdot(gap, self.deltas)) / norm
 
     def counts(self) -> Counts:
@@ -150,6 +147,23 @@ class NumericPair:
         if test == "psi":
             return psi_value(*self.binned_percents())
         return jensenshannon_distance(*self.binned_percents())
+
+
+def ks_statistic(diffs: FloatArray) -> float:
+    """The two-sided KS statistic from the CDFs' differences (reference minus current) at every
+    value of the merge, as ``ks_2samp`` takes it (the larger of the two one-sided statistics).
+    """
+    below, above = float(np.clip(-diffs.min(), 0, 1)), float(diffs.max())
+    return below if below > above else above
+
+
+def ks_asymptotic_p_value(statistic: float, n1: int, n2: int) -> float:
+    """``ks_2samp``'s p-value above ``KS_EXACT_MAX_N`` values a side: Smirnov's asymptotic
+    distribution (``kstwo``) at the effective size.
+    """
+    m, n = sorted([float(n1), float(n2)], reverse=True)
+    p_value = stats.kstwo.sf(statistic, np.round(m * n / (m + n)))
+    return float(np.clip(p_value, 0, 1))
 
 
 def finite_sorted(values: FloatArray) -> FloatArray:
