@@ -21,6 +21,7 @@ from loopline.spec.model import Spec
 from loopline.training.sweep.reuse import SweepPlan
 from tasks.evaluation import evaluate_candidate
 from tasks.features import materialize_features, validate_source_data
+from tasks.monitoring_reference import write_monitoring_reference
 from tasks.packaging import build_bento
 from tasks.registry import record_deployment, register_candidate
 from tasks.rollout import announce_challenger
@@ -77,7 +78,9 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
            pipeline's MLflow run.
         6. The best candidate on the validation split goes forward.
         7. Score it and the champion on the test split; decide the gates.
-        8. If it passes: log and register the model with its card and lineage, in STAGING.
+        8. If it passes: log and register the model with its card and lineage, in STAGING, and
+           write its monitoring reference beside it (profiles of its training features and of
+           its outputs, its calibrated probabilities): what the monitor compares with.
         9. If the gates say ``on_pass: production`` (or there is no champion yet) and its card
            is approved: run the promote flow (champion, Bento). A new challenger that stays in
            STAGING is served beside the champion when the spec routes between them (a Bento
@@ -103,6 +106,8 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
     version, stage, bento_tag = None, None, None
     if evaluation.decision.passed:
         registered = register_candidate(spec, manifest, best, evaluation, trigger)
+        write_monitoring_reference(spec, manifest, best.candidate.model, registered.version,
+                                   storage_block)
         version, stage = registered.version, registered.stage
         automatic = spec.gates.on_pass == "production" or evaluation.champion is None
         if automatic and spec.gates.model_card.approved:

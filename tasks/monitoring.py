@@ -6,16 +6,15 @@ recent window of served traffic, or the data source against the raw records the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from prefect.logging import get_run_logger
 
-from loopline.data.feature_sets import FeatureSetManifest
 from loopline.data.sources import scan_source
 from loopline.errors import InsufficientData, ModelNotFound
 from loopline.monitoring.alerting.alert import Alert, Delivery
@@ -29,23 +28,29 @@ from loopline.monitoring.drift import (
     logged_inputs,
     source_sides,
 )
-from loopline.monitoring.performance import performance_alerts, performance_series, store_series
-from loopline.naming import artifact_key, drift_metric_name, experiment_name, model_folder, model_resource
+from loopline.monitoring.drift.profile import ReferenceProfile
+from loopline.monitoring.drift.profiled import detect_drift_against_profile
+from loopline.monitoring.performance import (
+    performance_alerts,
+    performance_series,
+    read_series,
+    store_series,
+)
+from loopline.monitoring.performance_estimates import with_estimates
+from loopline.naming import drift_metric_name, experiment_name, model_folder, model_resource
 from loopline.release.records import ModelVersionInfo, MonitorVerdict
 from loopline.release.registry import ModelRegistry
 from loopline.serving.prediction_log import join_feedback, read_feedback, read_predictions
 from loopline.serving.rollout import nudge_services
 from loopline.spec.model import Spec
 from loopline.spec.sections.base import parse_duration
+from loopline.spec.sections.operations import ESTIMABLE_METRICS, ESTIMATED_PREFIX
 from loopline.state import state_paths
 from loopline.training.tracking import experiment_tracker, run_url
-from tasks.features import open_store, read_secret
+from tasks.features import read_secret
 from tasks.options import loopline_task
 from tasks.registry import flow_actor
 from tasks.serving import prediction_log
-
-#: Feature dtypes tested as categories (everything else is numeric).
-CATEGORICAL_DTYPES = frozenset({"string", "str", "bool", "boolean", "categorical"})
 
 
 def _monitored_champion(spec: Spec) -> ModelVersionInfo:
@@ -56,27 +61,14 @@ def _monitored_champion(spec: Spec) -> ModelVersionInfo:
     return champion
 
 
-@loopline_task(name="load-reference")
-def load_reference(spec: Spec, storage_block: str | None = None
-                   ) -> tuple[ModelVersionInfo, pl.DataFrame, list[str]]:
-    """The champion, the feature set version it was trained on (its feature columns), and which
-    of them are categorical.
+@loopline_task(name="find-champion")
+def find_champion(spec: Spec) -> ModelVersionInfo:
+    """The champion the monitor watches.
 
     Raises:
         ModelNotFound: the model has no champion, or the champion has no lineage.
     """
-    champion = _monitored_champion(spec)
-    store = open_store(storage_block)
-    lineage = champion.lineage
-    assert lineage is not None
-    manifest: FeatureSetManifest = store.manifest(lineage.feature_set, lineage.feature_set_version)
-    names = manifest.feature_names
-    reference = store.read(lineage.feature_set, lineage.feature_set_version).select(names)
-    categorical = [name for name in names if manifest.columns.get(name, "") in CATEGORICAL_DTYPES]
-    get_run_logger().info("reference: %s v%d (champion v%d), %d rows x %d features",
-                          lineage.feature_set, lineage.feature_set_version, champion.version,
-                          reference.height, len(names))
-    return champion, reference, categorical
+    return _monitored_champion(spec)
 
 
 @loopline_task(name="load-window")
@@ -133,25 +125,43 @@ def load_labelled(spec: Spec, logged: pl.DataFrame, since: datetime) -> pl.DataF
     return join_feedback(logged, read_feedback(prediction_log(spec), since=since))
 
 
+@dataclass(frozen=True)
+class DriftCheck:
+    """A drift check's outcome.
+
+    Attributes:
+        report: the report; None when the window held too little data for a verdict.
+        note: Markdown: where Evidently's report is, or why there is no verdict.
+        run_id: the ``monitoring`` MLflow run the scores and reports were logged to.
+    """
+
+    report: DriftReport | None
+    note: str
+    run_id: str | None = None
+
+
 @loopline_task(name="check-drift")
-def check_drift(spec: Spec, reference: pl.DataFrame, current: pl.DataFrame,
-                categorical: list[str]) -> DriftReport | None:
-    """Test every feature (or input column) for drift; publish the report (markdown artifact,
-    with Evidently's HTML report on a sample logged to a ``monitoring`` MLflow run). None when
-    the window holds too little data for a verdict.
+def check_drift(spec: Spec, reference: ReferenceProfile | pl.DataFrame, current: pl.DataFrame,
+                categorical: list[str], sample: pl.DataFrame | None = None) -> DriftCheck:
+    """Test every feature (or input column) for drift, against the champion's reference profile
+    (or, for ``monitoring.drift.on: inputs``, the source's rows); log the scores and Evidently's
+    HTML report on a sample (``sample``: the profile's) to a ``monitoring`` MLflow run.
     """
     logger = get_run_logger()
     settings = spec.monitoring.drift
     try:
-        report = detect_drift(reference, current, settings, categorical=categorical)
+        if isinstance(reference, ReferenceProfile):
+            report = detect_drift_against_profile(reference, current, settings, categorical=categorical)
+        else:
+            report = detect_drift(reference, current, settings, categorical=categorical)
     except InsufficientData as exc:
         logger.warning("no drift verdict for %s: %s", spec.name, exc)
-        create_markdown_artifact(key=artifact_key(spec.name, "drift"), markdown=(
-            f"# Drift: {spec.name}\n\nNo verdict: {exc}"), description="insufficient data")
-        return None
+        return DriftCheck(report=None, note=f"No verdict: {exc}")
     stamp = report.computed_at.strftime("%Y%m%dT%H%M%SZ")
-    html = evidently_html(reference, current, settings,
-                          state_paths().home / "reports" / model_folder(spec.name) / f"drift-{stamp}.html",
+    raw = sample if sample is not None else reference
+    assert isinstance(raw, pl.DataFrame)
+    html = evidently_html(raw, current.select(raw.columns) if sample is not None else current,
+                          settings, reports_folder(spec) / f"drift-{stamp}.html",
                           categorical=categorical)
     tracker = experiment_tracker(experiment_name(spec.name), state_paths())
     run_id = tracker.start_run(f"monitor {stamp}", tags={"loopline.kind": "monitoring"})
@@ -163,27 +173,43 @@ def check_drift(spec: Spec, reference: pl.DataFrame, current: pl.DataFrame,
     tracker.end_run(run_id)
     url = f"{run_url(tracker.experiment_id, run_id)}/artifacts/drift/{html.name}"
     link = f"[drift/{html.name} in MLflow run {run_id}]({url}) (local copy: `{html}`)"
-    create_markdown_artifact(key=artifact_key(spec.name, "drift"), markdown=report.render_markdown(link),
-                             description=report.title())
     logger.info("%s; Evidently's report: %s", report.title(), html)
-    return report
+    return DriftCheck(report=report, note=link, run_id=run_id)
+
+
+def reports_folder(spec: Spec) -> Path:
+    """Where the monitor's files for people (Evidently's report, charts) are kept locally."""
+    return state_paths().home / "reports" / model_folder(spec.name)
+
+
+@dataclass(frozen=True)
+class PerformanceCheck:
+    """The performance series (realized, with CBPE's estimates beside it) and its alerts."""
+
+    series: pl.DataFrame
+    alerts: list[Alert]
 
 
 @loopline_task(name="check-performance")
-def check_performance(spec: Spec, labelled: pl.DataFrame) -> list[Alert]:
-    """The spec's metrics per window over the labelled traffic, stored with the series; the
-    alerts for the latest window that crossed a bound.
+def check_performance(spec: Spec, labelled: pl.DataFrame) -> PerformanceCheck:
+    """The spec's metrics per window over the labelled traffic, stored with the series; joined
+    with the stored estimates (the realized value replacing an estimate once a window has its
+    labels); the alerts for the latest window that crossed a bound.
     """
     performance = spec.monitoring.performance
     if performance is None:
-        return []
-    metrics = sorted({rule.metric for rule in performance.alerts} | {spec.training.metric.name})
+        return PerformanceCheck(series=pl.DataFrame(), alerts=[])
+    realized_metrics = {rule.metric.removeprefix(ESTIMATED_PREFIX) for rule in performance.alerts}
+    metrics = sorted(realized_metrics | {spec.training.metric.name})
     series = performance_series(labelled, spec.training.task, metrics,
                                 parse_duration(performance.window))
-    store_series(prediction_log(spec), spec.name, series)
-    alerts = performance_alerts(series, performance, spec.name)
+    storage = prediction_log(spec)
+    stored = store_series(storage, spec.name, series)
+    estimated = read_series(storage, spec.name, "estimated")
+    combined = with_estimates(stored, estimated, list(ESTIMABLE_METRICS), performance.min_labels)
+    alerts = performance_alerts(combined, performance, spec.name)  # judges the latest window
     get_run_logger().info("performance: %d window row(s), %d alert(s)", series.height, len(alerts))
-    return alerts
+    return PerformanceCheck(series=combined, alerts=alerts)
 
 
 @loopline_task(name="send-alert")

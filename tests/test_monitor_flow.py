@@ -2,11 +2,14 @@
 a shifted window emits the drift event and alerts; with ``monitoring.drift.on: inputs`` the raw
 columns are compared with the source, and a shift a computed feature hides is found on them; a
 performance rule's action decides between alerting, asking for retraining and rolling back;
-too little data gives no verdict.
+too little data gives no verdict; an estimated metric (CBPE) asks for retraining before any label
+arrives, and the realized one replaces it once labels do; segments, the model's outputs and data
+quality are judged, alerted and pictured in the report.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -122,3 +125,99 @@ def test_a_performance_rule_alerts_and_asks_for_retraining_only_when_it_says_so(
     result = monitor(str(spec_path))
     assert any(title.startswith("accuracy fell to") for title in result.alerts), result.alerts
     assert (PERFORMANCE_EVENT in result.events) is event
+
+
+def served_traffic(rows: int, shift: float, prefix: str) -> list[tuple[str, object]]:
+    """``rows`` answers of the champion itself (its real predictions and probabilities) on the
+    demo features scaled by ``shift``, logged without labels; returns (request id, prediction).
+    """
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(ModelRegistry().champion(MODEL).uri).unwrap_python_model().model
+    frame = window(rows, shift)
+    answers = model.predict(frame)
+    writer = PredictionLogWriter(Storage(str(state_paths().predictions / MODEL)), flush_rows=100_000)
+    served = []
+    for index, row in enumerate(frame.iter_rows(named=True)):
+        request_id = f"{prefix}-{index}"
+        prediction = answers["prediction"][index].item()
+        writer.append(PredictionRecord(request_id=request_id, model_name=MODEL, model_version=1,
+                                       variant="champion", prediction=prediction,
+                                       probability=float(answers["probability"][index]), features=row))
+        served.append((request_id, prediction))
+    writer.close()
+    return served
+
+
+def test_an_estimated_metric_asks_for_retraining_before_any_label_arrives(
+    demo_pipeline, demo_csv: Path, tmp_path: Path
+) -> None:
+    from flows.monitor import PERFORMANCE_EVENT, monitor
+    from loopline.monitoring.performance import read_series
+
+    shutil.rmtree(state_paths().predictions / MODEL, ignore_errors=True)  # only this test's traffic
+    served = served_traffic(300, 1.0, "cbpe")
+    rule = "{metric: estimated_accuracy, below: 0.999, action: retrain}"
+    spec_path = write_spec(tmp_path, demo_spec_text(demo_csv, {
+        "  window: 24h\n  drift:": (f"  window: 24h\n  performance: {{window: 1d, alerts: [{rule}]}}"
+                                    "\n  drift:"),
+    }))
+    result = monitor(str(spec_path))
+    # No label has come: the estimate alone judged the window and asked for retraining.
+    estimated_alerts = [title for title in result.alerts if title.startswith("estimated_accuracy fell")]
+    assert estimated_alerts and PERFORMANCE_EVENT in result.events, result.alerts
+    series = read_series(Storage(str(state_paths().predictions / MODEL)), MODEL, "estimated")
+    latest = series.filter(pl.col("window_start") == pl.col("window_start").max()
+                           ).row(0, named=True)
+    assert latest["n_predictions"] >= 300
+    low, high = latest["estimated_accuracy_lower"], latest["estimated_accuracy_upper"]
+    assert low <= latest["estimated_accuracy"] <= high
+    assert 0.5 < latest["estimated_accuracy"] < 0.999
+
+    # The labels arrive (every answer right): the realized accuracy replaces the estimate, and
+    # the same rule holds its peace.
+    feedback = FeedbackLogWriter(Storage(str(state_paths().predictions / MODEL)), flush_rows=100_000)
+    for request_id, prediction in served:
+        feedback.append(FeedbackRecord(request_id=request_id, label=prediction))
+    feedback.close()
+    only_right = write_spec(tmp_path, demo_spec_text(demo_csv, {
+        "  window: 24h\n  drift:": (f"  window: 24h\n  performance: {{window: 1d, min_labels: 300, "
+                                    f"alerts: [{rule}]}}\n  drift:"),
+    }), "labelled.yaml")
+    labelled = monitor(str(only_right))
+    assert PERFORMANCE_EVENT not in labelled.events, labelled.alerts
+
+
+def test_segments_outputs_and_data_quality_are_judged_and_alerted(
+    demo_pipeline, demo_csv: Path, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
+    from flows.monitor import monitor
+    from loopline.naming import artifact_key
+
+    shutil.rmtree(state_paths().predictions / MODEL, ignore_errors=True)
+    served_traffic(400, 2.5, "shifted")
+    spec_path = write_spec(tmp_path, demo_spec_text(demo_csv, {
+        "  window: 24h\n  drift:": ("  window: 24h\n  segment: is_large\n"
+                                    "  quality: {max_out_of_range_share: 0.05}\n  drift:"),
+    }))
+    result = monitor(str(spec_path))
+    assert result.dataset_drift and result.drifted_segments, result
+    assert any(f"in segment is_large={key}" in title for key in result.drifted_segments
+               for title in result.alerts), result.alerts
+    # Scaled features push the answers away from the reference's: the served scores drift.
+    assert "score" in result.drifted_outputs, result.drifted_outputs
+    assert any(title.startswith("Prediction drift") for title in result.alerts), result.alerts
+    assert any("out of range" in line for line in result.quality_breaches), result.quality_breaches
+    assert any(title.startswith("Data quality") for title in result.alerts), result.alerts
+
+    key = artifact_key(MODEL, "drift")
+    with get_client(sync_client=True) as client:
+        [latest] = client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
+            key=ArtifactCollectionFilterKey(any_=[key])))
+    markdown = str(latest.data)
+    assert "## Drift per segment of `is_large`" in markdown
+    assert "data:image/png;base64," in markdown  # the drift-share picture, inline
+    assert (state_paths().home / "reports" / MODEL / "drift-share.png").read_bytes()[:4] == b"\x89PNG"

@@ -188,7 +188,8 @@ def test_a_metric_below_its_threshold_raises_an_alert_naming_it(
     assert alert.details == {"metric": "accuracy", "value": 0.5, "threshold": 0.8, "direction": "below",
                              "window_start": (T0 + HOUR).isoformat(),
                              "window_end": (T0 + 2 * HOUR).isoformat(),
-                             "n_labelled": 2, "model_version": 1, "variant": "champion", "action": "alert"}
+                             "n_labelled": 2, "n_predictions": 2, "model_version": 1,
+                             "variant": "champion", "action": "alert", "source": "realized"}
     assert alert.title == "accuracy fell to 0.5, below 0.8 (champion v1)"
     assert set(alert.subject) == {"metric:accuracy", "variant:champion", "version:1"}
     assert alert.links == {"series": "https://dash.example/churn"}
@@ -268,3 +269,15 @@ def test_counts_and_accuracy_agree_with_the_rows(rows: list[tuple[int, str, bool
                  and r[1] == row["variant"] and r[2] == row["shadow"] and r[4] is not None]
         assert row["n_labelled"] == len(group)
         assert row["accuracy"] == (pytest.approx(np.mean([r[3] == r[4] for r in group])) if group else None)
+
+
+def test_an_estimated_rule_judges_windows_with_enough_predictions_and_no_label() -> None:
+    series = pl.DataFrame({"window_start": [T0] * 2, "window_end": [T0 + HOUR] * 2, "model_version": [1, 2],
+                           "variant": ["a", "b"], "shadow": [False, False], "n_predictions": [200, 50],
+                           "n_labelled": [0, 0], "estimated_f1": [0.6, 0.6],
+                           "estimated_f1_source": ["estimated", "estimated"]})
+    spec = PerformanceSpec(alerts=[PerformanceAlert(metric="estimated_f1", below=0.8, action="retrain"),
+                                   PerformanceAlert(metric="f1", below=0.8)], min_labels=100)
+    [alert] = performance_alerts(series, spec, "m")  # v2: too few predictions; f1: no label
+    assert alert.details["source"] == "estimated" and alert.details["model_version"] == 1
+    assert alert.title.startswith("estimated_f1 fell to 0.6")

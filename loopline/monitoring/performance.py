@@ -25,13 +25,13 @@ import logging
 import math
 import warnings
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 
 from loopline.monitoring.alerting.alert import Alert
-from loopline.spec.sections.operations import PerformanceAlert, PerformanceSpec
+from loopline.spec.sections.operations import ESTIMATED_PREFIX, PerformanceAlert, PerformanceSpec
 from loopline.spec.sections.training import Task, metrics_for
 from loopline.storage import Storage
 from loopline.training.modeling.metrics import compute_metrics
@@ -153,21 +153,27 @@ def _finite(value: float | None) -> float | None:
 # --- the stored series ----------------------------------------------------------------------------
 
 
-def series_parts(model: str) -> tuple[str, str, str]:
+#: The stored series: the realized metrics (labelled traffic), and CBPE's estimates.
+SeriesName = Literal["series", "estimated"]
+
+
+def series_parts(model: str, name: SeriesName = "series") -> tuple[str, str, str]:
     """Where a model's series lives under the storage root."""
-    return ("performance", model, "series.parquet")
+    return ("performance", model, f"{name}.parquet")
 
 
-def read_series(storage: Storage, model: str) -> pl.DataFrame:
+def read_series(storage: Storage, model: str, name: SeriesName = "series") -> pl.DataFrame:
     """The stored series of ``model`` (empty, without columns, when none is stored)."""
-    if not storage.exists(*series_parts(model)):
+    if not storage.exists(*series_parts(model, name)):
         return pl.DataFrame()
-    return pl.read_parquet(io.BytesIO(storage.read_bytes(*series_parts(model))))
+    return pl.read_parquet(io.BytesIO(storage.read_bytes(*series_parts(model, name))))
 
 
-def store_series(storage: Storage, model: str, series: pl.DataFrame) -> pl.DataFrame:
-    """Merge ``series`` into the stored series: its rows replace stored rows with the same keys
-    (window_start, model_version, variant, shadow), so storing a recomputed window is idempotent.
+def store_series(storage: Storage, model: str, series: pl.DataFrame,
+                 name: SeriesName = "series") -> pl.DataFrame:
+    """Merge ``series`` into the stored series ``name``: its rows replace stored rows with the same
+    keys (window_start, model_version, variant, shadow), so storing a recomputed window is
+    idempotent.
 
     The file is replaced whole (locally by an atomic rename; on S3 a PUT is atomic). Two merges
     of one model at the same moment may lose one's rows: run one monitor per model at a time.
@@ -176,14 +182,14 @@ def store_series(storage: Storage, model: str, series: pl.DataFrame) -> pl.DataF
         The stored series, sorted by the keys.
     """
     keys = list(SERIES_KEYS)
-    existing = read_series(storage, model)
+    existing = read_series(storage, model, name)
     if existing.height:
         kept = existing.join(series.select(keys), on=keys, how="anti", nulls_equal=True)
         series = pl.concat([kept, series], how="diagonal_relaxed")
     merged = series.sort(keys)
     buffer = io.BytesIO()
     merged.write_parquet(buffer)
-    storage.write_bytes(buffer.getvalue(), *series_parts(model))
+    storage.write_bytes(buffer.getvalue(), *series_parts(model, name))
     return merged
 
 
@@ -199,7 +205,9 @@ def performance_alerts(series: pl.DataFrame, spec: PerformanceSpec, model: str,
     Only the rows of the series' latest ``window_start`` are judged (pass the whole series or
     just that window), each served (non-shadow) version and variant on its own. A row with fewer
     than ``min_labels`` labelled rows gives no verdict: no alert, an INFO log line saying so
-    (the same for a metric that could not be computed there).
+    (the same for a metric that could not be computed there). A rule on an estimated metric
+    (``estimated_f1``, see :func:`~loopline.monitoring.performance_estimates.with_estimates`)
+    needs ``min_labels`` predictions instead.
 
     Severity: ``high``; ``critical`` when the metric is past the threshold by more than
     ``critical_margin`` of the threshold's magnitude (accuracy 0.71 against 0.80 with 0.1:
@@ -226,11 +234,17 @@ def performance_alerts(series: pl.DataFrame, spec: PerformanceSpec, model: str,
     for row in latest.iter_rows(named=True):
         where = (f"{model} {row['variant']} v{row['model_version']} in "
                  f"[{_iso(row['window_start'])}, {_iso(row['window_end'])})")
-        if row["n_labelled"] < min_labels:
+        # A realized rule needs min_labels labelled rows; an estimated one min_labels predictions.
+        enough = {False: row["n_labelled"] >= min_labels, True: row["n_predictions"] >= min_labels}
+        if not enough[False] and any(not _estimated(rule) for rule in spec.alerts):
             logger.info("%s: %d labelled rows, fewer than %d: no performance verdict", where,
                         row["n_labelled"], min_labels)
-            continue
+        if not enough[True] and any(_estimated(rule) for rule in spec.alerts):
+            logger.info("%s: %d predictions, fewer than %d: no verdict on estimated metrics", where,
+                        row["n_predictions"], min_labels)
         for rule in spec.alerts:
+            if not enough[_estimated(rule)]:
+                continue
             value = row.get(rule.metric)
             if value is None:
                 logger.info("%s: %s could not be computed: no verdict on it", where, rule.metric)
@@ -238,6 +252,10 @@ def performance_alerts(series: pl.DataFrame, spec: PerformanceSpec, model: str,
                   or (rule.above is not None and value > rule.above)):
                 alerts.append(_alert(row, rule, value, model, critical_margin, links or {}))
     return alerts
+
+
+def _estimated(rule: PerformanceAlert) -> bool:
+    return rule.metric.startswith(ESTIMATED_PREFIX)
 
 
 def _alert(row: dict[str, Any], rule: PerformanceAlert, value: float, model: str,
@@ -254,8 +272,10 @@ def _alert(row: dict[str, Any], rule: PerformanceAlert, value: float, model: str
         details={"metric": rule.metric, "value": value, "threshold": bound,
                  "direction": "below" if falls else "above",
                  "window_start": _iso(row["window_start"]), "window_end": _iso(row["window_end"]),
-                 "n_labelled": row["n_labelled"], "model_version": row["model_version"],
-                 "variant": row["variant"], "action": rule.action},
+                 "n_labelled": row["n_labelled"], "n_predictions": row["n_predictions"],
+                 "model_version": row["model_version"],
+                 "variant": row["variant"], "action": rule.action,
+                 "source": row.get(f"{rule.metric}_source") or "realized"},
         subject=(f"metric:{rule.metric}", f"variant:{row['variant']}",
                  f"version:{row['model_version']}"),
         links=links,
