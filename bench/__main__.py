@@ -21,7 +21,9 @@ HERE = Path(__file__).resolve().parent
 #: Benchmark name → module with a ``run(quick, command)`` function.
 BENCHMARKS = {
     "batch": "bench.batch",
+    "cbpe": "bench.cbpe",
     "drift": "bench.drift",
+    "drift_scale": "bench.drift_scale",
     "features": "bench.features",
     "loop": "bench.loop",
     "orchestration": "bench.orchestration",
@@ -54,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         entries = module.run(quick=args.quick, command=command)
         table = record(results, entries)
         for workload, item in entries.items():
+            if item["peer"] is None:  # a workload no peer can run (bench.results.single_entry)
+                print(f"{workload}: loopline {number(item['loopline'])} {item['unit']} (median of "
+                      f"{item['repeats']}); peer {item['peer_name']}")
+                continue
             print(f"{workload}: loopline {number(item['loopline'])} vs {item['peer_name']} "
                   f"{number(item['peer'])} {item['unit']} (medians of {item['repeats']}) "
                   f"-> advantage {item['advantage']:.2f}x")

@@ -14,6 +14,16 @@ share): on any difference the benchmark fails (``VerdictMismatch``) and records 
 size loopline runs three times and Evidently once (about 200 s a run; ``PEER_REPEATS``); each
 side's figure is the median of its runs.
 
+The profile path (issue 19) runs beside them on the same files: a reference profile built once
+(``build_profile(pl.scan_parquet(reference))``, written to a file; its time, peak and size
+recorded), then in every repeat, alternating with the two sides, the check against it
+(``detect_drift_against_profile``, the profile read back from its file) on the same current
+window, each a fresh subprocess of :mod:`bench.drift_scale`. Its every feature's verdict, test
+and threshold and the dataset's verdict must equal the raw path's (``ProfileMismatch``); its
+scores may differ where the profile summarizes the reference, and the largest relative
+difference is recorded. Its figures are extra keys of the same entry (``loopline_profile_runs``,
+``profile_build_s``, ``advantage_profile``...).
+
 Run as a script, this module is the child process of one side:
 ``python -m bench.drift loopline|evidently REFERENCE CURRENT``; it prints one JSON line.
 """
@@ -22,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +39,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from bench.drift_scale import ProfileMismatch, compare_verdicts, peak_mb, run_child, run_step
 from bench.results import entry, load_average
 
 WORKLOAD = "drift.vs_evidently_1m_x50"
@@ -42,15 +52,6 @@ REPO = Path(__file__).resolve().parent.parent
 #: Relative tolerance on scores (they are equal bit for bit where the summation order is the same).
 SCORE_RTOL = 1e-9
 CATEGORIES = [f"c{i:02d}" for i in range(16)]
-
-
-def _peak_mb() -> float:
-    # VmHWM is this process's own peak; ru_maxrss would also count the parent's RSS at the fork.
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _log(message: str) -> None:
@@ -111,7 +112,7 @@ def _loopline_side(reference: str, current: str) -> dict[str, Any]:
     from loopline.monitoring.drift import STATTESTS, detect_drift
     from loopline.spec.sections.operations import DriftSpec
 
-    baseline = _peak_mb()
+    baseline = peak_mb()
     started = time.perf_counter()
     report = detect_drift(pl.scan_parquet(reference), pl.scan_parquet(current), DriftSpec())
     seconds = time.perf_counter() - started
@@ -133,7 +134,7 @@ def _evidently_side(reference: str, current: str) -> dict[str, Any]:
     from loopline.monitoring.drift.evidently_report import evidently_results
 
     warnings.filterwarnings("ignore")
-    baseline = _peak_mb()
+    baseline = peak_mb()
     started = time.perf_counter()
     ref, cur = pd.read_parquet(reference), pd.read_parquet(current)
     read_seconds = time.perf_counter() - started
@@ -165,16 +166,7 @@ def _child(argv: list[str]) -> None:
     side, reference, current = argv
     measured = (_loopline_side(reference, current) if side == "loopline"
                 else _evidently_side(reference, current))
-    print(json.dumps({**measured, "peak_mb": _peak_mb()}))
-
-
-def _run_side(side: str, reference: Path, current: Path) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "bench.drift", side, str(reference), str(current)],
-                          cwd=REPO, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"the {side} side failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    print(json.dumps({**measured, "peak_mb": peak_mb()}))
 
 
 class VerdictMismatch(AssertionError):
@@ -220,6 +212,8 @@ def run(quick: bool = False, command: str = "python -m bench drift") -> dict[str
 
     Raises:
         VerdictMismatch: when any feature's or the dataset's result differs from Evidently's.
+        ProfileMismatch: when the check against the profile gives any feature or the dataset
+            another verdict, test or threshold than the raw path.
     """
     rows = QUICK_ROWS if quick else FULL_ROWS
     repeats = 1 if quick else REPEATS
@@ -230,20 +224,37 @@ def run(quick: bool = False, command: str = "python -m bench drift") -> dict[str
         load_at_start = load_average()
         ours: list[dict[str, Any]] = []
         theirs: list[dict[str, Any]] = []
+        profiled: list[dict[str, Any]] = []
+        profile = Path(tmp) / "reference.profile"
+        build = run_step("build", reference, profile)  # once: the profile is built ahead of checks
+        _log(f"profile built in {build['seconds']:.2f} s, peak {build['peak_mb']:,.0f} MB, "
+             f"{build['profile_bytes']:,} bytes")
         for attempt in range(repeats):
-            order = ["loopline", "evidently"] if attempt % 2 == 0 else ["evidently", "loopline"]
+            order = (["loopline", "profile", "evidently"] if attempt % 2 == 0
+                     else ["evidently", "profile", "loopline"])
             for side in order:
                 if side == "evidently" and len(theirs) >= peer_repeats:
                     continue
                 os.sync()
-                measured = _run_side(side, reference, current)
-                (ours if side == "loopline" else theirs).append(measured)
+                if side == "profile":
+                    measured = run_step("check", profile, current)
+                    profiled.append(measured)
+                else:
+                    measured = run_child("bench.drift", side, reference, current)
+                    (ours if side == "loopline" else theirs).append(measured)
                 _log(f"{side} run {attempt + 1}/{repeats}: {measured['seconds']:.2f} s"
                      + (f" (reading {measured['read_seconds']:.1f} s)" if side == "evidently"
                         else "") + f", peak {measured['peak_mb']:,.0f} MB")
     for measured in ours:
         check_verdicts(measured, theirs[0])
     _log("every feature's and the dataset's verdict, test, threshold and score match Evidently's")
+    compared = [compare_verdicts(measured, ours[0]) for measured in profiled]
+    problems = sorted({problem for found, _ in compared for problem in found})
+    if problems:
+        raise ProfileMismatch("the check against the profile differs from detect_drift on the "
+                              "raw reference:\n" + "\n".join(problems))
+    _log("every feature's and the dataset's verdict, test and threshold of the profile path "
+         "match the raw path's")
     first = ours[0]
     drifted = sorted(name for name, item in first["verdicts"].items() if item["drifted"])
     tests: dict[str, int] = {}
@@ -267,7 +278,35 @@ def run(quick: bool = False, command: str = "python -m bench drift") -> dict[str
         tests_used=dict(sorted(tests.items())), score_rtol=SCORE_RTOL,
         polars_version=version("polars"), numpy_version=version("numpy"),
         scipy_version=version("scipy"),
+        **profile_keys(build, profiled, ours, theirs, max(worst for _, worst in compared)),
     )}
+
+
+def profile_keys(build: dict[str, Any], profiled: list[dict[str, Any]], ours: list[dict[str, Any]],
+                 theirs: list[dict[str, Any]], max_score_rel_diff: float) -> dict[str, Any]:
+    """The profile path's extra keys of the entry: its check's runs and median, the build, and
+    its advantage over Evidently and over the raw path (medians, as ``advantage``).
+    """
+    import statistics
+
+    median = statistics.median(item["seconds"] for item in profiled)
+    peer = statistics.median(item["seconds"] for item in theirs)
+    raw = statistics.median(item["seconds"] for item in ours)
+    return {
+        "loopline_profile_runs": [round(item["seconds"], 3) for item in profiled],
+        "loopline_profile_median": round(median, 3),
+        "loopline_profile_best": round(min(item["seconds"] for item in profiled), 3),
+        "loopline_profile_peak_mb": round(max(item["peak_mb"] for item in profiled)),
+        "profile_load_seconds": [round(item["load_seconds"], 3) for item in profiled],
+        "profile_build_s": round(build["seconds"], 3),
+        "profile_build_peak_mb": round(build["peak_mb"]),
+        "profile_bytes": build["profile_bytes"],
+        "advantage_profile": round(peer / median, 2),
+        "profile_vs_raw": round(raw / median, 2),
+        # Always so when recorded: any difference fails the run above.
+        "profile_verdicts_match_raw": True,
+        "profile_max_score_rel_diff": max_score_rel_diff,
+    }
 
 if __name__ == "__main__":
     _child(sys.argv[1:])

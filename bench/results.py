@@ -3,7 +3,8 @@
 The file is one JSON object keyed by workload id; every entry has the keys in ``REQUIRED``
 (see ``shared/DESIGN.md``, "Benchmarks: one results file") and may carry extra ones. A side's
 figure (``loopline``, ``peer``) is the median of its repeats, its best beside it, every run
-kept; ``advantage`` compares the medians.
+kept; ``advantage`` compares the medians. A workload no peer can run (:func:`single_entry`) has
+``peer``, its median, best and ``advantage`` null, no peer runs, and why in ``peer_name``.
 """
 
 from __future__ import annotations
@@ -118,6 +119,26 @@ def entry(*, loopline_runs: Sequence[float], peer_runs: Sequence[float], unit: s
     }
 
 
+def single_entry(*, loopline_runs: Sequence[float], unit: str, higher_is_better: bool,
+                 peer_name: str, rows: int, command: str, load_avg_1m_at_start: float,
+                 digits: int = 3, **extra: Any) -> dict[str, Any]:
+    """An entry for a workload no peer can run: loopline's figures only.
+
+    Args are :func:`entry`'s, without ``peer_runs``; ``peer_name`` says why there is no peer.
+
+    Returns:
+        The entry, with ``peer``, ``peer_median``, ``peer_best`` and ``advantage`` null and
+        ``peer_runs`` empty (the tables show a dash).
+    """
+    item = entry(loopline_runs=loopline_runs, peer_runs=loopline_runs, unit=unit,
+                 higher_is_better=higher_is_better, peer_name=peer_name, rows=rows,
+                 command=command, load_avg_1m_at_start=load_avg_1m_at_start, digits=digits,
+                 **extra)
+    item.update(peer=None, peer_median=None, peer_best=None, peer_runs=[], advantage=None,
+                repeats=len(loopline_runs))
+    return item
+
+
 def load(path: Path) -> dict[str, dict[str, Any]]:
     """The results file's entries (empty when it does not exist yet)."""
     if not path.exists():
@@ -156,11 +177,20 @@ def number(value: float) -> str:
 
 
 def figure(item: dict[str, Any], side: str) -> str:
-    """A side's median, its best beside it (entries written before bests were kept: the figure)."""
+    """A side's median, its best beside it (entries written before bests were kept: the figure;
+    a dash where there is no peer).
+    """
+    if item[side] is None:
+        return "—"
     median = number(item[side])
     if f"{side}_best" not in item:
         return median
     return f"{median} (best {number(item[f'{side}_best'])})"
+
+
+def advantage_text(item: dict[str, Any]) -> str:
+    """The advantage as the tables show it: ``12.34x``, a dash where there is no peer."""
+    return "—" if item["advantage"] is None else f"{item['advantage']:.2f}x"
 
 
 def render(results: dict[str, dict[str, Any]]) -> str:
@@ -180,7 +210,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         better = "higher is better" if item["higher_is_better"] else "lower is better"
         lines.append(
             f"| `{workload}` | {figure(item, 'loopline')} | {figure(item, 'peer')} "
-            f"({item['peer_name']}) | {item['unit']} ({better}) | {item['advantage']:.2f}x "
+            f"({item['peer_name']}) | {item['unit']} ({better}) | {advantage_text(item)} "
             f"| {item.get('repeats', '?')} | {item.get('load_avg_1m_at_start', '?')} "
             f"| {item.get('commit', '?')} | {item['machine']} | {item['date']} |"
         )
@@ -199,8 +229,9 @@ def readme_table(results: dict[str, dict[str, Any]]) -> str:
     for workload, item in sorted(results.items()):
         better = "higher is better" if item["higher_is_better"] else "lower is better"
         lines.append(
-            f"| `{workload}` | {number(item['loopline'])} | {number(item['peer'])} "
-            f"({item['peer_name']}) | {item['unit']} ({better}) | {item['advantage']:.2f}x "
+            f"| `{workload}` | {number(item['loopline'])} | "
+            f"{'—' if item['peer'] is None else number(item['peer'])} "
+            f"({item['peer_name']}) | {item['unit']} ({better}) | {advantage_text(item)} "
             f"| {item.get('commit', '?')} | {item.get('load_avg_1m_at_start', '?')} "
             f"| {item['date']} |")
     return "\n".join(lines) + "\n"
