@@ -95,6 +95,8 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 #: Longest wait for any one thing (a flow run, the loop's end): a failure, not a figure.
 PATIENCE_S = 900.0
+#: Tries of a REST call Prefect's server answers 503 (its database busy).
+API_ATTEMPTS = 5
 #: Answers in a row from v2 that end the wait (the figure is computed from the log afterwards).
 SETTLED = 20
 
@@ -179,8 +181,17 @@ class Prefect:
             time.sleep(0.5)
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
-        """The REST API (``path`` below ``/api``); the answer's JSON."""
-        answer = httpx.request(method, self.env["PREFECT_API_URL"] + path, json=body, timeout=60)
+        """The REST API (``path`` below ``/api``); the answer's JSON.
+
+        A 503 is retried (up to ``API_ATTEMPTS`` times, backing off): Prefect's server answers
+        503 when its SQLite database stays locked past its timeout, which happens under the load
+        of a whole test session; the request's transaction was rolled back, so nothing doubles.
+        """
+        for attempt in range(API_ATTEMPTS):
+            answer = httpx.request(method, self.env["PREFECT_API_URL"] + path, json=body, timeout=60)
+            if answer.status_code != 503 or attempt == API_ATTEMPTS - 1:
+                break
+            time.sleep(0.5 * 2**attempt)
         answer.raise_for_status()
         return answer.json() if answer.content else None
 
