@@ -51,7 +51,7 @@ def test_many_trial_processes_on_one_study_lose_and_duplicate_nothing(
     scale_out_stack: Stack, demo_csv: Path, tmp_path: Path
 ) -> None:
     stack = scale_out_stack
-    n_trials, streams = 16, 4  # 4 trials a process: enough for every claim to race
+    n_trials, streams = 24, 4
     spec = write_spec(tmp_path, demo_spec_text(demo_csv, {
         "name: tumor-malignancy": "name: trial-race", DEMO_MLP: "",
         "      params: {C: 1.0}\n": "      search: {C: {log_uniform: [0.01, 10.0]}}\n"
