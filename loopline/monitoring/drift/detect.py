@@ -29,7 +29,7 @@ from loopline.monitoring.drift.selection import (
     select_columns,
     threshold_for,
 )
-from loopline.monitoring.drift.stattests import STATTESTS, Counts, FloatArray, Kind, counts_score
+from loopline.monitoring.drift.stattests import STATTESTS, Counts, FloatArray, Kind, TestName, counts_score
 from loopline.spec.sections.operations import DriftSpec
 
 Frame = pl.DataFrame | pl.LazyFrame
@@ -156,6 +156,12 @@ def _test_feature(name: str, kind: Kind, reference: pl.Series, current: pl.Serie
             return TooFew(name)
         test = choose_test(name, kind, spec, n_ref, n_values)
         score = counts_score(counts, test)
+    return feature_result(name, kind, test, score, spec, n_ref, n_cur, n_values)
+
+
+def feature_result(name: str, kind: Kind, test: TestName, score: float, spec: DriftSpec, n_ref: int,
+                   n_cur: int, n_values: int) -> FeatureDrift:
+    """A feature's result: its score against the test's threshold (the spec's, or its own)."""
     threshold = threshold_for(test, spec)
     stattest = STATTESTS[test]
     return FeatureDrift(feature=name, kind=kind, test=test, score=score, score_kind=stattest.score_kind,

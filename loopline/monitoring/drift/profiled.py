@@ -25,6 +25,7 @@ from loopline.monitoring.drift.detect import (
     collect_columns,
     column_batches,
     counted_values,
+    feature_result,
     finish_report,
     join_counts,
     row_count,
@@ -39,9 +40,8 @@ from loopline.monitoring.drift.selection import (
     choose_test,
     infer_kinds,
     select_columns,
-    threshold_for,
 )
-from loopline.monitoring.drift.stattests import STATTESTS, FloatArray, Kind, counts_score
+from loopline.monitoring.drift.stattests import FloatArray, Kind, counts_score
 from loopline.spec.sections.operations import DriftSpec
 
 
@@ -154,8 +154,4 @@ def _test_feature(feature: FeatureProfile, kind: Kind, current: pl.Series,
             return TooFew(name)
         test = choose_test(name, kind, spec, n_ref, n_values)
         score = counts_score(counts, test)
-    threshold = threshold_for(test, spec)
-    stattest = STATTESTS[test]
-    return FeatureDrift(feature=name, kind=kind, test=test, score=score, score_kind=stattest.score_kind,
-                        threshold=threshold, drifted=stattest.drifted(score, threshold),
-                        reference_values=n_ref, current_values=n_cur, distinct_values=n_values)
+    return feature_result(name, kind, test, score, spec, n_ref, n_cur, n_values)
