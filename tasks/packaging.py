@@ -182,6 +182,7 @@ def build_bento(spec: Spec) -> str:
             feature_ranges=feature_ranges(spec, tabular.feature_names), inputs=inputs,
             entity_id=spec.data.entity_id, classes=tabular.classes, workers=spec.serving.workers,
             routing=spec.serving.routing, auth=spec.serving.auth, max_batch=spec.serving.max_batch,
+            batching=spec.serving.batching, tracing=spec.serving.tracing,
             live_state=live_state_location(spec.name, paths.serving),
             prediction_log_uri=prediction_log_uri(spec),
             prediction_log=spec.serving.prediction_log, tracking_uri=mlflow.get_tracking_uri(),

@@ -249,6 +249,8 @@ def test_problem_paths_never_name_a_union_variant(file: Path) -> None:
         ("regression_cross_section", "monitoring.drift.per_feature.b", 36),
         ("queue_unknown_priority", "training.queue.priority", 16),
         ("queue_backoff_above_max", "training.queue.retry_backoff_max", 18),
+        ("serving_workers_and_batching", "serving.workers", 19),
+        ("serving_workers_and_batching", "serving.batching.max_batch", 20),
     ],
 )
 def test_problem_lines_are_exact(name: str, path: str, line: int) -> None:

@@ -381,7 +381,11 @@ def spec_dicts(draw: st.DrawFn) -> dict[str, Any]:
             st.fixed_dictionaries({"api_keys_secret": names}, optional={"api_keys_env": columns}),
             st.fixed_dictionaries({"api_keys_env": columns}),
         ))
-    put(serving, "workers", draw(maybe(st.integers(1, 64))))
+    put(serving, "workers", draw(maybe(st.one_of(st.integers(1, 64), st.just("auto")))))
+    put(serving, "batching", draw(maybe(st.fixed_dictionaries({}, optional={
+        "enabled": st.booleans(), "max_batch": st.integers(1, 4096),
+        "max_latency_ms": st.floats(0, 1000)}))))
+    put(serving, "tracing", draw(maybe(st.booleans())))
     put(serving, "port", draw(maybe(st.integers(1, 65535))))
     if serving or draw(st.booleans()):
         spec["serving"] = serving

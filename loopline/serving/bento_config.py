@@ -12,6 +12,7 @@ from loopline.data.feature_recipe import RecipeInput, passthrough_recipe
 from loopline.spec.sections.operations import Notification
 from loopline.spec.sections.release import (
     AuthSpec,
+    BatchingSpec,
     FollowSpec,
     PredictionLogSpec,
     Routing,
@@ -71,6 +72,9 @@ class BentoConfig(BaseModel):
             before it is swapped in, until the service has answered one of its own.
         notifications: the spec's channels, told when a version cannot be served.
         background_capacity: shadow answers that may wait for the background thread.
+        workers: worker processes (``auto``: one per core where the Bento runs).
+        batching: adaptive batching of ``/predict`` and ``/predict/ab``'s model calls.
+        tracing: whether BentoML's OpenTelemetry middleware traces the prediction endpoints.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -85,7 +89,9 @@ class BentoConfig(BaseModel):
     inputs: tuple[RecipeInput, ...] = ()
     entity_id: str | None = None
     classes: list[Any] | None = None
-    workers: int = 1
+    workers: int | Literal["auto"] = 1
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    tracing: bool = False
     routing: Routing = Field(default_factory=SingleRouting)
     auth: AuthSpec | None = None
     max_batch: int = 10_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from loopline.spec.sections.base import (
     COLUMN_PATTERN,
@@ -242,6 +242,24 @@ class FollowSpec(StrictModel):
     interval: Duration = "10s"
 
 
+class BatchingSpec(StrictModel):
+    """Adaptive batching of the model call for ``POST /predict`` and ``POST /predict/ab``: the
+    records that arrive while the model is busy are answered together, one model call per
+    variant; each record keeps its own validation, routing, log record and response. A record
+    alone in flight is answered at once; otherwise it waits at most ``max_latency_ms`` for others
+    to join it.
+
+    Attributes:
+        enabled: batch concurrent requests (``false``: every request calls the model alone).
+        max_batch: the most records one model call takes.
+        max_latency_ms: the longest a record waits for others to join its batch.
+    """
+
+    enabled: bool = True
+    max_batch: Annotated[int, Field(ge=1, le=4096)] = 64
+    max_latency_ms: Annotated[float, Field(ge=0.0, le=1000.0)] = 5.0
+
+
 class ServingSpec(StrictModel):
     """How the champion (and challenger) are served over HTTP.
 
@@ -249,7 +267,12 @@ class ServingSpec(StrictModel):
         routing: single, ab, canary, shadow or bandit (the strategy ``POST /predict/ab`` follows;
             ``POST /predict`` always answers from the champion).
         auth: API keys; without it the endpoints are open.
-        workers: BentoML worker processes.
+        workers: BentoML worker processes, or ``auto``: one per CPU core of the machine that
+            serves (resolved where the Bento runs, not where it is built).
+        batching: adaptive batching of the model call (on by default).
+        tracing: trace the prediction endpoints with BentoML's OpenTelemetry middleware (for an
+            exporter set in BentoML's configuration). Off by default: without an exporter the
+            spans go nowhere, and on a 2-core machine they cost about 0.5 ms of CPU a request.
         port: the port ``bentoml serve`` listens on.
         max_batch: records one ``POST /predict/batch`` request may hold.
         prediction_log: where predictions and feedback are logged.
@@ -258,8 +281,18 @@ class ServingSpec(StrictModel):
 
     routing: Routing = Field(default_factory=SingleRouting)
     auth: AuthSpec | None = None
-    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 1
     port: Annotated[int, Field(ge=1, le=65535)] = 3000
     max_batch: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     prediction_log: PredictionLogSpec = Field(default_factory=PredictionLogSpec)
     follow: FollowSpec = Field(default_factory=FollowSpec)
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    tracing: bool = False
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers_are_a_count_or_auto(cls, value: object) -> object:
+        if value == "auto" or (type(value) is int and 1 <= value <= 64):
+            return value
+        raise ValueError(f"workers is {value!r}: give a number of processes from 1 to 64, or "
+                         "`auto` for one per CPU core")
