@@ -122,6 +122,11 @@ class Served:
 @pytest.fixture
 def serve(tmp_path: Path) -> Callable[..., Served]:
     """Builds a responder for a routing, a champion and (unless None) a challenger."""
+    return build_served(tmp_path)
+
+
+def build_served(tmp_path: Path) -> Callable[..., Served]:
+    """What :func:`serve` gives, in ``tmp_path`` (for a property's many examples)."""
     def build(routing: Routing, champion: TabularModel = CHAMPION,
               challenger: TabularModel | None = CHALLENGER) -> Served:
         config = BentoConfig(

@@ -47,6 +47,7 @@ def _float32(value: Any) -> float:
 _PYTHON_EXACT: dict[str, Callable[[Any], Any]] = {"float64": float, "float32": _float32}
 
 _CACHE: dict[FeatureRecipe, FeatureComputer] = {}
+_BY_IDENTITY: dict[int, tuple[FeatureRecipe, FeatureComputer]] = {}
 _CACHE_LOCK = threading.Lock()
 #: Recipes kept compiled per process (a service holds two or three versions at a time).
 _CACHE_SIZE = 16
@@ -205,10 +206,19 @@ def _first_line(exc: Exception) -> str:
 
 def computer_for(recipe: FeatureRecipe) -> FeatureComputer:
     """The compiled computer of ``recipe``: compiled on first use, then shared."""
+    # By identity first: a served model asks with the same recipe object on every request, and
+    # hashing a recipe (a frozen pydantic model of nested ones) costs more than the lookup.
+    known = _BY_IDENTITY.get(id(recipe))
+    if known is not None and known[0] is recipe:
+        return known[1]
     with _CACHE_LOCK:
         found = _CACHE.get(recipe)
         if found is None:
             if len(_CACHE) >= _CACHE_SIZE:
                 _CACHE.pop(next(iter(_CACHE)))
             found = _CACHE[recipe] = FeatureComputer(recipe)
+        if len(_BY_IDENTITY) >= _CACHE_SIZE:
+            _BY_IDENTITY.clear()
+        # The recipe is kept with its computer, so its id cannot be reused while listed.
+        _BY_IDENTITY[id(recipe)] = (recipe, found)
         return found

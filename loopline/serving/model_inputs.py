@@ -39,7 +39,9 @@ class RecordInputs:
     def __init__(self, values: Mapping[str, Any], raw: bool, input_names: Sequence[str]) -> None:
         self.values, self.raw = values, raw
         self.inputs = {name: values[name] for name in input_names} if raw else {}
-        self._computed: dict[FeatureRecipe, dict[str, Any]] = {}
+        #: Features by recipe identity (hashing a recipe costs more than the lookup), each with
+        #: its recipe, held so that its id cannot be reused while this record lives.
+        self._computed: dict[int, tuple[FeatureRecipe, dict[str, Any]]] = {}
 
     def features(self, model: TabularModel) -> dict[str, Any]:
         """``model``'s features for this record, by name, in its input order.
@@ -54,10 +56,10 @@ class RecordInputs:
             except KeyError:
                 raise _missing_features(model, self.values) from None
         recipe = model.inputs
-        found = self._computed.get(recipe)
-        if found is None:
-            found = self._computed[recipe] = computer_for(recipe).one(self.values)
-        return found
+        found = self._computed.get(id(recipe))
+        if found is None or found[0] is not recipe:
+            found = self._computed[id(recipe)] = (recipe, computer_for(recipe).one(self.values))
+        return found[1]
 
 
 class BatchInputs:

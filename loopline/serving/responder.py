@@ -1,6 +1,8 @@
 """Answering prediction requests: which variant answers (the live routing), the champion's answer
 when the challenger fails, the canary's step decisions, shadow copies for the challenger (off the
-request path), and every answer in the prediction log.
+request path), and every answer in the prediction log. Concurrent one-record requests can be
+answered together (:meth:`Responder.answer_all`, the service's micro-batches): one model call
+per variant, everything else per request, exactly as alone.
 
 :class:`Responder` is what the Bento's prediction endpoints call; it knows nothing of BentoML.
 The models it answers with come from a :class:`~loopline.serving.following.ServedModels`
@@ -14,22 +16,23 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
 
-from loopline.errors import InvalidFeatureValue, ModelCallFailed
-from loopline.serving.answers import Answer, model_outputs, prediction_record, prediction_response
+from loopline.errors import InvalidFeatureValue, LooplineError, ModelCallFailed
+from loopline.serving.answers import Answer, model_outputs, prediction_response
 from loopline.serving.background import BackgroundScorer
 from loopline.serving.bento_config import BentoConfig, PredictBatchResponse, PredictResponse
 from loopline.serving.canary import CanaryWatch, Decision, next_state
 from loopline.serving.following import ServedModels
 from loopline.serving.live_state import RoutingState, Variant
-from loopline.serving.model_inputs import BatchInputs, RecordInputs, feature_rows, unservable_inputs
+from loopline.serving.model_calls import CallObserver, ModelCaller, RecordCall, ignore_calls
+from loopline.serving.model_inputs import BatchInputs, RecordInputs, unservable_inputs
 from loopline.serving.prediction_log import PredictionLogWriter
 from loopline.serving.quality import QualityWindow
 from loopline.serving.routing import Assignment, Router
@@ -38,12 +41,25 @@ from loopline.training.modeling.tabular_model import TabularModel
 
 logger = logging.getLogger("loopline.serving")
 
-#: Told of every model call: endpoint, variant, seconds, and whether it failed (the metrics).
-CallObserver = Callable[[str, Variant, float, bool], None]
+@dataclass(frozen=True)
+class Pending:
+    """A one-record request waiting for its answer: ``routed`` ones (``/predict/ab``) follow the
+    live routing, the others (``/predict``) are the champion's.
+    """
+
+    request: BaseModel
+    routed: bool
 
 
-def _ignore(endpoint: str, variant: Variant, seconds: float, failed: bool) -> None:
-    """The observer of a responder nobody watches."""
+@dataclass(frozen=True)
+class _Routed:
+    """A request's record and who answers it (``state``: the routing it was decided under, for
+    a routed request).
+    """
+
+    call: RecordCall
+    assignment: Assignment
+    state: RoutingState | None = None
 
 
 def sticky_key(record: Mapping[str, Any], request_id: str, state: RoutingState) -> str:
@@ -80,15 +96,14 @@ class Responder:
     """
 
     def __init__(self, config: BentoConfig, served: Callable[[], ServedModels], router: Router,
-                 prediction_log: PredictionLogWriter, *, observe: CallObserver = _ignore,
+                 prediction_log: PredictionLogWriter, *, observe: CallObserver = ignore_calls,
                  on_rollback: RollbackRecorder | None = None,
                  background: BackgroundScorer | None = None,
                  warmup_records: Sequence[Mapping[str, Any]] = ()) -> None:
         self.config = config
         self.served = served
         self.router, self.store = router, router.store
-        self.prediction_log = prediction_log
-        self.observe = observe
+        self.calls = ModelCaller(config, prediction_log, observe=observe)
         self.on_rollback = on_rollback
         self.background = background
         self.canary = CanaryWatch()
@@ -151,25 +166,38 @@ class Responder:
         is False); under ``shadow`` routing the challenger also scores the records the routing
         samples (logged, never returned).
         """
-        record, request_id = split_request(request)
-        state = self.store.read()
-        shadow = state.kind == "shadow" and self.router.assign(
-            sticky_key(record, request_id, state), state)[0].shadow
-        return self._answer(self._inputs(record, raw), request_id,
-                            Assignment("champion", shadow=shadow),
-                            "predict" if raw else "predict_features")
+        return self._respond(self.served(), self._route(request, routed=False, raw=raw))
 
     def predict_ab(self, request: BaseModel) -> PredictResponse:
         """The answer of the variant the live routing picks to a raw record; the response says
         which.
         """
-        record, request_id = split_request(request)
+        return self._respond(self.served(), self._route(request, routed=True))
+
+    def answer_all(self, pending: Sequence[Pending]) -> list[PredictResponse | LooplineError]:
+        """The answers to concurrent one-record requests (raw records), in order: each routed,
+        logged and answered as :meth:`predict` or :meth:`predict_ab` answers it alone, but with
+        one model call per variant for all of them. A request's error (a value the model cannot
+        take, a failed call) is its own, in its place; its neighbours are answered.
+        """
+        served = self.served()
+        # One look at the shared state for the whole batch: it is answered under one routing.
         state = self.store.read()
-        assignment, state = self.router.assign(sticky_key(record, request_id, state), state)
-        if state.kind == "bandit":
-            self.store.remember(request_id, assignment.variant)
-        return self._answer(self._inputs(record, True), request_id, assignment, "predict_ab",
-                            state)
+        routed = [self._route(item.request, routed=item.routed, state=state) for item in pending]
+        first: dict[int, Answer | InvalidFeatureValue] = {}
+        for variant in ("champion", "challenger"):
+            indices = [index for index, item in enumerate(routed)
+                       if self._first_variant(served, item.assignment) == variant]
+            if indices:
+                answers = self.calls.many(served, variant, [routed[i].call for i in indices])
+                first.update(zip(indices, answers, strict=True))
+        results: list[PredictResponse | LooplineError] = []
+        for index, item in enumerate(routed):
+            try:
+                results.append(self._respond(served, item, first[index]))
+            except LooplineError as exc:
+                results.append(exc)
+        return results
 
     def predict_batch(self, request: BaseModel, *, raw: bool = True) -> PredictBatchResponse:
         """The champion's answers to ``request.records`` (raw records, or feature values when
@@ -184,87 +212,64 @@ class Responder:
             record, request_id = split_request(item)
             records.append(record)
             request_ids.append(request_id)
-        batch = BatchInputs(records, raw, self.config.input_names)
-        endpoint = "predict_batch" if raw else "predict_features_batch"
-        served = self.served()
-        champion = served.models["champion"]
-        features = batch.features(champion)
-        started = time.perf_counter()
-        try:
-            outputs = model_outputs(champion.predict(features))
-        except InvalidFeatureValue:
-            raise
-        except Exception as exc:
-            self.observe(endpoint, "champion", time.perf_counter() - started, True)
-            raise ModelCallFailed(f"the champion failed: {exc}") from exc
-        elapsed = time.perf_counter() - started
-        self.observe(endpoint, "champion", elapsed, False)
-        now = datetime.now(UTC)
-        answers = []
-        for request_id, inputs, values, (prediction, probability) in zip(
-                request_ids, batch.inputs, feature_rows(features), outputs, strict=True):
-            answer = Answer("champion", served.versions["champion"], prediction, probability,
-                            elapsed * 1000 / len(records))
-            self.prediction_log.append(prediction_record(
-                self.config.model_name, request_id, values, answer, timestamp=now,
-                inputs=inputs))
-            answers.append(prediction_response(self.config.model_name, request_id, answer, now))
-        return PredictBatchResponse(predictions=answers)
+        return self.calls.champion_batch(self.served(), BatchInputs(
+            records, raw, self.config.input_names), request_ids,
+            "predict_batch" if raw else "predict_features_batch")
 
     # --- one record -----------------------------------------------------------------------------
 
-    def _inputs(self, record: dict[str, Any], raw: bool) -> RecordInputs:
-        return RecordInputs(record, raw, self.config.input_names)
-
-    def _call(self, served: ServedModels, variant: Variant, sent: RecordInputs,
-              request_id: str, endpoint: str, shadow: bool = False) -> Answer:
-        """Score one record with one variant (its own features, computed from the record) and
-        log the answer; a failing model gives an answer with its error, never an exception (but
-        a record the model's features cannot be computed from, or a value the model cannot
-        take, raises :class:`~loopline.errors.InvalidFeatureValue`: the request's fault).
+    def _route(self, request: BaseModel, *, routed: bool, raw: bool = True,
+               state: RoutingState | None = None) -> _Routed:
+        """Who answers a request under ``state`` (read now when not given): the live routing's
+        pick (``routed``), else the champion (with a shadow copy when the routing samples the
+        request).
         """
-        model = served.models[variant]
-        started = time.perf_counter()
-        prediction: Any = None
-        probability: float | None = None
-        error: str | None = None
-        features: dict[str, Any] = {}
-        try:
-            features = sent.features(model)
-            [(prediction, probability)] = model_outputs(
-                model.predict({name: [value] for name, value in features.items()}))
-        except InvalidFeatureValue:
-            raise
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        elapsed = time.perf_counter() - started
-        self.observe(endpoint, variant, elapsed, error is not None)
-        answer = Answer(variant, served.versions[variant], prediction, probability, elapsed * 1000,
-                        error)
-        self.prediction_log.append(prediction_record(self.config.model_name, request_id, features,
-                                                     answer, shadow=shadow, inputs=sent.inputs))
-        return answer
+        record, request_id = split_request(request)
+        state = self.store.read() if state is None else state
+        if routed:
+            assignment, state = self.router.assign(sticky_key(record, request_id, state), state)
+            if state.kind == "bandit":
+                self.store.remember(request_id, assignment.variant)
+        else:
+            shadow = state.kind == "shadow" and self.router.assign(
+                sticky_key(record, request_id, state), state)[0].shadow
+            assignment = Assignment("champion", shadow=shadow)
+        endpoint = ("predict_ab" if routed else "predict") if raw else "predict_features"
+        call = RecordCall(RecordInputs(record, raw, self.config.input_names), request_id, endpoint)
+        return _Routed(call, assignment, state if routed else None)
 
-    def _answer(self, sent: RecordInputs, request_id: str, assignment: Assignment,
-                endpoint: str, state: RoutingState | None = None) -> PredictResponse:
-        served = self.served()
+    @staticmethod
+    def _first_variant(served: ServedModels, assignment: Assignment) -> Variant:
         # A routing that names the challenger while none is served (a swap in progress, a
         # rollback) is answered by the champion.
-        variant = assignment.variant if assignment.variant in served.models else "champion"
-        answer = self._call(served, variant, sent, request_id, endpoint)
+        return assignment.variant if assignment.variant in served.models else "champion"
+
+    def _respond(self, served: ServedModels, routed: _Routed,
+                 first: Answer | InvalidFeatureValue | None = None) -> PredictResponse:
+        """The response to a routed request, from its first answer (computed here when not
+        given): the champion's answer when the challenger's failed, the canary's step counted,
+        the shadow copy and the pairing started.
+        """
+        call, assignment, state = routed.call, routed.assignment, routed.state
+        if first is None:
+            first = self.calls.one(served, self._first_variant(served, assignment), call)
+        if isinstance(first, InvalidFeatureValue):
+            raise first
+        answer = first
         if state is not None and state.kind == "canary" and served.has_challenger:
             self._watch_canary(state, answer, served)
             if answer.variant == "challenger" and answer.error is None:
-                self._pair(served, sent, request_id, answer)
+                self._pair(served, call, answer)
         if answer.error is not None and answer.variant == "challenger":
             # The client still gets an answer: the champion's.
-            answer = self._call(served, "champion", sent, request_id, endpoint)
+            answer = self.calls.one(served, "champion", call)
         if answer.error is not None:
             raise ModelCallFailed(f"the model failed: {answer.error}")
-        self.latest[sent.raw] = sent
+        self.latest[call.sent.raw] = call.sent
         if assignment.shadow and served.has_challenger:
-            self._shadow(served, sent, request_id, endpoint, answer)
-        return prediction_response(self.config.model_name, request_id, answer, datetime.now(UTC))
+            self._shadow(served, call, answer)
+        return prediction_response(self.config.model_name, call.request_id, answer,
+                                   datetime.now(UTC))
 
     def _later(self, kind: str, job: Callable[[], None]) -> None:
         """Run ``job`` off the request path when the responder has a background scorer (dropped
@@ -275,22 +280,20 @@ class Responder:
         else:
             self.background.submit(kind, job)
 
-    def _shadow(self, served: ServedModels, sent: RecordInputs, request_id: str,
-                endpoint: str, champion: Answer) -> None:
+    def _shadow(self, served: ServedModels, call: RecordCall, champion: Answer) -> None:
         """The challenger's answer to a record (its features computed here, off the request
         path), logged as a shadow and paired with the champion's for the quality of its
         predictions.
         """
         def job() -> None:
-            shadow = self._call(served, "challenger", sent, request_id, endpoint, shadow=True)
+            shadow = self.calls.one(served, "challenger", call, shadow=True)
             window = self.quality(served)
             if shadow.error is None and window is not None:
-                window.add(request_id, champion.prediction, shadow.prediction)
+                window.add(call.request_id, champion.prediction, shadow.prediction)
 
         self._later("shadow", job)
 
-    def _pair(self, served: ServedModels, sent: RecordInputs, request_id: str,
-              challenger: Answer) -> None:
+    def _pair(self, served: ServedModels, call: RecordCall, challenger: Answer) -> None:
         """The champion's answer to a record the canary's challenger answered, paired with it
         for the quality of the challenger's predictions (not logged: the client got the
         challenger's).
@@ -298,10 +301,10 @@ class Responder:
         def job() -> None:
             champion = served.models["champion"]
             [(prediction, _)] = model_outputs(champion.predict(
-                {name: [value] for name, value in sent.features(champion).items()}))
+                {name: [value] for name, value in call.sent.features(champion).items()}))
             window = self.quality(served)
             if window is not None:
-                window.add(request_id, prediction, challenger.prediction)
+                window.add(call.request_id, prediction, challenger.prediction)
 
         self._later("pair", job)
 

@@ -113,6 +113,9 @@ class FeedbackRecord:
 
 def _plain(value: Any) -> Any:
     """Plain values: numpy scalars to Python ones; non-scalars to JSON text; ints beyond int64 to text."""
+    kind = type(value)
+    if kind is float or kind is str or kind is bool or value is None:  # most values: as they are
+        return value
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
         value = value.item()
     if value is None or isinstance(value, bool | float | str):
@@ -142,8 +145,22 @@ def unify_dtypes(dtypes: Iterable[pl.DataType]) -> pl.DataType:
     return pl.Float64() if known <= {pl.Int64(), pl.Float64()} else pl.String()
 
 
+#: The typing rule for columns of one Python type (with or without nulls): most columns.
+_ONE_KIND: dict[frozenset[type], pl.DataType] = {
+    frozenset({kind, type(None)}) - drop: dtype
+    for kind, dtype in ((bool, pl.Boolean()), (int, pl.Int64()), (float, pl.Float64()),
+                        (str, pl.String()))
+    for drop in (frozenset(), frozenset({type(None)}))}
+
+
 def _column(name: str, raw: Sequence[Any]) -> pl.Series:
     values = [_plain(value) for value in raw]
+    # Most columns hold one kind of value: typed from the set of Python types, without
+    # comparing polars dtypes value by value (a flush of 1,000 records spent most of its time
+    # there). bool is its own type here, never taken for an int.
+    single = _ONE_KIND.get(frozenset(map(type, values)))
+    if single is not None:
+        return pl.Series(name, values, dtype=single)
     dtypes = [_dtype_of(value) for value in values]
     target = unify_dtypes(dtypes)
     if target != pl.String() or all(dtype in (pl.String(), pl.Null()) for dtype in dtypes):

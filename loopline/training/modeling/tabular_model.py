@@ -29,7 +29,14 @@ class SklearnPredictor:
     estimator: Any
 
     def scores(self, matrix: np.ndarray) -> np.ndarray:
-        """``predict_proba`` for classifiers, ``predict`` for regressors."""
+        """``predict_proba`` for classifiers, ``predict`` for regressors, computed in float64.
+
+        float64, not the preprocessor's float32: an estimator fitted on float32 keeps float32
+        weights, and float32 products of one row and of many rows (a served batch) differ in
+        the 7th digit, which could tip a class near 0.5. In float64 a record's answer does not
+        depend on the rows scored with it, to the 15th digit.
+        """
+        matrix = np.asarray(matrix, dtype=np.float64)
         if hasattr(self.estimator, "predict_proba"):
             return np.asarray(self.estimator.predict_proba(matrix))
         return np.asarray(self.estimator.predict(matrix), dtype=np.float64)
@@ -84,7 +91,11 @@ class TabularModel:
         """Its recipe; for a model without one, a recipe whose raw record is its features."""
         if self.recipe is not None:
             return self.recipe
-        return passthrough_recipe("", self.feature_dtypes)
+        # Built once: a served model is asked for it on every request, and callers cache by it.
+        built: FeatureRecipe | None = self.__dict__.get("_passthrough")
+        if built is None:
+            built = self.__dict__["_passthrough"] = passthrough_recipe("", self.feature_dtypes)
+        return built
 
     def scores(self, columns: Columns) -> np.ndarray:
         """Class probabilities (n x classes) or predicted values (n)."""
