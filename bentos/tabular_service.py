@@ -26,20 +26,27 @@ the API keys :class:`loopline.serving.auth.ApiKeyAuth`'s. Endpoints:
 - ``GET /metrics``: Prometheus (BentoML's own, plus loopline's per-variant series, the served
   versions and the background answers dropped).
 
+``/predict`` and ``/predict/ab`` batch the model call of concurrent requests
+(:class:`loopline.serving.batching.MicroBatcher`, ``serving.batching``): each request is still
+validated, routed, logged and answered on its own. Unless ``serving.tracing`` is on, the
+prediction endpoints are left out of BentoML's OpenTelemetry tracing.
+
 A request that does not match the schema gets HTTP 400 with pydantic's field-level ``detail``
 (BentoML's code for bad input; documented in docs/serving.md); a missing or wrong API key 401.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import bentoml
+from bentoml._internal.server.http import traffic as bentoml_traffic
 from fastapi import FastAPI
 
 from loopline.errors import LooplineError
@@ -47,6 +54,7 @@ from loopline.monitoring.alerting.alert import Alert
 from loopline.monitoring.alerting.delivery import deliver
 from loopline.serving.auth import ApiKeyAuth
 from loopline.serving.background import BackgroundScorer
+from loopline.serving.batching import Arrivals, CountArrivals, MicroBatcher
 from loopline.serving.bento_config import (
     CONFIG_FILE,
     BentoConfig,
@@ -63,13 +71,14 @@ from loopline.serving.live_updates import change_routing, record_feedback
 from loopline.serving.model_inputs import served_features
 from loopline.serving.prediction_log import FeedbackLogWriter, PredictionLogWriter
 from loopline.serving.registry_models import alias_resolver, version_loader
+from loopline.serving.request_timeout import RequestTimeout
 from loopline.serving.requests import (
     batch_request_model,
     features_request_model,
     raw_request_model,
     valid_records,
 )
-from loopline.serving.responder import Responder
+from loopline.serving.responder import Pending, Responder
 from loopline.serving.rollout import align_routing, routing_scope
 from loopline.serving.routing import Router
 from loopline.settings import current_settings
@@ -83,6 +92,14 @@ PredictBatchRequest = batch_request_model(CONFIG, PredictRequest)
 PredictFeaturesRequest = features_request_model(CONFIG)
 PredictFeaturesBatchRequest = batch_request_model(CONFIG, PredictFeaturesRequest)
 RECORD_ROLLBACK = registry_rollback_recorder(CONFIG)
+#: The paths whose model calls are batched, and the requests on their way to the batcher.
+BATCHED_PATHS = ("/predict", "/predict/ab")
+ARRIVALS = Arrivals()
+#: BentoML's own settings: ``auto`` workers are one per core where the Bento runs; without
+#: ``serving.tracing`` the prediction endpoints skip the OpenTelemetry middleware. (Its access
+#: log is off too: one INFO line per request, which the level below dropped anyway.)
+WORKERS: int | str = "cpu_count" if CONFIG.workers == "auto" else CONFIG.workers
+TRACING: dict[str, Any] = {} if CONFIG.tracing else {"excluded_urls": ["/predict"]}
 
 # BentoML logs every rejected request (400) with a traceback at ERROR; a bad request is the
 # client's problem, answered with field-level details, not a server error.
@@ -112,11 +129,35 @@ def _http_errors() -> Iterator[None]:
         raise kind(str(exc)) from exc
 
 
+class _RequestTimeout(RequestTimeout):
+    """:class:`RequestTimeout` in the place of BentoML's ``TimeoutMiddleware`` (whose timers
+    outlive every request for the whole ``traffic.timeout``), taking its arguments.
+    """
+
+    def __init__(self, app: Any, timeout: float) -> None:
+        super().__init__(app, seconds=timeout)
+
+
+# BentoML 1.4 builds each worker's app from this module attribute after importing this file.
+bentoml_traffic.TimeoutMiddleware = _RequestTimeout  # type: ignore[misc,assignment]
+
+
+def _freeze_what_is_loaded() -> None:
+    """Leave what the worker holds now (imported modules, the loaded models) out of every
+    later garbage collection: it is never garbage, and walking its ~400k objects made each full
+    collection pause the worker for tens of milliseconds under load. Frozen objects are still
+    freed by reference counting: a version swapped out later is, unless it holds cycles.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 app = FastAPI(title="loopline operations")
 
 
 @bentoml.asgi_app(app, path="/")
-@bentoml.service(name=CONFIG.model_name, workers=CONFIG.workers, traffic={"timeout": 60})
+@bentoml.service(name=CONFIG.model_name, workers=WORKERS, traffic={"timeout": 60},
+                  tracing=TRACING, logging={"access": {"enabled": False}})
 class TabularService:
     """Serves the champion and the challenger (see the module's docstring for the endpoints)."""
 
@@ -147,10 +188,14 @@ class TabularService:
         self.errors = bentoml.metrics.Counter(
             name="loopline_prediction_errors_total",
             documentation="Failed model calls by endpoint and variant", labelnames=labels)
+        self._series: dict[tuple[str, Variant], tuple[Any, ...]] = {}
         self.dropped = bentoml.metrics.Counter(
             name="loopline_background_dropped_total",
             documentation="Background answers (shadow) dropped because the queue was full",
             labelnames=["kind"])
+        self.batch_size = bentoml.metrics.Histogram(
+            name="loopline_model_batch_size", documentation="Records per batched model call "
+            "(/predict and /predict/ab)", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
         self.served_version = bentoml.metrics.Gauge(
             name="loopline_served_version", documentation="The registry version each variant "
             "answers with in this worker (0: none)", labelnames=["variant"])
@@ -185,6 +230,15 @@ class TabularService:
         else:
             self._pinned = built_in
         self._swapped(None, self._served())
+        _freeze_what_is_loaded()
+        batching = CONFIG.batching
+        self.batcher: MicroBatcher[Pending, PredictResponse] = MicroBatcher(
+            self._answer_batch, max_batch=batching.max_batch if batching.enabled else 1,
+            max_latency_s=batching.max_latency_ms / 1000, arrivals=ARRIVALS)
+
+    def _answer_batch(self, pending: Sequence[Pending]) -> Sequence[PredictResponse | Exception]:
+        self.batch_size.observe(len(pending))
+        return self.responder.answer_all(pending)
 
     def _served(self) -> ServedModels:
         return self.follower.served if self.follower is not None else self._pinned
@@ -220,21 +274,28 @@ class TabularService:
         """
         if self.follower is not None:
             self.follower.stop()
+        self.batcher.close()
         self.background.close()
         self.prediction_log.close()
         self.feedback_log.close()
 
     def _count(self, endpoint: str, variant: Variant, seconds: float, failed: bool) -> None:
-        self.requests.labels(endpoint=endpoint, variant=variant).inc()
-        self.latency.labels(endpoint=endpoint, variant=variant).observe(seconds)
+        series = self._series.get((endpoint, variant))
+        if series is None:  # prometheus' .labels() costs more than the count: once per pair
+            series = self._series[endpoint, variant] = tuple(
+                metric.labels(endpoint=endpoint, variant=variant)
+                for metric in (self.requests, self.latency, self.errors))
+        requests, latency, errors = series
+        requests.inc()
+        latency.observe(seconds)
         if failed:
-            self.errors.labels(endpoint=endpoint, variant=variant).inc()
+            errors.inc()
 
     @bentoml.api
-    def predict(self, req: PredictRequest, /) -> PredictResponse:  # type: ignore[valid-type]
+    async def predict(self, req: PredictRequest, /) -> PredictResponse:  # type: ignore[valid-type]
         """Predict one raw record with the champion."""
         with _http_errors():
-            return self.responder.predict(req)
+            return await self.batcher.submit(Pending(req, routed=False))
 
     @bentoml.api(route="/predict/features")
     def predict_features(self, req: PredictFeaturesRequest, /) -> PredictResponse:  # type: ignore[valid-type]
@@ -250,10 +311,10 @@ class TabularService:
             return self.responder.predict_batch(req, raw=False)
 
     @bentoml.api(route="/predict/ab")
-    def predict_ab(self, req: PredictRequest, /) -> PredictResponse:  # type: ignore[valid-type]
+    async def predict_ab(self, req: PredictRequest, /) -> PredictResponse:  # type: ignore[valid-type]
         """Predict one raw record with the variant the live routing picks; says which answered."""
         with _http_errors():
-            return self.responder.predict_ab(req)
+            return await self.batcher.submit(Pending(req, routed=True))
 
     @bentoml.api(route="/predict/batch")
     def predict_batch(self, req: PredictBatchRequest, /) -> PredictBatchResponse:  # type: ignore[valid-type]
@@ -289,9 +350,13 @@ class TabularService:
                 "follow": follow,
                 "routing": self.store.read().model_dump(),
                 "background": {"done": self.background.done, "dropped": self.background.dropped},
+                "batching": {**CONFIG.batching.model_dump(), "batches": self.batcher.batches,
+                             "records": self.batcher.items},
                 "prediction_log": self.prediction_log.row_counts()}
 
 
+TabularService.add_asgi_middleware(  # type: ignore[attr-defined]
+    CountArrivals, paths=BATCHED_PATHS, arrivals=ARRIVALS)
 if CONFIG.auth is not None:
     TabularService.add_asgi_middleware(  # type: ignore[attr-defined]
         ApiKeyAuth, auth=CONFIG.auth, read_secret=_prefect_secret)

@@ -13,6 +13,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -62,7 +63,9 @@ AREA_BUCKET = ("  - name: area_bucket\n    expr: CAST(worst_area / 100 AS INTEGE
 
 
 def spec_text(demo_csv: Path, routing: str, c: float, follow: bool = True) -> str:
-    serving = (f"serving:\n  routing: {routing}\n  auth: {{api_keys_env: {KEYS_ENV}}}\n"
+    # The A/B service runs two workers: each split, request and log record below crosses them.
+    workers = "  workers: 2\n" if routing == ROUTINGS["ab"] else ""
+    serving = (f"serving:\n  routing: {routing}\n{workers}  auth: {{api_keys_env: {KEYS_ENV}}}\n"
                f"  prediction_log: {{flush_rows: 50, flush_seconds: 0.3}}\n"
                f"  follow: {{enabled: {'true' if follow else 'false'}}}")
     changes = {DEMO_SERVING: serving}
@@ -196,6 +199,38 @@ def test_the_split_holds_over_many_requests_and_applies_to_the_next_request(
             assert answer.status_code == 200, answer.text
             variants[answer.json()["variant"]] += 1
         assert within_binomial(variants["challenger"], n, share), (share, variants)
+    set_share(ab, 0.3)
+
+
+def test_concurrent_requests_get_the_answers_they_get_alone_and_a_bad_one_its_own_400(
+    ab: str, records: list[dict[str, Any]]
+) -> None:
+    """Batched by two workers or not, a request's answer is its own; a record the model cannot
+    take gets its own 400 while the requests batched with it are answered.
+    """
+    set_share(ab, 0.5)
+    bodies = []
+    for index in range(96):
+        body = {k: v for k, v in records[index % len(records)].items() if k != "patient_id"}
+        if index % 7 == 3:
+            body["mean_smoothness"] = 1e38  # passes the schema, too far for the model
+        bodies.append({**body, "request_id": f"together-{index}"})
+    alone = [post(ab, "/predict/ab", body) for body in bodies]
+    with httpx.Client(headers=HEADERS, timeout=30, verify=TLS) as client, \
+            ThreadPoolExecutor(max_workers=32) as pool:
+        together = list(pool.map(lambda body: client.post(f"{ab}/predict/ab", json=body), bodies))
+    for index, (single, batched) in enumerate(zip(alone, together, strict=True)):
+        assert batched.status_code == single.status_code == (400 if index % 7 == 3 else 200)
+        if batched.status_code == 400:
+            assert "mean_smoothness" in batched.text and "float32" in batched.text
+            continue
+        first, second = single.json(), batched.json()
+        assert second["request_id"] == f"together-{index}"
+        for key in ("request_id", "variant", "model_version", "prediction"):
+            assert second[key] == first[key], key
+        assert second["probability"] == pytest.approx(first["probability"], rel=1e-9)
+    health = httpx.get(f"{ab}/health", timeout=10, verify=TLS).json()
+    assert health["batching"]["max_batch"] == 64 and health["batching"]["enabled"]
     set_share(ab, 0.3)
 
 
