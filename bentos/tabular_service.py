@@ -26,7 +26,7 @@ the API keys :class:`loopline.serving.auth.ApiKeyAuth`'s. Endpoints:
 - ``GET /metrics``: Prometheus (BentoML's own, plus loopline's per-variant series, the served
   versions and the background answers dropped).
 
-``/predict`` and ``/predict/ab`` batch the model call of concurrent requests
+``/predict``, ``/predict/ab`` and ``/predict/features`` batch the model call of concurrent requests
 (:class:`loopline.serving.batching.MicroBatcher`, ``serving.batching``): each request is still
 validated, routed, logged and answered on its own. Unless ``serving.tracing`` is on, the
 prediction endpoints are left out of BentoML's OpenTelemetry tracing.
@@ -93,7 +93,7 @@ PredictFeaturesRequest = features_request_model(CONFIG)
 PredictFeaturesBatchRequest = batch_request_model(CONFIG, PredictFeaturesRequest)
 RECORD_ROLLBACK = registry_rollback_recorder(CONFIG)
 #: The paths whose model calls are batched, and the requests on their way to the batcher.
-BATCHED_PATHS = ("/predict", "/predict/ab")
+BATCHED_PATHS = ("/predict", "/predict/ab", "/predict/features")
 ARRIVALS = Arrivals()
 #: BentoML's own settings: ``auto`` workers are one per core where the Bento runs; without
 #: ``serving.tracing`` the prediction endpoints skip the OpenTelemetry middleware. (Its access
@@ -195,7 +195,7 @@ class TabularService:
             labelnames=["kind"])
         self.batch_size = bentoml.metrics.Histogram(
             name="loopline_model_batch_size", documentation="Records per batched model call "
-            "(/predict and /predict/ab)", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+            "(/predict, /predict/ab, /predict/features)", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
         self.served_version = bentoml.metrics.Gauge(
             name="loopline_served_version", documentation="The registry version each variant "
             "answers with in this worker (0: none)", labelnames=["variant"])
@@ -298,10 +298,11 @@ class TabularService:
             return await self.batcher.submit(Pending(req, routed=False))
 
     @bentoml.api(route="/predict/features")
-    def predict_features(self, req: PredictFeaturesRequest, /) -> PredictResponse:  # type: ignore[valid-type]
+    async def predict_features(self, req: PredictFeaturesRequest, /  # type: ignore[valid-type]
+                               ) -> PredictResponse:
         """Predict one record of feature values with the champion."""
         with _http_errors():
-            return self.responder.predict(req, raw=False)
+            return await self.batcher.submit(Pending(req, routed=False, raw=False))
 
     @bentoml.api(route="/predict/features/batch")
     def predict_features_batch(self, req: PredictFeaturesBatchRequest, /  # type: ignore[valid-type]

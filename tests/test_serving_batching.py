@@ -14,6 +14,7 @@ import json
 import math
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,11 +25,18 @@ from loopline.errors import InvalidFeatureValue, LooplineError, ModelCallFailed
 from loopline.serving.batching import Arrivals, CountArrivals, MicroBatcher
 from loopline.serving.bento_config import PredictResponse
 from loopline.serving.request_timeout import RequestTimeout
+from loopline.serving.requests import features_request_model
 from loopline.serving.responder import Pending
 from loopline.spec.sections.release import ABRouting, ShadowRouting
-from tests.test_serving_core import BROKEN, CHALLENGER, Served, build_served, record, serve  # noqa: F401
+from tests.test_serving_core import BROKEN, CHALLENGER, Served, build_served, record
 
 Message = MutableMapping[str, Any]
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Callable[..., Served]:
+    """Builds a responder for a routing, a champion and a challenger (test_serving_core's)."""
+    return build_served(tmp_path)
 
 
 class Recorder:
@@ -208,11 +216,17 @@ BAD = 1e300  # finite, valid for the schema, too far from the training data for 
 
 
 def _answer_alone(served: Served, item: Pending) -> PredictResponse | LooplineError:
-    call = served.responder.predict_ab if item.routed else served.responder.predict
     try:
-        return call(item.request)
+        if item.routed:
+            return served.responder.predict_ab(item.request)
+        return served.responder.predict(item.request, raw=item.raw)
     except LooplineError as exc:
         return exc
+
+
+#: The endpoints a property's request goes to: (routed, raw).
+ENDPOINTS = {"/predict": (False, True), "/predict/ab": (True, True),
+             "/predict/features": (False, False)}
 
 
 def _same(batched: PredictResponse | LooplineError, alone: PredictResponse | LooplineError) -> None:
@@ -228,22 +242,27 @@ def _same(batched: PredictResponse | LooplineError, alone: PredictResponse | Loo
 
 
 @settings(max_examples=100)
-@given(requests=st.lists(st.tuples(st.integers(0, 10_000), st.booleans(),
+@given(requests=st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(sorted(ENDPOINTS)),
                                    st.sampled_from([False, False, False, True])),
                          min_size=8, max_size=48),
        max_batch=st.sampled_from([3, 64]))
 def test_batching_changes_no_answer(tmp_path_factory: pytest.TempPathFactory,
-                                    requests: list[tuple[int, bool, bool]], max_batch: int) -> None:
-    """Concurrent mixed requests (both endpoints, both variants, bad records among them) get,
+                                    requests: list[tuple[int, str, bool]], max_batch: int) -> None:
+    """Concurrent mixed requests (every batched endpoint, both variants, bad records among them) get,
     each, the answer they get one at a time: the same request id, variant, version, prediction
     and probability, or the same 400 of their own while their neighbours are answered.
     """
     routing = ABRouting(kind="ab", challenger_share=0.5)
     batched_service = build_served(tmp_path_factory.mktemp("batched"))(routing)
     single_service = build_served(tmp_path_factory.mktemp("alone"))(routing)
-    pending = [Pending(batched_service.request(**record(seed, **({"x": BAD} if bad else {})),
-                                               request_id=f"r{index}-{seed}"), routed=routed)
-               for index, (seed, routed, bad) in enumerate(requests)]
+    features = features_request_model(batched_service.responder.config)
+    pending = []
+    for index, (seed, path, bad) in enumerate(requests):
+        routed, raw = ENDPOINTS[path]
+        fields = {**record(seed, **({"x": BAD} if bad else {})), "request_id": f"r{index}-{seed}"}
+        request = (batched_service.request(**fields) if raw
+                   else features.model_validate(fields))
+        pending.append(Pending(request, routed=routed, raw=raw))
     expected = [_answer_alone(single_service, item) for item in pending]
     batcher = MicroBatcher(batched_service.responder.answer_all, max_batch=max_batch,
                            max_latency_s=0.001)

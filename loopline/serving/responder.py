@@ -44,11 +44,13 @@ logger = logging.getLogger("loopline.serving")
 @dataclass(frozen=True)
 class Pending:
     """A one-record request waiting for its answer: ``routed`` ones (``/predict/ab``) follow the
-    live routing, the others (``/predict``) are the champion's.
+    live routing, the others (``/predict``, ``/predict/features``) are the champion's; ``raw``
+    is False for feature values (``/predict/features``).
     """
 
     request: BaseModel
     routed: bool
+    raw: bool = True
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ class Responder:
         return self._respond(self.served(), self._route(request, routed=True))
 
     def answer_all(self, pending: Sequence[Pending]) -> list[PredictResponse | LooplineError]:
-        """The answers to concurrent one-record requests (raw records), in order: each routed,
+        """The answers to concurrent one-record requests, in order: each routed,
         logged and answered as :meth:`predict` or :meth:`predict_ab` answers it alone, but with
         one model call per variant for all of them. A request's error (a value the model cannot
         take, a failed call) is its own, in its place; its neighbours are answered.
@@ -183,7 +185,8 @@ class Responder:
         served = self.served()
         # One look at the shared state for the whole batch: it is answered under one routing.
         state = self.store.read()
-        routed = [self._route(item.request, routed=item.routed, state=state) for item in pending]
+        routed = [self._route(item.request, routed=item.routed, raw=item.raw, state=state)
+                  for item in pending]
         first: dict[int, Answer | InvalidFeatureValue] = {}
         for variant in ("champion", "challenger"):
             indices = [index for index, item in enumerate(routed)
