@@ -89,6 +89,7 @@ from typing import Any
 import httpx
 
 from bench import swaps
+from bench.peers import model_servers
 from bench.results import entry, load_average
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,20 +101,41 @@ AB_VS_SINGLE = "serving.ab_vs_single_bento"
 AB_VS_MLFLOW = "serving.ab_vs_mlflow_serve"
 ADDED_MEDIAN = "serving.ab_added_median_ms"
 P95_AT_MAX = "serving.p95_ms_at_max_load"
+MAX_UNDER_BOUND = "serving.max_rps_p95_under_100ms"
+#: The model servers' entries: loopline's bounded throughput against theirs.
+MODEL_SERVER_ENTRIES = {"mlserver": "serving.ab_vs_mlserver", "kserve": "serving.ab_vs_kserve"}
 
+#: Every side, in the order the runs alternate.
+SIDES = ("loopline", "loopline_w1", "loopline_w2", "single", "mlflow", "mlserver", "kserve")
 #: Concurrency levels, seconds per level, unrecorded warm-up seconds, runs per side.
 SIZES: dict[str, dict[str, Any]] = {
-    "full": {"levels": [1, 2, 4, 8, 16, 32, 64], "duration": 4.0, "warmup": 3.0, "repeats": 3,
+    "full": {"levels": [1, 4, 16, 32, 64, 128, 256], "duration": 4.0, "warmup": 3.0,
+             "repeats": 3, "sides": SIDES,
              "swaps": 20, "restarts": 3, "steady": 8.0},
     "quick": {"levels": [1, 4, 16], "duration": 0.5, "warmup": 0.5, "repeats": 1,
+              # The sides that need no environment of their own (the model servers' take
+              # minutes to make on a fresh machine).
+              "sides": ("loopline", "single", "mlflow"),
               "swaps": 2, "restarts": 1, "steady": 1.0},
 }
 #: The most client threads the swap benchmark's load uses (threads, unlike bench.loadgen's
 #: asyncio, cost the shared cores more per request).
 SWAP_CONCURRENCY_CAP = 16
-SIDES = ("loopline", "single", "mlflow")
+#: The ``serving.workers`` of each loopline side's Bento (``loopline`` is the spec's default
+#: for this benchmark, ``auto``: one per core).
+LOOPLINE_WORKERS: dict[str, int | str] = {"loopline": "auto", "loopline_w1": 1, "loopline_w2": 2}
+#: Worker processes of the peers that take a count: as many as loopline's ``auto`` starts.
+CORES = os.cpu_count() or 1
+#: The model-server peers' configurations (bench/peers/model_servers.py), each its best as
+#: measured here: MLServer one process with its adaptive batching (its parallel workers hand
+#: every request to another process and measured slower on 2 cores), KServe one worker per core
+#: (it has no adaptive batching).
+MODEL_SERVERS: dict[str, dict[str, Any]] = {"mlserver": {"workers": 1, "batching": True},
+                                            "kserve": {"workers": CORES, "batching": False}}
 #: The loopline side's routing: what ``/predict/ab`` follows.
 ROUTING = "{kind: ab, challenger_share: 0.5}"
+#: The latency bound of ``serving.max_rps_p95_under_100ms``.
+P95_BOUND_MS = 100.0
 READY_SECONDS = 180.0
 #: What each side is sent (``{inputs}``, ``{features}``: how many columns of each).
 REQUEST = ("one record, JSON: loopline gets the raw record ({inputs} source columns) and computes "
@@ -141,7 +163,7 @@ def spec_text(source: Path, c: float) -> str:
         "../.loopline/demo/breast_cancer.csv": str(source), "name: tumor-malignancy": f"name: {MODEL}",
         mlp: "", "params: {C: 1.0}": f"params: {{C: {c}}}",
         'champion_margin: {f1: "+0%"}': "champion_margin: {}", "on_pass: production": "on_pass: staging",
-        "routing: {kind: single}": f"routing: {ROUTING}",
+        "routing: {kind: single}": f"routing: {ROUTING}\n  workers: auto",
     }
     for old, new in replacements.items():
         if old not in text:
@@ -154,11 +176,14 @@ def _setup_child(work: Path) -> None:
     import bentoml
     import polars as pl
 
+    from bench.peers.sklearn_export import model_parameters
     from flows.pipeline import pipeline
     from loopline.data.demo import write_demo_data
     from loopline.data.feature_store import FeatureStore
+    from loopline.data.source_check import load_spec_with_source
     from loopline.serving.bento_config import CONFIG_FILE, BentoConfig
     from loopline.state import state_paths
+    from tasks.packaging import build_bento
 
     source = write_demo_data(work / "breast_cancer.csv")
     specs = []
@@ -184,8 +209,18 @@ def _setup_child(work: Path) -> None:
     if row.height != 1:
         raise RuntimeError(f"{entity} {frame[entity][0]} is in the source {row.height} times")
     raw_record = {name: row[name][0] for name in config.input_names}
+    # The same registry state served by Bentos of one and two workers (the spec's is auto).
+    bento_tags = {"auto": second.bento_tag}
+    for workers in (1, 2):
+        path = work / f"v2-w{workers}.yaml"
+        path.write_text(specs[1].read_text().replace("  workers: auto", f"  workers: {workers}"))
+        bento_tags[str(workers)] = build_bento(load_spec_with_source(path))
+    champion = bentoml.mlflow.load_model(
+        bentoml.models.get(config.champion.bentoml_model_tag)).unwrap_python_model().model
     print(json.dumps({
-        "bento_tag": second.bento_tag, "champion_tag": config.champion.bentoml_model_tag,
+        "bento_tag": second.bento_tag, "bento_tags": bento_tags,
+        "peer_parameters": model_parameters(champion),
+        "champion_tag": config.champion.bentoml_model_tag,
         "challenger_tag": config.challenger.bentoml_model_tag,
         "feature_dtypes": {name: config.feature_dtypes[name] for name in config.feature_names},
         "input_dtypes": {column.name: column.dtype for column in config.inputs},
@@ -254,20 +289,47 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def side_command(side: str, built: dict[str, Any], port: int) -> tuple[list[str], dict[str, str]]:
-    """The server command of a side and its extra environment."""
+    """The server command of a side and its extra environment (a model server's folder, made by
+    :func:`prepare_model_servers`, is ``built["model_server_folders"][side]``).
+    """
     address = ["--host", "127.0.0.1", "--port", str(port)]
-    if side == "loopline":
-        return [str(BIN / "bentoml"), "serve", built["bento_tag"], *address], {}
+    if side in LOOPLINE_WORKERS:
+        tag = built.get("bento_tags", {}).get(str(LOOPLINE_WORKERS[side]), built["bento_tag"])
+        return [str(BIN / "bentoml"), "serve", tag, *address], {}
     if side == "single":
         return ([str(BIN / "bentoml"), "serve", "bench.peers.single_bento:SingleModel",
                  "--working-dir", str(REPO), *address],
                 {"SINGLE_BENTO_MODEL": built["champion_tag"],
-                 "SINGLE_BENTO_FEATURES": json.dumps(built["feature_dtypes"])})
+                 "SINGLE_BENTO_FEATURES": json.dumps(built["feature_dtypes"]),
+                 "SINGLE_BENTO_WORKERS": str(built.get("single_workers", 1))})
+    if side in MODEL_SERVERS:
+        return model_servers.command(side, Path(built["model_server_folders"][side]), port,
+                                     **MODEL_SERVERS[side])
     return ([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}/1", "--env-manager",
-             "local", "--workers", "1", "-h", "127.0.0.1", "-p", str(port)], {})
+             "local", "--workers", str(CORES), "-h", "127.0.0.1", "-p", str(port)], {})
 
 
-#: Per side: the load's path, the readiness path, and how the record is wrapped.
+def prepare_model_servers(built: dict[str, Any], work: Path, sides: tuple[str, ...]) -> None:
+    """Write each model server's folder (the champion rebuilt in its own environment, made
+    first when missing) into ``work``; records them in ``built``.
+    """
+    folders = built.setdefault("model_server_folders", {})
+    for side in sides:
+        if side in MODEL_SERVERS:
+            folder = work / f"{side}-model"
+            model_servers.prepare(side, built["peer_parameters"], folder, **MODEL_SERVERS[side])
+            folders[side] = str(folder)
+
+
+def paths(side: str) -> tuple[str, str]:
+    """A side's load path and readiness path."""
+    if side in MODEL_SERVERS:
+        return (model_servers.load_path(side, model_servers.MODEL_NAME),
+                model_servers.ready_path(side, model_servers.MODEL_NAME))
+    return PATHS["loopline" if side in LOOPLINE_WORKERS else side]
+
+
+#: Per side: the load's path and the readiness path.
 PATHS = {"loopline": ("/predict/ab", "/readyz"), "single": ("/predict", "/readyz"),
          "mlflow": ("/invocations", "/ping")}
 
@@ -277,9 +339,11 @@ def body(side: str, built: dict[str, Any]) -> dict[str, Any]:
     record (the source columns, as a client sends them: it computes the features itself); the
     peers, which compute no features, take the same row's feature values.
     """
-    if side == "loopline":
+    if side in LOOPLINE_WORKERS:
         return dict(built["raw_record"])
     record = built["record"]
+    if side in MODEL_SERVERS:
+        return model_servers.request_body(side, record, built["peer_parameters"]["features"])
     return {"dataframe_records": [record]} if side == "mlflow" else dict(record)
 
 
@@ -300,7 +364,7 @@ def serve(side: str, built: dict[str, Any], env: dict[str, str], logs: Path) -> 
                 raise RuntimeError(f"{side} server exited ({process.returncode}):\n"
                                    f"{log.read_text()[-4000:]}")
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + PATHS[side][1], timeout=2).status_code == 200:
+                if httpx.get(url + paths(side)[1], timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{side} server not ready after {READY_SECONDS} s:\n"
@@ -336,11 +400,13 @@ def champion_answer(side: str, url: str, built: dict[str, Any]) -> tuple[Any, fl
     """The champion's prediction and probability for the benchmark's row, as a side answers
     it (loopline: ``/predict`` with the raw record).
     """
-    path = "/predict" if side in ("loopline", "single") else PATHS[side][0]
+    path = "/predict" if side in (*LOOPLINE_WORKERS, "single") else paths(side)[0]
     answer = httpx.post(url + path, json=body(side, built), timeout=30)
     if answer.status_code != 200:
         raise RuntimeError(f"{side} answered {answer.status_code}: {answer.text[:1000]}")
     data = answer.json()
+    if side in MODEL_SERVERS:
+        return model_servers.parse_answer(side, data)
     if side == "mlflow":
         row = data["predictions"][0]
         return row["prediction"], float(row["probability"])
@@ -444,15 +510,49 @@ LOAD_RULE = ("a run's max = its highest 2xx req/s among levels with no error; ea
              "(errors: all runs'); <side>_levels_every_run: each run's levels")
 
 
-def entries(runs: dict[str, list[list[dict[str, Any]]]], common: dict[str, Any], command: str
-            ) -> dict[str, dict[str, Any]]:
-    """The four workload entries from every side's runs (each run: its per-level figures)."""
-    single_name = f"a plain single-model BentoML {version('bentoml')} service (bench/peers/single_bento.py)"
-    mlflow_name = f"mlflow models serve {version('mlflow')} (--env-manager local, 1 worker)"
-    peak = {side: [maximum(levels)["throughput"] for levels in runs[side]] for side in SIDES}
+def under_bound(levels: list[dict[str, Any]]) -> float:
+    """A run's highest throughput at a level with no error and p95 under ``P95_BOUND_MS`` (0
+    when no level qualifies).
+    """
+    return max((line["throughput"] for line in levels
+                if error_free(line) and line["p95_ms"] < P95_BOUND_MS), default=0.0)
+
+
+#: The concurrency levels whose latencies every side records (when they were run).
+REPORTED_LEVELS = (1, 16, 64, 256)
+
+
+def side_names(built: dict[str, Any] | None) -> dict[str, str]:
+    """What each side is, with its version and configuration (for the entries)."""
+    single_workers = (built or {}).get("single_workers", 1)
+    names = {
+        "loopline": "loopline's Bento, serving.workers: auto",
+        "loopline_w1": "loopline's Bento, serving.workers: 1",
+        "loopline_w2": "loopline's Bento, serving.workers: 2",
+        "single": (f"a plain single-model BentoML {version('bentoml')} service "
+                   f"(bench/peers/single_bento.py, workers={single_workers}, tracing and access "
+                   "log off)"),
+        "mlflow": (f"mlflow models serve {version('mlflow')} (--env-manager local, "
+                   f"{CORES} workers)"),
+    }
+    for side, settings in MODEL_SERVERS.items():
+        if built is not None and side in built.get("model_server_folders", {}):
+            names[side] = model_servers.describe(side, **settings)
+    return names
+
+
+def entries(runs: dict[str, list[list[dict[str, Any]]]], common: dict[str, Any], command: str,
+            built: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The workload entries from every side's runs (each run: its per-level figures); the model
+    servers' and the worker counts' entries only when those sides ran.
+    """
+    names = side_names(built)
+    single_name, mlflow_name = names["single"], names["mlflow"]
+    peak = {side: [maximum(levels)["throughput"] for levels in runs[side]]
+            for side in ("loopline", "single", "mlflow")}
     throughput: dict[str, Any] = {"unit": "req/s (max error-free)", "higher_is_better": True,
                                   "rows": 1, "digits": 1, "load_rule": LOAD_RULE}
-    low = min(line["concurrency"] for side in SIDES for line in runs[side][0])
+    low = min(line["concurrency"] for side in runs for line in runs[side][0])
     calm = {side: [at_concurrency(levels, low)["p50_ms"] for levels in runs[side]]
             for side in ("loopline", "single")}
     busy = {side: highest_clean_concurrency(runs[side]) for side in ("loopline", "single")}
@@ -460,7 +560,7 @@ def entries(runs: dict[str, list[list[dict[str, Any]]]], common: dict[str, Any],
            for side in ("loopline", "single")}
     ours, single = side_figures("loopline", runs["loopline"]), side_figures("peer", runs["single"])
     added = round(statistics.median(calm["loopline"]) - statistics.median(calm["single"]), 3)
-    return {
+    made = {
         AB_VS_SINGLE: entry(
             loopline_runs=peak["loopline"], peer_runs=peak["single"], peer_name=single_name,
             command=command, **throughput, **ours, **single,
@@ -482,6 +582,35 @@ def entries(runs: dict[str, list[list[dict[str, Any]]]], common: dict[str, Any],
             peer_name=single_name, rows=1, command=command, load_rule=LOAD_RULE, **ours, **single,
             goal="loopline < 100 ms", **common),
     }
+    bounded = {side: [under_bound(levels) for levels in side_runs]
+               for side, side_runs in runs.items()}
+    bound: dict[str, Any] = {"unit": f"req/s (max with no error and p95 < {P95_BOUND_MS:g} ms)",
+             "higher_is_better": True, "rows": 1, "digits": 1, "command": command,
+             "bound_rule": (f"a run's figure = its highest 2xx req/s among the levels with no "
+                            f"error and p95 < {P95_BOUND_MS:g} ms; each side's figure is the "
+                            "median of its runs'")}
+    every_side: dict[str, Any] = {
+        "sides": {side: {"name": names.get(side, side),
+                         "median": round(statistics.median(bounded[side]), 1),
+                         "runs": bounded[side],
+                         "latency_by_concurrency": {
+                             str(line["concurrency"]): {key: line[key] for key in CURVE_KEYS}
+                             for line in median_curve(runs[side])
+                             if line["concurrency"] in REPORTED_LEVELS}}
+                  for side in runs}}
+    made[MAX_UNDER_BOUND] = entry(
+        loopline_runs=bounded["loopline"], peer_runs=bounded["single"], peer_name=single_name,
+        goal="loopline >= 1000 req/s (/predict/ab, A/B routing and the prediction log on)",
+        **bound, **every_side, **common)
+    better = {side: statistics.median(bounded[side]) for side in MODEL_SERVERS if side in runs}
+    for side, workload in ((side, workload) for side, workload in MODEL_SERVER_ENTRIES.items()
+                           if side in runs):
+        made[workload] = entry(
+            loopline_runs=bounded["loopline"], peer_runs=bounded[side], peer_name=names.get(side, side),
+            goal="advantage >= 1.2 over the better of MLServer and KServe "
+                 f"({max(better, key=lambda name: better[name])} here)",
+            **bound, **side_figures("peer", runs[side]), **every_side, **common)
+    return made
 
 
 # --- the benchmark --------------------------------------------------------------------------------
@@ -493,9 +622,9 @@ def measure(side: str, built: dict[str, Any], env: dict[str, str], size: dict[st
         answer = champion_answer(side, url, built)
         if expected is not None and (answer[0] != expected[0] or abs(answer[1] - expected[1]) > 1e-6):
             raise RuntimeError(f"{side} answers {answer} for the champion, not {expected}")
-        levels = load(url + PATHS[side][0], body(side, built), size, work)
+        levels = load(url + paths(side)[0], body(side, built), size, work)
         extra: dict[str, Any] = {"answer": answer}
-        if side == "loopline":
+        if side in LOOPLINE_WORKERS:
             health = httpx.get(url + "/health", timeout=10).json()
             extra["routing"] = health["routing"]["kind"], health["routing"]["challenger_share"]
             extra["prediction_log_rows"] = (health["prediction_log"]["written_rows"]
@@ -517,13 +646,16 @@ def run(quick: bool = False, command: str = "python -m bench serving") -> dict[s
         env = environment(work)
         _log("set-up: two pipeline runs (champion v1, challenger v2) and loopline's Bento")
         built = set_up(work, env)
-        _log(f"built {built['bento_tag']} in {built['setup_seconds']} s")
+        built["single_workers"] = CORES
+        sides: tuple[str, ...] = size["sides"]
+        _log(f"built {built['bento_tags']} in {built['setup_seconds']} s")
+        prepare_model_servers(built, work, sides)
         load_at_start = load_average()
-        runs: dict[str, list[list[dict[str, Any]]]] = {side: [] for side in SIDES}
-        checks: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+        runs: dict[str, list[list[dict[str, Any]]]] = {side: [] for side in sides}
+        checks: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
         expected: tuple[Any, float] | None = None
         for attempt in range(size["repeats"]):
-            for side in SIDES if attempt % 2 == 0 else tuple(reversed(SIDES)):
+            for side in sides if attempt % 2 == 0 else tuple(reversed(sides)):
                 levels, extra = measure(side, built, env, size, work, expected)
                 expected = expected or extra["answer"]
                 runs[side].append(levels)
@@ -539,9 +671,10 @@ def run(quick: bool = False, command: str = "python -m bench serving") -> dict[s
         ours, peers = measure_swaps(built, env, size, work, swap_concurrency)
         load_at_end = load_average()
     loopline_checks = checks["loopline"]
-    if any(check["routing"] != ("ab", 0.5) for check in loopline_checks):
-        raise RuntimeError(f"loopline's routing was not ab 0.5: {loopline_checks}")
-    cpu = [line["loadgen_cpu_ms_per_request"] for side in SIDES for run_ in runs[side]
+    if any(check["routing"] != ("ab", 0.5) for side in sides if side in LOOPLINE_WORKERS
+           for check in checks[side]):
+        raise RuntimeError(f"loopline's routing was not ab 0.5: {checks}")
+    cpu = [line["loadgen_cpu_ms_per_request"] for side in sides for run_ in runs[side]
            for line in run_ if line["loadgen_cpu_ms_per_request"] is not None]
     common = {
         "load_avg_1m_at_start": load_at_start,
@@ -554,7 +687,7 @@ def run(quick: bool = False, command: str = "python -m bench serving") -> dict[s
         "peer_request": "the same row's feature values (the peer computes no features)",
         "loopline_endpoint": "POST /predict/ab",
         "loopline_routing": built["routing"], "loopline_prediction_log": built["prediction_log"],
-        "loopline_auth": built["auth"], "workers": built["workers"],
+        "loopline_auth": built["auth"], "workers": built["workers"], "cores": CORES,
         "loopline_prediction_log_rows": [check["prediction_log_rows"] for check in loopline_checks],
         "loopline_variants_seen": loopline_checks[-1]["variants_seen"],
         "concurrency_levels": size["levels"], "seconds_per_level": size["duration"],
@@ -583,7 +716,7 @@ def run(quick: bool = False, command: str = "python -m bench serving") -> dict[s
         "model", "loopline_prediction_log", "loopline_auth", "workers", "concurrency_levels",
         "seconds_per_level", "warmup_seconds", "load_generator", "setup_seconds",
         "load_avg_1m_at_end", "loopline_version", "bentoml_version")}
-    return {**entries(runs, common, command),
+    return {**entries(runs, common, command, built),
             **raw_records.entries(raw, built, raw_common, command),
             **swaps.entries(ours, peers, swap_common, command)}
 

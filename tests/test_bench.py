@@ -131,7 +131,7 @@ def _serving_run(p95_scale: float, errors_from: int | None) -> list[dict[str, An
 
 
 def test_serving_reports_latency_at_the_highest_concurrency_without_errors() -> None:
-    from bench.serving import AB_VS_SINGLE, P95_AT_MAX, entries
+    from bench.serving import AB_VS_SINGLE, MAX_UNDER_BOUND, MODEL_SERVER_ENTRIES, P95_AT_MAX, entries
 
     runs = {"loopline": [_serving_run(1.0, 64), _serving_run(1.2, None), _serving_run(1.1, 32)],
             "single": [_serving_run(0.5, None)] * 3, "mlflow": [_serving_run(2.0, 8)] * 3}
@@ -150,6 +150,28 @@ def test_serving_reports_latency_at_the_highest_concurrency_without_errors() -> 
     assert len(p95["loopline_levels_every_run"]) == 3
     single = made[AB_VS_SINGLE]
     assert single["loopline_runs"] == [400.0] * 3 and single["peer_levels"][-1]["errors"] == 0
+    # The bounded throughput: the best level with no error and p95 under 100 ms.
+    bounded = made[MAX_UNDER_BOUND]
+    assert bounded["loopline_runs"] == [400.0] * 3 and bounded["peer_runs"] == [400.0] * 3
+    assert set(bounded["sides"]) == {"loopline", "single", "mlflow"}
+    assert list(bounded["sides"]["mlflow"]["latency_by_concurrency"]) == ["1", "16", "64"]
+    assert MODEL_SERVER_ENTRIES["kserve"] not in made  # only when the model servers ran
+
+
+def test_the_bounded_throughput_counts_only_clean_levels_under_100_ms() -> None:
+    from bench.serving import MAX_UNDER_BOUND, MODEL_SERVER_ENTRIES, entries, under_bound
+
+    slow = [_level(c, c * 50.0, c * 3.0) for c in (1, 16, 32, 64)]  # p95 96 ms at 32, 192 at 64
+    assert under_bound(slow) == 1600.0
+    failing = [_level(c, c * 50.0, 1.0, errors=int(c == 16)) for c in (1, 16, 32)]
+    assert under_bound(failing) == 1600.0 and under_bound([_level(1, 5.0, 150.0)]) == 0.0
+    runs = {side: [_serving_run(1.0, None)] * 3
+            for side in ("loopline", "single", "mlflow", "mlserver", "kserve")}
+    runs["kserve"] = [[_level(c, c * 40.0, 60.0) for c in (1, 2, 4, 8, 16, 32, 64)]] * 3
+    made = entries(runs, {"load_avg_1m_at_start": 0.1}, "python -m bench serving")
+    kserve = made[MODEL_SERVER_ENTRIES["kserve"]]
+    assert kserve["peer"] == 2560.0 and kserve["loopline"] == 400.0
+    assert "(kserve here)" in kserve["goal"] and made[MAX_UNDER_BOUND]["loopline"] == 400.0
 
 
 def test_raw_records_compares_the_two_paths_of_one_service() -> None:
@@ -332,7 +354,7 @@ def test_serving_quick_records_throughput_latency_and_swaps(head_start: Finished
         assert item["loopline_routing"] == {"kind": "ab", "challenger_share": 0.5, "sticky_by": None}
         assert item["loopline_variants_seen"] == ["challenger", "champion"]
         assert item["loopline_prediction_log_rows"][0] > 0
-        assert item["loopline_auth"] is False and item["workers"] == 1
+        assert item["loopline_auth"] is False and item["workers"] == "auto" and item["cores"] >= 1
 
     single = data["serving.ab_vs_single_bento"]
     assert single["unit"].startswith("req/s") and single["higher_is_better"] is True
@@ -351,6 +373,13 @@ def test_serving_quick_records_throughput_latency_and_swaps(head_start: Finished
     assert p95["loopline"] == p95["loopline_p95_ms"]
     clean = [level["concurrency"] for level in single["loopline_levels"] if level["errors"] == 0]
     assert p95["loopline_concurrency"] == max(clean)
+
+    # The throughput under the p95 bound, with every side's latencies at the reported levels.
+    bounded = data["serving.max_rps_p95_under_100ms"]
+    assert_well_formed(bounded, "python -m bench serving --quick")
+    assert set(bounded["sides"]) == {"loopline", "single", "mlflow"}
+    assert list(bounded["sides"]["loopline"]["latency_by_concurrency"]) == ["1", "16"]
+    assert 0 < bounded["loopline"] <= max(level["throughput"] for level in single["loopline_levels"])
 
     # /predict with the raw record vs /predict/features with the same row's features, one service.
     raw = data["serving.raw_vs_features_request"]

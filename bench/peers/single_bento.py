@@ -1,14 +1,15 @@
 """The serving benchmark's peer: a plain single-model BentoML 1.4 service.
 
 One model, one ``POST /predict`` taking one record (the same strict request schema as loopline's
-service: every feature required, strict types, finite floats, no unknown fields), one worker; no
-routing, no prediction log, no auth, no custom metrics. It scores the same way loopline's service
-does (the ``TabularModel`` unwrapped from the MLflow pyfunc, called on columns), so the two
-differ only by what loopline adds around the model call.
+service: every feature required, strict types, finite floats, no unknown fields), as many
+workers as it is given; no routing, no prediction log, no auth, no custom metrics. It scores
+the same way loopline's service does (the ``TabularModel`` unwrapped from the MLflow pyfunc,
+called on columns), so the two differ only by what loopline adds around the model call.
 
 Configured by the environment (``bentoml serve`` of a module reads no bentofile):
 ``SINGLE_BENTO_MODEL`` is the BentoML model tag (an MLflow model imported with
-``bentoml.mlflow.import_model``), ``SINGLE_BENTO_FEATURES`` a JSON object of feature name to dtype.
+``bentoml.mlflow.import_model``), ``SINGLE_BENTO_FEATURES`` a JSON object of feature name to dtype,
+``SINGLE_BENTO_WORKERS`` its worker processes (1 when unset).
 Serve it with ``bentoml serve bench.peers.single_bento:SingleModel`` from the repository root.
 """
 
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 MODEL_TAG = os.environ["SINGLE_BENTO_MODEL"]
 FEATURES: dict[str, str] = json.loads(os.environ["SINGLE_BENTO_FEATURES"])
+WORKERS = int(os.environ.get("SINGLE_BENTO_WORKERS", "1"))
 
 _TYPES: dict[str, Any] = {"bool": bool, "string": Annotated[str, Field(max_length=10_000)]}
 
@@ -49,7 +51,12 @@ class Prediction(BaseModel):
     probability: float | None = None
 
 
-@bentoml.service(workers=1)
+# Configured as loopline's Bento is, with BentoML's own settings (what any BentoML user can
+# set): the same workers, BentoML's OpenTelemetry tracing off the prediction path and no access
+# log. loopline's code-level work (batching, its request timeout, a frozen heap) it does not get:
+# it is a plain service.
+@bentoml.service(workers=WORKERS, tracing={"excluded_urls": ["/predict"]},
+                 logging={"access": {"enabled": False}})
 class SingleModel:
     """Serves one model version."""
 
