@@ -2,13 +2,13 @@
 together, in one call of the model per variant.
 
 A request joins a queue and awaits its own answer. One drainer answers the queue's oldest
-records, at most ``max_batch`` at a time, one batch after another (a batch of several in a
-thread of its own, so the event loop goes on reading requests meanwhile; a lone record at once,
-on the loop): the records that arrive while a batch is
-answered form the next one. Before a batch starts, it waits for the requests the worker has
-received but not yet queued (their bodies still being read or validated), but never longer than
-``max_latency_s`` after its oldest record arrived. A request alone in the worker is answered at
-once: nothing is on its way to join it.
+records, at most ``max_batch`` at a time, one batch after another: the records that arrive while
+a batch is answered form the next one. A batch of several runs in the batcher's own thread, so
+the event loop goes on reading requests meanwhile; a lone record is answered at once, on the
+loop (a thread hop would cost it more). Before a batch starts, it waits for the requests the
+worker has received but not yet queued (their bodies still being read or validated), but never
+longer than ``max_latency_s`` after its oldest record arrived. A request alone in the worker is
+answered at once: nothing is on its way to join it.
 
 Those requests on their way are counted by :class:`CountArrivals`, a plain ASGI middleware on
 the batched paths, and handed over when their record reaches :meth:`MicroBatcher.submit` (a

@@ -41,6 +41,7 @@ from loopline.training.modeling.tabular_model import TabularModel
 
 logger = logging.getLogger("loopline.serving")
 
+
 @dataclass(frozen=True)
 class Pending:
     """A one-record request waiting for its answer: ``routed`` ones (``/predict/ab``) follow the
@@ -177,9 +178,9 @@ class Responder:
         return self._respond(self.served(), self._route(request, routed=True))
 
     def answer_all(self, pending: Sequence[Pending]) -> list[PredictResponse | LooplineError]:
-        """The answers to concurrent one-record requests, in order: each routed,
-        logged and answered as :meth:`predict` or :meth:`predict_ab` answers it alone, but with
-        one model call per variant for all of them. A request's error (a value the model cannot
+        """The answers to concurrent one-record requests, in order: each routed, logged and
+        answered as :meth:`predict` or :meth:`predict_ab` answers it alone, but with one model
+        call per variant for all of them. A request's error (a value the model cannot
         take, a failed call) is its own, in its place; its neighbours are answered.
         """
         served = self.served()
