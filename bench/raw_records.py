@@ -2,7 +2,8 @@
 served request, measured on one service.
 
 Run by ``python -m bench serving`` after its A/B runs, on the same registry and Bento (routing
-``ab``, the prediction log on, one worker; ``bench/serving.py`` builds it). Two paths of the same
+``ab``, the prediction log on, batching on, ``serving.workers: auto``; ``bench/serving.py``
+builds it). Two paths of the same
 service, both answered by the champion, both logged:
 
 - loopline: ``POST /predict`` with the raw record (the source columns the champion's features

@@ -1,34 +1,42 @@
-"""Serving benchmarks: loopline's A/B endpoint against a plain single-model BentoML service and
-``mlflow models serve``, all serving the same model, on loopback.
+"""Serving benchmarks: loopline's A/B endpoint against a plain single-model BentoML service,
+``mlflow models serve``, Seldon's MLServer and KServe's model server, all serving the same model,
+on loopback.
 
 Set-up (in a throwaway state folder: ``LOOPLINE_HOME``, ``BENTOML_HOME``, ``PREFECT_HOME``,
 MLflow's SQLite store; nothing touches the developer's ``.loopline``): the pipeline flow runs
 twice on the demo spec with one logistic-regression candidate (C=1, then C=0.01), so the registry
 holds a champion v1 and a challenger v2 in STAGING, and the second run builds loopline's Bento
 serving both with routing ``ab`` (challenger_share 0.5), the prediction log on with its default
-flush settings, no auth, one worker.
+flush settings, no auth, batching on (the defaults), ``serving.workers: auto``; two more Bentos of
+the same registry state have ``workers: 1`` and ``2``.
 
 The sides, each a fresh server started on its own, checked (one request, the same answer from
-all three for the champion) and warmed up; never two at the same time. They are sent the same
+all of them for the champion) and warmed up; never two at the same time. They are sent the same
 row of the demo source, each in the form it takes:
 
 - loopline: ``bentoml serve <Bento>``, load on ``POST /predict/ab`` with the raw record (the
   source columns the features read, as a client sends them: the service computes the features
   with the model's recipe on every request; routing, the prediction log and the per-variant
-  metrics all on the path).
+  metrics all on the path). Sides ``loopline`` (auto workers), ``loopline_w1``, ``loopline_w2``.
 - single Bento (``bench/peers/single_bento.py``): ``bentoml serve`` of a minimal BentoML 1.4
-  service holding champion v1 only, the same kind of strict schema over the features, one
-  worker, scoring the same way (the ``TabularModel`` unwrapped from the pyfunc); no feature
-  computation (it is sent the row's feature values), no routing, logging, auth or metrics.
-- ``mlflow models serve -m models:/NAME/1 --env-manager local`` (one uvicorn worker), load on
-  ``POST /invocations`` with the row's feature values as ``{"dataframe_records": [record]}``.
+  service holding champion v1 only, the same kind of strict schema over the features, as many
+  workers as auto gives loopline and the same BentoML settings (tracing off the prediction path,
+  no access log), scoring the same way (the ``TabularModel`` unwrapped from the pyfunc); no
+  feature computation (it is sent the row's feature values), no routing, logging, auth or metrics.
+- ``mlflow models serve -m models:/NAME/1 --env-manager local`` (one uvicorn worker per core),
+  load on ``POST /invocations`` with the row's feature values as ``{"dataframe_records": [record]}``.
+- ``mlserver`` and ``kserve`` (``bench/peers/model_servers.py``, each in its own virtual
+  environment): the champion rebuilt as a scikit-learn pipeline from its parameters, MLServer
+  with its adaptive batching in one process, KServe's ModelServer with one worker per core
+  (``MODEL_SERVERS``: each the best configuration measured here).
 
 So loopline's figures include computing the features, which the peers are spared;
 ``serving.raw_vs_features_request`` (``bench/raw_records.py``) measures that cost alone.
 
 Load comes from ``bench.loadgen`` in its own process: closed loop, the same one-record body over
-HTTP/1.1 keep-alive, at concurrency 1, 2, 4, ... 64 for 4 s each (quick: 1, 4, 16 for 0.5 s), after
-an unrecorded warm-up (``SIZES``). A level is error-free when it had no non-2xx status, no
+HTTP/1.1 keep-alive, at concurrency 1, 4, 16, 32, 64, 128, 256 for 4 s each (quick: 1, 4, 16 for
+0.5 s, and only the sides that need no environment of their own), after an unrecorded warm-up
+(``SIZES``). A level is error-free when it had no non-2xx status, no
 transport error and no request left unanswered.
 
 A run's maximum is its highest 2xx throughput among its error-free levels. The load a side
@@ -37,8 +45,9 @@ sustains is the highest concurrency at which none of its runs had an error: its 
 calm of a low concurrency. The whole curve is recorded for every side: each level's throughput,
 latencies and errors, per run and as medians over the runs.
 
-At full size every side runs three times, in alternating order (L S M, then M S L, ...), each
-time on a fresh server; each side's figure is the median of its runs (the best beside it).
+At full size every side runs three times, in alternating order (the sides in ``SIDES`` order,
+then reversed, ...), each time on a fresh server; each side's figure is the median of its runs
+(the best beside it).
 
 Workload ids:
 
@@ -54,6 +63,12 @@ Workload ids:
 ``serving.p95_ms_at_max_load``
     p95 latency (ms, lower is better) of ``/predict/ab`` at its highest error-free concurrency
     vs the single Bento's p95 at its own (goal: loopline < 100 ms).
+``serving.max_rps_p95_under_100ms``
+    The highest req/s of ``/predict/ab`` at a level with no error and p95 < 100 ms, vs the single
+    Bento's; ``sides`` holds every side's figure and its latencies at 1, 16, 64 and 256
+    connections (goal: >= 1,000 req/s).
+``serving.ab_vs_mlserver``, ``serving.ab_vs_kserve``
+    The same bounded figure vs each model server's (goal: advantage >= 1.2 over the better).
 
 ``serving.raw_vs_features_request``
     Maximum error-free req/s of loopline's ``/predict`` with the raw record vs the same
