@@ -37,7 +37,6 @@ A request that does not match the schema gets HTTP 400 with pydantic's field-lev
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -71,7 +70,7 @@ from loopline.serving.live_updates import change_routing, record_feedback
 from loopline.serving.model_inputs import served_features
 from loopline.serving.prediction_log import FeedbackLogWriter, PredictionLogWriter
 from loopline.serving.registry_models import alias_resolver, version_loader
-from loopline.serving.request_timeout import RequestTimeout
+from loopline.serving.request_timeout import TimeoutMiddlewareInPlace
 from loopline.serving.requests import (
     batch_request_model,
     features_request_model,
@@ -81,6 +80,7 @@ from loopline.serving.requests import (
 from loopline.serving.responder import Pending, Responder
 from loopline.serving.rollout import align_routing, routing_scope
 from loopline.serving.routing import Router
+from loopline.serving.worker_memory import freeze_what_is_loaded
 from loopline.settings import current_settings
 from loopline.spec.sections.base import parse_duration
 from loopline.spec.sections.release import BanditRouting
@@ -129,27 +129,9 @@ def _http_errors() -> Iterator[None]:
         raise kind(str(exc)) from exc
 
 
-class _RequestTimeout(RequestTimeout):
-    """:class:`RequestTimeout` in the place of BentoML's ``TimeoutMiddleware`` (whose timers
-    outlive every request for the whole ``traffic.timeout``), taking its arguments.
-    """
-
-    def __init__(self, app: Any, timeout: float) -> None:
-        super().__init__(app, seconds=timeout)
-
-
-# BentoML 1.4 builds each worker's app from this module attribute after importing this file.
-bentoml_traffic.TimeoutMiddleware = _RequestTimeout  # type: ignore[misc,assignment]
-
-
-def _freeze_what_is_loaded() -> None:
-    """Leave what the worker holds now (imported modules, the loaded models) out of every
-    later garbage collection: it is never garbage, and walking its ~400k objects made each full
-    collection pause the worker for tens of milliseconds under load. Frozen objects are still
-    freed by reference counting: a version swapped out later is, unless it holds cycles.
-    """
-    gc.collect()
-    gc.freeze()
+# BentoML 1.4 builds each worker's app from this module attribute after importing this file:
+# loopline's timeout, whose timer ends with the request, in the place of BentoML's.
+bentoml_traffic.TimeoutMiddleware = TimeoutMiddlewareInPlace  # type: ignore[misc,assignment]
 
 
 app = FastAPI(title="loopline operations")
@@ -230,7 +212,7 @@ class TabularService:
         else:
             self._pinned = built_in
         self._swapped(None, self._served())
-        _freeze_what_is_loaded()
+        freeze_what_is_loaded()
         batching = CONFIG.batching
         self.batcher: MicroBatcher[Pending, PredictResponse] = MicroBatcher(
             self._answer_batch, max_batch=batching.max_batch if batching.enabled else 1,

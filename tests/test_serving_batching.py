@@ -24,9 +24,10 @@ from hypothesis import strategies as st
 from loopline.errors import InvalidFeatureValue, LooplineError, ModelCallFailed
 from loopline.serving.batching import Arrivals, CountArrivals, MicroBatcher
 from loopline.serving.bento_config import PredictResponse
-from loopline.serving.request_timeout import RequestTimeout
+from loopline.serving.request_timeout import RequestTimeout, TimeoutMiddlewareInPlace
 from loopline.serving.requests import features_request_model
 from loopline.serving.responder import Pending
+from loopline.serving.worker_memory import freeze_what_is_loaded
 from loopline.spec.sections.release import ABRouting, ShadowRouting
 from tests.test_serving_core import BROKEN, CHALLENGER, Served, build_served, record
 
@@ -344,6 +345,9 @@ def test_a_request_not_answered_in_time_gets_504_and_one_answering_runs_to_its_e
         late = await _asgi_request(RequestTimeout(_app(3600), seconds=0.05), "/predict")
         assert late[0]["status"] == 504
         assert json.loads(late[1]["body"]) == {"error": "not answered within 0.05 seconds"}
+        # The same, built with the arguments of BentoML's TimeoutMiddleware, whose place it takes.
+        in_place = await _asgi_request(TimeoutMiddlewareInPlace(_app(3600), 0.05), "/predict")
+        assert in_place == late
         # Started in time, finished after the limit: not cut off.
         slow_body = await _asgi_request(RequestTimeout(_app(0, 0.1), seconds=0.05), "/predict")
         assert [m.get("status") for m in slow_body] == [200, None]
@@ -393,3 +397,21 @@ def test_the_batcher_thread_answers_batches_and_a_lone_record_on_the_loop() -> N
 def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         MicroBatcher(Recorder(), max_batch=0, max_latency_s=0)
+
+
+def test_what_a_worker_holds_is_frozen_out_of_collections_and_still_freed_by_refcount() -> None:
+    import gc
+    import weakref
+
+    class Held:
+        pass
+
+    held = Held()
+    gone = weakref.ref(held)
+    try:
+        assert freeze_what_is_loaded() == gc.get_freeze_count() > 0
+        assert all(held is not obj for obj in gc.get_objects())  # frozen: collections skip it
+        del held
+        assert gone() is None  # reference counting still frees it
+    finally:
+        gc.unfreeze()

@@ -55,3 +55,12 @@ class RequestTimeout:
                         "headers": [(b"content-type", b"application/json"),
                                     (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
+
+
+class TimeoutMiddlewareInPlace(RequestTimeout):
+    """:class:`RequestTimeout` taking the arguments of BentoML's ``TimeoutMiddleware``
+    (``app, timeout``), so that the Bento can put it in that one's place.
+    """
+
+    def __init__(self, app: App, timeout: float) -> None:
+        super().__init__(app, seconds=timeout)

@@ -29,6 +29,7 @@ from loopline.serving.answers import Answer, model_outputs, prediction_response
 from loopline.serving.background import BackgroundScorer
 from loopline.serving.bento_config import BentoConfig, PredictBatchResponse, PredictResponse
 from loopline.serving.canary import CanaryWatch, Decision, next_state
+from loopline.serving.challenger_pairs import ChallengerPairs
 from loopline.serving.following import ServedModels
 from loopline.serving.live_state import RoutingState, Variant
 from loopline.serving.model_calls import CallObserver, ModelCaller, RecordCall, ignore_calls
@@ -108,10 +109,8 @@ class Responder:
         self.router, self.store = router, router.store
         self.calls = ModelCaller(config, prediction_log, observe=observe)
         self.on_rollback = on_rollback
-        self.background = background
         self.canary = CanaryWatch()
-        self._quality: tuple[int, QualityWindow] | None = None
-        self._quality_lock = threading.Lock()
+        self.pairs = ChallengerPairs(config.task, self.calls, background)
         #: The latest records this worker answered, raw and feature values: a new version's
         #: warm-up prediction uses them (raw first: a new version may read other features).
         self.latest: dict[bool, RecordInputs] = {}
@@ -122,20 +121,13 @@ class Responder:
         """The paired answers of the served challenger and the champion (a new window for a new
         challenger); None when no challenger is served.
         """
-        if not served.has_challenger:
-            return None
-        version = served.versions["challenger"]
-        with self._quality_lock:
-            if self._quality is None or self._quality[0] != version:
-                self._quality = (version, QualityWindow(self.config.task))
-            return self._quality[1]
+        return self.pairs.window(served)
 
     def record_label(self, request_id: str, label: Any) -> bool:
         """Score the challenger's and the champion's paired answers to ``request_id`` against its
         true label (from ``/feedback``); False when this worker holds no such pair.
         """
-        current = self._quality
-        return current is not None and current[1].label(request_id, label)
+        return self.pairs.record_label(request_id, label)
 
     @property
     def versions(self) -> dict[Variant, int]:
@@ -263,7 +255,7 @@ class Responder:
         if state is not None and state.kind == "canary" and served.has_challenger:
             self._watch_canary(state, answer, served)
             if answer.variant == "challenger" and answer.error is None:
-                self._pair(served, call, answer)
+                self.pairs.pair(served, call, answer)
         if answer.error is not None and answer.variant == "challenger":
             # The client still gets an answer: the champion's.
             answer = self.calls.one(served, "champion", call)
@@ -271,46 +263,9 @@ class Responder:
             raise ModelCallFailed(f"the model failed: {answer.error}")
         self.latest[call.sent.raw] = call.sent
         if assignment.shadow and served.has_challenger:
-            self._shadow(served, call, answer)
+            self.pairs.shadow(served, call, answer)
         return prediction_response(self.config.model_name, call.request_id, answer,
                                    datetime.now(UTC))
-
-    def _later(self, kind: str, job: Callable[[], None]) -> None:
-        """Run ``job`` off the request path when the responder has a background scorer (dropped
-        and counted when its queue is full), else now.
-        """
-        if self.background is None:
-            job()
-        else:
-            self.background.submit(kind, job)
-
-    def _shadow(self, served: ServedModels, call: RecordCall, champion: Answer) -> None:
-        """The challenger's answer to a record (its features computed here, off the request
-        path), logged as a shadow and paired with the champion's for the quality of its
-        predictions.
-        """
-        def job() -> None:
-            shadow = self.calls.one(served, "challenger", call, shadow=True)
-            window = self.quality(served)
-            if shadow.error is None and window is not None:
-                window.add(call.request_id, champion.prediction, shadow.prediction)
-
-        self._later("shadow", job)
-
-    def _pair(self, served: ServedModels, call: RecordCall, challenger: Answer) -> None:
-        """The champion's answer to a record the canary's challenger answered, paired with it
-        for the quality of the challenger's predictions (not logged: the client got the
-        challenger's).
-        """
-        def job() -> None:
-            champion = served.models["champion"]
-            [(prediction, _)] = model_outputs(champion.predict(
-                {name: [value] for name, value in call.sent.features(champion).items()}))
-            window = self.quality(served)
-            if window is not None:
-                window.add(call.request_id, prediction, challenger.prediction)
-
-        self._later("pair", job)
 
     def _watch_canary(self, state: RoutingState, answer: Answer, served: ServedModels) -> None:
         """Count the answer in the canary's step; store the step's decision when it is judged."""
