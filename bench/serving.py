@@ -79,9 +79,9 @@ Then the swap benchmark (``bench/swaps.py``: ``serving.swap_errors_under_load``,
 ``serving.swap_p99_ms``, ``serving.promotion_to_full_traffic_s``) runs on the same registry and
 Bento: promotions and rollbacks under steady load against a restart of the plain Bento.
 
-Run as a script, ``python -m bench.serving setup WORK`` is the set-up child process: it runs the
-pipeline flows with the state folder under ``WORK`` and prints one JSON line describing what was
-built.
+Run as a script, ``python -m bench.serving setup WORK [WORKERS ...]`` is the set-up child
+process: it runs the pipeline flows with the state folder under ``WORK``, builds a Bento for each
+worker count given, and prints one JSON line describing what was built.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def spec_text(source: Path, c: float) -> str:
     return text
 
 
-def _setup_child(work: Path) -> None:
+def _setup_child(work: Path, worker_counts: list[int]) -> None:
     import bentoml
     import polars as pl
 
@@ -224,9 +224,9 @@ def _setup_child(work: Path) -> None:
     if row.height != 1:
         raise RuntimeError(f"{entity} {frame[entity][0]} is in the source {row.height} times")
     raw_record = {name: row[name][0] for name in config.input_names}
-    # The same registry state served by Bentos of one and two workers (the spec's is auto).
+    # The same registry state served by Bentos of other worker counts (the spec's is auto).
     bento_tags = {"auto": second.bento_tag}
-    for workers in (1, 2):
+    for workers in worker_counts:
         path = work / f"v2-w{workers}.yaml"
         path.write_text(specs[1].read_text().replace("  workers: auto", f"  workers: {workers}"))
         bento_tags[str(workers)] = build_bento(load_spec_with_source(path))
@@ -270,11 +270,15 @@ def environment(work: Path) -> dict[str, str]:
     return env
 
 
-def set_up(work: Path, env: dict[str, str]) -> dict[str, Any]:
-    """Run the set-up child; returns what it built."""
+def set_up(work: Path, env: dict[str, str], sides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run the set-up child (a Bento for each worker count the loopline ``sides`` name besides
+    auto); returns what it built.
+    """
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "bench.serving", "setup", str(work)], cwd=REPO,
-                          env=env, capture_output=True, text=True, check=False)
+    counts = [str(LOOPLINE_WORKERS[side]) for side in sides
+              if side in LOOPLINE_WORKERS and LOOPLINE_WORKERS[side] != "auto"]
+    done = subprocess.run([sys.executable, "-m", "bench.serving", "setup", str(work), *counts],
+                          cwd=REPO, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"set-up failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     built: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -660,9 +664,9 @@ def run(quick: bool = False, command: str = "python -m bench serving") -> dict[s
         work = Path(tmp)
         env = environment(work)
         _log("set-up: two pipeline runs (champion v1, challenger v2) and loopline's Bento")
-        built = set_up(work, env)
-        built["single_workers"] = CORES
         sides: tuple[str, ...] = size["sides"]
+        built = set_up(work, env, sides)
+        built["single_workers"] = CORES
         _log(f"built {built['bento_tags']} in {built['setup_seconds']} s")
         prepare_model_servers(built, work, sides)
         load_at_start = load_average()
@@ -771,6 +775,6 @@ def measure_swaps(built: dict[str, Any], env: dict[str, str], size: dict[str, An
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "setup":
-        sys.exit("usage: python -m bench.serving setup WORK")
-    _setup_child(Path(sys.argv[2]))
+    if len(sys.argv) < 3 or sys.argv[1] != "setup":
+        sys.exit("usage: python -m bench.serving setup WORK [WORKERS ...]")
+    _setup_child(Path(sys.argv[2]), [int(count) for count in sys.argv[3:]])
