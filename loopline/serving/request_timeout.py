@@ -5,8 +5,9 @@ leaves a timer, a future and a context alive for the whole limit (60 s by defaul
 answered. At 1,000 requests a second that is some 60,000 live timers; each full garbage
 collection walks them all, and on this project's 2-core machines those collections paused a
 worker for 40-300 ms, which became the service's p95. :class:`RequestTimeout` cancels its
-deadline as soon as the response starts, so nothing outlives the request; the Bento turns
-BentoML's off and installs this one.
+deadline as soon as the response starts, so nothing outlives the request; the Bento puts it in
+the place of BentoML's (:class:`TimeoutMiddlewareInPlace`), which its configuration cannot turn
+off (``traffic.timeout`` must be a number).
 """
 
 from __future__ import annotations
