@@ -101,21 +101,31 @@ def run_deployment(env: dict[str, str], name: str, **parameters: str) -> str:
     return match.group(1)
 
 
+#: Answers Prefect's own client retries (``PREFECT_CLIENT_MAX_RETRIES``): the call changed nothing.
+RETRIED_STATUSES = (429, 502, 503)
+
+
 def prefect_api(env: dict[str, str], method: str, path: str, json: Any = None) -> Any:
     """Call the Prefect server's REST API (``path`` below ``/api``); returns the JSON answer.
-    Calls that go unanswered are made again for up to ``API_PATIENCE_S``: every call the tests
-    make is a read or an idempotent update.
+    Calls that go unanswered, or are answered 429/502/503, are made again for up to
+    ``API_PATIENCE_S``: every call the tests make is a read or an idempotent update, and a 503
+    (SQLite busy) was rolled back.
     """
     deadline = time.monotonic() + API_PATIENCE_S
     while True:
         try:
             response = httpx.request(method, f"{env['PREFECT_API_URL']}{path}", json=json,
                                      timeout=30, verify=TLS)
-            break
         except httpx.TransportError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(1)
+            continue
+        # The server answers 503 when SQLite was busy and it rolled the call back (as Prefect's
+        # own client does, such answers are retried: nothing was written).
+        if response.status_code not in RETRIED_STATUSES or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     response.raise_for_status()
     return response.json() if response.content else None
 
