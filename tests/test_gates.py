@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loopline.release.gates import GateDecision, evaluate_gates
-from loopline.spec.sections.release import GatesSpec
+from loopline.spec.sections.gates import GatesSpec
 
 
 def gates(thresholds: dict[str, str] | None = None,

@@ -46,7 +46,7 @@ from loopline.release.records import CHALLENGER, CHAMPION, STAGE_TAG, STAGES, TR
 from loopline.release.registry import ModelRegistry
 from loopline.spec.loader import load_spec
 from loopline.spec.model import Spec
-from loopline.spec.sections.release import GatesSpec
+from loopline.spec.sections.gates import GatesSpec
 from loopline.state import state_paths
 from loopline.training.modeling.candidates import TrainedCandidate, evaluate, train_candidate
 from loopline.training.tracking import log_model

@@ -11,7 +11,7 @@ from loopline.errors import InvalidFeatureValue, MissingCredentials
 from loopline.serving.auth import api_keys
 from loopline.serving.bento_config import BentoConfig, ServedVersion
 from loopline.serving.requests import features_request_model
-from loopline.spec.sections.release import AuthSpec
+from loopline.spec.sections.access import AuthSpec
 from loopline.training.modeling.preprocess import TabularPreprocessor
 
 

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from loopline.spec.sections.base import parse_comparison, parse_margin
-from loopline.spec.sections.release import GatesSpec
+from loopline.spec.sections.gates import GatesSpec
 from loopline.spec.sections.training import CLASSIFICATION_METRICS, REGRESSION_METRICS, Direction
 
 

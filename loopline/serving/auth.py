@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import Any
 
 from loopline.errors import MissingCredentials
-from loopline.spec.sections.release import AuthSpec
+from loopline.spec.sections.access import AuthSpec
 
 # ASGI's callables, as the specification defines them (the same as starlette's aliases).
 Scope = MutableMapping[str, Any]

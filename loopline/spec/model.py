@@ -24,9 +24,10 @@ from loopline.spec.monitoring_problems import monitoring_problems
 from loopline.spec.sections.algorithms import search_space_problems
 from loopline.spec.sections.base import NAME_PATTERN, StrictModel
 from loopline.spec.sections.data import ComputedFeature, DataSpec, FeatureEntry, PassthroughFeatures
+from loopline.spec.sections.gates import GatesSpec
 from loopline.spec.sections.operations import LogChannel, MonitoringSpec, Notification, RetrainingSpec
 from loopline.spec.sections.passthrough import RenamedColumn
-from loopline.spec.sections.release import ABRouting, CanaryRouting, GatesSpec, ServingSpec
+from loopline.spec.sections.release import ABRouting, CanaryRouting, ServingSpec
 from loopline.spec.sections.search import LogUniformSearch, UniformSearch
 from loopline.spec.sections.training import COST_OBJECTIVES, TrainingSpec, metrics_for
 

@@ -1,4 +1,4 @@
-"""The ``gates`` and ``serving`` sections: what a candidate must prove, and how it is served."""
+"""The ``serving`` section: how the champion and the challenger are served, routed and guarded."""
 
 from __future__ import annotations
 
@@ -6,55 +6,17 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from loopline.spec.sections.access import AuthSpec
 from loopline.spec.sections.base import (
     COLUMN_PATTERN,
     ComparisonText,
     Duration,
     Fraction,
-    MarginText,
     StrictModel,
     spec_error,
 )
 
 Text = Annotated[str, Field(min_length=1)]
-
-
-class ModelCardSpec(StrictModel):
-    """The human part of every model version's card; loopline adds data, metrics and lineage.
-
-    Attributes:
-        intended_use: what the model is for (and what it is not for). Required.
-        limitations: known limitations.
-        ethical_considerations: what was considered about fairness and harm.
-        approved: whether a person approved the card; PRODUCTION requires it.
-        approved_by: who approved it.
-    """
-
-    intended_use: Text
-    limitations: str = ""
-    ethical_considerations: str = ""
-    approved: bool = False
-    approved_by: str | None = None
-
-
-class GatesSpec(StrictModel):
-    """What a candidate must reach on the test split before it is registered.
-
-    Attributes:
-        thresholds: absolute bounds per metric, e.g. ``accuracy: ">= 0.85"``.
-        champion_margin: required improvement over the current champion on the same test data,
-            relative (``"+1%"``) or absolute (``"+0.01"``), in the metric's direction.
-        on_pass: the stage a passing candidate enters: ``staging`` (challenger) or
-            ``production`` (champion, needs an approved model card). The very first model of a
-            name becomes champion when it passes, so there is something to serve.
-        model_card: the card every registered version carries.
-    """
-
-    thresholds: dict[str, ComparisonText] = Field(default_factory=dict)
-    champion_margin: dict[str, MarginText] = Field(default_factory=dict)
-    on_pass: Literal["staging", "production"] = "staging"
-    model_card: ModelCardSpec
-
 
 class SingleRouting(StrictModel):
     """Only the champion answers.
@@ -192,25 +154,6 @@ Routing = Annotated[
 ]
 
 
-class AuthSpec(StrictModel):
-    """Where the service's API keys come from (a Prefect Secret block or an env variable).
-
-    Attributes:
-        api_keys_secret: the name of a Prefect Secret block holding the keys.
-        api_keys_env: an environment variable holding the keys (comma-separated).
-    """
-
-    api_keys_secret: str | None = None
-    api_keys_env: str | None = None
-
-    @model_validator(mode="after")
-    def _has_a_source(self) -> AuthSpec:
-        if self.api_keys_secret is None and self.api_keys_env is None:
-            raise spec_error("auth needs a source of API keys",
-                             "set `api_keys_secret` (a Prefect Secret block) or `api_keys_env`")
-        return self
-
-
 class PredictionLogSpec(StrictModel):
     """Where every prediction and every feedback label is appended (parquet), for monitoring.
 
@@ -275,6 +218,8 @@ class ServingSpec(StrictModel):
             spans go nowhere, and on a 2-core machine they cost about 0.5 ms of CPU a request.
         port: the port ``bentoml serve`` listens on.
         max_batch: records one ``POST /predict/batch`` request may hold.
+        max_body_mb: the largest request body, in megabytes (10^6 bytes); a larger one gets 413
+            before it is read.
         prediction_log: where predictions and feedback are logged.
         follow: how the live service follows the registry's aliases (or pins its versions).
     """
@@ -284,6 +229,7 @@ class ServingSpec(StrictModel):
     workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 1
     port: Annotated[int, Field(ge=1, le=65535)] = 3000
     max_batch: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    max_body_mb: Annotated[float, Field(gt=0.0, le=4096.0)] = 16.0
     prediction_log: PredictionLogSpec = Field(default_factory=PredictionLogSpec)
     follow: FollowSpec = Field(default_factory=FollowSpec)
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
