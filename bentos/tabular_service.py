@@ -19,7 +19,8 @@ the API keys :class:`loopline.serving.auth.ApiKeyAuth`'s. Endpoints:
 - ``POST /predict/features`` and ``POST /predict/features/batch``: the same with the feature
   values already computed, for callers that hold them.
 - ``POST /feedback``: a label and/or reward for an earlier request id.
-- ``POST /admin/routing``: change the challenger's share while serving.
+- ``POST /admin/routing``: change the challenger's share while serving (audited as
+  ``routing.changed`` with the caller's key fingerprint, or ``loopback``).
 - ``GET /health``: open to all, 200 with the served versions, the feature set version each was
   trained on, the routing, and how following the registry goes (``status: degraded`` while a
   version the registry names cannot be served).
@@ -32,11 +33,15 @@ validated, routed, logged and answered on its own. Unless ``serving.tracing`` is
 prediction endpoints are left out of BentoML's OpenTelemetry tracing.
 
 A request that does not match the schema gets HTTP 400 with pydantic's field-level ``detail``
-(BentoML's code for bad input; documented in docs/serving.md); a missing or wrong API key 401.
+(BentoML's code for bad input; documented in docs/serving.md); a missing or wrong API key 401;
+a key without the endpoint's scope (``predict``, ``feedback``, ``admin``) 403; without
+``serving.auth``, ``/admin/*`` answers loopback clients only. A body over
+``serving.max_body_mb`` gets 413 before it is read (:class:`loopline.serving.body_limit.BodyLimit`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -48,10 +53,13 @@ import bentoml
 from bentoml._internal.server.http import traffic as bentoml_traffic
 from fastapi import FastAPI
 
-from loopline.errors import LooplineError
+from loopline.audit import audit_log
+from loopline.errors import LooplineError, SignatureInvalid
 from loopline.monitoring.alerting.alert import Alert
 from loopline.monitoring.alerting.delivery import deliver
-from loopline.serving.auth import ApiKeyAuth
+from loopline.release.signing_keys import SigningKeys, verifying_keys
+from loopline.serving.admin import change_routing_recorded
+from loopline.serving.auth import ApiKeyAuth, caller
 from loopline.serving.background import BackgroundScorer
 from loopline.serving.batching import Arrivals, CountArrivals, MicroBatcher
 from loopline.serving.bento_config import (
@@ -63,13 +71,14 @@ from loopline.serving.bento_config import (
     PredictResponse,
     RoutingUpdate,
 )
+from loopline.serving.body_limit import BodyLimit
 from loopline.serving.canary import Decision, registry_rollback_recorder
 from loopline.serving.following import RegistryFollower, ServedModels
 from loopline.serving.live_state import RoutingState, Variant, open_live_state
-from loopline.serving.live_updates import change_routing, record_feedback
+from loopline.serving.live_updates import record_feedback
 from loopline.serving.model_inputs import served_features
 from loopline.serving.prediction_log import FeedbackLogWriter, PredictionLogWriter
-from loopline.serving.registry_models import alias_resolver, version_loader
+from loopline.serving.registry_models import alias_resolver, verify_built_in, version_loader
 from loopline.serving.request_timeout import TimeoutMiddlewareInPlace
 from loopline.serving.requests import (
     batch_request_model,
@@ -81,7 +90,7 @@ from loopline.serving.responder import Pending, Responder
 from loopline.serving.rollout import align_routing, routing_scope
 from loopline.serving.routing import Router
 from loopline.serving.worker_memory import freeze_what_is_loaded
-from loopline.settings import current_settings
+from loopline.settings import current_settings, worker_name
 from loopline.spec.sections.base import parse_duration
 from loopline.spec.sections.release import BanditRouting
 from loopline.storage import Storage
@@ -116,6 +125,36 @@ def _prefect_secret(name: str) -> Any:
 def _alert(alert: Alert) -> None:
     """Send ``alert`` to the spec's notification channels (failures are logged, never raised)."""
     deliver(alert, CONFIG.notifications, secret=_prefect_secret)
+
+
+def _verify_built_in(refs: dict[Variant, Any], versions: dict[Variant, int]) -> SigningKeys | None:
+    """Check each version copied into the Bento against its signature in the registry before it
+    is loaded: a refusal is alerted and audited (``service.refused``), and the worker does not
+    start (it never serves an unverified model). Returns the key later versions are verified with.
+    """
+    if CONFIG.tracking_uri is None:  # a hand-made config: no registry holds the signatures
+        logging.getLogger("loopline.serving").warning("no registry: the served models' signatures "
+                                                      "cannot be checked")
+        return None
+    keys = verifying_keys(CONFIG.signing_public_key, read_secret=_prefect_secret)
+    for variant, ref in refs.items():
+        version = versions[variant]
+        try:
+            verify_built_in(CONFIG.tracking_uri, CONFIG.model_name, version,
+                            Path(ref.path_of("mlflow_model")), keys)
+        except SignatureInvalid as exc:
+            _alert(Alert(kind="model_signature_refused", severity="high", model=CONFIG.model_name,
+                         title=f"{variant} v{version} refused: it does not match its signature",
+                         details={"error": type(exc).__name__, "reason": str(exc)},
+                         subject=("signature", str(version))))
+            with contextlib.suppress(Exception):  # the refusal is what must be raised
+                audit_log().append(kind="service.refused", model=CONFIG.model_name,
+                                   actor=f"service {worker_name()}", version=version,
+                                   summary=f"{variant} v{version} in the Bento refused at start",
+                                   details={"variant": variant, "error": type(exc).__name__,
+                                            "reason": str(exc)})
+            raise
+    return keys
 
 
 @contextmanager
@@ -154,6 +193,7 @@ class TabularService:
         if CONFIG.challenger is not None:
             refs["challenger"] = self.challenger_ref
             versions["challenger"] = CONFIG.challenger.version
+        keys = _verify_built_in(refs, versions)  # before anything of theirs is loaded
         built_in = ServedModels(
             models={variant: bentoml.mlflow.load_model(ref).unwrap_python_model().model
                     for variant, ref in refs.items()}, versions=versions)
@@ -203,10 +243,11 @@ class TabularService:
         if CONFIG.follow.enabled and CONFIG.tracking_uri is not None:
             self.follower = RegistryFollower(
                 built_in, resolve=alias_resolver(CONFIG.tracking_uri, CONFIG.model_name),
-                load=version_loader(CONFIG.tracking_uri, CONFIG.model_name),
+                load=version_loader(CONFIG.tracking_uri, CONFIG.model_name, keys),
                 warm_up=self.responder.warm_up,
                 interval_s=parse_duration(CONFIG.follow.interval).total_seconds(),
-                nudges=self.nudges.nudges, on_swap=self._swapped, on_problem=self._problem)
+                nudges=self.nudges.nudges, on_swap=self._swapped, on_problem=self._problem,
+                model_name=CONFIG.model_name)
             self.follower.check()  # the aliases of the moment, before the first request
             self.follower.start()
         else:
@@ -315,10 +356,14 @@ class TabularService:
         return record_feedback(req, self.feedback_log, self.store)
 
     @bentoml.api(route="/admin/routing")
-    def set_routing(self, req: RoutingUpdate, /) -> RoutingState:
-        """Change the challenger's share; the next request of every worker follows it."""
+    def set_routing(self, req: RoutingUpdate, /, ctx: bentoml.Context) -> RoutingState:
+        """Change the challenger's share; the next request of every worker follows it. The
+        change is audited (``routing.changed``) with who made it (:func:`caller`).
+        """
         with _http_errors():
-            return change_routing(self.store, req, has_challenger=self._served().has_challenger)
+            return change_routing_recorded(self.store, req, model=CONFIG.model_name,
+                                           has_challenger=self._served().has_challenger,
+                                           actor=caller(ctx.request.scope))
 
     @app.get("/health")
     def health(self) -> dict[str, Any]:
@@ -338,8 +383,12 @@ class TabularService:
                 "prediction_log": self.prediction_log.row_counts()}
 
 
+# The first added runs first (outermost), all before any endpoint reads a body: an oversized
+# body gets 413 from anyone, before the key is looked at (the limit guards the worker, whoever
+# sends it); then the key and its scope (without serving.auth: admin on loopback only).
+TabularService.add_asgi_middleware(  # type: ignore[attr-defined]
+    BodyLimit, max_mb=CONFIG.max_body_mb)
 TabularService.add_asgi_middleware(  # type: ignore[attr-defined]
     CountArrivals, paths=BATCHED_PATHS, arrivals=ARRIVALS)
-if CONFIG.auth is not None:
-    TabularService.add_asgi_middleware(  # type: ignore[attr-defined]
-        ApiKeyAuth, auth=CONFIG.auth, read_secret=_prefect_secret)
+TabularService.add_asgi_middleware(  # type: ignore[attr-defined]
+    ApiKeyAuth, auth=CONFIG.auth, read_secret=_prefect_secret)

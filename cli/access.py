@@ -33,7 +33,7 @@ def _model_access() -> ModelAccess:
 
     if os.environ.get(CREDENTIALS_SECRET):
         from loopline.release.identity import apply_credentials
-        from tasks.tracking import read_secret
+        from tasks.secrets import read_prefect_secret as read_secret
 
         apply_credentials(read_secret)
     return ModelAccess(configure_tracking(state_paths()))

@@ -9,6 +9,10 @@ Examples::
     loopline lineage tumor-malignancy 2
     loopline history tumor-malignancy
     loopline rollback tumor-malignancy --reason "v2 misbehaves"
+    loopline approve tumor-malignancy 3 --comment "checked the slices"   (cli/approve.py)
+    loopline access tumor-malignancy --user rita --permission READ      (cli/access.py)
+    loopline audit tumor-malignancy --at 2026-11-23T14:35Z              (cli/audit.py)
+    loopline verify tumor-malignancy 3                                   (cli/signing.py)
     loopline work-pools --max-trainings 2
     loopline submit train --spec configs/demo.yaml --priority urgent
     loopline batch-predict tumor-malignancy data/today.csv .loopline/scored/today --input-kind raw
@@ -25,7 +29,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli.access import add_commands as add_access_commands
+from cli.approve import add_commands as add_approval_commands
+from cli.audit import add_commands as add_audit_commands
 from cli.operations import add_commands
+from cli.signing import add_commands as add_signing_commands
 from loopline.errors import InvalidSpec, LooplineError
 from loopline.spec.loader import load_spec
 from loopline.spec.model import SCHEMA_ID, Spec
@@ -285,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--force", action="store_true", help="rewrite an existing file")
     demo.set_defaults(handler=_demo_data)
     add_commands(commands)
+    add_access_commands(commands)
+    add_approval_commands(commands)
+    add_audit_commands(commands)
+    add_signing_commands(commands)
     return parser
 
 

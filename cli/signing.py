@@ -29,7 +29,7 @@ def _client() -> object:
 def sign(args: argparse.Namespace) -> int:
     """Sign the version's files as they are now and store the signature with it."""
     from loopline.release.signing import sign_version
-    from tasks.signing import read_prefect_secret
+    from tasks.secrets import read_prefect_secret
 
     signed = sign_version(_client(), args.model, args.version, actor=getpass.getuser(),
                           read_secret=read_prefect_secret)
@@ -42,7 +42,7 @@ def verify(args: argparse.Namespace) -> int:
     """Download the version and check it against its signature (exit 1 with why if refused)."""
     from loopline.release.signing import verified_download
     from loopline.release.signing_keys import signing_keys
-    from tasks.signing import read_prefect_secret
+    from tasks.secrets import read_prefect_secret
 
     keys = signing_keys(for_signing=False, read_secret=read_prefect_secret)
     with tempfile.TemporaryDirectory(prefix="loopline-verify-") as work:

@@ -19,6 +19,7 @@ from loopline.data.feature_store import FeatureSetManifest
 from loopline.serving.rollout_plan import decides
 from loopline.spec.model import Spec
 from loopline.training.sweep.reuse import SweepPlan
+from tasks.approval import apply_approval, await_approval
 from tasks.evaluation import evaluate_candidate
 from tasks.features import materialize_features, validate_source_data
 from tasks.monitoring_reference import write_monitoring_reference
@@ -41,6 +42,7 @@ class PipelineResult:
     model_version: int | None
     stage: str | None
     bento_tag: str | None
+    approval: str | None = None
 
 
 @flow(name="loopline-pipeline", log_prints=True)
@@ -81,13 +83,18 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
         8. If it passes: log and register the model with its card and lineage, in STAGING, and
            write its monitoring reference beside it (profiles of its training features and of
            its outputs, its calibrated probabilities): what the monitor compares with.
+           With ``gates.approval.required`` it is registered in NONE and the run pauses for a
+           person (a form in the Prefect UI with the gate decision and the model card, or
+           ``loopline approve``): one of the spec's approvers approves (the decision goes into
+           its card; it enters STAGING) or rejects; no decision within the timeout rejects;
+           a rejected version is ARCHIVED with the reason and the run ends normally.
         9. If the gates say ``on_pass: production`` (or there is no champion yet) and its card
-           is approved: run the promote flow (champion, Bento). A new challenger that stays in
-           STAGING is served beside the champion when the spec routes between them (a Bento
-           with both, routed ab / canary / shadow / bandit; the running services follow the
-           registry to it); under canary, shadow or ab routing the event
-           ``loopline.challenger.registered`` starts the ``rollout`` deployment, which carries
-           the rollout to its end.
+           is approved (in the spec, or by the approver of step 8): run the promote flow
+           (champion, Bento). A new challenger that stays in STAGING is served beside the
+           champion when the spec routes between them (a Bento with both, routed ab / canary /
+           shadow / bandit; the running services follow the registry to it); under canary,
+           shadow or ab routing the event ``loopline.challenger.registered`` starts the
+           ``rollout`` deployment, which carries the rollout to its end.
     """
     if spec is None:
         spec = load_and_validate_spec(spec_path)
@@ -103,19 +110,27 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
         best = train(spec_path, storage_block, manifest.version, parent_run_id, spec).best
     evaluation = evaluate_candidate(spec, manifest, best, storage_block)
     finish_training_run(spec, parent_run_id, best)
-    version, stage, bento_tag = None, None, None
+    version, stage, bento_tag, approval = None, None, None, None
     if evaluation.decision.passed:
-        registered = register_candidate(spec, manifest, best, evaluation, trigger)
+        asks_approval = spec.gates.approval.required
+        registered = register_candidate(spec, manifest, best, evaluation, trigger,
+                                        stage="NONE" if asks_approval else "STAGING")
         write_monitoring_reference(spec, manifest, best.candidate.model, registered.version,
                                    storage_block)
         version, stage = registered.version, registered.stage
         automatic = spec.gates.on_pass == "production" or evaluation.champion is None
-        if automatic and spec.gates.model_card.approved:
+        if asks_approval:
+            approval = await_approval(spec, version, evaluation.decision, then=(
+                "makes it champion (PRODUCTION)" if automatic
+                else "makes it challenger (STAGING)"), to_production=automatic)
+            stage = apply_approval(spec, version, approval).stage
+        approved = spec.gates.model_card.approved or (approval is not None and approval.approved)
+        if stage == "STAGING" and automatic and approved:
             reason = ("first model of its name" if evaluation.champion is None
                       else "passed its gates; on_pass: production")
             promotion = promote(spec_path, version, reason, spec)
             stage, bento_tag = "PRODUCTION", promotion.bento_tag
-        elif automatic:
+        elif stage == "STAGING" and automatic:
             get_run_logger().warning("%s v%d stays in STAGING: its model card is not approved",
                                      spec.name, version)
         if stage == "STAGING" and spec.serving.routing.kind != "single":
@@ -128,6 +143,7 @@ def pipeline(spec_path: str = "configs/demo.yaml", storage_block: str | None = N
         model_name=spec.name, feature_set_version=manifest.version,
         best_candidate=best.candidate.name, gate_passed=evaluation.decision.passed,
         model_version=version, stage=stage, bento_tag=bento_tag,
+        approval=approval.outcome if approval is not None else None,
     )
 
 

@@ -23,6 +23,7 @@ from loopline.serving.live_state import RoutingState
 from loopline.serving.rollout_plan import decides
 from loopline.spec.model import Spec
 from loopline.spec.sections.release import CanaryRouting
+from tasks.audit import publish_audit_artifact
 from tasks.rollout import (
     announce_rollout,
     canary_rollbacks,
@@ -77,7 +78,8 @@ def rollout(spec_path: str = "configs/demo.yaml", spec: Spec | None = None,
            announced and judged again as soon as it ends.
         5. Promote through the promote flow (the model card must be approved; the services are
            nudged and swap at once) or reject (ARCHIVED with the reason; the services drop it);
-           announce ``promoted`` or ``rejected``.
+           announce ``promoted`` or ``rejected``. Publish the model's last changes from the
+           audit log as an artifact when this run announced anything.
     """
     if spec is None:
         spec = load_and_validate_spec(spec_path)
@@ -104,6 +106,8 @@ def rollout(spec_path: str = "configs/demo.yaml", spec: Spec | None = None,
         reject_challenger(spec, version, step.reason)
         announce_rollout(spec, version, "rejected", step.reason, step.figures)
         announced.append("rejected")
+    if announced:  # the deployment runs every minute: a new artifact only when something changed
+        publish_audit_artifact(spec.name)
     return RolloutResult(model_name=spec.name, action=step.action, reason=step.reason,
                          version=version, announced=announced)
 

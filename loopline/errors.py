@@ -161,6 +161,34 @@ class InvalidStageTransition(LooplineError):
     http_status = 409
 
 
+class NoApprovalPending(LooplineError):
+    """No flow run waits for a decision on that model version (none is paused for its approval,
+    or the wait already ended: decided, timed out or cancelled).
+    """
+
+    http_status = 404
+
+
+class PermissionDenied(LooplineError):
+    """An identity may not do what it asked: MLflow's permissions refused it (401: unknown or
+    wrong credentials; 403: not allowed on the model), or loopline's own release rule did (only
+    the spec's approvers or its automation identity move the production alias).
+
+    Attributes:
+        identity: who asked.
+        action: what they asked to do, e.g. ``promote v3 to PRODUCTION``.
+        model: the registered model it concerned, where known.
+    """
+
+    http_status = 403
+
+    def __init__(self, message: str, *, identity: str = "", action: str = "", model: str = "",
+                 http_status: int = 403) -> None:
+        super().__init__(message)
+        self.identity, self.action, self.model = identity, action, model
+        self.http_status = http_status
+
+
 class InvalidFeatureValue(LooplineError):
     """A feature value the model cannot take (e.g. a number that, standardized, exceeds float32):
     the request's fault, answered with 400.
@@ -285,3 +313,26 @@ class LiveStateUnavailable(LooplineError):
     """
 
     http_status = 503
+
+
+class AuditWriteFailed(LooplineError):
+    """An audit record could not be written (the audit location, ``LOOPLINE_AUDIT_URI``, is not
+    writable or not reachable). The change it describes must not pass unrecorded.
+    """
+
+    http_status = 503
+
+
+class SignatureInvalid(LooplineError):
+    """A registered version's artifact files do not match its signature (a file changed, added or
+    removed since it was registered, or signed with another key): it is not loaded.
+    """
+
+    http_status = 409
+
+
+class ModelNotSigned(SignatureInvalid):
+    """A registered version carries no signature (registered before signing, or its signature tag
+    was removed): it is not loaded. Sign it with ``loopline sign MODEL VERSION`` if its files are
+    trusted.
+    """

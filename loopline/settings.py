@@ -10,6 +10,12 @@ variables, a compose file or a Kubernetes ConfigMap sets it for every flow run a
 ``CONNECTION_URL``                 server on PostgreSQL (set where the server runs)
 ``MLFLOW_TRACKING_URI``            MLflow's: a tracking server (``http://mlflow:5000``, itself on
                                    PostgreSQL with artifacts on S3) instead of SQLite
+``MLFLOW_TRACKING_USERNAME`` /     MLflow's: the user a tracking server with authentication
+``MLFLOW_TRACKING_PASSWORD``       (``--app-name basic-auth``) knows; also who loopline's
+                                   release rule checks (``LOOPLINE_ACTOR`` without one)
+``LOOPLINE_MLFLOW_CREDENTIALS_``   the name of a Prefect Secret block holding those credentials
+``SECRET``                         (``user:password`` or ``{"username", "password"}``), read
+                                   when MLFLOW_TRACKING_USERNAME is unset
 ``LOOPLINE_OPTUNA_STORAGE``        a ``postgresql://`` URL: every sweep's study lives there,
                                    whatever ``training.sweep.storage`` says
 ``LOOPLINE_SERVING_STATE``         a ``postgresql://`` URL: served models keep their live state
@@ -25,6 +31,12 @@ variables, a compose file or a Kubernetes ConfigMap sets it for every flow run a
 ``LOOPLINE_BENTO_BUILD_OPTIONS``   a YAML file of BentoML docker/python build options for
                                    Bentos that get containerized (``infra/bento/``; read by
                                    ``tasks/packaging.py``)
+``LOOPLINE_SIGNING_KEY``           a PEM file: the EC private key registered versions are
+                                   signed with (unset, with no secret either: a P-256 pair
+                                   generated once under the state folder, ``signing/``)
+``LOOPLINE_SIGNING_KEY_SECRET``    the name of a Prefect Secret block holding that PEM instead
+``LOOPLINE_SIGNING_PUBLIC_KEY``    a PEM file: the public key services and batch scoring verify
+                                   with (unset: derived from the private key)
 ``AWS_ACCESS_KEY_ID`` /            credentials of S3 locations that no block describes;
 ``AWS_SECRET_ACCESS_KEY`` /        ``AWS_ENDPOINT_URL`` for S3-compatible servers (MinIO)
 ``AWS_ENDPOINT_URL``
@@ -46,6 +58,9 @@ SERVING_STATE = "LOOPLINE_SERVING_STATE"
 SWEEP_WORKERS = "LOOPLINE_SWEEP_WORKERS"
 STORAGE_BLOCK = "LOOPLINE_STORAGE_BLOCK"
 PREDICTION_LOG_ROOT = "LOOPLINE_PREDICTION_LOG_ROOT"
+SIGNING_KEY = "LOOPLINE_SIGNING_KEY"
+SIGNING_KEY_SECRET = "LOOPLINE_SIGNING_KEY_SECRET"
+SIGNING_PUBLIC_KEY = "LOOPLINE_SIGNING_PUBLIC_KEY"
 #: Set on a worker to name it in what it executes (e.g. each trial's ``executed_by``).
 WORKER_NAME = "LOOPLINE_WORKER_NAME"
 

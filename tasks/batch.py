@@ -8,7 +8,8 @@ import time
 from typing import cast
 from uuid import UUID
 
-import mlflow
+from mlflow.tracking import MlflowClient
+from prefect import runtime
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -30,6 +31,7 @@ from loopline.release.records import ModelVersionInfo
 from loopline.release.registry import ModelRegistry
 from loopline.storage import S3Credentials
 from tasks.options import loopline_task
+from tasks.signing import load_for_batch
 
 #: How the summary describes each kind of input.
 _KIND_WORDS = {"features": "the model's feature columns",
@@ -37,6 +39,11 @@ _KIND_WORDS = {"features": "the model's feature columns",
 #: The progress artifact is updated after a chunk at most this often: each update is an API call,
 #: and small chunks would otherwise spend more time reporting than scoring.
 PROGRESS_INTERVAL_S = 1.0
+
+
+def _actor() -> str:
+    name = runtime.flow_run.name
+    return f"prefect flow run {name}" if name else "prefect"
 
 
 def storage_credentials(storage_block: str | None) -> S3Credentials | None:
@@ -83,7 +90,10 @@ def score_in_chunks(model_version: ModelVersionInfo, input_uri: str, output_uri:
         BatchCheckpointMismatch: the output folder holds another job's output.
     """
     logger = get_run_logger()
-    model = mlflow.pyfunc.load_model(model_version.uri).unwrap_python_model().model
+    # Verified against its signature first: a refused version raises here, before anything is
+    # written.
+    model = load_for_batch(MlflowClient(), model_version.name, model_version.version,
+                           actor=_actor()).unwrap_python_model().model
     job = BatchJob(input_uri=input_uri, output_uri=output_uri, model_name=model_version.name,
                    model_version=model_version.version, chunk_rows=chunk_rows, id_column=id_column,
                    overwrite=overwrite, credentials=storage_credentials(storage_block),

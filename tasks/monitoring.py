@@ -251,7 +251,8 @@ def rollback_champion(spec: Spec, reason: str) -> int | None:
     """
     logger = get_run_logger()
     try:
-        restored = ModelRegistry().rollback(spec.name, actor=flow_actor(), reason=reason)
+        restored = ModelRegistry(release_rule=spec.gates.approval).rollback(
+            spec.name, actor=flow_actor(), reason=reason)
     except ModelNotFound as exc:
         logger.error("could not roll back %s: %s", spec.name, exc)
         return None

@@ -32,6 +32,7 @@ from loopline.training.tracking import MODEL_REQUIREMENTS
 from tasks.features import open_store
 from tasks.options import loopline_task
 from tasks.serving import prediction_log_uri
+from tasks.signing import built_with_key
 
 
 def _service_file() -> Path:
@@ -182,6 +183,7 @@ def build_bento(spec: Spec) -> str:
             feature_ranges=feature_ranges(spec, tabular.feature_names), inputs=inputs,
             entity_id=spec.data.entity_id, classes=tabular.classes, workers=spec.serving.workers,
             routing=spec.serving.routing, auth=spec.serving.auth, max_batch=spec.serving.max_batch,
+            max_body_mb=spec.serving.max_body_mb, signing_public_key=built_with_key(),
             batching=spec.serving.batching, tracing=spec.serving.tracing,
             live_state=live_state_location(spec.name, paths.serving),
             prediction_log_uri=prediction_log_uri(spec),

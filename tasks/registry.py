@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import runtime
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
@@ -50,10 +52,12 @@ def flow_actor() -> str:
 
 @loopline_task(name="register-model")
 def register_candidate(spec: Spec, manifest: FeatureSetManifest, best: CandidateRun,
-                       evaluation: Evaluation, trigger: str | None = None) -> ModelVersionInfo:
+                       evaluation: Evaluation, trigger: str | None = None,
+                       stage: Literal["STAGING", "NONE"] = "STAGING") -> ModelVersionInfo:
     """Log the candidate's model and register it with its card and lineage in STAGING (the
-    challenger); the card is published as a Prefect artifact. ``trigger`` (what started the
-    training) goes into the lineage.
+    challenger), or in NONE when it waits for a person's approval first (``stage="NONE"``:
+    nothing serves it yet); the card is published as a Prefect artifact. ``trigger`` (what
+    started the training) goes into the lineage.
     """
     logger = get_run_logger()
     model_uri = log_model(best.run_id, best.candidate.model)
@@ -69,9 +73,10 @@ def register_candidate(spec: Spec, manifest: FeatureSetManifest, best: Candidate
     registry = ModelRegistry()
     version = registry.register_model(registered_model_name(spec.name), model_uri, card, lineage,
                                       run_id=best.run_id)
-    version = registry.transition_stage(spec.name, version.version, "STAGING", actor=flow_actor(),
-                                        reason="passed its gates")
-    nudge_services(spec.name, state_paths().serving)  # the live services start routing to it
+    if stage == "STAGING":
+        version = registry.transition_stage(spec.name, version.version, "STAGING",
+                                            actor=flow_actor(), reason="passed its gates")
+        nudge_services(spec.name, state_paths().serving)  # the live services start routing to it
     create_markdown_artifact(key=artifact_key(spec.name, "model-card"),
                              markdown=card.render_markdown(spec.name, version.version),
                              description=f"Model card of {spec.name} v{version.version}")
@@ -89,8 +94,8 @@ def promote_version(spec: Spec, version: int, reason: str) -> ModelVersionInfo:
         ModelCardNotApproved: its card is incomplete or not approved.
         InvalidStageTransition: it is not in STAGING or ARCHIVED.
     """
-    promoted = ModelRegistry().transition_stage(spec.name, version, "PRODUCTION",
-                                                actor=flow_actor(), reason=reason)
+    promoted = ModelRegistry(release_rule=spec.gates.approval).transition_stage(
+        spec.name, version, "PRODUCTION", actor=flow_actor(), reason=reason)
     nudge_services(spec.name, state_paths().serving)  # the live services answer with it now
     get_run_logger().info("%s v%d is champion (%s)", spec.name, version, reason)
     return promoted

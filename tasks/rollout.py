@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from prefect.logging import get_run_logger
 
+from loopline.audit import audit_log
 from loopline.naming import artifact_key, model_resource
 from loopline.operations.model_status import read_rollout
 from loopline.release.records import ModelVersionInfo
@@ -144,6 +145,10 @@ def announce_rollout(spec: Spec, version: int, transition: str, reason: str,
         key=artifact_key(spec.name, "rollout"),
         markdown=f"# {spec.name} v{version}: {transition}\n\n| | |\n| --- | --- |\n{rows}\n",
         description=f"v{version} {transition}: {reason}")
+    audit_log().append(kind="rollout.step", model=spec.name, actor=flow_actor(), version=version,
+                       summary=f"v{version} {transition}: {reason}",
+                       details={"transition": transition, "routing": spec.serving.routing.kind,
+                                "source": "rollout-flow", **payload})
     registry.client.set_model_version_tag(spec.name, str(version), ANNOUNCED_TAG,
                                           json.dumps([*announced, mark]))
     get_run_logger().info("rollout of %s v%d: %s (%s)", spec.name, version, transition, reason)

@@ -8,19 +8,20 @@ from __future__ import annotations
 from typing import Any
 
 from loopline.audit import audit_log
-from loopline.errors import SignatureInvalid
+from loopline.errors import MissingCredentials, SignatureInvalid
 from loopline.release.signing import load_verified_model
-from loopline.release.signing_keys import signing_keys, use_secret_reader
+from loopline.release.signing_keys import signing_keys
+from tasks.secrets import read_prefect_secret
 
 
-def read_prefect_secret(name: str) -> Any:
-    """The value of the Prefect Secret block ``name``."""
-    from prefect.blocks.system import Secret
-
-    return Secret.load(name).get()  # type: ignore[union-attr]
-
-
-use_secret_reader(read_prefect_secret)
+def built_with_key() -> str | None:
+    """The public key versions are verified with here (PEM), for a Bento built here to verify
+    with where it is served (a container, another machine); None when this machine has none.
+    """
+    try:
+        return signing_keys(for_signing=False, read_secret=read_prefect_secret).public_pem.decode()
+    except MissingCredentials:
+        return None
 
 
 def load_for_batch(client: Any, name: str, version: int, *, actor: str) -> Any:

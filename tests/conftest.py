@@ -27,6 +27,7 @@ pytest_plugins = [
     "tests.head_start",  # before tests.demo_state, which imports it
     "tests.demo_state",
     "tests.mlflow_server",
+    "tests.mlflow_auth_server",
     "tests.mlflow_store",
     "tests.prefect_server",
     "tests.s3",

@@ -165,3 +165,21 @@ def test_bento_is_self_contained(demo_pipeline) -> None:
     assert {path.relative_to(package) for path in package.rglob("*.py")} <= shipped
     assert {Path("serving/responder.py"), Path("serving/auth.py"), Path("serving/answers.py"),
             Path("serving/live_updates.py"), Path("serving/ab/analysis.py")} <= shipped
+
+
+def test_without_auth_the_admin_endpoint_answers_loopback_only(
+        served: str, records: list[dict[str, object]]) -> None:
+    """The demo's Bento has no ``serving.auth``: ``/admin/routing`` answers this (loopback)
+    client, and refuses a client elsewhere (uvicorn takes the client from ``X-Forwarded-For``
+    when a loopback proxy sends it).
+    """
+    unchanged = {"challenger_share": 0.0, "reason": "loopback check"}
+    here = httpx.post(f"{served}/admin/routing", json=unchanged, timeout=30)
+    assert here.status_code == 200, here.text
+    elsewhere = httpx.post(f"{served}/admin/routing", json=unchanged, timeout=30,
+                           headers={"X-Forwarded-For": "203.0.113.7"})
+    assert elsewhere.status_code == 403, elsewhere.text
+    assert "loopback" in elsewhere.json()["error"] and "serving.auth" in elsewhere.json()["fix"]
+    # Only the admin endpoints: predictions stay open to the same client.
+    assert httpx.post(f"{served}/predict", json=raw(records[0]), timeout=30,
+                      headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 200

@@ -9,7 +9,9 @@ that registry state with its own spec.
 
 from __future__ import annotations
 
+import json
 import math
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -24,8 +26,10 @@ import httpx
 import polars as pl
 import pytest
 
+from loopline.audit import audit_log
 from loopline.data.source_check import load_spec_with_source
 from loopline.release.registry import ModelRegistry
+from loopline.serving.auth import fingerprint
 from loopline.serving.prediction_log import read_predictions
 from loopline.state import state_paths
 from loopline.storage import Storage
@@ -38,6 +42,9 @@ MODEL = "tumor-ab"
 KEY = "test-key-1"
 KEYS_ENV = "LOOPLINE_TEST_API_KEYS"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
+#: A key that may only predict (``serving.auth.keys``: its own source, scope ``predict``).
+PREDICT_KEY = "predict-only-key"
+PREDICT_KEYS_ENV = "LOOPLINE_TEST_PREDICT_KEYS"
 ROUTINGS = {
     "ab": "{kind: ab, challenger_share: 0.3, sticky_by: patient_id}",
     "shadow": "{kind: shadow, sample: 1.0}",
@@ -65,7 +72,9 @@ AREA_BUCKET = ("  - name: area_bucket\n    expr: CAST(worst_area / 100 AS INTEGE
 def spec_text(demo_csv: Path, routing: str, c: float, follow: bool = True) -> str:
     # The A/B service runs two workers: each split, request and log record below crosses them.
     workers = "  workers: 2\n" if routing == ROUTINGS["ab"] else ""
-    serving = (f"serving:\n  routing: {routing}\n{workers}  auth: {{api_keys_env: {KEYS_ENV}}}\n"
+    auth = (f"{{api_keys_env: {KEYS_ENV}, "
+            f"keys: [{{env: {PREDICT_KEYS_ENV}, scopes: [predict]}}]}}")
+    serving = (f"serving:\n  routing: {routing}\n{workers}  auth: {auth}\n"
                f"  prediction_log: {{flush_rows: 50, flush_seconds: 0.3}}\n"
                f"  follow: {{enabled: {'true' if follow else 'false'}}}")
     changes = {DEMO_SERVING: serving}
@@ -107,7 +116,7 @@ def bentos(prefect_harness: None, demo_csv: Path, folder: Path) -> dict[str, str
 
 
 #: The environment of every server: the API keys it accepts.
-SERVER_ENV = {KEYS_ENV: f"other-key,{KEY}"}
+SERVER_ENV = {KEYS_ENV: f"other-key,{KEY}", PREDICT_KEYS_ENV: PREDICT_KEY}
 
 
 def serving(tag: str, folder: Path) -> AbstractContextManager[str]:
@@ -168,6 +177,77 @@ def test_requests_without_a_valid_key_get_401_and_health_stays_open(
     body = health.json()
     assert body["versions"] == {"champion": 1, "challenger": 2}
     assert body["routing"]["kind"] == "ab"
+
+
+def test_a_predict_only_key_may_not_change_the_split_or_send_feedback_and_an_admin_key_may(
+    ab: str, records: list[dict[str, Any]]
+) -> None:
+    predict_only = {"Authorization": f"Bearer {PREDICT_KEY}"}
+    assert post(ab, "/predict", records[0], predict_only).status_code == 200
+    assert post(ab, "/predict/ab", records[1], predict_only).status_code == 200
+    for path, body, scope in (
+            ("/admin/routing", {"challenger_share": 0.9, "reason": "not mine"}, "admin"),
+            ("/feedback", {"request_id": "scoped-1", "reward": 1.0}, "feedback")):
+        answer = post(ab, path, body, predict_only)
+        assert answer.status_code == 403, answer.text
+        assert answer.json()["scope"] == scope and f"scopes: [{scope}]" in answer.json()["fix"]
+    routing = httpx.get(f"{ab}/health", timeout=10, verify=TLS).json()["routing"]
+    assert routing["challenger_share"] != 0.9
+    # The admin key (all scopes) changes the split; the audit trail says which key did.
+    since = datetime.now(UTC)
+    assert set_share(ab, 0.4)["challenger_share"] == 0.4
+    changes = audit_log().records(MODEL, since=since, kind="routing.changed")
+    assert [(change.actor, change.details["to"]["challenger_share"]) for change in changes] == [
+        (fingerprint(KEY), 0.4)]
+    set_share(ab, 0.3)
+
+
+def raw_request(url: str, head: str) -> tuple[int, dict[str, Any]]:
+    """Send ``head`` (a request line and headers, no body) and read the answer: its status and
+    JSON body. The body the headers announce is never sent.
+    """
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(head.encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += connection.recv(65536) or b"\r\n\r\n"
+        start, _, rest = answer.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in start.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        while len(rest) < length:
+            rest += connection.recv(65536)
+    return int(start.split()[1]), json.loads(rest)
+
+
+def test_an_oversized_body_gets_413_before_it_is_read_and_the_service_answers_right_after(
+    ab: str, records: list[dict[str, Any]]
+) -> None:
+    fifty_mb = 50_000_000  # over the default serving.max_body_mb of 16
+    # Answered from the headers alone (the 50 MB are never sent), with or without a key: the
+    # limit comes before the key is looked at.
+    for key_header in (f"Authorization: Bearer {KEY}\r\n", ""):
+        status, body = raw_request(ab, f"POST /predict/batch HTTP/1.1\r\nHost: x\r\n{key_header}"
+                                       f"Content-Type: application/json\r\n"
+                                       f"Content-Length: {fifty_mb}\r\n\r\n")
+        assert status == 413 and body["limit_bytes"] == 16_000_000
+        assert "max_body_mb" in body["fix"]
+    # Sent whole, with a length, and streamed (chunked, no length).
+    sent = httpx.post(f"{ab}/predict/batch", content=b"x" * fifty_mb, headers=HEADERS,
+                      timeout=60, verify=TLS)
+    assert sent.status_code == 413, sent.text
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(50):
+            yield b" " * 1_000_000
+
+    streamed = httpx.post(f"{ab}/predict/batch", content=chunks(), headers=HEADERS, timeout=60,
+                          verify=TLS)
+    assert streamed.status_code == 413, streamed.text
+    assert streamed.json()["limit_bytes"] == 16_000_000
+    # The service is up and answers.
+    assert post(ab, "/predict", records[0]).status_code == 200
+    assert post(ab, "/predict/batch", {"records": records[:3]}).status_code == 200
 
 
 def test_bad_requests_get_400_with_field_details_and_the_service_stays_up(

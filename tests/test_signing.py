@@ -22,6 +22,8 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.artifacts import download_artifacts
@@ -42,7 +44,7 @@ from loopline.release.signing import (
     verified_download,
     verify_folder,
 )
-from loopline.release.signing_keys import default_key_folder, signing_keys
+from loopline.release.signing_keys import default_key_folder, signing_keys, verifying_keys
 from loopline.serving.following import RegistryFollower, ServedModels
 from loopline.serving.registry_models import version_loader
 from loopline.settings import SIGNING_KEY, SIGNING_KEY_SECRET, SIGNING_PUBLIC_KEY
@@ -216,15 +218,17 @@ def test_an_unsigned_version_is_refused(registered: Registered, mlflow_store: Ml
         load_for_batch(registered.client, registered.name, int(unsigned.version), actor="test")
 
 
-def test_a_signature_made_with_another_key_is_refused(registered: Registered,
-                                                      tmp_path: Path) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    other = tmp_path / "other.pem"
-    other.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+def private_key_file(path: Path) -> Path:
+    """A new EC P-256 private key written to ``path`` (PEM)."""
+    path.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
+    return path
+
+
+def test_a_signature_made_with_another_key_is_refused(registered: Registered,
+                                                      tmp_path: Path) -> None:
+    other = private_key_file(tmp_path / "other.pem")
     signature = sign_folder(registered.files, signing_keys({SIGNING_KEY: str(other)}))
     with pytest.raises(SignatureInvalid, match="Key mismatch"):
         verify_folder(registered.files, signature, signing_keys(for_signing=False), "x v1")
@@ -352,3 +356,19 @@ def test_a_tampered_version_is_refused_by_the_live_service_and_by_batch_scoring(
     finally:
         registry.client.set_registered_model_alias(model, CHAMPION, str(champion.version))
         webhook.close()
+
+
+def test_a_service_with_no_key_of_its_own_verifies_with_the_key_its_bento_was_built_with(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Bento served where no key is configured or generated (a container) verifies with the
+    public key carried in its configuration; the machine's own settings win where it has any;
+    with neither, it refuses to guess.
+    """
+    builder = private_key_file(tmp_path / "builder.pem")
+    built_with = signing_keys({SIGNING_KEY: str(builder)}).public_pem.decode()
+    monkeypatch.setenv("LOOPLINE_HOME", str(tmp_path / "elsewhere"))  # no generated pair there
+    with pytest.raises(MissingCredentials, match="no key to verify model signatures with"):
+        verifying_keys(None, environ={})
+    assert verifying_keys(built_with, environ={}).public_pem.decode() == built_with
+    own = verifying_keys(built_with, environ={SIGNING_KEY: str(private_key_file(tmp_path / "own.pem"))})
+    assert own.public_pem.decode() != built_with

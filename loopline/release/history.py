@@ -1,6 +1,7 @@
 """A registered model's history, kept as tags on the model in MLflow: every stage change of its
-versions (who, when, from, to, why), which a rollback reads, and every retraining run (claimed,
-then how it ended), which the retraining guardrails read, and the last monitoring verdict.
+versions (who, when, from, to, why), which a rollback reads, every approval decision on them
+(who approved, rejected or was refused, and why), every retraining run (claimed, then how it
+ended), which the retraining guardrails read, and the last monitoring verdict.
 
 Each record is a tag of its own under a prefix, keyed by time and a random suffix, so writers on
 many machines never overwrite each other's records.
@@ -17,9 +18,11 @@ from mlflow.tracking import MlflowClient
 
 from loopline.errors import ModelNotFound
 from loopline.release.records import (
+    APPROVAL_PREFIX,
     HISTORY_PREFIX,
     MONITOR_TAG,
     RETRAINING_PREFIX,
+    ApprovalDecision,
     HistoryEvent,
     MonitorVerdict,
     RetrainingRecord,
@@ -59,6 +62,30 @@ class ModelHistory:
         events = [HistoryEvent.model_validate_json(v) for k, v in tags.items()
                   if k.startswith(HISTORY_PREFIX)]
         return sorted(events, key=lambda e: e.at)
+
+    def record_approval(self, decision: ApprovalDecision) -> None:
+        """Record an approval decision (or a refused attempt) on the decided version's model.
+
+        Raises:
+            ModelNotFound: no model named ``decision.model``.
+        """
+        try:
+            self.client.set_registered_model_tag(decision.model, _new_key(APPROVAL_PREFIX),
+                                                 decision.model_dump_json())
+        except MlflowException as exc:
+            raise ModelNotFound(f"no model named {decision.model!r}") from exc
+
+    def approvals(self, name: str) -> list[ApprovalDecision]:
+        """Every recorded approval decision on ``name``'s versions, oldest first (empty for an
+        unknown name).
+        """
+        try:
+            tags = self.client.get_registered_model(name).tags
+        except MlflowException:
+            return []
+        decisions = [ApprovalDecision.model_validate_json(v) for k, v in tags.items()
+                     if k.startswith(APPROVAL_PREFIX)]
+        return sorted(decisions, key=lambda d: d.at)
 
     def record_retraining(self, name: str, record: RetrainingRecord, key: str | None = None
                           ) -> str:

@@ -22,6 +22,8 @@ class ModelCard(BaseModel):
         ethical_considerations: what was considered about fairness and harm.
         approved: whether a person approved the card; PRODUCTION requires it.
         approved_by: who approved it.
+        approval_note: the approver's comment, or why the version was rejected (by whom, or
+            that no decision came in time), when ``gates.approval`` asked a person to decide.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -34,6 +36,7 @@ class ModelCard(BaseModel):
     ethical_considerations: str = ""
     approved: bool = False
     approved_by: str | None = None
+    approval_note: str = ""
 
     def missing_fields(self) -> list[str]:
         """Required fields that are empty."""
@@ -62,4 +65,6 @@ class ModelCard(BaseModel):
         lines += ["", "## Limitations", "", self.limitations or "None stated.", "",
                   "## Ethical considerations", "", self.ethical_considerations or "None stated.",
                   "", "## Approval", "", approval, ""]
+        if self.approval_note:
+            lines += [self.approval_note, ""]
         return "\n".join(lines)

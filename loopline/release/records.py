@@ -24,6 +24,8 @@ CARD_TAG = "loopline.model_card"
 DEPLOYMENTS_TAG = "loopline.deployments"
 HISTORY_PREFIX = "loopline.history."
 RETRAINING_PREFIX = "loopline.retraining."
+#: Registered model tags holding each approval decision on its versions (one tag a decision).
+APPROVAL_PREFIX = "loopline.approval."
 #: The registered model tag holding the last monitoring verdict (each run replaces it).
 MONITOR_TAG = "loopline.monitor.last"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -148,3 +150,37 @@ class MonitorVerdict(BaseModel):
     alerts: tuple[str, ...] = ()
     events: tuple[str, ...] = ()
     run: str = ""
+
+
+#: How a request for approval ended: a listed approver approved or rejected it, no decision came
+#: before the spec's timeout (a rejection), or someone not listed tried to decide (refused; the
+#: version keeps waiting).
+ApprovalOutcome = Literal["approved", "rejected", "timed_out", "refused"]
+
+
+class ApprovalDecision(BaseModel):
+    """One decision on a version that waits for a person's approval (``gates.approval``).
+
+    Attributes:
+        model: the registered model.
+        version: the version decided on.
+        outcome: approved, rejected, timed_out (no decision in time: a rejection) or refused
+            (the person is not one of the spec's approvers; nothing changed).
+        approver: who decided, or tried to (empty for a timeout).
+        comment: why, in the approver's words (or how long it waited, for a timeout).
+        at: when (aware, UTC).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    version: int
+    outcome: ApprovalOutcome
+    approver: str = ""
+    comment: str = ""
+    at: datetime
+
+    @property
+    def approved(self) -> bool:
+        """Whether the version may go on to its release."""
+        return self.outcome == "approved"

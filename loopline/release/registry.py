@@ -17,14 +17,16 @@ tag) and its lineage (as tags). Every stage or alias change is recorded in the m
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from loopline.errors import InvalidStageTransition, ModelCardNotApproved, ModelNotFound
+from loopline.release.access import guard_champion_move, permission_checked
+from loopline.release.audit_trail import record_registered, record_rollback, record_stage
 from loopline.release.history import ModelHistory
+from loopline.release.identity import current_identity
 from loopline.release.lineage import Lineage
 from loopline.release.model_card import ModelCard
 from loopline.release.records import (
@@ -39,22 +41,25 @@ from loopline.release.records import (
     RetrainingRecord,
     Stage,
 )
+from loopline.release.signing import sign_version
+from loopline.spec.sections.gates import ApprovalSpec
 
 
 def _actor(actor: str | None) -> str:
-    if actor:
-        return actor
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+    # Unnamed, the actor is the identity in use (MLflow's user, LOOPLINE_ACTOR, the OS user).
+    return actor or current_identity()
 
 
 class ModelRegistry:
     """Register, look up, transition and roll back model versions."""
 
-    def __init__(self, client: MlflowClient | None = None) -> None:
-        self.client = client or MlflowClient()
+    def __init__(self, client: MlflowClient | None = None,
+                 release_rule: ApprovalSpec | None = None) -> None:
+        """``release_rule``: the spec's ``gates.approval``, who may move the champion alias
+        (None: the rule recorded on the model, see :mod:`loopline.release.access`).
+        """
+        self.client = permission_checked(client or MlflowClient())  # 401/403: PermissionDenied
+        self.release_rule = release_rule
         self.model_history = ModelHistory(self.client)
 
     # --- registration and queries ---------------------------------------------------------
@@ -82,7 +87,11 @@ class ModelRegistry:
         version = int(created.version)
         self.client.update_model_version(name, str(version),
                                          description=model_card.render_markdown(name, version))
-        return self.get_model(name, version=version)
+        # Signed before the version can be served: loaders refuse a version without signature.
+        sign_version(self.client, name, version, actor=_actor(None))
+        info = self.get_model(name, version=version)
+        record_registered(info)
+        return info
 
     def get_model(self, name: str, version: int | None = None, stage: Stage | None = None
                   ) -> ModelVersionInfo:
@@ -153,12 +162,17 @@ class ModelRegistry:
             ModelNotFound: no such version.
             InvalidStageTransition: the move is not allowed from the current stage.
             ModelCardNotApproved: PRODUCTION without a complete, approved card.
+            PermissionDenied: the champion alias would move and the identity in use may not
+                move it (the release rule; nothing changed), or MLflow refused a call.
         """
         current = self.get_model(name, version=version)
         if stage not in TRANSITIONS[current.stage]:
             allowed = ", ".join(sorted(TRANSITIONS[current.stage]))
             raise InvalidStageTransition(f"{name} v{version} is {current.stage}; it can move to "
                                          f"{allowed}, not {stage}")
+        if "PRODUCTION" in (stage, current.stage):  # the champion alias moves: who may?
+            guard_champion_move(self.client, name, f"move v{version} from {current.stage} to "
+                                f"{stage}", self.release_rule)
         who = _actor(actor)
         if stage == "PRODUCTION":
             card = current.model_card
@@ -193,7 +207,9 @@ class ModelRegistry:
 
         Raises:
             ModelNotFound: the model never had an earlier champion.
+            PermissionDenied: the identity in use may not move the champion alias.
         """
+        guard_champion_move(self.client, name, "roll back the champion", self.release_rule)
         current = self.champion(name)
         promotions = [e for e in reversed(self.history(name)) if e.to_stage == "PRODUCTION"]
         for event in promotions:
@@ -201,8 +217,11 @@ class ModelRegistry:
                 target = self.get_model(name, version=event.version)
                 if target.stage == "PRODUCTION":
                     continue
-                return self.transition_stage(name, event.version, "PRODUCTION", actor=actor,
-                                             reason=reason)
+                restored = self.transition_stage(name, event.version, "PRODUCTION", actor=actor,
+                                                 reason=reason)
+                replaced = current.version if current is not None else None
+                record_rollback(name, event.version, replaced, _actor(actor), reason)
+                return restored
         raise ModelNotFound(f"model {name!r} has no earlier champion to roll back to")
 
     def history(self, name: str) -> list[HistoryEvent]:
@@ -212,6 +231,15 @@ class ModelRegistry:
             ModelNotFound: no model named ``name``.
         """
         return self.model_history.stage_changes(name)
+
+    def set_model_card(self, name: str, version: int, model_card: ModelCard) -> ModelVersionInfo:
+        """Replace ``version``'s card (its tag and its Markdown description), e.g. with an
+        approver's decision (:mod:`loopline.release.approval`).
+        """
+        self.client.set_model_version_tag(name, str(version), CARD_TAG, model_card.model_dump_json())
+        self.client.update_model_version(name, str(version),
+                                         description=model_card.render_markdown(name, version))
+        return self.get_model(name, version=version)
 
     def record_deployment(self, name: str, version: int, target: str) -> ModelVersionInfo:
         """Note where a version is deployed (a Bento tag, an endpoint) for its lineage."""
@@ -250,6 +278,7 @@ class ModelRegistry:
                    reason: str) -> None:
         self.client.set_model_version_tag(name, str(version), STAGE_TAG, to_stage)
         self.model_history.record_stage_change(name, version, from_stage, to_stage, actor, reason)
+        record_stage(name, version, from_stage, to_stage, actor, reason)
 
     def _settle(self, name: str, actor: str) -> None:
         """Archive every version whose tag says PRODUCTION but which no longer holds the

@@ -103,6 +103,26 @@ def signing_keys(environ: Mapping[str, str] | None = None, read_secret: ReadSecr
     return SigningKeys(private_pem=private_pem, public_pem=public_pem, origin=origin)
 
 
+def verifying_keys(built_with: str | None, read_secret: ReadSecret | None = None,
+                   environ: Mapping[str, str] | None = None) -> SigningKeys:
+    """The key a service verifies versions with: the machine's own settings (or its generated
+    pair) when it has any, else ``built_with``, the public key (PEM) of the machine that built
+    the Bento, carried in the Bento's configuration: a Bento served in a container or on another
+    machine verifies with no set-up, as the registering machine would.
+
+    Raises:
+        MissingCredentials: the machine has no key and the Bento carries none.
+    """
+    try:
+        return signing_keys(environ, read_secret, for_signing=False)
+    except MissingCredentials:
+        if built_with is None:
+            raise
+        return SigningKeys(private_pem=None, public_pem=_public_from_pem(
+            built_with.encode(), "the Bento's configuration"),
+            origin="the public key of the machine that built the Bento")
+
+
 def _private_pem(env: Mapping[str, str], read_secret: ReadSecret | None, generate: bool
                  ) -> tuple[bytes | None, str]:
     file = env.get(SIGNING_KEY) or None

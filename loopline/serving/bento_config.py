@@ -9,9 +9,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loopline.data.feature_recipe import RecipeInput, passthrough_recipe
+from loopline.spec.sections.access import AuthSpec
 from loopline.spec.sections.operations import Notification
 from loopline.spec.sections.release import (
-    AuthSpec,
     BatchingSpec,
     FollowSpec,
     PredictionLogSpec,
@@ -75,6 +75,12 @@ class BentoConfig(BaseModel):
         workers: worker processes (``auto``: one per core where the Bento runs).
         batching: adaptive batching of ``/predict`` and ``/predict/ab``'s model calls.
         tracing: whether BentoML's OpenTelemetry middleware traces the prediction endpoints.
+        auth: the API keys' sources and the scopes each opens (None: no keys; the admin
+            endpoints then answer loopback clients only).
+        max_body_mb: the largest request body, in megabytes (10^6 bytes); a larger one gets
+            413 before it is read.
+        signing_public_key: the PEM public key of the machine that built the Bento, which the
+            service verifies versions with where its own machine configures none.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -95,6 +101,8 @@ class BentoConfig(BaseModel):
     routing: Routing = Field(default_factory=SingleRouting)
     auth: AuthSpec | None = None
     max_batch: int = 10_000
+    max_body_mb: float = Field(default=16.0, gt=0.0)
+    signing_public_key: str | None = None
     live_state: str
     prediction_log_uri: str
     prediction_log: PredictionLogSpec = Field(default_factory=PredictionLogSpec)

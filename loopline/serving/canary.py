@@ -23,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 
+from loopline.audit import audit_log
 from loopline.serving.bento_config import BentoConfig
 from loopline.serving.live_state import RoutingState
 from loopline.serving.quality import QualityWindow, judge_quality
@@ -207,6 +208,24 @@ def archive_rolled_back_challenger(tracking_uri: str, model_name: str, decision:
                                   reason=f"canary rollback: {decision.reason}")
     except Exception:
         logger.exception("could not record the canary rollback in the registry")
+
+
+def record_canary_step(model_name: str, decision: Decision, state: RoutingState) -> None:
+    """Append the canary's stored decision (advance, complete, rollback) to the audit log as
+    ``rollout.step``, at the moment the live state changed. The service keeps serving whatever
+    happens: a record that cannot be written is logged, not raised.
+    """
+    version = state.challenger_version
+    try:
+        audit_log().append(
+            kind="rollout.step", model=model_name, actor="loopline-canary", version=version,
+            summary=f"canary {decision.verdict} v{version}: {decision.reason}",
+            details={"routing": "canary", "source": "service", "verdict": decision.verdict,
+                     "step": state.canary_step, "challenger_share": state.challenger_share,
+                     "champion_version": state.champion_version, "reason": decision.reason})
+    except Exception:
+        logger.exception("could not write the audit record of the canary %s of %s",
+                         decision.verdict, model_name)
 
 
 def registry_rollback_recorder(config: BentoConfig) -> Callable[[Decision, int], None] | None:

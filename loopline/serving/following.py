@@ -10,7 +10,10 @@ state's nudge counter moves (the promote, rollback and rollout flows bump it).
 
 A version that fails to load or to warm up is never swapped in: the worker keeps answering with
 what it has, reports itself degraded and tells ``on_problem`` once per problem; a registry that
-cannot be reached is the same. Recently served versions stay loaded (``keep_loaded``), so a
+cannot be reached is the same. A version whose files do not match its signature is such a version
+(the loader refuses it). Given the model's name, every swap and every refusal is appended to the
+audit log (``service.swap``, ``service.refused``); a failed audit write is logged, never raised:
+the service keeps serving. Recently served versions stay loaded (``keep_loaded``), so a
 promotion of the challenger or a rollback to the previous champion swaps without loading.
 """
 
@@ -25,7 +28,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
+from loopline.audit import audit_log
 from loopline.serving.live_state import VARIANTS, Variant
+from loopline.settings import worker_name
 from loopline.training.modeling.tabular_model import TabularModel
 
 logger = logging.getLogger("loopline.serving")
@@ -118,6 +123,7 @@ class RegistryFollower:
             registry out of reach), e.g. to alert.
         keep_loaded: versions kept loaded besides the served ones, for swaps without a load.
         retry_after_s: a version that failed is tried again after this long (or when nudged).
+        model_name: the served model; given, swaps and refusals go to the audit log.
     """
 
     #: Seconds between two reads of the nudge counter.
@@ -127,13 +133,14 @@ class RegistryFollower:
                  interval_s: float, nudges: Callable[[], int] | None = None,
                  on_swap: Callable[[ServedModels, ServedModels], None] | None = None,
                  on_problem: Callable[[str], None] | None = None, keep_loaded: int = 2,
-                 retry_after_s: float = 60.0) -> None:
+                 retry_after_s: float = 60.0, model_name: str | None = None) -> None:
         self._served = served
         self.resolve, self.load, self.warm_up = resolve, load, warm_up
         self.interval_s = interval_s
         self.nudges = nudges
         self.on_swap, self.on_problem = on_swap, on_problem
         self.keep_loaded, self.retry_after_s = keep_loaded, retry_after_s
+        self.model_name = model_name
         self._loaded: OrderedDict[int, TabularModel] = OrderedDict(
             (served.versions[variant], served.models[variant]) for variant in served.models)
         self._progress = _Progress()
@@ -184,7 +191,7 @@ class RegistryFollower:
                         models[variant], versions[variant] = current.models["champion"], \
                             current.versions["champion"]
                     continue
-                model, problem = self._ready(version, retry_failed)
+                model, problem = self._ready(variant, version, retry_failed)
                 if model is None:
                     problems.append(f"{variant} v{version} {problem}")
                     if variant in current.models:  # keep answering with what it has
@@ -204,11 +211,15 @@ class RegistryFollower:
             progress.swaps += 1
             self._release(new)
         logger.warning("now serving %s (was %s)", _describe(new), _describe(current))
+        self._audit("service.swap", f"now serving {_describe(new)} (was {_describe(current)})",
+                    new.versions["champion"], {"old": dict(current.versions),
+                                               "new": dict(new.versions)})
         if self.on_swap is not None:
             self.on_swap(current, new)
         return True
 
-    def _ready(self, version: int, retry_failed: bool) -> tuple[TabularModel | None, str]:
+    def _ready(self, variant: Variant, version: int, retry_failed: bool
+               ) -> tuple[TabularModel | None, str]:
         """The loaded, warmed-up model of ``version``, or None and why not."""
         if version in self._loaded:
             self._loaded.move_to_end(version)
@@ -220,19 +231,36 @@ class RegistryFollower:
         try:
             model = self.load(version)
         except Exception as exc:
-            return None, self._failed(version, f"failed to load: {type(exc).__name__}: {exc}")
+            return None, self._failed(variant, version, exc, "failed to load")
         try:
             self.warm_up(model)
         except Exception as exc:
-            return None, self._failed(version, f"failed its warm-up prediction: "
-                                               f"{type(exc).__name__}: {exc}")
+            return None, self._failed(variant, version, exc, "failed its warm-up prediction")
         self._progress.failures.pop(version, None)
         self._loaded[version] = model
         return model, ""
 
-    def _failed(self, version: int, reason: str) -> str:
+    def _failed(self, variant: Variant, version: int, exc: Exception, what: str) -> str:
+        reason = f"{what}: {type(exc).__name__}: {exc}"
+        before = self._progress.failures.get(version)
         self._progress.failures[version] = _Failure(reason, time.monotonic())
+        if before is None or before.reason != reason:  # each refusal once, not at every retry
+            self._audit("service.refused", f"{variant} v{version} not swapped in: {what} "
+                        f"({type(exc).__name__})", version,
+                        {"variant": variant, "error": type(exc).__name__, "reason": reason,
+                         "serving": dict(self._served.versions)})
         return reason
+
+    def _audit(self, kind: str, summary: str, version: int,
+               details: Mapping[str, object]) -> None:
+        """Append to the audit log; a failure is logged, never raised (the service serves on)."""
+        if self.model_name is None:
+            return
+        try:
+            audit_log().append(kind=kind, model=self.model_name, actor=f"service {worker_name()}",
+                               summary=summary, version=version, details=details)
+        except Exception:
+            logger.exception("could not append %s to the audit log", kind)
 
     def _release(self, served: ServedModels) -> None:
         """Forget all but the served versions and the ``keep_loaded`` most recent others."""

@@ -28,7 +28,7 @@ from loopline.errors import InvalidFeatureValue, LooplineError, ModelCallFailed
 from loopline.serving.answers import Answer, model_outputs, prediction_response
 from loopline.serving.background import BackgroundScorer
 from loopline.serving.bento_config import BentoConfig, PredictBatchResponse, PredictResponse
-from loopline.serving.canary import CanaryWatch, Decision, next_state
+from loopline.serving.canary import CanaryWatch, Decision, next_state, record_canary_step
 from loopline.serving.challenger_pairs import ChallengerPairs
 from loopline.serving.following import ServedModels
 from loopline.serving.live_state import RoutingState, Variant
@@ -282,6 +282,9 @@ class Responder:
         if stored is None:
             return  # another worker decided first
         logger.warning("canary %s: %s", decision.verdict, decision.reason)
+        # Off the request's path: the audit write may be a PUT to S3.
+        threading.Thread(target=record_canary_step, args=(self.config.model_name, decision, stored),
+                         daemon=True).start()
         if decision.verdict == "rollback" and self.on_rollback is not None:
             threading.Thread(target=self.on_rollback,
                              args=(decision, served.versions["challenger"]), daemon=True).start()

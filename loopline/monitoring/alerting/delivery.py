@@ -15,7 +15,9 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from urllib.parse import urlsplit
 
+from loopline.audit import audit_log
 from loopline.monitoring.alerting.alert import Alert, Delivery, reaches
 from loopline.monitoring.alerting.channels import (
     PermanentFailure,
@@ -103,6 +105,7 @@ def _with_retries(alert: Alert, channel: Notification, secret: Callable[[str], s
     for attempt in range(1, attempts + 1):
         try:
             _send(alert, channel, secret)
+            _record_delivered(alert, channel, attempt)
             return Delivery(channel=channel.kind, target=_target(channel), delivered=True,
                             attempts=attempt)
         except PermanentFailure as exc:
@@ -117,6 +120,23 @@ def _with_retries(alert: Alert, channel: Notification, secret: Callable[[str], s
                         attempts=attempt, error=error)
     logger.error("%s", delivery.failure)
     return delivery
+
+
+def _record_delivered(alert: Alert, channel: Notification, attempts: int) -> None:
+    """Append ``alert.delivered`` to the audit log: the channel and the alert's title, never a
+    secret (a webhook URL may carry its token, so only its host is kept). Delivering an alert
+    never stops its caller, so a record that cannot be written is logged, not raised.
+    """
+    target = urlsplit(channel.url).netloc if isinstance(channel, WebhookChannel) else _target(channel)
+    try:
+        audit_log().append(kind="alert.delivered", model=alert.model, actor="loopline-alerts",
+                           summary=f"{alert.severity} alert to {channel.kind} {target}: {alert.title}",
+                           details={"channel": channel.kind, "target": target,
+                                    "alert_kind": alert.kind, "severity": alert.severity,
+                                    "title": alert.title, "attempts": attempts})
+    except Exception:
+        logger.exception("could not write the audit record of the alert delivered to %s",
+                         channel.kind)
 
 
 def _send(alert: Alert, channel: Notification, secret: Callable[[str], str] | None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from loopline.spec.sections.base import StrictModel, spec_error
 
@@ -56,18 +56,24 @@ class AuthSpec(StrictModel):
         api_keys_env: an environment variable holding keys with ``scopes`` (comma-separated).
         scopes: what the keys of ``api_keys_secret`` and ``api_keys_env`` open (all three by
             default, as before scopes existed).
-        keys: more key sources, each with its own scopes, e.g. `[{env: PREDICT_KEYS, scopes:
-            [predict]}, {secret: ops-keys, scopes: [admin]}]`.
+        key_sources: (``keys`` in the spec) more key sources, each with its own scopes, e.g.
+            `keys: [{env: PREDICT_KEYS, scopes: [predict]}, {secret: ops-keys, scopes: [admin]}]`.
     """
+
+    # ``keys`` is the spec's name, not the attribute's: a model with a ``keys`` attribute looks
+    # like a mapping to ``dict(model)``, which Prefect calls on every flow parameter (a spec
+    # with serving.auth failed every flow with "'list' object is not callable").
+    model_config = ConfigDict(**StrictModel.model_config, validate_by_name=False,
+                              validate_by_alias=True, serialize_by_alias=True)
 
     api_keys_secret: str | None = None
     api_keys_env: str | None = None
     scopes: Scopes = Field(default_factory=lambda: list(ALL_SCOPES))
-    keys: list[ApiKeySource] = Field(default_factory=list)
+    key_sources: list[ApiKeySource] = Field(default_factory=list, alias="keys")
 
     @model_validator(mode="after")
     def _has_a_source(self) -> AuthSpec:
-        if self.api_keys_secret is None and self.api_keys_env is None and not self.keys:
+        if self.api_keys_secret is None and self.api_keys_env is None and not self.key_sources:
             raise spec_error("auth needs a source of API keys",
                              "set `api_keys_secret` (a Prefect Secret block), `api_keys_env`, "
                              "or `keys: [{env: NAME, scopes: [predict]}]`")
