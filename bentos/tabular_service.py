@@ -122,6 +122,19 @@ def _prefect_secret(name: str) -> Any:
     return Secret.load(name).get()  # type: ignore[union-attr]
 
 
+def _audit_events_to_prefect() -> None:
+    """Emit the service's audit records (routing changes, swaps, refusals, canary steps) as
+    Prefect events too, when a Prefect server is configured (``PREFECT_API_URL``): without one,
+    Prefect would start an ephemeral server inside the service to receive them.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        from tasks.audit import install_audit_events
+
+        install_audit_events()
+
+
 def _alert(alert: Alert) -> None:
     """Send ``alert`` to the spec's notification channels (failures are logged, never raised)."""
     deliver(alert, CONFIG.notifications, secret=_prefect_secret)
@@ -187,6 +200,7 @@ class TabularService:
         challenger_ref = bentoml.models.BentoModel(CONFIG.challenger.bentoml_model_tag)
 
     def __init__(self) -> None:
+        _audit_events_to_prefect()
         # Score through the TabularModel directly: no per-request pandas frame.
         refs: dict[Variant, Any] = {"champion": self.champion_ref}
         versions: dict[Variant, int] = {"champion": CONFIG.champion.version}

@@ -25,6 +25,7 @@ import bentoml
 import httpx
 import polars as pl
 import pytest
+from prefect.settings import PREFECT_API_URL
 
 from loopline.audit import audit_log
 from loopline.data.source_check import load_spec_with_source
@@ -130,8 +131,21 @@ def records(bentos: dict[str, str], demo_csv: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def ab(bentos: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with serving(bentos["ab"], tmp_path_factory.mktemp("ab")) as url:
+    """The A/B service, reporting to the session's Prefect server (its audit records become
+    events there).
+    """
+    env = {**SERVER_ENV, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    with serve_bento(bentos["ab"], tmp_path_factory.mktemp("ab"), env=env) as url:
         yield url
+
+
+def prefect_events(name: str, since: datetime) -> list[dict[str, Any]]:
+    """The events named ``name`` the session's Prefect server received since ``since``."""
+    answer = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", timeout=10, verify=TLS, json={
+        "filter": {"event": {"name": [name]}, "occurred": {"since": since.isoformat()}},
+        "limit": 50})
+    answer.raise_for_status()
+    return list(answer.json()["events"])
 
 
 def post(url: str, path: str, body: dict[str, Any], headers: dict[str, str] | None = HEADERS
@@ -199,6 +213,11 @@ def test_a_predict_only_key_may_not_change_the_split_or_send_feedback_and_an_adm
     changes = audit_log().records(MODEL, since=since, kind="routing.changed")
     assert [(change.actor, change.details["to"]["challenger_share"]) for change in changes] == [
         (fingerprint(KEY), 0.4)]
+    # ...and so does Prefect: the record as the event loopline.audit.routing.changed.
+    wait_until(lambda: len(prefect_events("loopline.audit.routing.changed", since)) == 1)
+    event = prefect_events("loopline.audit.routing.changed", since)[0]
+    assert event["resource"]["prefect.resource.name"] == MODEL
+    assert event["payload"]["actor"] == fingerprint(KEY)
     set_share(ab, 0.3)
 
 
