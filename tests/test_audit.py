@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import multiprocessing
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import uuid
@@ -24,7 +25,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
-from pydantic import SecretStr
 
 from cli.main import main
 from loopline.audit import AuditLog, AuditRecord, add_audit_sink, audit_log, remove_audit_sink
@@ -36,9 +36,10 @@ from loopline.release.lineage import Lineage
 from loopline.release.model_card import ModelCard
 from loopline.release.records import CARD_TAG, STAGE_TAG
 from loopline.release.registry import ModelRegistry
-from loopline.storage import S3Credentials
+from tests.audit_writers import PROCESSES, RECORDS_EACH
+from tests.conftest import REPO
 from tests.mlflow_store import MlflowStore
-from tests.s3 import ACCESS_KEY, SECRET_KEY, S3Server
+from tests.s3 import S3Server
 
 #: Where the property's folders go: memory where the system offers a tmpfs (each record is
 #: fsynced, which costs a disk write per record otherwise).
@@ -174,60 +175,30 @@ def test_the_process_log_follows_the_environment(tmp_path: Path,
 
 # --- the protocol, across real processes ---------------------------------------------------------
 
-PROCESSES, RECORDS_EACH = 4, 40
-
-
-def append_from_process(root: str, endpoint: str | None, index: int,
-                        start: threading.Barrier | None, out: multiprocessing.Queue) -> None:
-    """A child process: append RECORDS_EACH records, then report its writer id."""
-    credentials = S3Credentials(ACCESS_KEY, SecretStr(SECRET_KEY), endpoint) if endpoint else None
-    log = INHERITED if (root == "inherited" and INHERITED is not None) else AuditLog(root, credentials)
-    if start is not None:
-        start.wait(60)
-    for n in range(RECORDS_EACH):
-        log.append(kind="rollout.step", model="churn", actor=f"p{index}",
-                   summary=f"process {index} record {n}")
-    out.put((log.writer, [f"process {index} record {n}" for n in range(RECORDS_EACH)]))
-
-
-#: The log a forked child inherits from its parent (the same object, already used there).
-INHERITED: AuditLog | None = None
-
-
-def run_processes(context: str, root: str, endpoint: str | None) -> dict[str, list[str]]:
-    ctx = multiprocessing.get_context(context)
-    out = ctx.Queue()
-    start = ctx.Barrier(PROCESSES)
-    children = [ctx.Process(target=append_from_process, args=(root, endpoint, i, start, out))
-                for i in range(PROCESSES)]
-    for child in children:
-        child.start()
-    found = dict(out.get(timeout=120) for _ in children)
-    for child in children:
-        child.join(60)
-        assert child.exitcode == 0
-    return found
+def forked_writers(root: str, endpoint: str | None = None) -> dict[str, list[str]]:
+    """Run :mod:`tests.audit_writers` (forked writers, from a fresh interpreter) on ``root``:
+    ``{writer id: the summaries it appended, in order}``.
+    """
+    done = subprocess.run([sys.executable, "-m", "tests.audit_writers", root,
+                           *([endpoint] if endpoint else [])], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def test_processes_append_to_one_local_folder(tmp_path: Path) -> None:
     """Four forked processes share the parent's log object (already used by the parent): each
     becomes a writer of its own, and nothing is lost or reordered.
     """
-    global INHERITED
-    INHERITED = AuditLog(str(tmp_path))
-    parent = INHERITED.append(kind="registry.stage", model="churn", actor="parent", summary="first")
-    try:
-        appended = run_processes("fork", "inherited", None)
-    finally:
-        INHERITED = None
-    assert parent.writer not in appended and len(appended) == PROCESSES
-    appended_in_order(AuditLog(str(tmp_path)).records(), {parent.writer: ["first"], **appended})
+    appended = forked_writers(f"inherited:{tmp_path}")
+    assert len(appended) == PROCESSES + 1  # the parent's writer, and one per child
+    appended_in_order(AuditLog(str(tmp_path)).records(), appended)
 
 
 def test_processes_append_to_one_s3_prefix(s3_server: S3Server) -> None:
     bucket = s3_server.bucket(f"audit-{uuid.uuid4().hex[:8]}")
     root = f"s3://{bucket}/audit"
-    appended = run_processes("fork", root, s3_server.endpoint_url)
+    appended = forked_writers(root, s3_server.endpoint_url)
     records = AuditLog(root, s3_server.credentials()).records("churn")
     appended_in_order(records, appended)
     assert len(s3_server.keys(bucket, "audit/churn/")) == PROCESSES * RECORDS_EACH
