@@ -8,20 +8,23 @@ the main one when it forks, so the children test the writer protocol and nothing
 
 Usage: ``python -m tests.audit_writers ROOT [ENDPOINT]``: ROOT is ``inherited:<folder>`` (the
 children share the parent's log object, already used by the parent) or a location (each child
-opens its own log; ENDPOINT names an S3 server, with the tests' credentials). Prints, as JSON,
-``{writer id: [the summaries it appended, in order]}``, the parent's own record included.
+opens its own log; ENDPOINT names an S3 server, with the tests' credentials). The parent adds an
+audit sink before it forks, as a flow's process does (Prefect's events). Prints, as JSON,
+``{"writers": {writer id: [the summaries it appended, in order]}, "parent": its pid,
+"sink_pids": the processes the sink was called in}``.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import sys
 import threading
 
 from pydantic import SecretStr
 
-from loopline.audit import AuditLog
+from loopline.audit import AuditLog, AuditRecord, add_audit_sink
 from loopline.storage import S3Credentials
 from tests.s3 import ACCESS_KEY, SECRET_KEY
 
@@ -64,6 +67,12 @@ def main(argv: list[str]) -> None:
     """Append from the parent (when it shares its log), then from the children; print them."""
     global INHERITED
     root, endpoint = argv[0], (argv[1] if len(argv) > 1 else None)
+    sink_pids = multiprocessing.get_context("fork").Queue()
+
+    def sink(record: AuditRecord) -> None:
+        sink_pids.put(os.getpid())
+
+    add_audit_sink(sink)
     appended: dict[str, list[str]] = {}
     if root.startswith("inherited:"):
         root = root.removeprefix("inherited:")
@@ -74,7 +83,11 @@ def main(argv: list[str]) -> None:
     children = run_processes(root, endpoint)
     if set(children) & set(appended) or len(children) != PROCESSES:
         raise SystemExit(f"writers were shared: parent {list(appended)}, children {list(children)}")
-    print(json.dumps({**appended, **children}))
+    called: set[int] = set()
+    while not sink_pids.empty():
+        called.add(sink_pids.get(timeout=10))
+    print(json.dumps({"writers": {**appended, **children}, "parent": os.getpid(),
+                      "sink_pids": sorted(called)}))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from cli.main import main
 from loopline.audit import audit_log
-from loopline.errors import AuditWriteFailed, PermissionDenied
+from loopline.errors import AuditWriteFailed
 from loopline.release.approval import (
     approvals,
     decide,
@@ -420,20 +420,20 @@ def test_no_decision_within_the_timeout_rejects(setting: Setting,
 
 @pytest.mark.slow
 def test_a_promotion_this_run_could_not_carry_out_is_refused_before_anyone_waits(
-        setting: Setting, pipeline_run: PipelineRun, monkeypatch: pytest.MonkeyPatch) -> None:
+        setting: Setting, pipeline_run: PipelineRun) -> None:
     """Run as an identity that may not move the production alias (neither an approver nor the
     automation identity), the promote flow fails at once with the fix, before it asks anyone
-    to wait for a decision it could not carry out; nothing is requested or changed.
+    to wait for a decision it could not carry out; nothing is requested or changed. (The flow
+    runs in a process of its own: Prefect's event worker is one per process, bound to the
+    server of the moment it starts, and a run here would bind it to this module's server.)
     """
-    from flows.promote import promote
-
     version = staging_copy(setting.model)
-    registry = ModelRegistry()
-    monkeypatch.setenv("LOOPLINE_ACTOR", "mallory")
-    with temporary_settings({PREFECT_API_URL: setting.env["PREFECT_API_URL"]}), \
-            pytest.raises(PermissionDenied, match="'mallory' may not carry out an approval"):
-        promote(str(setting.spec), version)
-    assert registry.get_model(setting.model, version=version).stage == "STAGING"
+    done = subprocess.run([str(VENV_BIN / "python"), "-m", "flows.promote", str(setting.spec),
+                           str(version)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**setting.env, "LOOPLINE_ACTOR": "mallory"}, check=False)
+    assert done.returncode != 0
+    assert "'mallory' may not carry out an approval" in done.stdout + done.stderr
+    assert ModelRegistry().get_model(setting.model, version=version).stage == "STAGING"
     requested = [r for r in audit_log().records(setting.model, kind="approval")
                  if r.version == version]
     assert requested == []

@@ -177,13 +177,16 @@ def test_the_process_log_follows_the_environment(tmp_path: Path,
 
 def forked_writers(root: str, endpoint: str | None = None) -> dict[str, list[str]]:
     """Run :mod:`tests.audit_writers` (forked writers, from a fresh interpreter) on ``root``:
-    ``{writer id: the summaries it appended, in order}``.
+    ``{writer id: the summaries it appended, in order}``. The sink the parent added before it
+    forked was called in the parent alone: a child does not use the sinks it inherits.
     """
     done = subprocess.run([sys.executable, "-m", "tests.audit_writers", root,
                            *([endpoint] if endpoint else [])], cwd=REPO, capture_output=True,
                           text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["sink_pids"] in ([], [found["parent"]])
+    return dict(found["writers"])
 
 
 def test_processes_append_to_one_local_folder(tmp_path: Path) -> None:
