@@ -48,6 +48,9 @@ def running_prefect_server(home: Path, **settings: str) -> Iterator[dict[str, st
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "1",
         "PREFECT_LOGGING_LEVEL": "INFO",
+        # Prefect's client retries 429/502/503 five times by default; a SQLite server on two
+        # busy cores answered `loopline deploy` 503 past that in a fresh-clone CI run.
+        "PREFECT_CLIENT_MAX_RETRIES": "8",
     }
     log = home / "server.log"
     home.mkdir(parents=True, exist_ok=True)

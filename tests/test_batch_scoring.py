@@ -775,3 +775,25 @@ def test_the_benchmark_runs_at_its_quick_size(head_start: Finished) -> None:
     assert item["loopline"] > 0 and item["peer"] > 0 and item["loopline_peak_mb"] > 0
     assert item["command"] == "python -m bench batch --quick"
     assert item["peer_name"].startswith("TabularModel.predict")
+
+
+def test_progress_survives_the_reader_closing_the_file_under_it(tmp_path: Path) -> None:
+    """The scoring thread asks how much is read while the reader's thread may close the CSV at
+    its end: a handle closed between the check and ``tell`` (EBADF) is a dip in the progress,
+    never a failed chunk.
+    """
+    path = tmp_path / "rows.csv"
+    path.write_text("a,b\n1,2\n3,4\n")
+    source = open_input(str(path), ["a"])
+
+    class ClosedUnderUs:
+        closed = False
+
+        def tell(self) -> int:
+            raise OSError(9, "Bad file descriptor")
+
+    source._open_handle = ClosedUnderUs()
+    assert source.fraction_read() == 0.0
+    source._bytes_done = path.stat().st_size
+    source._open_handle = None
+    assert source.fraction_read() == 1.0

@@ -172,10 +172,18 @@ class BatchInput:
                                     use_threads=False), skip
 
     def fraction_read(self) -> float:
-        """How much of the input's bytes the reader has consumed (0..1), for CSV progress."""
+        """How much of the input's bytes the reader has consumed (0..1), for CSV progress.
+
+        Called from the scoring thread while the reader's thread may close the file at any
+        moment (at its end): a handle closed between the check and ``tell`` counts as nothing
+        read of it, a moment's dip in the progress rather than a failed chunk.
+        """
         total = sum(self.sizes)
         handle = self._open_handle
-        current = handle.tell() if handle is not None and not handle.closed else 0
+        try:
+            current = handle.tell() if handle is not None and not handle.closed else 0
+        except (OSError, ValueError):  # closed by the reader after the check: EBADF
+            current = 0
         return min(1.0, (self._bytes_done + current) / total) if total else 1.0
 
 
