@@ -9,7 +9,6 @@ from typing import cast
 from uuid import UUID
 
 from mlflow.tracking import MlflowClient
-from prefect import runtime
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -31,6 +30,7 @@ from loopline.release.records import ModelVersionInfo
 from loopline.release.registry import ModelRegistry
 from loopline.storage import S3Credentials
 from tasks.options import loopline_task
+from tasks.registry import flow_actor
 from tasks.signing import load_for_batch
 
 #: How the summary describes each kind of input.
@@ -39,11 +39,6 @@ _KIND_WORDS = {"features": "the model's feature columns",
 #: The progress artifact is updated after a chunk at most this often: each update is an API call,
 #: and small chunks would otherwise spend more time reporting than scoring.
 PROGRESS_INTERVAL_S = 1.0
-
-
-def _actor() -> str:
-    name = runtime.flow_run.name
-    return f"prefect flow run {name}" if name else "prefect"
 
 
 def storage_credentials(storage_block: str | None) -> S3Credentials | None:
@@ -93,7 +88,7 @@ def score_in_chunks(model_version: ModelVersionInfo, input_uri: str, output_uri:
     # Verified against its signature first: a refused version raises here, before anything is
     # written.
     model = load_for_batch(MlflowClient(), model_version.name, model_version.version,
-                           actor=_actor()).unwrap_python_model().model
+                           actor=flow_actor()).unwrap_python_model().model
     job = BatchJob(input_uri=input_uri, output_uri=output_uri, model_name=model_version.name,
                    model_version=model_version.version, chunk_rows=chunk_rows, id_column=id_column,
                    overwrite=overwrite, credentials=storage_credentials(storage_block),
