@@ -19,7 +19,7 @@ class GateCheck(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     metric: str
-    kind: Literal["threshold", "champion_margin"]
+    kind: Literal["threshold", "champion_margin", "fairness", "class_recall"]
     required: str
     observed: float | None
     passed: bool
@@ -27,7 +27,11 @@ class GateCheck(BaseModel):
 
 
 class GateDecision(BaseModel):
-    """The gate's verdict on a candidate, kept with the run and shown to people."""
+    """The gate's verdict on a candidate, kept with the run and shown to people.
+
+    ``details`` are Markdown sections shown under the table of checks (the per-group fairness
+    table, the per-class recall), in order.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -37,6 +41,7 @@ class GateDecision(BaseModel):
     candidate_metrics: dict[str, float] = {}
     champion_metrics: dict[str, float] | None = None
     inputs: dict[str, str] = {}
+    details: list[str] = []
 
     def render_markdown(self, model_name: str) -> str:
         """A Markdown table of every check and the verdict."""
@@ -53,6 +58,8 @@ class GateDecision(BaseModel):
                          f"{result}{note} |")
         if not self.checks:
             lines.append("| — | no checks declared | — | — | pass |")
+        for section in self.details:
+            lines += ["", section.rstrip("\n")]
         return "\n".join(lines) + "\n"
 
 
@@ -63,7 +70,9 @@ def _direction(metric: str) -> Direction:
 def evaluate_gates(gates: GatesSpec, candidate: dict[str, float],
                    champion: dict[str, float] | None = None,
                    champion_version: int | None = None,
-                   inputs: dict[str, str] | None = None) -> GateDecision:
+                   inputs: dict[str, str] | None = None,
+                   extra_checks: list[GateCheck] | None = None,
+                   details: list[str] | None = None) -> GateDecision:
     """Decide whether ``candidate`` passes.
 
     Args:
@@ -74,6 +83,9 @@ def evaluate_gates(gates: GatesSpec, candidate: dict[str, float],
         champion_version: the champion's version, for the record.
         inputs: what the decision was made on (candidate, run, data version, test rows...),
             kept in the record.
+        extra_checks: checks decided elsewhere on the same test split (fairness, per-class
+            recall); any failing one fails the candidate like a threshold does.
+        details: Markdown sections the decision shows under its table.
     """
     checks: list[GateCheck] = []
     for metric, text in gates.thresholds.items():
@@ -99,7 +111,8 @@ def evaluate_gates(gates: GatesSpec, candidate: dict[str, float],
             metric=metric, kind="champion_margin", required=f"{symbol} {needed:.4f}",
             observed=observed, passed=passed,
             note=f"champion {champion[metric]:.4f}, margin {text}"))
+    checks += extra_checks or []
     return GateDecision(passed=all(check.passed for check in checks), checks=checks,
                         champion_version=champion_version, candidate_metrics=dict(candidate),
                         champion_metrics=None if champion is None else dict(champion),
-                        inputs=dict(inputs or {}))
+                        inputs=dict(inputs or {}), details=list(details or []))

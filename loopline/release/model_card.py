@@ -24,6 +24,8 @@ class ModelCard(BaseModel):
         approved_by: who approved it.
         approval_note: the approver's comment, or why the version was rejected (by whom, or
             that no decision came in time), when ``gates.approval`` asked a person to decide.
+        sections: further sections, title to Markdown, in order: the per-group fairness table,
+            the global feature importance, what was found and done about personal data.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -37,6 +39,7 @@ class ModelCard(BaseModel):
     approved: bool = False
     approved_by: str | None = None
     approval_note: str = ""
+    sections: dict[str, str] = Field(default_factory=dict)
 
     def missing_fields(self) -> list[str]:
         """Required fields that are empty."""
@@ -62,6 +65,8 @@ class ModelCard(BaseModel):
             lines += [f"| {name} | {value:.4f} |" for name, value in sorted(self.performance.items())]
         else:
             lines.append("Not measured.")
+        for title, body in self.sections.items():
+            lines += ["", f"## {title}", "", body.rstrip("\n")]
         lines += ["", "## Limitations", "", self.limitations or "None stated.", "",
                   "## Ethical considerations", "", self.ethical_considerations or "None stated.",
                   "", "## Approval", "", approval, ""]

@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 from loopline.errors import InvalidSpec, SpecProblem
 from loopline.naming import REQUEST_ID
 from loopline.spec.monitoring_problems import monitoring_problems
+from loopline.spec.responsible_problems import responsible_problems
 from loopline.spec.sections.algorithms import search_space_problems
 from loopline.spec.sections.base import NAME_PATTERN, StrictModel
 from loopline.spec.sections.data import ComputedFeature, DataSpec, FeatureEntry, PassthroughFeatures
@@ -239,6 +240,7 @@ def consistency_problems(spec: Spec) -> list[SpecProblem]:
                                      f"{feature!r} is not a feature",
                                      f"use one of: {', '.join(seen) or '(no features)'}"))
     problems += monitoring_problems(spec.monitoring, training.task, seen)
+    problems += responsible_problems(spec)
 
     triggers = spec.retraining.on
     if "schedule" in triggers and spec.retraining.schedule is None:

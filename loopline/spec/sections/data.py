@@ -15,6 +15,7 @@ from loopline.spec.sections.base import (
     spec_error,
 )
 from loopline.spec.sections.passthrough import PassthroughColumn, entry_names
+from loopline.spec.sections.privacy import PrivacySpec
 
 Column = Annotated[str, Field(pattern=COLUMN_PATTERN)]
 
@@ -124,6 +125,7 @@ class DataSpec(StrictModel):
         schedule: when the features are re-materialized from the source (the model's
             ``materialize-features`` deployment, see ``loopline deploy``); without it, only a
             pipeline or retraining run materializes.
+        privacy: personal data in the source: detection, and what is done to each column.
     """
 
     source: Annotated[str, Field(min_length=1)]
@@ -134,6 +136,7 @@ class DataSpec(StrictModel):
     split: Split = Field(default_factory=RandomSplit)
     validation: DataValidation | None = None
     schedule: Schedule | None = None
+    privacy: PrivacySpec | None = None
 
     @model_validator(mode="after")
     def _format_is_known(self) -> DataSpec:

@@ -6,7 +6,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from loopline.spec.sections.base import ComparisonText, Duration, MarginText, StrictModel, spec_error
+from loopline.spec.sections.base import (
+    ComparisonText,
+    Duration,
+    Fraction,
+    MarginText,
+    StrictModel,
+    spec_error,
+)
+from loopline.spec.sections.fairness import FairnessSpec
 
 Text = Annotated[str, Field(min_length=1)]
 #: Who acts on the registry: an MLflow user name when the tracking server runs with its own
@@ -74,6 +82,9 @@ class GatesSpec(StrictModel):
             name becomes champion when it passes, so there is something to serve.
         model_card: the card every registered version carries.
         approval: a person's approval before release, and who may move the production alias.
+        fairness: per-group metrics over sensitive columns and bounds on their disparity.
+        min_class_recall: the recall every class must reach on the test split
+            (classification), e.g. `0.6`, or per class label, e.g. `{"1": 0.7, "0": 0.9}`.
     """
 
     thresholds: dict[str, ComparisonText] = Field(default_factory=dict)
@@ -81,6 +92,8 @@ class GatesSpec(StrictModel):
     on_pass: Literal["staging", "production"] = "staging"
     model_card: ModelCardSpec
     approval: ApprovalSpec = Field(default_factory=ApprovalSpec)
+    fairness: FairnessSpec | None = None
+    min_class_recall: Fraction | dict[str, Fraction] | None = None
 
     @model_validator(mode="after")
     def _approval_comes_from_an_approver(self) -> GatesSpec:

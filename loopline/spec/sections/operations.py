@@ -55,6 +55,9 @@ class DriftSpec(StrictModel):
             model's positive-class probability or a regressor's value) against its output on
             the reference does: `alert`, `retrain` (also emit the drift event) or `off`.
         label: the same for the labels that arrived in the window against the training labels.
+        attributions: also report drift of what the model relies on: each feature's mean
+            absolute attribution (SHAP) on the window against the reference. Off by default
+            (explaining the window costs more than testing it).
     """
 
     on: Literal["features", "inputs"] = "features"
@@ -66,6 +69,7 @@ class DriftSpec(StrictModel):
     min_samples: Annotated[int, Field(ge=1)] = 100
     prediction: OutputDriftAction = "alert"
     label: OutputDriftAction = "alert"
+    attributions: bool = False
 
 
 class PerformanceAlert(StrictModel):

@@ -95,6 +95,22 @@ class Sweep(StrictModel):
     seed: int | None = None
 
 
+class ImbalanceSpec(StrictModel):
+    """How a classifier copes with rare classes.
+
+    Attributes:
+        strategy: ``class_weight`` weighs each class by the inverse of its frequency in the
+            train split (passed to every candidate that takes weights, the MLP's loss
+            included); ``oversample`` repeats rows of the smaller classes and ``undersample``
+            drops rows of the larger ones until the classes are even. Resampling changes the
+            train split only, never validation or test.
+        seed: seed of the resampling.
+    """
+
+    strategy: Literal["class_weight", "oversample", "undersample"]
+    seed: int = 0
+
+
 class TrainingSpec(StrictModel):
     """What to train and how to judge it.
 
@@ -105,6 +121,7 @@ class TrainingSpec(StrictModel):
         sweep: how to search; without it every candidate trains once with its ``params``.
         seed: seeds every random number generator for reproducible training.
         queue: the Prefect work queue a submitted run joins, its timeout and its retries.
+        imbalance: how a classifier copes with rare classes (classification only).
     """
 
     task: Task = "classification"
@@ -113,3 +130,4 @@ class TrainingSpec(StrictModel):
     sweep: Sweep | None = None
     seed: int = 42
     queue: TrainingQueue = Field(default_factory=TrainingQueue)
+    imbalance: ImbalanceSpec | None = None
