@@ -55,7 +55,9 @@ class FeatureSetManifest(BaseModel):
     columns the features read (what a raw record must carry to be scored; None in versions
     written before it was recorded). ``entity_id`` is None for a spec without one; ``row_id``
     then names the rows' identity column (:data:`~loopline.spec.sections.data.ROW_ID`; None
-    where there is an entity id, and in versions written before it existed).
+    where there is an entity id, and in versions written before it existed). ``sensitive`` are
+    the columns ``gates.fairness`` slices the rows by (carried as columns of the set when they
+    are not features already).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -81,6 +83,7 @@ class FeatureSetManifest(BaseModel):
     loopline_version: str
     production: ProductionRows | None = None
     source_columns: dict[str, str] | None = None
+    sensitive: list[str] = []
 
     @property
     def feature_names(self) -> list[str]:

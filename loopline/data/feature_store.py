@@ -35,7 +35,7 @@ from loopline.data.feature_recipe import (
     source_dtypes,
 )
 from loopline.data.feature_sets import FeatureRef, FeatureSetManifest, FeatureSets
-from loopline.data.features import dtype_name, source_frame, with_row_identity
+from loopline.data.features import dtype_name, sensitive_columns, source_frame, with_row_identity
 from loopline.data.point_in_time import point_in_time_join
 from loopline.data.production import (
     ProductionBatch,
@@ -175,6 +175,7 @@ class FeatureStore:
         identity: dict[str, object] = {
             "source": source_hash,
             "roles": [spec.data.entity_id, spec.data.event_time, spec.data.target],
+            **({"sensitive": sensitive_columns(spec)} if sensitive_columns(spec) else {}),
             "features": [definition_hash(name, d) for name, (_, d, _) in definitions.items()],
         }
         joined = production if production is not None and production.summary.rows else None
@@ -228,6 +229,7 @@ class FeatureStore:
             validation=validation, created_at=datetime.now(UTC).isoformat(), created_by=author,
             loopline_version=loopline.__version__, production=production,
             source_columns=_columns_read(definitions, schema),
+            sensitive=list(spec.gates.fairness.sensitive) if spec.gates.fairness else [],
         )
         return self.sets.publish(manifest)
 

@@ -55,12 +55,26 @@ def feature_expression(feature: ComputedFeature) -> pl.Expr:
     return pl.sql_expr(feature.expr).cast(polars_dtype(feature.dtype), strict=True).alias(feature.name)
 
 
+def sensitive_columns(spec: Spec) -> list[str]:
+    """The source columns ``gates.fairness`` slices by that are not already in a feature set
+    (as a key or a passthrough feature of the same name): carried beside the features, for
+    slicing only (the model never sees them).
+    """
+    if spec.gates.fairness is None:
+        return []
+    data = spec.data
+    present = {data.entity_id, data.event_time, data.target, *spec.feature_names}
+    return [column for column in spec.gates.fairness.sensitive if column not in present]
+
+
 def source_frame(source: pl.LazyFrame, spec: Spec) -> pl.LazyFrame:
-    """Entity id (if any), event time (if any), target and every feature, one row per source
-    row, in the source's order; a renamed passthrough column under its feature's name.
+    """Entity id (if any), event time (if any), target, the sensitive columns
+    (:func:`sensitive_columns`) and every feature, one row per source row, in the source's
+    order; a renamed passthrough column under its feature's name.
     """
     data = spec.data
-    keys = [key for key in (data.entity_id, data.event_time) if key] + [data.target]
+    keys = ([key for key in (data.entity_id, data.event_time) if key] + [data.target]
+            + sensitive_columns(spec))
     computed = [feature_expression(feature) for feature in spec.computed_features]
     return source.select([pl.col(key) for key in keys] + computed + [
         pl.col(column).alias(feature) for feature, column in spec.passthrough_features.items()

@@ -53,8 +53,15 @@ def responsible_problems(spec: Spec) -> list[SpecProblem]:
                 problems.append(SpecProblem(path=f"gates.fairness.bounds.{metric}",
                                             message=f"{metric!r} is not a {task} group metric",
                                             fix=f"bound one of: {', '.join(right)}"))
+        passthrough = spec.passthrough_features
         for index, column in enumerate(fairness.sensitive):
-            if column == data.target:
+            if column in spec.feature_names and passthrough.get(column) != column:
+                problems.append(SpecProblem(path=f"gates.fairness.sensitive[{index}]",
+                                            message=f"{column!r} is also the name of a feature "
+                                                    "computed from other columns",
+                                            fix="rename that feature, so the groups are the "
+                                                "source column's values"))
+            elif column == data.target:
                 problems.append(SpecProblem(path=f"gates.fairness.sensitive[{index}]",
                                             message=f"{column!r} is the target",
                                             fix="name the source columns that form the groups, "

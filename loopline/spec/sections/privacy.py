@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from loopline.spec.sections.base import COLUMN_PATTERN, Fraction, StrictModel, spec_error
 
@@ -36,7 +36,7 @@ class HashKeySource(StrictModel):
             that run without a Prefect server).
     """
 
-    secret: Annotated[str, Field(min_length=1)] | None = "loopline-privacy-key"
+    secret: Annotated[str, Field(min_length=1)] | None = None
     env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
 
     @model_validator(mode="after")
@@ -66,13 +66,24 @@ class PrivacySpec(StrictModel):
             `mask`; never `allow` (say that per column).
         min_share: a column counts as holding personal data when at least this share of its
             non-empty rows has a finding; `0` (any one row) by default.
-        hash_key: where the `hash` action's key comes from.
+        hash_key: where the `hash` action's key comes from; the Prefect Secret block
+            `loopline-privacy-key` by default.
     """
 
     detect: bool = True
     entities: Annotated[list[Entity], Field(min_length=1)] = Field(
         default_factory=lambda: list(DEFAULT_ENTITIES))
     columns: dict[Column, PrivacyAction] = Field(default_factory=dict)
-    on_detected: Literal["refuse", "drop", "hash", "mask"] = "refuse"
+    on_detected: PrivacyAction = "refuse"
     min_share: Fraction = 0.0
-    hash_key: HashKeySource = Field(default_factory=HashKeySource)
+    hash_key: HashKeySource = Field(
+        default_factory=lambda: HashKeySource(secret="loopline-privacy-key"))
+
+    @field_validator("on_detected")
+    @classmethod
+    def _never_allow_what_is_unnamed(cls, action: PrivacyAction) -> PrivacyAction:
+        if action == "allow":
+            raise spec_error("`allow` would keep personal data found in any column in the clear",
+                             "name each column to keep as it is, e.g. `columns: {notes: allow}`; "
+                             "`on_detected` is refuse, drop, hash or mask")
+        return action
