@@ -5,15 +5,39 @@ needs is dropped by ``data.privacy``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import polars as pl
 
 from loopline.errors import SpecProblem
+from loopline.spec.sections.data import DataSpec, FeatureEntry
 from loopline.spec.sections.fairness import CLASSIFICATION_GROUP_METRICS, REGRESSION_GROUP_METRICS
+from loopline.spec.sections.gates import GatesSpec
+from loopline.spec.sections.training import TrainingSpec
 
-if TYPE_CHECKING:
-    from loopline.spec.model import Spec
+
+class Spec(Protocol):
+    """The parts of :class:`loopline.spec.model.Spec` these checks read (a protocol, so this
+    module does not import the model that imports it).
+    """
+
+    @property
+    def data(self) -> DataSpec: ...  # noqa: D102
+
+    @property
+    def features(self) -> list[FeatureEntry]: ...  # noqa: D102
+
+    @property
+    def training(self) -> TrainingSpec: ...  # noqa: D102
+
+    @property
+    def gates(self) -> GatesSpec: ...  # noqa: D102
+
+    @property
+    def passthrough_features(self) -> dict[str, str]: ...  # noqa: D102
+
+    @property
+    def feature_names(self) -> list[str]: ...  # noqa: D102
 
 
 def _columns_features_read(spec: Spec) -> dict[str, str]:
