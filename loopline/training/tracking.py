@@ -62,8 +62,11 @@ def run_url(experiment_id: str, run_id: str) -> str:
 
 def log_candidate(tracker: ExperimentTracker, run_id: str, candidate: TrainedCandidate,
                   extra_params: dict[str, Any]) -> None:
-    """Log a candidate's params, validation metrics and per-epoch history in few batches."""
-    tracker.log_params(run_id, {"algorithm": candidate.kind, **candidate.params, **extra_params})
+    """Log a candidate's params (with what was done about rare classes), validation metrics
+    and per-epoch history in few batches.
+    """
+    tracker.log_params(run_id, {"algorithm": candidate.kind, **candidate.params,
+                                **candidate.imbalance, **extra_params})
     tracker.log_metrics(run_id, {**{f"val_{k}": v for k, v in candidate.validation_metrics.items()},
                                  "train_seconds": candidate.train_seconds,
                                  **{f"rank{r}_batches": float(n) for r, n in candidate.ranks.items()}})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from loopline.spec.sections.base import (
     ComparisonText,
@@ -94,6 +94,14 @@ class GatesSpec(StrictModel):
     approval: ApprovalSpec = Field(default_factory=ApprovalSpec)
     fairness: FairnessSpec | None = None
     min_class_recall: Fraction | dict[str, Fraction] | None = None
+
+    @field_validator("min_class_recall", mode="before")
+    @classmethod
+    def _labels_as_text(cls, value: object) -> object:
+        # YAML reads `{1: 0.7}` with an integer key; class labels are matched as text.
+        if isinstance(value, dict):
+            return {str(label): floor for label, floor in value.items()}
+        return value
 
     @model_validator(mode="after")
     def _approval_comes_from_an_approver(self) -> GatesSpec:

@@ -38,7 +38,7 @@ def needs_launcher(trainer: TrainerSettings) -> bool:
 def train_mlp_distributed(params: dict[str, Any], trainer: TrainerSettings, task: Task,
                           train: tuple[np.ndarray, np.ndarray],
                           validation: tuple[np.ndarray, np.ndarray], classes: list[Any] | None,
-                          seed: int) -> Any:
+                          seed: int, class_weights: list[float] | None = None) -> Any:
     """Run :func:`~loopline.training.modeling.mlp.train_mlp` in a child process group; returns rank 0's
     :class:`~loopline.training.modeling.mlp.MLPResult` with every rank's batch count in ``ranks``.
 
@@ -49,7 +49,8 @@ def train_mlp_distributed(params: dict[str, Any], trainer: TrainerSettings, task
     with tempfile.TemporaryDirectory(prefix="loopline-ddp-") as workdir:
         folder = Path(workdir)
         job = {"params": params, "trainer": trainer.model_dump(), "task": task, "train": train,
-               "validation": validation, "classes": classes, "seed": seed}
+               "validation": validation, "classes": classes, "seed": seed,
+               "class_weights": class_weights}
         (folder / "job.pkl").write_bytes(pickle.dumps(job))
         done = subprocess.run([sys.executable, "-m", "loopline.training.modeling.distributed", workdir],
                               capture_output=True, text=True, check=False,
@@ -75,7 +76,8 @@ def _run_rank(workdir: Path) -> None:
 
     job = pickle.loads((workdir / "job.pkl").read_bytes())
     result = train_mlp(job["params"], TrainerSettings.model_validate(job["trainer"]), job["task"],
-                       job["train"], job["validation"], job["classes"], job["seed"])
+                       job["train"], job["validation"], job["classes"], job["seed"],
+                       class_weights=job.get("class_weights"))
     (workdir / f"rank-{result.global_rank}.json").write_text(json.dumps({"batches": result.batches}))
     if result.global_rank == 0:
         staging = workdir / "result.pkl.tmp"

@@ -11,8 +11,13 @@ from loopline.spec.sections.training import Task
 
 
 def build_estimator(algorithm: LogisticRegression | RandomForest | GradientBoosting,
-                    params: dict[str, Any], task: Task, seed: int) -> Any:
-    """An unfitted estimator for ``algorithm`` with ``params`` (already validated)."""
+                    params: dict[str, Any], task: Task, seed: int,
+                    class_weight: dict[Any, float] | None = None) -> Any:
+    """An unfitted estimator for ``algorithm`` with ``params`` (already validated).
+
+    ``class_weight`` (``training.imbalance: class_weight``) weighs every classifier's classes,
+    in place of a candidate's own ``class_weight`` param.
+    """
     from sklearn.ensemble import (
         HistGradientBoostingClassifier,
         HistGradientBoostingRegressor,
@@ -22,19 +27,26 @@ def build_estimator(algorithm: LogisticRegression | RandomForest | GradientBoost
     from sklearn.linear_model import LogisticRegression as SkLogisticRegression
 
     classify = task == "classification"
+    weights = class_weight if classify and class_weight is not None else None
     if isinstance(algorithm, LogisticRegression):
         return SkLogisticRegression(C=params["C"], max_iter=params["max_iter"],
-                                    class_weight=params["class_weight"], random_state=seed)
+                                    class_weight=weights or params["class_weight"],
+                                    random_state=seed)
     if isinstance(algorithm, RandomForest):
         forest = RandomForestClassifier if classify else RandomForestRegressor
-        extra = {"class_weight": params["class_weight"]} if classify else {}
+        extra = {"class_weight": weights or params["class_weight"]} if classify else {}
         return forest(n_estimators=params["n_estimators"], max_depth=params["max_depth"],
                       min_samples_leaf=params["min_samples_leaf"], random_state=seed, n_jobs=-1,
                       **extra)
-    boosting = HistGradientBoostingClassifier if classify else HistGradientBoostingRegressor
-    return boosting(max_iter=params["n_estimators"], max_depth=params["max_depth"],
-                    learning_rate=params["learning_rate"],
-                    min_samples_leaf=params["min_samples_leaf"], random_state=seed)
+    if classify:
+        return HistGradientBoostingClassifier(
+            max_iter=params["n_estimators"], max_depth=params["max_depth"],
+            learning_rate=params["learning_rate"], min_samples_leaf=params["min_samples_leaf"],
+            random_state=seed, class_weight=weights)
+    return HistGradientBoostingRegressor(
+        max_iter=params["n_estimators"], max_depth=params["max_depth"],
+        learning_rate=params["learning_rate"], min_samples_leaf=params["min_samples_leaf"],
+        random_state=seed)
 
 
 def fit_estimator(estimator: Any, matrix: np.ndarray, target: np.ndarray) -> Any:

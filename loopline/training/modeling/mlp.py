@@ -79,12 +79,14 @@ class TabularDataModule(L.LightningDataModule):
 
 
 class TabularMLP(L.LightningModule):
-    """An MLP with cross-entropy (classification) or MSE on a standardized target (regression);
-    logs ``train_loss``, ``val_loss`` and ``val_<metric>`` for every metric of the task.
+    """An MLP with cross-entropy (classification; weighted per class with ``class_weights``) or
+    MSE on a standardized target (regression); logs ``train_loss``, ``val_loss`` and
+    ``val_<metric>`` for every metric of the task.
     """
 
     def __init__(self, n_inputs: int, n_outputs: int, hidden: list[int], dropout: float, lr: float,
-                 weight_decay: float, task: Task, classes: list[Any] | None, batch_size: int) -> None:
+                 weight_decay: float, task: Task, classes: list[Any] | None, batch_size: int,
+                 class_weights: list[float] | None = None) -> None:
         super().__init__()
         # Optimizer steps are taken by hand, one per mini-batch of a loader batch (GROUP_ROWS).
         self.automatic_optimization = False
@@ -92,6 +94,10 @@ class TabularMLP(L.LightningModule):
         self.network = build_mlp(n_inputs, hidden, dropout, n_outputs)
         self.lr, self.weight_decay, self.task, self.classes = lr, weight_decay, task, classes
         self.loss: nn.Module = nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+        # A plain attribute, not the loss's buffer: a buffer would follow the module's precision
+        # (64-true, bf16-true) while the loss is computed in float32.
+        self.class_weights = (None if class_weights is None or task != "classification"
+                              else torch.tensor(class_weights, dtype=torch.float32))
         self._outputs: list[torch.Tensor] = []
         self._targets: list[torch.Tensor] = []
         self._loss_sum = torch.zeros(())
@@ -107,6 +113,9 @@ class TabularMLP(L.LightningModule):
         output = self(x)
         if self.task == "regression":
             output = output.squeeze(-1)
+        if self.class_weights is not None:
+            weight = self.class_weights.to(output.device)
+            return nn.functional.cross_entropy(output.float(), y, weight=weight), output
         return self.loss(output.float(), y), output
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -225,7 +234,8 @@ def _monitor_mode(monitor: str, mode: str | None) -> str:
 def train_mlp(params: dict[str, Any], trainer: TrainerSettings, task: Task,
               train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray],
               classes: list[Any] | None, seed: int,
-              extra_callbacks: list[Callback] | None = None) -> MLPResult:
+              extra_callbacks: list[Callback] | None = None,
+              class_weights: list[float] | None = None) -> MLPResult:
     """Train the MLP with Lightning and return the best network (by the checkpoint monitor).
 
     Args:
@@ -237,6 +247,8 @@ def train_mlp(params: dict[str, Any], trainer: TrainerSettings, task: Task,
         classes: class labels in index order (classification).
         seed: seeds torch, numpy and Python's random.
         extra_callbacks: more Lightning callbacks (e.g. Optuna's pruning callback).
+        class_weights: each class's weight in the cross-entropy, in the order of ``classes``
+            (``training.imbalance: class_weight``); None weighs every class alike.
     """
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
@@ -250,7 +262,8 @@ def train_mlp(params: dict[str, Any], trainer: TrainerSettings, task: Task,
         train_y, val_y = (train_y - mean) / scale, (val_y - mean) / scale
     n_outputs = len(classes) if task == "classification" and classes else 1
     module = TabularMLP(train_x.shape[1], n_outputs, list(params["hidden"]), params["dropout"],
-                        params["lr"], params["weight_decay"], task, classes, params["batch_size"])
+                        params["lr"], params["weight_decay"], task, classes, params["batch_size"],
+                        class_weights)
     data = TabularDataModule((train_x, train_y), (val_x, val_y), params["batch_size"], task)
     history = EpochHistory()
     callbacks: list[Callback] = [history, *(extra_callbacks or [])]

@@ -4,7 +4,7 @@ columns (a dict of lists, a pandas or polars frame) without per-row Python loops
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -12,6 +12,9 @@ import numpy as np
 from loopline.data.feature_recipe import FeatureRecipe, passthrough_recipe
 from loopline.spec.sections.training import Task
 from loopline.training.modeling.preprocess import Columns, TabularPreprocessor
+
+#: Training rows kept in a model as its explainer's background sample.
+BACKGROUND_ROWS = 100
 
 
 class Predictor(Protocol):
@@ -85,6 +88,23 @@ class TabularModel:
     classes: list[Any] | None = None
     # A default, so models pickled before the field existed load with None.
     recipe: FeatureRecipe | None = None
+    #: A small sample of the preprocessed training matrix (float32, at most
+    #: :data:`BACKGROUND_ROWS` rows): the reference a background-sample explainer (the MLP's)
+    #: averages over. None for models trained before it was kept. Not compared: an array's ``==``
+    #: has no single truth value.
+    background: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @staticmethod
+    def sample_background(preprocessor: TabularPreprocessor, train: Any, seed: int,
+                          rows: int = BACKGROUND_ROWS) -> np.ndarray:
+        """Up to ``rows`` rows of the train split (a polars or pandas frame, as it was before any
+        resampling), drawn at random with ``seed`` (not the first rows: a time-ordered split
+        would give only the oldest), preprocessed: the value of :attr:`background`.
+        """
+        if len(train) > rows:
+            chosen = np.sort(np.random.default_rng(seed).choice(len(train), rows, replace=False))
+            train = train[chosen] if hasattr(train, "height") else train.iloc[chosen]
+        return np.ascontiguousarray(preprocessor.transform(train), dtype=np.float32)
 
     @property
     def inputs(self) -> FeatureRecipe:

@@ -24,6 +24,7 @@ from loopline.spec.sections.algorithms import LightningMLP
 from loopline.spec.sections.search import IntSearch, LogUniformSearch, UniformSearch
 from loopline.spec.sections.training import COST_OBJECTIVES, Sweep
 from loopline.training.experiments import ExperimentTracker
+from loopline.training.imbalance import imbalance_params
 from loopline.training.modeling.candidates import TrainedCandidate, train_candidate
 from loopline.training.sweep.study import (
     FINISHED,
@@ -114,7 +115,8 @@ class Objective:
         trial.set_user_attr("mlflow_run_id", run_id)
         self.tracker.log_params(run_id, {"algorithm": algorithm.kind, "candidate":
                                          algorithm.candidate_name,
-                                         **{**algorithm.params.model_dump(), **overrides}})
+                                         **{**algorithm.params.model_dump(), **overrides},
+                                         **imbalance_params(spec.training)})
         started = time.perf_counter()
         try:
             candidate = train_candidate(algorithm, spec.training, self.splits,
