@@ -41,6 +41,7 @@ from tasks.monitoring import (
     rollback_champion,
     send_alert,
 )
+from tasks.monitoring_attributions import check_attribution_drift
 from tasks.monitoring_checks import (
     check_output_drift,
     check_quality,
@@ -48,6 +49,7 @@ from tasks.monitoring_checks import (
     output_drift_alerts,
     segment_drift_alerts,
 )
+from tasks.monitoring_fairness import check_fairness
 from tasks.monitoring_reference import load_monitoring_reference
 from tasks.performance_estimates import estimate_performance
 from tasks.spec import load_and_validate_spec
@@ -66,6 +68,8 @@ class MonitorResult(BaseModel):
             ``monitoring.drift.on: inputs``).
         drifted_segments: the segment values whose traffic drifted (``monitoring.segment``).
         drifted_outputs: ``prediction``, ``score`` or ``label``, where they drifted.
+        drifted_attributions: the features whose mean absolute attribution drifted
+            (``monitoring.drift.attributions``).
         quality_breaches: the data-quality limits the window breached, one line each.
         alerts: the alerts raised (sent, or suppressed by the cooldown).
         events: the Prefect events emitted, by name, with their ids.
@@ -79,6 +83,7 @@ class MonitorResult(BaseModel):
     drifted_features: list[str] = Field(default_factory=list)
     drifted_segments: list[str] = Field(default_factory=list)
     drifted_outputs: list[str] = Field(default_factory=list)
+    drifted_attributions: list[str] = Field(default_factory=list)
     quality_breaches: list[str] = Field(default_factory=list)
     alerts: list[str] = Field(default_factory=list)
     events: dict[str, str | None] = Field(default_factory=dict)
@@ -110,13 +115,17 @@ def monitor(spec_path: str = "configs/demo.yaml", window: str | None = None,
            little data gives no verdict.
         3. Test the model's served outputs against its outputs on the reference, and the labels
            that arrived against the training labels (``drift.prediction``, ``drift.label``).
+           With ``monitoring.drift.attributions``: each feature's mean absolute attribution
+           (the champion's explainer) on samples of the reference and of the window, compared.
         4. With ``monitoring.quality``: nulls, values outside the training range and unseen
            categories per feature (and segment).
         5. With ``monitoring.performance``: estimate a classifier's metrics per window from its
            calibrated probabilities (CBPE), compute the realized metrics on labelled traffic,
            store both series; a metric past its bound (realized, or ``estimated_...``) raises a
            performance alert and the rule's action follows: ``retrain`` emits the event that
-           starts retraining, ``rollback`` makes the previous champion champion again.
+           starts retraining, ``rollback`` makes the previous champion champion again. With
+           ``gates.fairness``: its per-group metrics on labelled traffic (artifact
+           ``<model>-fairness``), alerting when a bound breaks (``monitor: alert``).
         6. Publish the report (markdown artifact ``<model>-drift`` with drift share and
            estimated vs realized performance over time as pictures, logged beside Evidently's
            report in the MLflow run); send every alert to every channel (identical alerts within
@@ -145,7 +154,7 @@ def monitor(spec_path: str = "configs/demo.yaml", window: str | None = None,
         result.drifted_features = report.drifted_features
         alerts += [alert for alert in [drift_alert(report, spec.name)] if alert is not None]
     labelled = load_labelled(spec, logged, since) if logged is not None else None
-    segments, outputs, quality = {}, None, None
+    segments, outputs, quality, attributions = {}, None, None, None
     if reference is not None:
         segments = check_segment_drift(spec, reference, current)
         result.drifted_segments = [key for key, seg in segments.items() if seg.dataset_drift]
@@ -153,6 +162,8 @@ def monitor(spec_path: str = "configs/demo.yaml", window: str | None = None,
             outputs = check_output_drift(spec, reference, logged, labelled)
             result.drifted_outputs = [] if outputs is None else outputs.drifted_features
         quality, quality_alerts = check_quality(spec, reference, current)
+        attributions = check_attribution_drift(spec, champion, reference, current)
+        result.drifted_attributions = [] if attributions is None else attributions.drifted_features
         result.quality_breaches = [] if quality is None else [b.describe() for b in quality.breaches]
         alerts += segment_drift_alerts(spec, segments) + output_drift_alerts(spec, outputs) + quality_alerts
     drift_payload = drift_event_payload(report, alerts, current.height, champion.version)
@@ -171,7 +182,8 @@ def monitor(spec_path: str = "configs/demo.yaml", window: str | None = None,
         reason = rollback_reason(performance.alerts)
         if reason is not None:
             result.rolled_back_to = rollback_champion(spec, reason)
-    publish_monitor_report(spec, drift, segments, outputs, quality, performance)
+    alerts += check_fairness(spec, labelled, reference.classes if reference is not None else None)
+    publish_monitor_report(spec, drift, segments, outputs, quality, performance, attributions)
     for alert in alerts:
         send_alert(spec, alert)
     result.alerts = [alert.title for alert in alerts]

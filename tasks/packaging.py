@@ -24,6 +24,7 @@ from loopline.release.records import CHALLENGER, ModelVersionInfo
 from loopline.release.registry import ModelRegistry
 from loopline.serving.bento_config import CONFIG_FILE, BentoConfig, ServedVersion
 from loopline.serving.live_state import live_state_location
+from loopline.serving.log_privacy import LogProtection, LogProtector, log_protection
 from loopline.serving.model_inputs import merged_inputs
 from loopline.spec.model import Spec
 from loopline.state import state_paths
@@ -120,12 +121,21 @@ def feature_ranges(spec: Spec, feature_names: list[str]) -> dict[str, tuple[floa
             if bounds is not None}
 
 
-def warmup_records(spec: Spec, champion: ModelVersionInfo, model: TabularModel, rows: int = 4
-                   ) -> list[dict[str, Any]]:
+#: What a hashed column of another dtype than text holds in a warm-up record (a digest is text,
+#: which the request schema of such a column refuses; any valid value warms a model up).
+_NEUTRAL: dict[str, Any] = {"bool": False, "float32": 0.0, "float64": 0.0}
+
+
+def warmup_records(spec: Spec, champion: ModelVersionInfo, model: TabularModel, rows: int = 4,
+                   privacy: LogProtection | None = None) -> list[dict[str, Any]]:
     """A few raw records a newly loaded version must answer before a service swaps it in: the
     source's first rows (for a model without a recipe, whose raw record is its features, the
     rows of the feature set it was trained on). Empty when they cannot be read here (the
     service then warms up with the first record it answers).
+
+    They are baked into the Bento, so with ``data.privacy`` they are protected as the
+    prediction log protects raw records (``privacy``): hashed, masked; a hashed column that is
+    not text holds a neutral value of its dtype instead of the digest.
     """
     columns = model.inputs.input_names
     try:
@@ -141,7 +151,16 @@ def warmup_records(spec: Spec, champion: ModelVersionInfo, model: TabularModel, 
         get_run_logger().warning("no warm-up records for the Bento: the rows of %s cannot be "
                                  "read here", spec.name)
         return []
-    return list(frame.iter_rows(named=True))
+    records = list(frame.iter_rows(named=True))
+    if privacy is None:
+        return records
+    protect = LogProtector(privacy)
+    dtypes = model.inputs.input_dtypes
+    hashed = [column for column, action in privacy.inputs.actions.items()
+              if action == "hash" and dtypes.get(column, "string") != "string"]
+    return [{**protect.inputs(record),
+             **{column: _NEUTRAL.get(dtypes[column], 0) for column in hashed if column in record}}
+            for record in records]
 
 
 @loopline_task(name="build-bento")
@@ -175,6 +194,8 @@ def build_bento(spec: Spec) -> str:
         except ValueError as exc:
             raise PackagingError(f"the champion v{champion.version} and the challenger cannot be "
                                  f"served by one Bento: {exc}") from exc
+        privacy = log_protection(spec.data.privacy, [model.inputs for model in models],
+                                 {column.name: column.dtype for column in inputs})
         config = BentoConfig(
             model_name=spec.name, champion=_import(spec, champion, tabular),
             challenger=None if challenger is None else _import(spec, challenger, models[1]),
@@ -182,6 +203,7 @@ def build_bento(spec: Spec) -> str:
             feature_dtypes=tabular.feature_dtypes,
             feature_ranges=feature_ranges(spec, tabular.feature_names), inputs=inputs,
             entity_id=spec.data.entity_id, classes=tabular.classes, workers=spec.serving.workers,
+            sensitive=list(spec.gates.fairness.sensitive) if spec.gates.fairness else [],
             routing=spec.serving.routing, auth=spec.serving.auth, max_batch=spec.serving.max_batch,
             max_body_mb=spec.serving.max_body_mb, signing_public_key=built_with_key(),
             batching=spec.serving.batching, tracing=spec.serving.tracing,
@@ -189,7 +211,7 @@ def build_bento(spec: Spec) -> str:
             prediction_log_uri=prediction_log_uri(spec),
             prediction_log=spec.serving.prediction_log, tracking_uri=mlflow.get_tracking_uri(),
             follow=spec.serving.follow,
-            warmup_records=warmup_records(spec, champion, tabular),
+            warmup_records=warmup_records(spec, champion, tabular, privacy=privacy), privacy=privacy,
             notifications=spec.notifications,
         )
         with tempfile.TemporaryDirectory(prefix="loopline-bento-") as workdir:

@@ -20,7 +20,7 @@ counted as stale and left out.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -95,15 +95,16 @@ def labelled_answers(joined: pl.DataFrame, model_name: str | None = None) -> pl.
         model_name: keep only this model's answers.
 
     Returns:
-        Columns request_id, timestamp, model_version, label, features, sorted by timestamp and
-        request id.
+        Columns request_id, timestamp, model_version, label, features (and inputs, the raw
+        records, where ``joined`` has them), sorted by timestamp and request id.
     """
     frame = joined if model_name is None else joined.filter(pl.col("model_name") == model_name)
     received = frame.filter(~pl.col("shadow").fill_null(False) & pl.col("error").is_null()
                             & pl.col("label").is_not_null())
     latest = (received.sort(["request_id", "timestamp"], maintain_order=True)
               .unique("request_id", keep="last", maintain_order=True))
-    return latest.sort(["timestamp", "request_id"]).select(ANSWER_COLUMNS)
+    extra = ["inputs"] if "inputs" in latest.columns else []
+    return latest.sort(["timestamp", "request_id"]).select(*ANSWER_COLUMNS, *extra)
 
 
 def current_answers(traffic: ServedTraffic, definitions: Mapping[str, str]
@@ -118,10 +119,13 @@ def current_answers(traffic: ServedTraffic, definitions: Mapping[str, str]
     return kept, traffic.answers.height - kept.height
 
 
-def production_frame(answers: pl.DataFrame, data: DataSpec, schema: Mapping[str, pl.DataType]
-                     ) -> pl.DataFrame:
+def production_frame(answers: pl.DataFrame, data: DataSpec, schema: Mapping[str, pl.DataType],
+                     sensitive: Sequence[str] = ()) -> pl.DataFrame:
     """``answers`` as rows of the feature frame whose columns and dtypes are ``schema`` (the
-    entity id, where the spec has one, null).
+    entity id, where the spec has one, null). The ``sensitive`` columns (``gates.fairness``'s,
+    carried beside the features) come from the raw records the callers sent with them (the
+    answers' ``inputs``), null where a request did not carry one or carried a value of
+    another type: they slice rows, they are never a reason to refuse one.
 
     Raises:
         ProductionDataError: a label or served value does not convert to its column's dtype
@@ -134,6 +138,9 @@ def production_frame(answers: pl.DataFrame, data: DataSpec, schema: Mapping[str,
     struct = answers["features"]
     served = ({field.name: struct.struct.field(field.name) for field in struct.dtype.fields}
               if isinstance(struct.dtype, pl.Struct) else {})
+    raw = answers["inputs"] if "inputs" in answers.columns else None
+    sent = ({field.name: raw.struct.field(field.name) for field in raw.dtype.fields}
+            if raw is not None and isinstance(raw.dtype, pl.Struct) else {})
     columns: list[pl.Series] = []
     for name, dtype in schema.items():
         if name == data.entity_id:
@@ -143,6 +150,10 @@ def production_frame(answers: pl.DataFrame, data: DataSpec, schema: Mapping[str,
         elif name == data.target:
             columns.append(conform(answers["label"], dtype, f"labels of `{name}`",
                                    request_ids).alias(name))
+        elif name in sensitive and name not in served:
+            values = sent.get(name)
+            columns.append(pl.Series(name, [None] * answers.height, dtype=dtype) if values is None
+                           else values.cast(dtype, strict=False).alias(name))
         elif name in served:
             columns.append(conform(served[name], dtype, f"served values of `{name}`",
                                    request_ids).alias(name))
@@ -208,9 +219,12 @@ def rows_fingerprint(rows: pl.DataFrame) -> str:
 
 
 def production_batch(answers: pl.DataFrame, stale: int, data: DataSpec,
-                     schema: Mapping[str, pl.DataType], log: str) -> ProductionBatch:
-    """The rows to join and their summary, from the answers that may join."""
-    rows = production_frame(answers, data, schema)
+                     schema: Mapping[str, pl.DataType], log: str,
+                     sensitive: Sequence[str] = ()) -> ProductionBatch:
+    """The rows to join and their summary, from the answers that may join (``sensitive``: as
+    :func:`production_frame`).
+    """
+    rows = production_frame(answers, data, schema, sensitive)
     served = answers["timestamp"]
     summary = ProductionRows(
         log=log, rows=rows.height, stale_rows=stale,

@@ -56,6 +56,11 @@ def source_problems(spec: Spec) -> list[SpecProblem]:
                 path = f"features[{index}].passthrough[{j}]" + ("" if isinstance(item, str)
                                                                  else ".column")
                 problems.append(_missing_column(path, "passthrough", column, columns))
+    fairness = spec.gates.fairness
+    for index, column in enumerate(fairness.sensitive if fairness else []):
+        if column not in schema:
+            problems.append(_missing_column(f"gates.fairness.sensitive[{index}]", "sensitive",
+                                            column, columns))
     try:
         sample = scan_source(data).head(SAMPLE_ROWS).collect()
     except (pl.exceptions.PolarsError, OSError) as exc:
@@ -72,7 +77,26 @@ def source_problems(spec: Spec) -> list[SpecProblem]:
     for index, feature in enumerate(spec.features):
         if isinstance(feature, ComputedFeature):
             problems += _feature_problems(f"features[{index}]", feature, sample, columns)
-    return problems
+    return problems + _positive_label_problems(spec, sample)
+
+
+def _positive_label_problems(spec: Spec, sample: pl.DataFrame) -> list[SpecProblem]:
+    """``gates.fairness`` needs a ``positive_label`` for its rates when the target has more
+    than two classes (already in the sample's rows).
+    """
+    fairness, target = spec.gates.fairness, spec.data.target
+    rates = {"selection_rate", "true_positive_rate", "false_positive_rate"}
+    if (fairness is None or fairness.positive_label is not None or target not in sample.columns
+            or spec.training.task != "classification"
+            or not rates & set(fairness.metrics_for("classification"))):
+        return []
+    classes = sample[target].drop_nulls().n_unique()
+    if classes <= 2:
+        return []
+    return [SpecProblem("gates.fairness", f"the target `{target}` has {classes} classes; the "
+                        "selection and true/false positive rates need to know which is positive",
+                        "set `positive_label` (the favourable class), or report only "
+                        "`metrics: [accuracy]`")]
 
 
 def _feature_problems(path: str, feature: ComputedFeature, sample: pl.DataFrame,

@@ -81,7 +81,7 @@ def performance_series(joined: pl.DataFrame, task: Task, metrics: list[str], win
     keys = list(SERIES_KEYS)
     counts = frame.group_by(keys).agg(n_predictions=pl.len().cast(pl.Int64),
                                       n_labelled=pl.col("_labelled").sum().cast(pl.Int64))
-    labelled = _comparable(frame.filter(pl.col("_labelled")), task)
+    labelled = comparable_labels(frame.filter(pl.col("_labelled")), task)
     if task == "classification" and classes is None:
         seen = set(labelled["label"].to_list()) | set(labelled["prediction"].to_list())
         classes = sorted(seen)
@@ -97,8 +97,10 @@ def performance_series(joined: pl.DataFrame, task: Task, metrics: list[str], win
             .sort(keys))
 
 
-def _comparable(labelled: pl.DataFrame, task: Task) -> pl.DataFrame:
-    """Labels and predictions of one type (floats for regression; for classes, a shared type)."""
+def comparable_labels(labelled: pl.DataFrame, task: Task) -> pl.DataFrame:
+    """``label`` and ``prediction`` of one type (floats for regression; for classes, a shared
+    type: feedback may post ``1`` where the model answered ``1.0``, or text).
+    """
     if task == "regression":
         return labelled.with_columns(pl.col("label", "prediction").cast(pl.Float64))
     label, prediction = labelled.schema["label"], labelled.schema["prediction"]

@@ -11,6 +11,8 @@ import numpy as np
 
 from loopline.release.gates import GateCheck
 
+#: The table's title (a model card shows the table under it as a section of its own).
+RECALL_TITLE = "Recall per class (test split)"
 #: Classes the table shows at most (a decision is kept in an MLflow tag with a size limit);
 #: every class with a floor still gets its check.
 TABLE_ROWS = 50
@@ -70,7 +72,7 @@ def class_recall_checks(min_class_recall: float | Mapping[str, float] | None,
         result = "—" if floor is None else ("pass" if passed else "FAIL")
         required = "—" if floor is None else f">= {floor:g}"
         rows.append(f"| {text} | {support} | {shown} | {required} | {result} |")
-    lines = ["### Recall per class (test split)", "",
+    lines = [f"### {RECALL_TITLE}", "",
              "| class | test rows | recall | required | result |", "|---|---|---|---|---|",
              *rows[:TABLE_ROWS]]
     if len(rows) > TABLE_ROWS:

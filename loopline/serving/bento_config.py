@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loopline.data.feature_recipe import RecipeInput, passthrough_recipe
+from loopline.naming import REQUEST_ID
+from loopline.serving.log_privacy import LogProtection
 from loopline.spec.sections.access import AuthSpec
 from loopline.spec.sections.operations import Notification
 from loopline.spec.sections.release import (
@@ -62,6 +64,12 @@ class BentoConfig(BaseModel):
         entity_id: the entity id column, accepted in requests (for sticky routing); None when
             the spec names none (its rows' identity is their position in the source, which no
             request carries), and then requests have no such field.
+        sensitive: the columns ``gates.fairness`` slices traffic by: a request may carry them
+            (optional, never given to the model) beside its raw record, and the prediction log
+            keeps them with the record's inputs, so the monitor can compare groups.
+        privacy: what ``data.privacy`` does to a record before it is logged (hashed, masked
+            columns; text inputs and features masked where personal data is found); None
+            without ``data.privacy``.
         live_state: where the live routing state is shared (a SQLite file, or a PostgreSQL
             URL; ``LOOPLINE_SERVING_STATE`` where the service runs overrides it).
         prediction_log_uri: the folder predictions and feedback are appended to.
@@ -94,6 +102,8 @@ class BentoConfig(BaseModel):
     feature_ranges: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
     inputs: tuple[RecipeInput, ...] = ()
     entity_id: str | None = None
+    sensitive: list[str] = Field(default_factory=list)
+    privacy: LogProtection | None = None
     classes: list[Any] | None = None
     workers: int | Literal["auto"] = 1
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
@@ -125,8 +135,12 @@ class BentoConfig(BaseModel):
 
     @property
     def input_names(self) -> list[str]:
-        """The raw columns ``/predict`` takes."""
-        return [column.name for column in self.inputs]
+        """The raw columns ``/predict`` takes and the prediction log keeps: the features'
+        source columns, then the sensitive columns that are not among them.
+        """
+        names = [column.name for column in self.inputs]
+        # A request's own id is never a column (the spec's checks refuse a feature of its name).
+        return names + [name for name in self.sensitive if name not in names and name != REQUEST_ID]
 
 
 class PredictResponse(BaseModel):

@@ -85,10 +85,17 @@ def _strict_model(name: str, columns: dict[str, tuple[Any, Any]]) -> type[BaseMo
                                                     serialize_by_alias=True), **fields)
 
 
-def _envelope(config: BentoConfig, columns: dict[str, tuple[Any, Any]], name: str
-              ) -> type[BaseModel]:
+#: A sensitive column's value in a request: any JSON scalar (its groups are its values as text).
+_SENSITIVE_VALUE: Any = (bool | int | Annotated[float, _FINITE] | Annotated[str, Field(max_length=200)]
+                         | None)
+
+
+def _envelope(config: BentoConfig, columns: dict[str, tuple[Any, Any]], name: str,
+              sensitive: bool = False) -> type[BaseModel]:
     """A strict model of ``columns`` plus an optional ``request_id`` and, when the spec names
-    one, an optional entity id (for sticky routing).
+    one, an optional entity id (for sticky routing); with ``sensitive``, the spec's sensitive
+    columns (``gates.fairness``) that are not among ``columns``, optional (logged with the raw
+    record for the monitor's per-group metrics, never given to the model).
 
     Raises:
         ValueError: a column is called ``request_id`` (the spec refuses such a feature; a
@@ -100,6 +107,9 @@ def _envelope(config: BentoConfig, columns: dict[str, tuple[Any, Any]], name: st
     if config.entity_id and config.entity_id not in columns and config.entity_id != REQUEST_ID:
         columns = {**columns,
                    config.entity_id: (int | Annotated[str, Field(max_length=200)] | None, None)}
+    if sensitive:
+        columns = {**columns, **{column: (_SENSITIVE_VALUE, None) for column in config.sensitive
+                                 if column not in columns and column != REQUEST_ID}}
     return _strict_model(name, columns)
 
 
@@ -111,10 +121,10 @@ def _input_field(column: RecipeInput) -> tuple[Any, Any]:
 
 def raw_request_model(config: BentoConfig) -> type[BaseModel]:
     """One raw record: every source column the served features read (nullable unless the
-    spec's data checks want it complete).
+    spec's data checks want it complete), and the sensitive columns (optional).
     """
     return _envelope(config, {column.name: _input_field(column) for column in config.inputs},
-                     "PredictRequest")
+                     "PredictRequest", sensitive=True)
 
 
 def features_request_model(config: BentoConfig) -> type[BaseModel]:
