@@ -336,3 +336,28 @@ class ModelNotSigned(SignatureInvalid):
     was removed): it is not loaded. Sign it with ``loopline sign MODEL VERSION`` if its files are
     trusted.
     """
+
+
+class PersonalDataFound(DataValidationFailed):
+    """Detection found personal data in a source column whose ``data.privacy`` action is
+    ``refuse``: the batch was quarantined, as a failed data check's is.
+
+    Attributes:
+        report: the refusal as data checks (one failed ``personal_data`` check per column).
+        quarantine_uri: where the batch and its report were written.
+        columns: the refused columns, each with the entity types found and their shares.
+    """
+
+    def __init__(self, message: str, report: object, quarantine_uri: str | None,
+                 columns: dict[str, dict[str, float]]) -> None:
+        super().__init__(message, report, quarantine_uri)
+        self.columns = columns
+
+
+class PrivacyKeyMissing(LooplineError):
+    """The key of ``data.privacy``'s ``hash`` action cannot be read (not set, unreadable, too
+    short), or is not the key a feature set or model was hashed with. Never replaced by a
+    default: the message says how to create it.
+    """
+
+    http_status = 500

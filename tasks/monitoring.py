@@ -15,6 +15,7 @@ import polars as pl
 from prefect.events import emit_event
 from prefect.logging import get_run_logger
 
+from loopline.data.privacy.protect import protect_frame
 from loopline.data.sources import scan_source
 from loopline.errors import InsufficientData, ModelNotFound
 from loopline.monitoring.alerting.alert import Alert, Delivery
@@ -47,7 +48,7 @@ from loopline.spec.sections.base import parse_duration
 from loopline.spec.sections.operations import ESTIMABLE_METRICS, ESTIMATED_PREFIX
 from loopline.state import state_paths
 from loopline.training.tracking import experiment_tracker, run_url
-from tasks.features import read_secret
+from tasks.features import open_store, raw_rows_protection, read_secret
 from tasks.options import loopline_task
 from tasks.registry import flow_actor
 from tasks.serving import prediction_log
@@ -97,20 +98,34 @@ def load_input_sides(spec: Spec, logged: pl.DataFrame | None, current_uri: str |
     """For ``monitoring.drift.on: inputs``: the champion, the data source's rows (the reference)
     and the raw records the clients sent in ``logged`` (answers they got, logged with inputs), or
     the source rows at ``current_uri``, both on the source columns the window holds (never the
-    target, entity id or event time).
+    target, entity id or event time). With ``data.privacy`` the source's rows (and those at
+    ``current_uri``) are protected as the prediction log protects raw records, so the two
+    sides compare alike and no personal data reaches the drift report.
 
     Raises:
         ModelNotFound: the model has no champion, or the champion has no lineage.
         DataSourceError: the spec's data source cannot be read.
+        PrivacyKeyMissing: a column is hashed and the key cannot be read.
     """
     champion = _monitored_champion(spec)
+    source = scan_source(spec.data)
+    protection = None
+    if spec.data.privacy is not None:
+        lineage = champion.lineage
+        assert lineage is not None
+        manifest = open_store(None).manifest(lineage.feature_set, lineage.feature_set_version)
+        protection = raw_rows_protection(spec, manifest, source.collect_schema())
     if current_uri is not None:
         window = (pl.read_csv(current_uri, try_parse_dates=True) if current_uri.endswith(".csv")
                   else pl.read_parquet(current_uri))
+        if protection is not None:
+            window = protect_frame(window, *protection)
     else:
         assert logged is not None
         window = logged_inputs(logged)
-    reference, current = source_sides(scan_source(spec.data), window, spec.data)
+    if protection is not None:
+        source = protect_frame(source, *protection)
+    reference, current = source_sides(source, window, spec.data)
     logger = get_run_logger()
     logger.info("reference: the source %s, %d rows x %d input columns; current: %d rows with inputs",
                 spec.data.source, reference.height, reference.width, current.height)

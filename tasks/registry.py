@@ -23,9 +23,11 @@ from tasks.options import loopline_task
 from tasks.training import CandidateRun
 
 
-def model_card_for(spec: Spec, manifest: FeatureSetManifest, test_metrics: dict[str, float]
-                   ) -> ModelCard:
-    """The spec's card, completed with the training data and the test metrics."""
+def model_card_for(spec: Spec, manifest: FeatureSetManifest, test_metrics: dict[str, float],
+                   sections: dict[str, str] | None = None) -> ModelCard:
+    """The spec's card, completed with the training data, the test metrics and ``sections``
+    (title to Markdown, e.g. the evaluation's fairness table and feature importance).
+    """
     card = spec.gates.model_card
     span = manifest.time_range
     covered = f", observed {span[0]} to {span[1]}" if span else ""
@@ -41,7 +43,9 @@ def model_card_for(spec: Spec, manifest: FeatureSetManifest, test_metrics: dict[
                      training_data=training_data, performance=test_metrics,
                      limitations=card.limitations,
                      ethical_considerations=card.ethical_considerations, approved=card.approved,
-                     approved_by=card.approved_by)
+                     approved_by=card.approved_by, sections={**(sections or {}), **(
+                         {"Personal data": manifest.privacy.render_markdown()}
+                         if manifest.privacy is not None else {})})
 
 
 def flow_actor() -> str:
@@ -69,7 +73,7 @@ def register_candidate(spec: Spec, manifest: FeatureSetManifest, best: Candidate
         code_version=code_version(), spec_hash=spec.content_hash(), trigger=trigger,
         training_settings=training_settings_hash(spec),
     )
-    card = model_card_for(spec, manifest, evaluation.test_metrics)
+    card = model_card_for(spec, manifest, evaluation.test_metrics, evaluation.card_sections)
     registry = ModelRegistry()
     version = registry.register_model(registered_model_name(spec.name), model_uri, card, lineage,
                                       run_id=best.run_id)

@@ -10,6 +10,13 @@ Python to exactly what the source's dtype holds), many records
 (a strict cast that would overflow, text that is not a number) raises
 :class:`~loopline.errors.InvalidFeatureValue` naming the feature, its expression and the columns
 it reads.
+
+A recipe whose feature set applied ``data.privacy`` actions (:attr:`FeatureRecipe.privacy`)
+has them applied to every raw input first (the same hash, under the same key, and the same
+mask), so a raw record's features are exactly those the feature set holds for it. The key is
+read once, when the recipe is compiled (:func:`~loopline.data.privacy.keys.checked_key`: the
+environment variable or the installed secret reader), and must be the key the feature set was
+hashed with.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from loopline.data.feature_recipe import (
     passthrough_column,
 )
 from loopline.data.features import feature_expression, polars_dtype
+from loopline.data.privacy.keys import checked_key
+from loopline.data.privacy.protect import RecordProtector, protect_expressions, protect_frame
 from loopline.data.python_expressions import compile_feature
 from loopline.errors import InvalidFeatureValue
 from loopline.spec.sections.data import ComputedFeature
@@ -73,7 +82,16 @@ class FeatureComputer:
         self.recipe = recipe
         self.input_names = recipe.input_names
         self.feature_names = recipe.feature_names
-        self._dtypes = {column.name: polars_dtype(column.dtype) for column in recipe.inputs}
+        # The inputs' privacy actions, applied to raw values before anything is computed; the
+        # features then read the protected values (a hashed column as text).
+        self._privacy = recipe.privacy
+        self._key = (checked_key(recipe.privacy.key, recipe.privacy.key_id,
+                                 f"feature set {recipe.feature_set} v{recipe.feature_set_version}")
+                     if recipe.privacy is not None and recipe.privacy.key is not None else None)
+        self._protect = (RecordProtector(recipe.privacy, self._key)
+                         if recipe.privacy is not None else None)
+        dtypes = recipe.computed_dtypes
+        self._dtypes = {name: polars_dtype(dtype) for name, dtype in dtypes.items()}
         self._features = list(zip(recipe.features, map(_expression, recipe.features), strict=True))
         self._expressions = [expression for _, expression in self._features]
         # One record: passthrough values are converted in Python (exactly as polars would hold
@@ -81,15 +99,13 @@ class FeatureComputer:
         self._computed = [(f, e) for f, e in self._features if f.kind == "computed"]
         # The computed features plain Python gives exactly (python_expressions' subset), and
         # the rest, for which polars builds a one-row frame.
-        dtypes = recipe.input_dtypes
         compiled = {f.name: compile_feature(f.expr, f.dtype, dtypes) for f, _ in self._computed}
         self._in_python = [(name, node) for name, node in compiled.items() if node is not None]
         self._in_polars = [(f, e) for f, e in self._computed if compiled[f.name] is None]
         # The columns each group reads, parsed once here rather than on every request.
         self._computed_reads = _reads(self._computed)
         self._in_polars_reads = _reads(self._in_polars)
-        self._exact = {column.name: _PYTHON_EXACT.get(column.dtype, _same)
-                       for column in recipe.inputs}
+        self._exact = {name: _PYTHON_EXACT.get(dtype, _same) for name, dtype in dtypes.items()}
         # Per feature, in order: (name, the source column a passthrough feature reads, as a
         # raw record names it, and its conversion); (name, None, _same) for a computed one.
         self._order: list[tuple[str, str | None, Callable[[Any], Any]]] = []
@@ -110,6 +126,8 @@ class FeatureComputer:
         Raises:
             InvalidFeatureValue: a feature's expression fails on the record.
         """
+        if self._protect is not None:
+            record = self._protect(record)
         try:
             computed = {name: node(record) for name, node in self._in_python}
         except (ValueError, TypeError, OverflowError):
@@ -140,6 +158,8 @@ class FeatureComputer:
         Raises:
             InvalidFeatureValue: a feature's expression fails on one of them.
         """
+        if self._protect is not None:
+            records = [self._protect(record) for record in records]
         return self._select(self._frame(
             {name: [record[name] for record in records] for name in self.input_names}),
             self._features)
@@ -150,11 +170,22 @@ class FeatureComputer:
         Raises:
             InvalidFeatureValue: a feature's expression fails on one of the rows.
         """
-        return self._select(rows, self._features)
+        return self._select(protect_frame(rows, self._privacy, self._key), self._features)
 
     def lazy(self, rows: pl.LazyFrame, keep: Sequence[str] = ()) -> pl.LazyFrame:
-        """The features of lazy raw rows, after the columns ``keep`` (an id, say)."""
-        return rows.select([pl.col(name) for name in keep] + self._expressions)
+        """The features of lazy raw rows, after the columns ``keep`` (an id, say: kept as the
+        rows hold it, even when the features read it protected).
+        """
+        if self._privacy is None:
+            return rows.select([pl.col(name) for name in keep] + self._expressions)
+        kept = [f"__loopline_keep_{index}" for index in range(len(keep))]
+        protected = protect_expressions(self._privacy, self._key)
+        return rows.select(
+            [pl.col(name).alias(alias) for name, alias in zip(keep, kept, strict=True)]
+            + [pl.col(name) for name in self.input_names if name not in self._privacy.actions]
+            + protected
+        ).select([pl.col(alias).alias(name) for name, alias in zip(keep, kept, strict=True)]
+                 + self._expressions)
 
     def _frame(self, columns: Mapping[str, list[Any]]) -> pl.DataFrame:
         """Raw values as a frame of the inputs' source dtypes (the request schema admits only

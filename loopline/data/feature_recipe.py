@@ -12,12 +12,13 @@ current there.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 from loopline.data.features import dtype_name
+from loopline.data.privacy.actions import Protection
 from loopline.spec.sections.data import DataValidation
 from loopline.spec.sections.passthrough import quoted_identifier
 
@@ -75,8 +76,13 @@ class FeatureRecipe(BaseModel):
         feature_set: the feature set (the spec's name).
         feature_set_version: the version the model was trained on; None for a recipe that only
             passes feature values through (a model trained before recipes existed).
-        inputs: the source columns the features read, in the order the features first read them.
+        inputs: the source columns the features read, in the order the features first read them
+            (with their dtypes in the source: what a raw record carries).
         features: the features, in the model's input order.
+        privacy: the ``data.privacy`` actions (``hash``, ``mask``) materialization applied to
+            the inputs before computing the features: whoever computes them from a raw record
+            applies them first (:class:`~loopline.data.feature_computer.FeatureComputer`).
+            None when none applied (and in recipes recorded before it existed).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -85,6 +91,12 @@ class FeatureRecipe(BaseModel):
     feature_set_version: int | None
     inputs: tuple[RecipeInput, ...]
     features: tuple[RecipeFeature, ...]
+    privacy: Protection | None = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A recipe pickled (inside a model) before a field existed loads with its default.
+        state["__dict__"] = {"privacy": None, **state["__dict__"]}
+        super().__setstate__(state)
 
     @property
     def input_names(self) -> list[str]:
@@ -95,6 +107,15 @@ class FeatureRecipe(BaseModel):
     def input_dtypes(self) -> dict[str, str]:
         """``{column: dtype}`` of the inputs."""
         return {column.name: column.dtype for column in self.inputs}
+
+    @property
+    def computed_dtypes(self) -> dict[str, str]:
+        """``{column: dtype}`` of the inputs as the features read them: a hashed or masked
+        column is text (whatever a raw record carries).
+        """
+        actions = self.privacy.actions if self.privacy is not None else {}
+        return {column.name: "string" if column.name in actions else column.dtype
+                for column in self.inputs}
 
     @property
     def feature_names(self) -> list[str]:
@@ -108,10 +129,12 @@ class FeatureRecipe(BaseModel):
 
     @property
     def is_passthrough(self) -> bool:
-        """Whether the raw record is the features themselves (nothing to compute)."""
-        return all(feature.kind == "passthrough" and feature.expr == feature.name
-                   for feature in self.features) and (
-            self.input_dtypes == self.feature_dtypes)
+        """Whether the raw record is the features themselves (nothing to compute, nothing to
+        protect).
+        """
+        return self.privacy is None and all(
+            feature.kind == "passthrough" and feature.expr == feature.name
+            for feature in self.features) and self.input_dtypes == self.feature_dtypes
 
 
 def column_expression(column: str) -> str:
@@ -143,8 +166,8 @@ def columns_read(expr: str) -> list[str]:
 
 
 def build_recipe(feature_set: str, version: int, features: Iterable[RecipeFeature],
-                 source_dtypes: Mapping[str, str], validation: DataValidation | None
-                 ) -> FeatureRecipe:
+                 source_dtypes: Mapping[str, str], validation: DataValidation | None,
+                 privacy: Protection | None = None) -> FeatureRecipe:
     """The recipe of a feature set version.
 
     Args:
@@ -154,6 +177,8 @@ def build_recipe(feature_set: str, version: int, features: Iterable[RecipeFeatur
         source_dtypes: the source's column dtypes (at least the columns the features read).
         validation: the spec's data checks: their ranges bound the inputs, a completeness of 1
             makes an input non-nullable.
+        privacy: the actions materialization applied to the source (kept for the columns the
+            features read; a dropped column is never read).
 
     Raises:
         KeyError: a feature reads a column ``source_dtypes`` lacks.
@@ -169,8 +194,10 @@ def build_recipe(feature_set: str, version: int, features: Iterable[RecipeFeatur
         low, high = ranges.get(column, (None, None))
         inputs.append(RecipeInput(name=column, dtype=source_dtypes[column], low=low, high=high,
                                   nullable=complete.get(column, 0.0) < 1.0))
+    protection = privacy.restricted(read) if privacy is not None else None
     return FeatureRecipe(feature_set=feature_set, feature_set_version=version,
-                         inputs=tuple(inputs), features=features)
+                         inputs=tuple(inputs), features=features,
+                         privacy=protection if protection and protection.actions else None)
 
 
 def passthrough_recipe(feature_set: str, feature_dtypes: Mapping[str, str]) -> FeatureRecipe:

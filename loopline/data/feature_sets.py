@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from loopline.data.parquet_parts import sink_parts
+from loopline.data.privacy.actions import PrivacyRecord
 from loopline.data.production import ProductionRows
 from loopline.data.validation import ValidationReport
 from loopline.errors import FeatureSetNotFound
@@ -57,7 +58,8 @@ class FeatureSetManifest(BaseModel):
     then names the rows' identity column (:data:`~loopline.spec.sections.data.ROW_ID`; None
     where there is an entity id, and in versions written before it existed). ``sensitive`` are
     the columns ``gates.fairness`` slices the rows by (carried as columns of the set when they
-    are not features already).
+    are not features already). ``privacy`` is what ``data.privacy`` found in the source and did
+    (per column: entities, shares, action; None without ``data.privacy``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -84,6 +86,7 @@ class FeatureSetManifest(BaseModel):
     production: ProductionRows | None = None
     source_columns: dict[str, str] | None = None
     sensitive: list[str] = []
+    privacy: PrivacyRecord | None = None
 
     @property
     def feature_names(self) -> list[str]:

@@ -37,6 +37,10 @@ from loopline.data.feature_recipe import (
 from loopline.data.feature_sets import FeatureRef, FeatureSetManifest, FeatureSets
 from loopline.data.features import dtype_name, sensitive_columns, source_frame, with_row_identity
 from loopline.data.point_in_time import point_in_time_join
+from loopline.data.privacy.actions import PrivacyRecord, plan_privacy
+from loopline.data.privacy.keys import key_id
+from loopline.data.privacy.protect import protect_frame, protected_schema
+from loopline.data.privacy.scanner import scan_frame
 from loopline.data.production import (
     ProductionBatch,
     ProductionRows,
@@ -52,6 +56,7 @@ from loopline.errors import (
     FeatureComputationError,
     FeatureNotFound,
     PointInTimeJoinUnavailable,
+    PrivacyKeyMissing,
 )
 from loopline.spec.model import Spec
 from loopline.spec.sections.data import ROW_ID, ComputedFeature, DataSpec
@@ -122,6 +127,29 @@ class FeatureStore:
             return None
         return validate_batch(scan_source(spec.data, credentials), spec.data.validation)
 
+    def scan_personal_data(self, spec: Spec, credentials: S3Credentials | None = None
+                           ) -> PrivacyRecord | None:
+        """Scan the source's text columns for ``data.privacy.entities`` (when ``detect``) and
+        decide each column's action (:func:`~loopline.data.privacy.actions.plan_privacy`); None
+        when the spec has no ``data.privacy``. The key's id is not set yet
+        (:meth:`PrivacyRecord.keyed`).
+
+        Raises:
+            DataSourceError: the source cannot be read.
+        """
+        privacy, data = spec.data.privacy, spec.data
+        if privacy is None:
+            return None
+        schema = source_schema(data, credentials)
+        findings = []
+        if privacy.detect:
+            text = [name for name, dtype in schema.items() if dtype == pl.String()]
+            if text:
+                frame = scan_source(data, credentials).select(text).collect()
+                findings = scan_frame(frame, text, privacy.entities)
+        keep = [column for column in (data.target, data.event_time) if column]
+        return plan_privacy(privacy, list(schema), findings, keep=keep)
+
     def quarantine(self, spec: Spec, report: ValidationReport,
                    credentials: S3Credentials | None = None) -> str:
         """Write the failing batch and its report aside; returns the quarantine folder's URI."""
@@ -136,23 +164,31 @@ class FeatureStore:
         return self.storage.uri(folder)
 
     def production_batch(self, spec: Spec, traffic: ServedTraffic,
-                         credentials: S3Credentials | None = None) -> ProductionBatch:
+                         credentials: S3Credentials | None = None,
+                         privacy: PrivacyRecord | None = None) -> ProductionBatch:
         """The labelled production answers in ``traffic`` that may join the spec's feature set
         (served with the feature definitions the spec declares now), shaped as its rows.
+        ``privacy`` is the plan the set is materialized with (the logged features were computed
+        from protected values: a hashed column's feature is text).
 
         Raises:
             DataSourceError: the source cannot be read.
             ProductionDataError: a label or served value does not fit its column.
         """
-        definitions = _definitions(spec, source_schema(spec.data, credentials))
+        protection = privacy.protection() if privacy is not None else None
+        raw = protected_schema(source_schema(spec.data, credentials), protection)
+        definitions = _definitions(spec, raw)
         current = {name: definition_hash(name, d) for name, (_, d, _) in definitions.items()}
         answers, stale = current_answers(traffic, current)
-        schema = source_frame(scan_source(spec.data, credentials), spec).collect_schema()
-        return production_batch(answers, stale, spec.data, schema, traffic.log)
+        schema = source_frame(pl.LazyFrame(schema=raw), spec).collect_schema()
+        return production_batch(answers, stale, spec.data, schema, traffic.log,
+                                sensitive_columns(spec))
 
     def materialize(self, spec: Spec, validation: ValidationReport | None = None,
                     credentials: S3Credentials | None = None,
-                    production: ProductionBatch | None = None) -> FeatureSetManifest:
+                    production: ProductionBatch | None = None,
+                    privacy: PrivacyRecord | None = None, key: bytes | None = None
+                    ) -> FeatureSetManifest:
         """Compute the spec's features from its source and commit them as a new version of the
         feature set, or return the version with the same fingerprint.
 
@@ -164,12 +200,23 @@ class FeatureStore:
                 source's rows; their content is part of the fingerprint, so the same source and
                 the same labelled traffic give the same version, and one more labelled answer a
                 new one.
+            privacy: the ``data.privacy`` plan (:meth:`scan_personal_data`, keyed): its
+                ``drop``, ``hash`` and ``mask`` actions apply to the source before the features
+                are computed (the features read the protected values), it is recorded in the
+                manifest, and its actions (and the key's id) are part of the fingerprint.
+            key: the ``hash`` key (when the plan hashes a column).
 
         Raises:
             DataSourceError: the source cannot be read.
-            FeatureComputationError: a feature expression fails on the data.
+            FeatureComputationError: a feature expression fails on the data, or reads a column
+                the plan drops.
+            PrivacyKeyMissing: the plan hashes a column and no key (or another key than its
+                id's) is given.
         """
-        schema = source_schema(spec.data, credentials)
+        raw_schema = source_schema(spec.data, credentials)
+        protection = privacy.protection() if privacy is not None else None
+        _check_privacy(spec, privacy, key)
+        schema = protected_schema(raw_schema, protection)
         definitions = _definitions(spec, schema)
         source_hash = source_fingerprint(spec.data, credentials)
         identity: dict[str, object] = {
@@ -178,6 +225,9 @@ class FeatureStore:
             **({"sensitive": sensitive_columns(spec)} if sensitive_columns(spec) else {}),
             "features": [definition_hash(name, d) for name, (_, d, _) in definitions.items()],
         }
+        if privacy is not None and privacy.protected:
+            # Only when something is transformed: otherwise the rows are the source's.
+            identity["privacy"] = privacy.identity()
         joined = production if production is not None and production.summary.rows else None
         if joined is not None:
             # Only when rows join: without any, the data (and so the version) is the source's.
@@ -186,7 +236,8 @@ class FeatureStore:
         existing = self.sets.find(spec.name, fingerprint)
         if existing is not None:
             return existing
-        rows = source_frame(scan_source(spec.data, credentials), spec)
+        rows = source_frame(protect_frame(scan_source(spec.data, credentials), protection, key),
+                            spec)
         if joined is not None:
             rows = pl.concat([rows, joined.rows.lazy()], how="vertical")
         # Identified after the join: production rows continue after the source's last row.
@@ -198,7 +249,7 @@ class FeatureStore:
                                           f"{exc}") from exc
         try:
             return self._commit(spec, definitions, files, fingerprint, source_hash, validation,
-                                schema, None if joined is None else joined.summary)
+                                raw_schema, None if joined is None else joined.summary, privacy)
         except BaseException:
             self.sets.discard(files)  # nothing may reference them: leave no orphan behind
             raise
@@ -206,7 +257,8 @@ class FeatureStore:
     def _commit(self, spec: Spec, definitions: dict[str, tuple[str, FeatureDefinition, str]],
                 files: list[str], fingerprint: str, source_hash: str,
                 validation: ValidationReport | None, schema: pl.Schema,
-                production: ProductionRows | None = None) -> FeatureSetManifest:
+                production: ProductionRows | None = None,
+                privacy: PrivacyRecord | None = None) -> FeatureSetManifest:
         """Register the features and publish the manifest of freshly written ``files``."""
         stats = self.sets.stats(files, list(definitions), spec.data.event_time)
         author = spec.owner or _user()
@@ -230,6 +282,7 @@ class FeatureStore:
             loopline_version=loopline.__version__, production=production,
             source_columns=_columns_read(definitions, schema),
             sensitive=list(spec.gates.fairness.sensitive) if spec.gates.fairness else [],
+            privacy=privacy,
         )
         return self.sets.publish(manifest)
 
@@ -246,8 +299,9 @@ class FeatureStore:
             columns = source_dtypes(source_schema(spec.data, credentials))
         features = [RecipeFeature(name=f.name, kind=f.kind, expr=f.expr, dtype=f.dtype)
                     for f in manifest.features]
+        privacy = manifest.privacy.protection(drop=False) if manifest.privacy else None
         return build_recipe(manifest.feature_set, manifest.version, features, columns,
-                            spec.data.validation)
+                            spec.data.validation, privacy)
 
     def training_set(self, feature_set: str, entities: pl.DataFrame,
                      version: int | None = None) -> pl.DataFrame:
@@ -301,6 +355,37 @@ def _definitions(spec: Spec, schema: pl.Schema) -> dict[str, tuple[str, FeatureD
                     expr=column_expression(column), dtype=dtype_name(schema[column])),
                     f"source column {column}")
     return found
+
+
+def _check_privacy(spec: Spec, privacy: PrivacyRecord | None, key: bytes | None) -> None:
+    """Refuse a plan that cannot be applied: a dropped column the feature set needs (a feature
+    reads it, or it is the entity id or a sensitive column), or a hashed column without its key.
+    """
+    if privacy is None:
+        return
+    dropped = {c for c, a in privacy.protected.items() if a == "drop"}
+    needed: dict[str, str] = {}
+    for entry in spec.features:
+        reads = ([(entry.name, column) for column in columns_read(entry.expr)]
+                 if isinstance(entry, ComputedFeature) else list(entry.columns))
+        for feature, column in reads:
+            needed.setdefault(column, f"the feature {feature} reads it")
+    if spec.data.entity_id is not None:
+        needed[spec.data.entity_id] = "it is the entity id"
+    needed.update({column: "gates.fairness.sensitive names it"
+                   for column in sensitive_columns(spec)})
+    for column in sorted(dropped.intersection(needed)):
+        raise FeatureComputationError(
+            f"column {column} holds personal data and data.privacy drops it, but {needed[column]}:"
+            f" hash or mask it instead (data.privacy.columns: {{{column}: mask}}), or stop "
+            "using it")
+    if privacy.hashes:
+        hashed = ", ".join(sorted(c for c, a in privacy.protected.items() if a == "hash"))
+        if key is None:
+            raise PrivacyKeyMissing(f"data.privacy hashes {hashed}, and no key was given")
+        if privacy.key_id is not None and key_id(key) != privacy.key_id:
+            raise PrivacyKeyMissing(f"data.privacy hashes {hashed} with the key of id "
+                                    f"{privacy.key_id}, and another key was given")
 
 
 def _columns_read(definitions: dict[str, tuple[str, FeatureDefinition, str]],

@@ -5,6 +5,9 @@ A record's features are always computed alone (:meth:`RecordInputs.features`, th
 a batch as for one record), so batching changes only how many rows one model call takes. When a
 batched call fails, every record is called again alone: each then gets exactly the answer, or
 the error, it gets unbatched, and one bad record cannot fail its neighbours.
+
+With ``data.privacy`` (:attr:`BentoConfig.privacy`), each logged record's raw inputs and
+features are protected first (:class:`~loopline.serving.log_privacy.LogProtector`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from loopline.serving.answers import Answer, model_outputs, prediction_record, p
 from loopline.serving.bento_config import BentoConfig, PredictBatchResponse
 from loopline.serving.following import ServedModels
 from loopline.serving.live_state import Variant
+from loopline.serving.log_privacy import LogProtector
 from loopline.serving.model_inputs import BatchInputs, RecordInputs, feature_rows
 from loopline.serving.prediction_log import PredictionLogWriter
 
@@ -48,6 +52,9 @@ class ModelCaller:
         prediction_log: every answer is appended to it.
         observe: told of every model call; a batched call is told once per record, with the
             call's time shared evenly.
+
+    Raises:
+        PrivacyKeyMissing: the log hashes a column and its key cannot be read.
     """
 
     def __init__(self, config: BentoConfig, prediction_log: PredictionLogWriter, *,
@@ -55,6 +62,9 @@ class ModelCaller:
         self.config = config
         self.prediction_log = prediction_log
         self.observe = observe
+        # Read here, when the service starts: a key that cannot be read stops the worker
+        # rather than letting a record reach the log in the clear.
+        self.protect = LogProtector(config.privacy) if config.privacy is not None else None
 
     def one(self, served: ServedModels, variant: Variant, call: RecordCall, *,
             shadow: bool = False) -> Answer:
@@ -140,6 +150,8 @@ class ModelCaller:
                 request_ids, batch.inputs, feature_rows(features), outputs, strict=True):
             answer = Answer("champion", served.versions["champion"], prediction, probability,
                             elapsed * 1000 / len(request_ids))
+            if self.protect is not None:
+                inputs, values = self.protect.inputs(inputs), self.protect.features(values)
             self.prediction_log.append(prediction_record(
                 self.config.model_name, request_id, values, answer, timestamp=now,
                 inputs=inputs))
@@ -155,6 +167,9 @@ class ModelCaller:
 
     def _log(self, call: RecordCall, features: dict[str, Any], answer: Answer,
              shadow: bool) -> None:
+        inputs = call.sent.inputs
+        if self.protect is not None:
+            inputs, features = self.protect.inputs(inputs), self.protect.features(features)
         self.prediction_log.append(prediction_record(
             self.config.model_name, call.request_id, features, answer, shadow=shadow,
-            inputs=call.sent.inputs))
+            inputs=inputs))
