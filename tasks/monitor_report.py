@@ -14,6 +14,7 @@ from prefect.logging import get_run_logger
 
 from loopline.monitoring.charts import drift_share_chart, performance_chart
 from loopline.monitoring.drift import DriftReport
+from loopline.monitoring.drift.attributions import AttributionDrift
 from loopline.monitoring.drift_history import append_drift_report, read_drift_history
 from loopline.monitoring.performance import read_series
 from loopline.monitoring.quality import QualityReport
@@ -99,9 +100,11 @@ def _performance_markdown(series: pl.DataFrame, metrics: list[str]) -> str:
 @loopline_task(name="publish-monitor-report")
 def publish_monitor_report(spec: Spec, drift: DriftCheck, segments: dict[str, DriftReport],
                            outputs: DriftReport | None, quality: QualityReport | None,
-                           performance: PerformanceCheck | None) -> str:
+                           performance: PerformanceCheck | None,
+                           attributions: AttributionDrift | None = None) -> str:
     """Record the drift check in the model's drift history, draw the pictures, and publish the
-    markdown artifact ``<model>-drift``. Returns the markdown.
+    markdown artifact ``<model>-drift`` (with the attribution drift's table when it was
+    checked). Returns the markdown.
     """
     storage = prediction_log(spec)
     report = drift.report
@@ -135,6 +138,8 @@ def publish_monitor_report(spec: Spec, drift: DriftCheck, segments: dict[str, Dr
         parts.append(_segments_markdown(spec.monitoring.segment, segments))
     if outputs is not None:
         parts.append(_outputs_markdown(outputs))
+    if attributions is not None:
+        parts.append(attributions.render_markdown())
     if quality is not None:
         parts.append(quality.render_markdown())
     if performance is not None:
