@@ -4,7 +4,8 @@ like pydantic's own attributes, candidates with underscores) registers, promotes
 Bento and writes its artifacts, under the names :mod:`loopline.naming` derives.
 
 Each spec reads the demo data as ``demo/breast_cancer.csv`` beside itself (or, for a table with
-no id column and odd column names, ``demo/odd_columns.csv``): the test copies them into a folder
+no id column and odd column names, ``demo/odd_columns.csv``; with a sensitive column and
+free text holding personal data, ``demo/responsible.csv``): the test copies them into a folder
 that holds the session's demo data there. Add a spec to the folder and it runs.
 """
 
@@ -19,10 +20,12 @@ from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from loopline.naming import REQUEST_ID, artifact_key, bento_name, registered_model_name
+from loopline.release.records import ModelVersionInfo
 from loopline.release.registry import ModelRegistry
 from loopline.serving.bento_config import CONFIG_FILE, BentoConfig
 from loopline.serving.requests import features_request_model, raw_request_model
 from loopline.spec.loader import load_spec
+from loopline.spec.model import Spec
 from loopline.state import state_paths
 from loopline.training.tracking import configure_tracking
 
@@ -43,6 +46,15 @@ def spec_folder(tmp_path_factory: pytest.TempPathFactory, demo_csv: Path) -> Pat
     pl.read_csv(demo_csv).drop("patient_id").rename(
         {"mean_radius": "mean radius", "worst_area": "worst-area"}).write_csv(
         folder / "demo" / "odd_columns.csv")
+    # The same rows with a sensitive column that is not a feature and a free-text column where
+    # some rows hold an e-mail address or a phone number (responsible.yaml masks it).
+    notes = ["follow-up in two weeks", "contact jane.doe@example.com for results",
+             "call +1 415-555-2671 after the scan", "no remarks"]
+    demo = pl.read_csv(demo_csv)
+    demo.with_columns(
+        clinic=pl.format("clinic-{}", pl.col("patient_id") % 3),
+        notes=pl.Series([notes[i % len(notes)] for i in range(demo.height)]),
+    ).write_csv(folder / "demo" / "responsible.csv")
     return folder
 
 
@@ -89,3 +101,21 @@ def test_an_odd_spec_runs_the_pipeline_to_a_served_champion(prefect_harness: Non
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
     assert {artifact.key for artifact in found} == set(keys)
+    if spec.gates.fairness is not None or spec.data.privacy is not None:
+        _responsible_parts_are_in_the_card(spec, champion)
+
+
+def _responsible_parts_are_in_the_card(spec: Spec, champion: ModelVersionInfo) -> None:
+    """The card of a responsible spec's champion: fairness per group, recall per class, feature
+    importance and what was done about personal data; the masked text never materialized.
+    """
+    card = champion.model_card
+    assert card is not None
+    assert {"Fairness", "Recall per class (test split)", "Feature importance",
+            "Personal data"} <= set(card.sections), list(card.sections)
+    assert "clinic-0" in card.sections["Fairness"]
+    assert "| notes | EMAIL_ADDRESS" in card.sections["Personal data"]
+    features = pl.read_parquet(state_paths().features / "sets" / spec.name / "data")
+    notes = set(features["notes"].to_list())
+    assert "contact <EMAIL_ADDRESS> for results" in notes
+    assert not any("jane.doe@example.com" in note or "555-2671" in note for note in notes)
