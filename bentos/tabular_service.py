@@ -18,6 +18,10 @@ the API keys :class:`loopline.serving.auth.ApiKeyAuth`'s. Endpoints:
 - ``POST /predict/ab``: one raw record routed by the live strategy (ab, canary, shadow, bandit).
 - ``POST /predict/features`` and ``POST /predict/features/batch``: the same with the feature
   values already computed, for callers that hold them.
+- ``POST /explain``: one raw record (as ``/predict``), answered by the champion with its
+  prediction and each feature's contribution to it (:mod:`loopline.serving.explaining`; the
+  explainer is built once per served version, on its first ``/explain``). Not routed, not logged;
+  concurrent requests are explained together, as ``/predict``'s are predicted.
 - ``POST /feedback``: a label and/or reward for an earlier request id.
 - ``POST /admin/routing``: change the challenger's share while serving (audited as
   ``routing.changed`` with the caller's key fingerprint, or ``loopback``).
@@ -29,13 +33,16 @@ the API keys :class:`loopline.serving.auth.ApiKeyAuth`'s. Endpoints:
 
 ``/predict``, ``/predict/ab`` and ``/predict/features`` batch the model call of concurrent requests
 (:class:`loopline.serving.batching.MicroBatcher`, ``serving.batching``): each request is still
-validated, routed, logged and answered on its own. Unless ``serving.tracing`` is on, the
+validated, routed, logged and answered on its own. ``/explain`` batches its model and explainer
+calls the same way, with a batcher of its own
+(:class:`loopline.serving.explaining.ExplainBatching`). Unless ``serving.tracing`` is on, the
 prediction endpoints are left out of BentoML's OpenTelemetry tracing.
 
 A request that does not match the schema gets HTTP 400 with pydantic's field-level ``detail``
 (BentoML's code for bad input; documented in docs/serving.md); a missing or wrong API key 401;
 a key without the endpoint's scope (``predict``, ``feedback``, ``admin``) 403; without
-``serving.auth``, ``/admin/*`` answers loopback clients only. A body over
+``serving.auth``, ``/admin/*`` answers loopback clients only. ``/explain`` needs the
+``predict`` scope. A body over
 ``serving.max_body_mb`` gets 413 before it is read (:class:`loopline.serving.body_limit.BodyLimit`).
 """
 
@@ -44,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +62,7 @@ from bentoml._internal.server.http import traffic as bentoml_traffic
 from fastapi import FastAPI
 
 from loopline.audit import audit_log
+from loopline.data.privacy.keys import install_secret_reader
 from loopline.errors import LooplineError, SignatureInvalid
 from loopline.monitoring.alerting.alert import Alert
 from loopline.monitoring.alerting.delivery import deliver
@@ -73,6 +82,7 @@ from loopline.serving.bento_config import (
 )
 from loopline.serving.body_limit import BodyLimit
 from loopline.serving.canary import Decision, registry_rollback_recorder
+from loopline.serving.explaining import ExplainBatching, Explainers, ExplainResponse
 from loopline.serving.following import RegistryFollower, ServedModels
 from loopline.serving.live_state import RoutingState, Variant, open_live_state
 from loopline.serving.live_updates import record_feedback
@@ -90,6 +100,7 @@ from loopline.serving.responder import Pending, Responder
 from loopline.serving.rollout import align_routing, routing_scope
 from loopline.serving.routing import Router
 from loopline.serving.worker_memory import freeze_what_is_loaded
+from loopline.serving.worker_threads import limit_model_threads, limit_this_thread
 from loopline.settings import current_settings, worker_name
 from loopline.spec.sections.base import parse_duration
 from loopline.spec.sections.release import BanditRouting
@@ -104,6 +115,9 @@ RECORD_ROLLBACK = registry_rollback_recorder(CONFIG)
 #: The paths whose model calls are batched, and the requests on their way to the batcher.
 BATCHED_PATHS = ("/predict", "/predict/ab", "/predict/features")
 ARRIVALS = Arrivals()
+#: ``/explain``'s batches, counted apart: a prediction batch must not wait for an explanation.
+EXPLAIN_PATHS = ("/explain",)
+EXPLAIN_ARRIVALS = Arrivals()
 #: BentoML's own settings: ``auto`` workers are one per core where the Bento runs; without
 #: ``serving.tracing`` the prediction endpoints skip the OpenTelemetry middleware. (Its access
 #: log is off too: one INFO line per request, which the level below dropped anyway.)
@@ -120,6 +134,10 @@ def _prefect_secret(name: str) -> Any:
     from prefect.blocks.system import Secret
 
     return Secret.load(name).get()  # type: ignore[union-attr]
+
+
+# The data.privacy hash key may be a Secret block: the same reader as the API keys.
+install_secret_reader(_prefect_secret)
 
 
 def _audit_events_to_prefect() -> None:
@@ -247,6 +265,8 @@ class TabularService:
                                               flush_seconds=settings.flush_seconds)
         self.background = BackgroundScorer(CONFIG.background_capacity,
                                            on_drop=lambda kind: self.dropped.labels(kind=kind).inc())
+        #: Each served version's explainer, built on its first /explain (never per request).
+        self.explainers = Explainers()
         self.follower: RegistryFollower | None = None
         self.responder = Responder(CONFIG, lambda: self._served(), Router(self.store, bandit),
                                    self.prediction_log, observe=self._count,
@@ -267,13 +287,21 @@ class TabularService:
         else:
             self._pinned = built_in
         self._swapped(None, self._served())
+        # After the models are loaded (their OpenMP runtime with them): one thread team per
+        # worker's share of the cores, not one per core in every worker.
+        limit_model_threads((os.cpu_count() or 1) if WORKERS == "cpu_count" else int(WORKERS))
         freeze_what_is_loaded()
         batching = CONFIG.batching
         self.batcher: MicroBatcher[Pending, PredictResponse] = MicroBatcher(
             self._answer_batch, max_batch=batching.max_batch if batching.enabled else 1,
             max_latency_s=batching.max_latency_ms / 1000, arrivals=ARRIVALS)
+        self.explaining = ExplainBatching(
+            lambda: self._served(), CONFIG.model_name, CONFIG.input_names, self.explainers,
+            observe=self._count, max_batch=batching.max_batch if batching.enabled else 1,
+            max_latency_s=batching.max_latency_ms / 1000, arrivals=EXPLAIN_ARRIVALS)
 
     def _answer_batch(self, pending: Sequence[Pending]) -> Sequence[PredictResponse | Exception]:
+        limit_this_thread()  # the batcher's own thread
         self.batch_size.observe(len(pending))
         return self.responder.answer_all(pending)
 
@@ -312,6 +340,7 @@ class TabularService:
         if self.follower is not None:
             self.follower.stop()
         self.batcher.close()
+        self.explaining.close()
         self.background.close()
         self.prediction_log.close()
         self.feedback_log.close()
@@ -361,6 +390,14 @@ class TabularService:
             return self.responder.predict_batch(req)
 
     @bentoml.api
+    async def explain(self, req: PredictRequest, /) -> ExplainResponse:  # type: ignore[valid-type]
+        """Explain the champion's answer to one raw record: the prediction ``/predict`` gives,
+        the base value and each feature's contribution to the explained output.
+        """
+        with _http_errors():
+            return await self.explaining.explain(req)
+
+    @bentoml.api
     def feedback(self, req: FeedbackRequest, /) -> FeedbackResponse:
         """Log a label and/or reward for an earlier prediction; a reward counts for the bandit, a
         label for the challenger's paired answers (a canary's or a shadow's quality).
@@ -404,5 +441,7 @@ TabularService.add_asgi_middleware(  # type: ignore[attr-defined]
     BodyLimit, max_mb=CONFIG.max_body_mb)
 TabularService.add_asgi_middleware(  # type: ignore[attr-defined]
     CountArrivals, paths=BATCHED_PATHS, arrivals=ARRIVALS)
+TabularService.add_asgi_middleware(  # type: ignore[attr-defined]
+    CountArrivals, paths=EXPLAIN_PATHS, arrivals=EXPLAIN_ARRIVALS)
 TabularService.add_asgi_middleware(  # type: ignore[attr-defined]
     ApiKeyAuth, auth=CONFIG.auth, read_secret=_prefect_secret)

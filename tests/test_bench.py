@@ -196,6 +196,28 @@ def test_raw_records_compares_the_two_paths_of_one_service() -> None:
     assert item["orders"] == measured["orders"] and item["workers"] == 1
 
 
+def test_explain_compares_explain_with_predict_on_one_service() -> None:
+    from bench.explain import EXPLAIN_VS_PREDICT, PEER_NAME, entries
+
+    runs = {"loopline": [_serving_run(2.0, None)] * 2, "peer": [_serving_run(0.5, None)] * 2}
+    measured = {"runs": runs, "orders": [["loopline", "peer"], ["peer", "loopline"]],
+                "load_avg_1m_at_start": 0.3,
+                "explained": {"method": "tree", "output": "log-odds of 1", "explained_class": 1,
+                              "model_version": 1, "base_value": 0.1}}
+    built = {"raw_record": {"a": 1.0}, "feature_names": ["a", "b"]}
+    item = entries(measured, built, {"workers": "auto"}, "python -m bench explain")[
+        EXPLAIN_VS_PREDICT]
+
+    assert_well_formed(item, "python -m bench explain", repeats=2)
+    assert item["higher_is_better"] is True and item["peer_name"] == PEER_NAME
+    assert item["advantage"] == pytest.approx(1.0) and "ratio" not in item["unit"]
+    assert "/explain req/s divided by /predict req/s" in item["advantage_means"]
+    assert (item["loopline_endpoint"], item["peer_endpoint"]) == ("POST /explain", "POST /predict")
+    assert item["explained"] == {"method": "tree", "output": "log-odds of 1",
+                                 "explained_class": 1, "model_version": 1}
+    assert item["added_median_ms"] == pytest.approx(0.75)  # p50 at c1: 1.0 vs 0.25 ms
+
+
 def test_the_raw_batch_recipe_computes_every_kind_of_feature(tmp_path: Path) -> None:
     from bench.batch_raw import make_recipe, read_raw, write_data
     from loopline.data.feature_computer import computer_for

@@ -58,7 +58,8 @@ FEATURE_BOUND = 1e6
 #: ``test_every_operation_is_fuzzed`` until it is added here.
 OPERATIONS = [
     ("POST", "/predict"), ("POST", "/predict/ab"), ("POST", "/predict/batch"),
-    ("POST", "/predict/features"), ("POST", "/predict/features/batch"), ("POST", "/feedback"),
+    ("POST", "/predict/features"), ("POST", "/predict/features/batch"), ("POST", "/explain"),
+    ("POST", "/feedback"),
     ("POST", "/admin/routing"), ("GET", "/health"), ("GET", "/metrics"), ("GET", "/healthz"),
     ("GET", "/livez"), ("GET", "/readyz"),
 ]

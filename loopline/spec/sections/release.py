@@ -187,10 +187,10 @@ class FollowSpec(StrictModel):
 
 class BatchingSpec(StrictModel):
     """Adaptive batching of the model call for ``POST /predict``, ``/predict/ab`` and
-    ``/predict/features``: the records that arrive while the model is busy are answered
-    together, one model call per variant; each record keeps its own validation, routing, log
-    record and response. A record alone in flight is answered at once; otherwise it waits at
-    most ``max_latency_ms`` for others to join it.
+    ``/predict/features`` (and, with a batcher of its own, ``/explain``): the records that
+    arrive while the model is busy are answered together, one model call per variant; each
+    record keeps its own validation, routing, log record and response. A record alone in flight
+    is answered at once; otherwise it waits at most ``max_latency_ms`` for others to join it.
 
     Attributes:
         enabled: batch concurrent requests (``false``: every request calls the model alone).
