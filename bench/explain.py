@@ -47,6 +47,7 @@ from bench.serving import (
     REPO,
     at_concurrency,
     at_load,
+    describe_levels,
     environment,
     load,
     maximum,
@@ -176,11 +177,7 @@ def measure(built: dict[str, Any], env: dict[str, str], size: dict[str, Any], wo
             for side in order:
                 levels = load(url + PATHS[side], record, size, work)
                 runs[side].append(levels)
-                top = maximum(levels) if any(line["errors"] == 0 for line in levels) else None
-                _log(f"run {attempt + 1}/{repeats} {PATHS[side]}: " + ", ".join(
-                    f"c{line['concurrency']} {line['throughput']:.0f}/s p50 {line['p50_ms']:.2f} ms"
-                    + (f" ({line['errors']} errors)" if line["errors"] else "")
-                    for line in levels) + (f"; max {top['throughput']:.0f}/s" if top else ""))
+                _log(f"run {attempt + 1}/{repeats} {PATHS[side]}: {describe_levels(levels)}")
         orders.append(order)
     return {"runs": runs, "orders": orders, "load_avg_1m_at_start": load_at_start,
             "explained": explained}

@@ -461,6 +461,15 @@ def maximum(levels: list[dict[str, Any]]) -> dict[str, Any]:
     return max(clean, key=lambda line: line["throughput"])
 
 
+def describe_levels(levels: list[dict[str, Any]]) -> str:
+    """One run's levels for the progress log: each level's req/s and p50, then the maximum."""
+    top = maximum(levels) if any(line["errors"] == 0 for line in levels) else None
+    return ", ".join(
+        f"c{line['concurrency']} {line['throughput']:.0f}/s p50 {line['p50_ms']:.2f} ms"
+        + (f" ({line['errors']} errors)" if line["errors"] else "")
+        for line in levels) + (f"; max {top['throughput']:.0f}/s" if top else "")
+
+
 def at_concurrency(levels: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
     """The line of one concurrency level."""
     return next(line for line in levels if line["concurrency"] == concurrency)
